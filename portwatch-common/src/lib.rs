@@ -1,0 +1,222 @@
+//! Types shared by the kernel programs and the CLI. Everything here is `#[repr(C)]` plain data:
+//! the kernel side writes these bytes into maps and the ring buffer, and user space reads them
+//! back with the same layout.
+#![no_std]
+
+/// Length of `task_struct.comm`.
+pub const COMM_LEN: usize = 16;
+
+/// How many ports `trace --port` can watch at once (size of the in-kernel port set).
+pub const MAX_PORT_FILTERS: u32 = 64;
+
+/// Address families as the kernel numbers them.
+pub const AF_UNSPEC: u16 = 0;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// What produced a record in the ring buffer. Every record starts with this byte.
+pub mod record {
+    /// A bind() attempt: [`crate::BindEvent`].
+    pub const BIND: u8 = 1;
+    /// A listen() call: [`crate::BindEvent`] too, since it carries the same socket facts.
+    pub const LISTEN: u8 = 2;
+    /// A socket the kernel's own conflict check found in the way: [`crate::ConflictEvent`].
+    /// Only the fexit backend can see this; it arrives just before the bind or listen event
+    /// of the same thread.
+    pub const CONFLICT: u8 = 3;
+}
+
+/// Which kernel hook filled an event.
+pub mod backend {
+    pub const TRACEPOINT: u8 = 1;
+    pub const FEXIT: u8 = 2;
+}
+
+/// Socket option bits in [`BindEvent::options`] and [`SockRecord::options`].
+pub mod opt {
+    pub const REUSEADDR: u16 = 1 << 0;
+    pub const REUSEPORT: u16 = 1 << 1;
+    pub const V6ONLY: u16 = 1 << 2;
+    pub const FREEBIND: u16 = 1 << 3;
+    pub const TRANSPARENT: u16 = 1 << 4;
+    pub const BIND_ADDRESS_NO_PORT: u16 = 1 << 5;
+}
+
+/// Bits in [`BindEvent::flags`]: what the kernel side could not read. User space reports these
+/// instead of showing a zero that looks like data.
+pub mod flags {
+    /// The sockaddr passed by the caller could not be read.
+    pub const NO_REQUEST: u8 = 1 << 0;
+    /// The socket behind the fd could not be reached (closed by another thread, not a socket).
+    pub const NO_SOCKET: u8 = 1 << 1;
+}
+
+/// Where one field of a kernel struct lives, as found in the running kernel's BTF.
+///
+/// Plain fields and bitfields are read the same way: `size` bytes at `offset`, then shifted
+/// right by `shift` and masked to `bits` bits (no mask when `bits` is 0). That one shape covers
+/// the 6.1 bitfields (`inet_sock.freebind`) and the 6.6+ `inet_flags` word alike.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Field {
+    pub offset: u32,
+    /// 1, 2, 4 or 8; 0 means the running kernel has no such field and reads yield 0.
+    pub size: u8,
+    pub shift: u8,
+    pub bits: u8,
+    pub _pad: u8,
+}
+
+impl Field {
+    pub const fn plain(offset: u32, size: u8) -> Self {
+        Self { offset, size, shift: 0, bits: 0, _pad: 0 }
+    }
+}
+
+/// Field locations the kernel programs need, resolved from BTF by user space at load time and
+/// handed to the programs as a read-only global. Nothing here is compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelLayout {
+    // task → fd table → file → socket → sock
+    pub task_files: Field,
+    pub files_fdt: Field,
+    pub fdt_max_fds: Field,
+    pub fdt_fd: Field,
+    pub file_private_data: Field,
+    pub file_inode: Field,
+    pub inode_ino: Field,
+    pub socket_sk: Field,
+    pub socket_file: Field,
+    // struct sock_common / struct sock
+    pub sk_family: Field,
+    pub sk_state: Field,
+    pub sk_reuse: Field,
+    pub sk_reuseport: Field,
+    pub sk_ipv6only: Field,
+    pub sk_bound_dev_if: Field,
+    pub sk_num: Field,
+    pub sk_rcv_saddr: Field,
+    /// `skc_v6_rcv_saddr`: 16 bytes at this offset (size is 0 without IPv6).
+    pub sk_v6_rcv_saddr: Field,
+    pub sk_daddr: Field,
+    pub sk_v6_daddr: Field,
+    pub sk_dport: Field,
+    pub sk_net: Field,
+    pub net_inum: Field,
+    pub sk_socket: Field,
+    pub sk_protocol: Field,
+    pub sk_type: Field,
+    pub sk_uid: Field,
+    // struct inet_sock
+    pub inet_freebind: Field,
+    pub inet_transparent: Field,
+    pub inet_bind_address_no_port: Field,
+    // struct inet_timewait_sock
+    pub tw_timer_expires: Field,
+}
+
+/// One bind() or listen() as the kernel saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BindEvent {
+    /// [`record::BIND`] or [`record::LISTEN`].
+    pub record: u8,
+    /// [`backend::TRACEPOINT`] or [`backend::FEXIT`].
+    pub backend: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
+    /// `skc_state` after the call (TCP_CLOSE = 7, TCP_LISTEN = 10).
+    pub state: u8,
+    /// Address family of the sockaddr the caller passed (bind only).
+    pub req_family: u16,
+    /// Port the caller asked for, host order.
+    pub req_port: u16,
+    /// Address the caller asked for: 4 bytes for IPv4, 16 for IPv6.
+    pub req_addr: [u8; 16],
+    pub req_scope_id: u32,
+    /// Return value of the syscall or kernel function (0 or -errno).
+    pub ret: i32,
+    /// Boot-time clock, nanoseconds.
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    /// Inode of the socket, as `ss -e` and /proc/PID/fd show it.
+    pub sock_ino: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// Real uid of the calling task.
+    pub uid: u32,
+    /// `sk_uid`: the uid SO_REUSEPORT compares.
+    pub sk_uid: u32,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    pub bound_dev_if: u32,
+    /// The fd passed to bind()/listen(); -1 where the hook does not see it (fexit).
+    pub fd: i32,
+    /// Socket family (AF_INET or AF_INET6).
+    pub family: u16,
+    pub protocol: u16,
+    pub sock_type: u16,
+    /// Local port after the call, host order (the ephemeral port for port 0).
+    pub bound_port: u16,
+    /// Local address after the call.
+    pub bound_addr: [u8; 16],
+    /// [`opt`] bits.
+    pub options: u16,
+    /// Raw `skc_reuse` (1 = SO_REUSEADDR, 2 = forced by the kernel).
+    pub reuse: u8,
+    pub _pad: u8,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A socket the kernel's conflict check compared against and found in the way (fexit only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConflictEvent {
+    /// [`record::CONFLICT`].
+    pub record: u8,
+    pub state: u8,
+    pub family: u16,
+    pub tid: u32,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub options: u16,
+    pub bound_dev_if: u32,
+    /// `sk_uid` of the holder; not readable for TIME_WAIT sockets (0 there).
+    pub uid: u32,
+    pub netns: u32,
+    /// Socket inode, 0 for TIME_WAIT and orphaned sockets.
+    pub ino: u64,
+}
+
+/// One socket from the iter/tcp or iter/udp programs: what the kernel's tables hold on a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockRecord {
+    pub family: u16,
+    pub protocol: u16,
+    pub state: u8,
+    pub reuse: u8,
+    pub options: u16,
+    pub port: u16,
+    pub dport: u16,
+    pub bound_dev_if: u32,
+    pub uid: u32,
+    pub netns: u32,
+    pub addr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Socket inode, 0 for TIME_WAIT, request and orphaned sockets.
+    pub ino: u64,
+    /// For TIME_WAIT: jiffies until the socket goes away.
+    pub tw_jiffies_left: i64,
+}
+
+/// Global `ITER_PORT` value meaning "dump every socket".
+pub const ITER_ALL_PORTS: u16 = 0;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] and made of integers and integer arrays only.
+    unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::Field {}
+}

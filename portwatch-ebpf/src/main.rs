@@ -1,0 +1,471 @@
+//! portwatch's kernel side: every bind() and listen() on the machine, with the socket's facts,
+//! written to one ring buffer.
+//!
+//! Two backends fill the same [`BindEvent`]:
+//! - tracepoint: `syscalls/sys_{enter,exit}_{bind,listen}`. Works on every kernel with syscall
+//!   tracepoints, including those that refuse trampolines. The socket is reached from the fd.
+//! - fexit: `inet_bind`, `inet6_bind`, `inet_listen`. Sees every bind path (io_uring too) and gets
+//!   arguments and result in one call. Plus `inet_bind_conflict`, which names the exact socket
+//!   the kernel found in the way.
+//!
+//! Kernel struct layouts are not compiled in: user space resolves them from the running kernel's
+//! BTF and writes them into [`LAYOUT`] before loading (aya emits no CO-RE relocations for Rust).
+#![no_std]
+#![no_main]
+
+mod kernel;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    },
+    macros::{fexit, map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{FExitContext, TracePointContext},
+};
+use kernel::{Sock, global, probe_kernel, probe_user, tp_arg};
+use portwatch_common::{
+    AF_INET, AF_INET6, AF_UNSPEC, BindEvent, COMM_LEN, ConflictEvent, backend, flags, record,
+};
+
+// ---- configuration written by user space before load (read-only, so the verifier sees
+// ---- constants and drops the branches a setting turns off)
+
+/// Only this process (tgid); 0 = all.
+#[unsafe(no_mangle)]
+static FILTER_PID: u32 = 0;
+/// 1 = keep only binds whose requested or bound port is in [`PORTS`].
+#[unsafe(no_mangle)]
+static FILTER_PORTS: u8 = 0;
+/// 1 = keep only calls that failed.
+#[unsafe(no_mangle)]
+static FILTER_FAILED: u8 = 0;
+/// Wake the reader only once this much data waits; below it, user space polls on a timer.
+/// A wakeup costs ~4 µs per event on some VMs, more than everything else here together.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
+/// Offsets of the syscall tracepoint fields, from tracefs' `format` files.
+#[unsafe(no_mangle)]
+static TP_ENTER_FD: u32 = 16;
+#[unsafe(no_mangle)]
+static TP_ENTER_ADDR: u32 = 24;
+#[unsafe(no_mangle)]
+static TP_EXIT_RET: u32 = 16;
+
+// ---- maps
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// The `--port` set.
+#[map]
+static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(portwatch_common::MAX_PORT_FILTERS, 0);
+
+/// What sys_enter saw, keyed by thread id, for sys_exit to finish.
+#[map]
+static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// Events dropped in the kernel: [0] ring buffer full, [1] PENDING full.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+const LOST_RINGBUF: u32 = 0;
+const LOST_PENDING: u32 = 1;
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+const EBADF: i32 = 9;
+const EFAULT: i32 = 14;
+const ENOTSOCK: i32 = 88;
+
+/// The address the caller asked for, as it was passed (never what the kernel left behind).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Request {
+    family: u16,
+    port: u16,
+    scope_id: u32,
+    addr: [u8; 16],
+    ok: u8,
+}
+
+impl Request {
+    const NONE: Request = Request {
+        family: 0,
+        port: 0,
+        scope_id: 0,
+        addr: [0; 16],
+        ok: 0,
+    };
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pending {
+    fd: i64,
+    record: u8,
+    req: Request,
+}
+
+// ---- shared helpers
+
+#[inline(always)]
+fn count_lost(which: u32) {
+    if let Some(p) = LOST.get_ptr_mut(which) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn pid_wanted() -> bool {
+    let want = global(&FILTER_PID);
+    want == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 == want
+}
+
+#[inline(always)]
+fn port_in_filter(port: u16) -> bool {
+    unsafe { PORTS.get(&port).is_some() }
+}
+
+/// Decodes a sockaddr_in / sockaddr_in6 from raw bytes (network order as in memory).
+#[inline(always)]
+fn decode_sockaddr(raw: &[u8; 28], len: usize) -> Request {
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    let mut req = Request {
+        family,
+        port,
+        ..Request::NONE
+    };
+    if family == AF_INET6 && len >= 24 {
+        let mut i = 0;
+        while i < 16 {
+            req.addr[i] = raw[8 + i];
+            i += 1;
+        }
+        if len >= 28 {
+            req.scope_id = u32::from_ne_bytes([raw[24], raw[25], raw[26], raw[27]]);
+        }
+        req.ok = 1;
+    } else if len >= 8 {
+        req.addr[0] = raw[4];
+        req.addr[1] = raw[5];
+        req.addr[2] = raw[6];
+        req.addr[3] = raw[7];
+        req.ok = 1;
+    }
+    req
+}
+
+/// Reads the caller's sockaddr. `user` says which address space `ptr` is in. Reads 16 bytes
+/// first (a sockaddr_in may end at a page boundary), then the rest for IPv6.
+#[inline(always)]
+fn read_request(ptr: u64, addrlen: u64, user: bool) -> Request {
+    let mut raw = [0u8; 28];
+    let head: Option<[u8; 16]> = if user {
+        probe_user(ptr)
+    } else {
+        probe_kernel(ptr)
+    };
+    let Some(head) = head else {
+        return Request::NONE;
+    };
+    let mut i = 0;
+    while i < 16 {
+        raw[i] = head[i];
+        i += 1;
+    }
+    let mut len = 16usize;
+    if u16::from_ne_bytes([head[0], head[1]]) == AF_INET6 && addrlen >= 24 {
+        let tail: Option<[u8; 12]> = if user {
+            probe_user(ptr + 16)
+        } else {
+            probe_kernel(ptr + 16)
+        };
+        if let Some(tail) = tail {
+            let mut j = 0;
+            while j < 12 {
+                raw[16 + j] = tail[j];
+                j += 1;
+            }
+            len = if addrlen >= 28 { 28 } else { 24 };
+        } else {
+            len = 8;
+        }
+    }
+    if addrlen < 8 {
+        len = 0;
+    }
+    decode_sockaddr(&raw, len)
+}
+
+/// Fills and submits one event for socket `sock` (a `struct socket *`), or drops it when the
+/// socket is not AF_INET/AF_INET6 or the port filter says no.
+#[inline(always)]
+fn emit(rec: u8, backend: u8, req: &Request, fd: i32, sock: u64, ret: i32) {
+    let sk = Sock::from_socket(sock);
+    let (family, bound_port) = match &sk {
+        Some(sk) => (sk.family(), sk.num()),
+        None => (0, 0),
+    };
+    if sk.is_some() && family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    if sk.is_none() && rec == record::LISTEN {
+        return;
+    }
+    if global(&FILTER_PORTS) != 0 {
+        let asked = rec == record::BIND && req.ok != 0 && req.port != 0 && port_in_filter(req.port);
+        if !asked && !(bound_port != 0 && port_in_filter(bound_port)) {
+            return;
+        }
+    }
+    let Some(mut entry) = EVENTS.reserve::<BindEvent>(0) else {
+        count_lost(LOST_RINGBUF);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    unsafe {
+        (*e).record = rec;
+        (*e).backend = backend;
+        (*e).flags = if req.ok == 0 && rec == record::BIND {
+            flags::NO_REQUEST
+        } else {
+            0
+        };
+        (*e).req_family = req.family;
+        (*e).req_port = req.port;
+        (*e).req_addr = req.addr;
+        (*e).req_scope_id = req.scope_id;
+        (*e).ret = ret;
+        (*e).ts_ns = bpf_ktime_get_boot_ns();
+        (*e).cgroup_id = bpf_get_current_cgroup_id();
+        (*e).pid = (pid_tgid >> 32) as u32;
+        (*e).tid = pid_tgid as u32;
+        (*e).uid = bpf_get_current_uid_gid() as u32;
+        (*e).fd = fd;
+        (*e).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        (*e)._pad = 0;
+        match &sk {
+            Some(sk) => {
+                (*e).state = sk.state();
+                (*e).family = family;
+                (*e).bound_port = bound_port;
+                (*e).bound_addr = sk.rcv_saddr(family);
+                (*e).protocol = sk.protocol();
+                (*e).sock_type = sk.sock_type();
+                (*e).sk_uid = sk.uid();
+                (*e).netns = sk.netns();
+                (*e).bound_dev_if = sk.bound_dev_if();
+                (*e).reuse = sk.reuse();
+                (*e).options = sk.options();
+                (*e).sock_ino = sk.ino();
+            }
+            None => {
+                (*e).flags |= flags::NO_SOCKET;
+                (*e).state = 0;
+                (*e).family = req.family;
+                (*e).bound_port = 0;
+                (*e).bound_addr = [0; 16];
+                (*e).protocol = 0;
+                (*e).sock_type = 0;
+                (*e).sk_uid = 0;
+                (*e).netns = 0;
+                (*e).bound_dev_if = 0;
+                (*e).reuse = 0;
+                (*e).options = 0;
+                (*e).sock_ino = 0;
+            }
+        }
+    }
+    entry.submit(wakeup_flag());
+}
+
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= global(&WAKEUP_BYTES) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+// ---- tracepoint backend
+
+#[tracepoint]
+pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+    if !pid_wanted() {
+        return 0;
+    }
+    let fd: u64 = tp_arg(&ctx, global(&TP_ENTER_FD));
+    let uaddr: u64 = tp_arg(&ctx, global(&TP_ENTER_ADDR));
+    // addrlen follows umyaddr in the syscall's argument array.
+    let addrlen: u64 = tp_arg(&ctx, global(&TP_ENTER_ADDR) + 8);
+    let req = read_request(uaddr, addrlen, true);
+    if req.ok != 0 && req.family != AF_INET && req.family != AF_INET6 && req.family != AF_UNSPEC {
+        return 0; // AF_UNIX, AF_NETLINK, AF_PACKET...: not ours
+    }
+    // Port 0 binds stay: the port the kernel picks is only known at exit.
+    if global(&FILTER_PORTS) != 0 && req.ok != 0 && req.port != 0 && !port_in_filter(req.port) {
+        return 0;
+    }
+    stash(fd as i64, record::BIND, req);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
+    finish_syscall(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+    if !pid_wanted() {
+        return 0;
+    }
+    let fd: u64 = tp_arg(&ctx, global(&TP_ENTER_FD));
+    stash(fd as i64, record::LISTEN, Request::NONE);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
+    finish_syscall(&ctx);
+    0
+}
+
+#[inline(always)]
+fn stash(fd: i64, rec: u8, req: Request) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let p = Pending { fd, record: rec, req };
+    if PENDING.insert(&tid, &p, 0).is_err() {
+        count_lost(LOST_PENDING);
+    }
+}
+
+#[inline(always)]
+fn finish_syscall(ctx: &TracePointContext) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(p) = (unsafe { PENDING.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = PENDING.remove(&tid);
+    let ret = tp_arg(ctx, global(&TP_EXIT_RET)) as i64 as i32;
+    if global(&FILTER_FAILED) != 0 && ret >= 0 {
+        return;
+    }
+    // These mean the fd was not a socket we could look at.
+    let sock = if ret == -EBADF || ret == -ENOTSOCK || ret == -EFAULT {
+        0
+    } else {
+        kernel::socket_of_fd(p.fd)
+    };
+    if sock == 0 && ret == -EBADF {
+        return;
+    }
+    emit(p.record, backend::TRACEPOINT, &p.req, p.fd as i32, sock, ret);
+}
+
+// ---- fexit backend
+
+#[fexit(function = "inet_bind")]
+pub fn fexit_inet_bind(ctx: FExitContext) -> i32 {
+    fexit_bind(&ctx);
+    0
+}
+
+#[fexit(function = "inet6_bind")]
+pub fn fexit_inet6_bind(ctx: FExitContext) -> i32 {
+    fexit_bind(&ctx);
+    0
+}
+
+/// `int inet_bind(struct socket *sock, struct sockaddr *uaddr, int addr_len)`, and the same
+/// shape for inet6_bind. The sockaddr was already copied into kernel memory.
+#[inline(always)]
+fn fexit_bind(ctx: &FExitContext) {
+    if !pid_wanted() {
+        return;
+    }
+    let ret = kernel::fexit_arg(ctx, 3) as i32;
+    if global(&FILTER_FAILED) != 0 && ret >= 0 {
+        return;
+    }
+    let sock = kernel::fexit_arg(ctx, 0);
+    let uaddr = kernel::fexit_arg(ctx, 1);
+    let addrlen = kernel::fexit_arg(ctx, 2) as i32;
+    let req = read_request(uaddr, if addrlen < 0 { 0 } else { addrlen as u64 }, false);
+    emit(record::BIND, backend::FEXIT, &req, -1, sock, ret);
+}
+
+/// `int inet_listen(struct socket *sock, int backlog)`.
+#[fexit(function = "inet_listen")]
+pub fn fexit_inet_listen(ctx: FExitContext) -> i32 {
+    if !pid_wanted() {
+        return 0;
+    }
+    let ret = kernel::fexit_arg(&ctx, 2) as i32;
+    if global(&FILTER_FAILED) != 0 && ret >= 0 {
+        return 0;
+    }
+    let sock = kernel::fexit_arg(&ctx, 0);
+    emit(record::LISTEN, backend::FEXIT, &Request::NONE, -1, sock, ret);
+    0
+}
+
+/// `bool inet_bind_conflict(const struct sock *sk, struct sock *sk2, kuid_t uid, bool relax,
+/// bool reuseport_cb_ok, bool reuseport_ok)`: true means sk2 is in the way of sk. This is the
+/// kernel's own verdict, so the holder it names is exact, TIME_WAIT and bound-only sockets
+/// included.
+#[fexit(function = "inet_bind_conflict")]
+pub fn fexit_inet_bind_conflict(ctx: FExitContext) -> i32 {
+    if !pid_wanted() {
+        return 0;
+    }
+    if kernel::fexit_arg(&ctx, 6) & 0xff == 0 {
+        return 0;
+    }
+    let sk2 = kernel::fexit_arg(&ctx, 1);
+    emit_conflict(Sock::from_sk(sk2));
+    0
+}
+
+#[inline(always)]
+fn emit_conflict(sk: Sock) {
+    let Some(mut entry) = EVENTS.reserve::<ConflictEvent>(0) else {
+        count_lost(LOST_RINGBUF);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    let family = sk.family();
+    let full = sk.is_full();
+    unsafe {
+        (*e).record = record::CONFLICT;
+        (*e).state = sk.state();
+        (*e).family = family;
+        (*e).tid = bpf_get_current_pid_tgid() as u32;
+        (*e).addr = sk.rcv_saddr(family);
+        (*e).port = sk.num();
+        (*e).options = sk.common_options();
+        (*e).bound_dev_if = sk.bound_dev_if();
+        (*e).netns = sk.netns();
+        (*e).uid = if full { sk.uid() } else { 0 };
+        (*e).ino = if full { sk.ino() } else { 0 };
+    }
+    entry.submit(wakeup_flag());
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

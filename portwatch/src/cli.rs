@@ -1,0 +1,116 @@
+//! Command-line interface. The help text is written to teach: someone who runs
+//! `portwatch trace --help` should come away knowing what a bind conflict is.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portwatch",
+    version,
+    about = "Who holds that port, and why does the kernel refuse?",
+    long_about = "Who holds that port, and why does the kernel refuse?\n\n\
+portwatch watches every bind() and listen() on this machine with eBPF and explains each \
+result in plain words: which socket is in the way of an \"Address already in use\", which \
+kernel rule made them clash, and what to change. It also finds sockets that are bound but \
+not listening, which ss, lsof and fuser do not show.",
+    after_help = "Examples:\n  \
+sudo portwatch trace --port 8080          watch every bind and listen on port 8080\n  \
+sudo portwatch trace --failed --json      every failure, one JSON object per line\n  \
+sudo portwatch who 8080                   who holds port 8080 right now\n  \
+sudo portwatch who 8080 --addr 0.0.0.0    ... and would a bind to 0.0.0.0:8080 work?"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Print debug logs (loading, BTF offsets, holder lookups) on stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Watch bind() and listen() calls live, and explain each result.
+    #[command(
+        long_about = "Watch bind() and listen() calls live, and explain each result.\n\n\
+Every call on the machine is shown, in every network namespace: the process, the address \
+and port it asked for (as asked, even when the call fails), the protocol, the socket options \
+that decide whether two sockets may share a port (SO_REUSEADDR, SO_REUSEPORT, IPV6_V6ONLY, \
+SO_BINDTODEVICE, IP_FREEBIND, IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT), and the result. \
+For a port 0 bind it shows the port the kernel picked.\n\n\
+Stop with Ctrl-C: portwatch detaches from the kernel and prints a summary (events, failures \
+by errno, and events lost, if any).",
+        after_help = "Output:\n  \
+Human format: one line per call, columns TIME PID COMM CALL PROTO ADDRESS RESULT DETAILS.\n  \
+--json: one object per line; \"type\" is \"bind\", \"listen\", \"lost\" or \"summary\".\n  \
+Status lines (ready, lost events, summary) go to stderr in human format.\n\n\
+Filters:\n  \
+--port and --pid are applied in the kernel, so calls you filter out cost almost nothing.\n  \
+A port filter matches the port asked for, or the port the kernel assigned for port 0."
+    )]
+    Trace(TraceArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Only calls on this port (repeat for several, up to 64).
+    #[arg(short, long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+
+    /// Only calls made by this process id.
+    #[arg(long)]
+    pub pid: Option<u32>,
+
+    /// Only calls made by processes whose name (comm) is exactly NAME.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Only this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+
+    /// Only this address family: 4 (IPv4) or 6 (IPv6).
+    #[arg(long, value_parser = ["4", "6"])]
+    pub family: Option<String>,
+
+    /// Only calls that failed.
+    #[arg(long)]
+    pub failed: bool,
+
+    /// One JSON object per line (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Where to hook. auto tries fexit (sees every bind path, cheapest) and falls back to the
+    /// syscall tracepoints, saying why on stderr.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Color: auto colors only when stdout is a terminal.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// Exit after this many events have been printed.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Fexit,
+    Tracepoint,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}

@@ -1,0 +1,53 @@
+//! Errno names, so output says EADDRINUSE instead of -98.
+
+/// The symbolic name of an errno value (positive), e.g. 98 → "EADDRINUSE".
+pub fn name(errno: i32) -> String {
+    let known = match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EDESTADDRREQ => "EDESTADDRREQ",
+        libc::EPROTOTYPE => "EPROTOTYPE",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::ENODEV => "ENODEV",
+        libc::EISCONN => "EISCONN",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ENOPROTOOPT => "ENOPROTOOPT",
+        _ => return format!("E{errno}"),
+    };
+    known.to_string()
+}
+
+/// The C library's description, e.g. "Address already in use".
+pub fn describe(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno)
+        .to_string()
+        .split(" (os error")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names() {
+        assert_eq!(super::name(98), "EADDRINUSE");
+        assert_eq!(super::name(4095), "E4095");
+        assert_eq!(super::describe(98), "Address already in use");
+    }
+}

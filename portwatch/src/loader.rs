@@ -1,0 +1,463 @@
+//! Loads the kernel programs and attaches them with one of the two backends.
+//!
+//! The checks that come first (privileges, BTF, kernel version) exist so that a user gets one
+//! line naming the problem and the fix, rather than an errno from deep inside aya.
+
+use std::{
+    fmt,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData},
+    programs::{FExit, TracePoint},
+};
+use log::debug;
+use portwatch_common::KernelLayout;
+use thiserror::Error;
+
+use crate::{
+    btf::{self, Btf},
+    cli::BackendChoice,
+    layout,
+};
+
+/// The compiled kernel programs, built by build.rs through aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
+
+/// Ring buffer size. 4 MiB holds ~32k events: half a second of the fastest bind loop this
+/// machine can run, far more than the poll interval needs.
+pub const RING_BYTES: u32 = 1 << 22;
+/// Wake the reader when this much is waiting (a quarter of the ring); otherwise it polls.
+pub const WAKEUP_BYTES: u64 = (RING_BYTES / 4) as u64;
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(
+        "tracing needs root, or the capabilities CAP_BPF and CAP_PERFMON (with CAP_SYS_PTRACE \
+         to name socket owners).\n  fix: run it with sudo: sudo portwatch {0}"
+    )]
+    NotPrivileged(String),
+    #[error(
+        "this kernel has no BTF ({path} is missing), which portwatch needs to find kernel \
+         struct offsets.\n  fix: use a kernel built with CONFIG_DEBUG_INFO_BTF=y (the default \
+         in Debian, Ubuntu, Fedora and RHEL kernels since 2020)"
+    )]
+    NoBtf { path: String },
+    #[error("reading the kernel's BTF: {0}")]
+    Btf(#[from] btf::BtfError),
+    #[error("kernel {found} is too old: portwatch needs Linux 5.8 or newer (BPF ring buffer)")]
+    KernelTooOld { found: String },
+    #[error("finding kernel struct offsets in BTF: {0}")]
+    Layout(#[from] layout::LayoutError),
+    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed: {0}")]
+    Tracefs(std::io::Error),
+    #[error("reading the tracepoint format {path}: {detail}")]
+    TracepointFormat { path: String, detail: String },
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("no backend could be loaded:\n  fexit: {fexit}\n  tracepoint: {tracepoint}")]
+    NoBackend { fexit: String, tracepoint: String },
+    #[error("{backend} backend: {detail}")]
+    Backend {
+        backend: Backend,
+        detail: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Fexit,
+    Tracepoint,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Fexit => "fexit",
+            Backend::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+/// What the kernel side filters, so that filtered-out calls cost almost nothing.
+#[derive(Clone, Debug, Default)]
+pub struct KernelFilter {
+    pub pid: Option<u32>,
+    pub ports: Vec<u16>,
+    pub failed_only: bool,
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub backend: Backend,
+    /// Why fexit was not used, when `auto` fell back.
+    pub fallback: Option<String>,
+    /// Whether the kernel's own conflict check is hooked (fexit on inet_bind_conflict).
+    pub conflict_hook: bool,
+    pub layout: KernelLayout,
+    pub load_time: Duration,
+}
+
+/// Facts about the running kernel that both loading and explaining need.
+pub struct KernelInfo {
+    pub btf: Btf,
+    pub layout: KernelLayout,
+    pub release: String,
+}
+
+pub fn check_privileges(command: &str) -> Result<(), LoadError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(LoadError::NotPrivileged(command.to_string()))
+    }
+}
+
+pub fn kernel_info() -> Result<KernelInfo, LoadError> {
+    let release = kernel_release();
+    if let Some((major, minor)) = parse_version(&release)
+        && (major, minor) < (5, 8)
+    {
+        return Err(LoadError::KernelTooOld { found: release });
+    }
+    let path = Path::new(btf::VMLINUX);
+    if !path.exists() {
+        return Err(LoadError::NoBtf {
+            path: btf::VMLINUX.to_string(),
+        });
+    }
+    let started = Instant::now();
+    let btf = Btf::from_file(path)?;
+    let layout = layout::resolve(&btf)?;
+    debug!("BTF parsed and layout resolved in {:?}: {layout:?}", started.elapsed());
+    Ok(KernelInfo {
+        btf,
+        layout,
+        release,
+    })
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn parse_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Mounts tracefs when nobody has (minimal systems and VMs often don't). aya looks it up once,
+/// so this must run before the first tracepoint attach.
+fn ensure_tracefs() -> Result<(), LoadError> {
+    let events = Path::new(TRACEFS).join("events");
+    if events.exists() {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
+    let fstype = c"tracefs";
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(LoadError::Tracefs(std::io::Error::last_os_error()));
+    }
+    debug!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+/// Offsets of (fd, umyaddr, ret) in the bind/listen syscall tracepoint records.
+fn tracepoint_offsets() -> Result<(u32, u32, u32), LoadError> {
+    ensure_tracefs()?;
+    let fd = tracepoint_field_offset("sys_enter_bind", "fd")?;
+    let addr = tracepoint_field_offset("sys_enter_bind", "umyaddr")?;
+    let addrlen = tracepoint_field_offset("sys_enter_bind", "addrlen")?;
+    let ret = tracepoint_field_offset("sys_exit_bind", "ret")?;
+    let listen_fd = tracepoint_field_offset("sys_enter_listen", "fd")?;
+    let listen_ret = tracepoint_field_offset("sys_exit_listen", "ret")?;
+    // The programs share these between bind and listen and read addrlen right after umyaddr.
+    if addrlen != addr + 8 || listen_fd != fd || listen_ret != ret {
+        return Err(LoadError::TracepointFormat {
+            path: format!("{TRACEFS}/events/syscalls"),
+            detail: format!(
+                "unexpected layout: bind fd {fd}, umyaddr {addr}, addrlen {addrlen}, ret {ret}; \
+                 listen fd {listen_fd}, ret {listen_ret}"
+            ),
+        });
+    }
+    Ok((fd, addr, ret))
+}
+
+/// Offset of `field` in a syscall tracepoint's record, from its tracefs format file.
+fn tracepoint_field_offset(event: &str, field: &str) -> Result<u32, LoadError> {
+    let path = format!("{TRACEFS}/events/syscalls/{event}/format");
+    let err = |detail: String| LoadError::TracepointFormat {
+        path: path.clone(),
+        detail,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    for line in text.lines() {
+        let Some(decl) = line.trim().strip_prefix("field:") else {
+            continue;
+        };
+        let mut parts = decl.split(';');
+        let name_part = parts.next().unwrap_or_default();
+        let name = name_part
+            .rsplit(|c: char| c == ' ' || c == '*')
+            .next()
+            .unwrap_or_default();
+        if name != field {
+            continue;
+        }
+        let offset = parts
+            .find_map(|p| p.trim().strip_prefix("offset:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| err(format!("no offset for {field}")))?;
+        return Ok(offset);
+    }
+    Err(err(format!("no field {field}")))
+}
+
+pub fn load(
+    choice: BackendChoice,
+    filter: &KernelFilter,
+    kernel: &KernelInfo,
+) -> Result<Loaded, LoadError> {
+    let started = Instant::now();
+    bump_memlock();
+    // The fexit backend needs no tracefs; auto reads it up front for the fallback.
+    let tp = if choice == BackendChoice::Fexit {
+        None
+    } else {
+        Some(tracepoint_offsets())
+    };
+    let (enter_fd, enter_addr, exit_ret) = match &tp {
+        Some(Ok(offsets)) => *offsets,
+        _ => (16, 24, 16),
+    };
+    let filter_pid = filter.pid.unwrap_or(0);
+    let filter_ports = u8::from(!filter.ports.is_empty());
+    let filter_failed = u8::from(filter.failed_only);
+    let mut ebpf = EbpfLoader::new()
+        .override_global("LAYOUT", &kernel.layout, true)
+        .override_global("FILTER_PID", &filter_pid, true)
+        .override_global("FILTER_PORTS", &filter_ports, true)
+        .override_global("FILTER_FAILED", &filter_failed, true)
+        .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
+        .override_global("TP_ENTER_FD", &enter_fd, true)
+        .override_global("TP_ENTER_ADDR", &enter_addr, true)
+        .override_global("TP_EXIT_RET", &exit_ret, true)
+        .map_max_entries("EVENTS", RING_BYTES)
+        .load(EBPF_OBJECT)?;
+    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+        debug!("no kernel-side log channel: {e}");
+    }
+    {
+        let mut ports: HashMap<&mut MapData, u16, u8> =
+            HashMap::try_from(ebpf.map_mut("PORTS").expect("PORTS map")).map_err(|e| {
+                LoadError::Backend {
+                    backend: Backend::Tracepoint,
+                    detail: format!("PORTS map: {e}"),
+                }
+            })?;
+        for &p in &filter.ports {
+            ports.insert(&p, &1, 0).map_err(|e| LoadError::Backend {
+                backend: Backend::Tracepoint,
+                detail: format!("PORTS map: {e}"),
+            })?;
+        }
+    }
+
+    let (backend, fallback, conflict_hook) = match choice {
+        BackendChoice::Fexit => {
+            let hook = attach_fexit(&mut ebpf, kernel).map_err(|detail| LoadError::Backend {
+                backend: Backend::Fexit,
+                detail,
+            })?;
+            (Backend::Fexit, None, hook)
+        }
+        BackendChoice::Tracepoint => {
+            if let Some(Err(e)) = tp {
+                return Err(e);
+            }
+            attach_tracepoints(&mut ebpf).map_err(|detail| LoadError::Backend {
+                backend: Backend::Tracepoint,
+                detail,
+            })?;
+            (Backend::Tracepoint, None, false)
+        }
+        BackendChoice::Auto => match attach_fexit(&mut ebpf, kernel) {
+            Ok(hook) => (Backend::Fexit, None, hook),
+            Err(fexit) => {
+                unload_fexit(&mut ebpf);
+                let attached = match tp {
+                    Some(Err(e)) => Err(e.to_string()),
+                    _ => attach_tracepoints(&mut ebpf),
+                };
+                if let Err(tracepoint) = attached {
+                    return Err(LoadError::NoBackend { fexit, tracepoint });
+                }
+                (Backend::Tracepoint, Some(fexit), false)
+            }
+        },
+    };
+    Ok(Loaded {
+        ebpf,
+        backend,
+        fallback,
+        conflict_hook,
+        layout: kernel.layout,
+        load_time: started.elapsed(),
+    })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg. Raising it
+/// can fail without CAP_SYS_RESOURCE, which is harmless on the newer kernels.
+fn bump_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on kernels >= 5.11",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+const FEXIT_PROGRAMS: [(&str, &str); 3] = [
+    ("fexit_inet_bind", "inet_bind"),
+    ("fexit_inet6_bind", "inet6_bind"),
+    ("fexit_inet_listen", "inet_listen"),
+];
+const CONFLICT_PROGRAM: (&str, &str) = ("fexit_inet_bind_conflict", "inet_bind_conflict");
+
+fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo) -> Result<bool, String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading BTF: {e}"))?;
+    for (prog, func) in FEXIT_PROGRAMS {
+        if !kernel.btf.has_func(func) {
+            return Err(format!("the kernel's BTF has no function {func}"));
+        }
+        let p: &mut FExit = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| format!("program {prog} missing from the object"))?
+            .try_into()
+            .map_err(|e| format!("{prog}: {e}"))?;
+        p.load(func, &btf).map_err(|e| describe_load_error(func, &e))?;
+        p.attach().map_err(|e| format!("attaching to {func}: {e}"))?;
+    }
+    // The conflict hook is a bonus: without it, holders come from the socket tables instead.
+    let (prog, func) = CONFLICT_PROGRAM;
+    if !kernel.btf.has_func(func) {
+        debug!("no {func} in BTF; holders will come from the socket tables");
+        return Ok(false);
+    }
+    let attached = (|| -> Result<(), String> {
+        let p: &mut FExit = ebpf
+            .program_mut(prog)
+            .ok_or("missing")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        p.load(func, &btf).map_err(|e| describe_load_error(func, &e))?;
+        p.attach().map_err(|e| format!("{e}"))?;
+        Ok(())
+    })();
+    match attached {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            debug!("conflict hook {func} not attached: {e}");
+            Ok(false)
+        }
+    }
+}
+
+fn describe_load_error(func: &str, e: &aya::programs::ProgramError) -> String {
+    let text = error_chain(e);
+    if text.contains("Operation not permitted") || text.contains("os error 1)") {
+        format!(
+            "loading fexit/{func}: EPERM: this kernel refuses trampoline (fentry/fexit) \
+             programs"
+        )
+    } else {
+        format!("loading fexit/{func}: {text}")
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+fn unload_fexit(ebpf: &mut Ebpf) {
+    for (prog, _) in FEXIT_PROGRAMS.iter().chain([&CONFLICT_PROGRAM]) {
+        if let Some(p) = ebpf.program_mut(prog)
+            && let Ok(p) = <&mut FExit>::try_from(p)
+        {
+            let _ = p.unload();
+        }
+    }
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
+    for name in [
+        "sys_enter_bind",
+        "sys_exit_bind",
+        "sys_enter_listen",
+        "sys_exit_listen",
+    ] {
+        let p: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .map_err(|e| format!("{name}: {e}"))?;
+        p.load()
+            .map_err(|e| format!("loading {name}: {}", error_chain(&e)))?;
+        p.attach("syscalls", name)
+            .map_err(|e| format!("attaching to syscalls/{name}: {}", error_chain(&e)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_versions() {
+        assert_eq!(parse_version("6.18.44-fc-v782"), Some((6, 18)));
+        assert_eq!(parse_version("6.1.0-40-cloud-amd64"), Some((6, 1)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+}

@@ -1,0 +1,449 @@
+//! Human and JSON output. Human lines are aligned columns with color only on a terminal; JSON is
+//! one object per line with the schema documented in the README.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::{
+    errno,
+    event::{Call, Event},
+    explain::Verdict,
+    sockets::{Family, SocketView, endpoint},
+};
+
+/// Converts the kernel's boot-time stamps into wall-clock time.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    realtime_minus_boottime_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        Clock {
+            realtime_minus_boottime_ns: real - boot,
+        }
+    }
+
+    pub fn unix_ns(&self, boot_ns: u64) -> i128 {
+        i128::from(boot_ns) + self.realtime_minus_boottime_ns
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+fn broken_down(unix_ns: i128, local: bool) -> (libc::tm, u32) {
+    let secs = (unix_ns.div_euclid(1_000_000_000)) as libc::time_t;
+    let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as u32;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe {
+        if local {
+            libc::localtime_r(&secs, &mut tm);
+        } else {
+            libc::gmtime_r(&secs, &mut tm);
+        }
+    }
+    (tm, micros)
+}
+
+/// RFC 3339 in UTC with microseconds: 2026-11-24T16:00:01.123456Z.
+pub fn rfc3339(unix_ns: i128) -> String {
+    let (tm, us) = broken_down(unix_ns, false);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{us:06}Z",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// Local time of day for the terminal: 16:00:01.123456.
+fn time_of_day(unix_ns: i128) -> String {
+    let (tm, us) = broken_down(unix_ns, true);
+    format!("{:02}:{:02}:{:02}.{us:06}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
+struct Style {
+    on: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+    fn red(&self, t: &str) -> String {
+        self.paint("1;31", t)
+    }
+    fn green(&self, t: &str) -> String {
+        self.paint("32", t)
+    }
+    fn dim(&self, t: &str) -> String {
+        self.paint("2", t)
+    }
+    fn yellow(&self, t: &str) -> String {
+        self.paint("33", t)
+    }
+}
+
+pub struct Printer {
+    json: bool,
+    style: Style,
+    clock: Clock,
+    own_netns: u32,
+    out: io::BufWriter<io::Stdout>,
+}
+
+const HEADER: [&str; 8] = [
+    "TIME", "PID", "COMM", "CALL", "PROTO", "ADDRESS", "RESULT", "DETAILS",
+];
+
+/// Pads `s` to `width` visible characters (escape codes don't count).
+fn pad(s: &str, visible_len: usize, width: usize) -> String {
+    let mut out = s.to_string();
+    for _ in visible_len..width {
+        out.push(' ');
+    }
+    out
+}
+
+impl Printer {
+    pub fn new(json: bool, color: bool, clock: Clock, own_netns: u32) -> Self {
+        Printer {
+            json,
+            style: Style { on: color },
+            clock,
+            own_netns,
+            out: io::BufWriter::with_capacity(1 << 16, io::stdout()),
+        }
+    }
+
+    pub fn header(&mut self) -> io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        let line = format!(
+            "{:<15} {:>7} {:<15} {:<6} {:<5} {:<27} {:<13} {}",
+            HEADER[0], HEADER[1], HEADER[2], HEADER[3], HEADER[4], HEADER[5], HEADER[6], HEADER[7]
+        );
+        writeln!(self.out, "{}", self.style.dim(&line))?;
+        self.out.flush()
+    }
+
+    pub fn event(&mut self, ev: &Event, verdict: Option<&Verdict>) -> io::Result<()> {
+        if self.json {
+            let obj = JsonEvent::new(ev, verdict, &self.clock);
+            serde_json::to_writer(&mut self.out, &obj)?;
+            self.out.write_all(b"\n")
+        } else {
+            self.human(ev, verdict)
+        }
+    }
+
+    fn human(&mut self, ev: &Event, verdict: Option<&Verdict>) -> io::Result<()> {
+        let s = &self.style;
+        let sock = ev.socket.as_ref();
+        let proto = sock.map(SocketView::proto_family).unwrap_or_else(|| "?".into());
+        let address = match (ev.call, &ev.requested, sock) {
+            (Call::Bind, Some(r), _) => requested_endpoint(r.addr, r.port, r.scope_id),
+            (Call::Bind, None, _) => "(unreadable)".to_string(),
+            (Call::Listen, _, Some(s)) => s.endpoint(),
+            (Call::Listen, _, None) => "?".to_string(),
+        };
+        let (result, result_len) = match ev.errno() {
+            None => (s.green("ok"), 2),
+            Some(e) => {
+                let n = errno::name(e);
+                let len = n.len();
+                (s.red(&n), len)
+            }
+        };
+        let mut details = Vec::new();
+        if let Some(sock) = sock {
+            let asked_zero = ev.call == Call::Bind
+                && ev.requested.as_ref().is_some_and(|r| r.port == 0);
+            if ev.ok() && asked_zero && sock.port != 0 {
+                details.push(format!("got port {}", sock.port));
+            }
+            details.extend(sock.options.words(sock.family));
+            if sock.netns != 0 && sock.netns != self.own_netns {
+                details.push(format!("netns {}", sock.netns));
+            }
+        }
+        let line = format!(
+            "{:<15} {:>7} {:<15} {:<6} {:<5} {:<27} {} {}",
+            time_of_day(self.clock.unix_ns(ev.boot_ns)),
+            ev.pid,
+            ev.comm,
+            ev.call.as_str(),
+            proto,
+            address,
+            pad(&result, result_len, 13),
+            s.dim(&details.join(" ")),
+        );
+        writeln!(self.out, "{}", line.trim_end())?;
+        if let Some(v) = verdict {
+            let mark = if v.ok { s.green("↳") } else { s.yellow("↳") };
+            writeln!(self.out, "    {mark} {}", v.message)?;
+            for line in &v.details {
+                writeln!(self.out, "      {}", s.dim(line))?;
+            }
+            if let Some(fix) = &v.fix {
+                writeln!(self.out, "      {} {fix}", s.yellow("fix:"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Events the kernel dropped since the last report. Always said, never silent.
+    pub fn lost(&mut self, new: u64, total: u64) -> io::Result<()> {
+        if self.json {
+            serde_json::to_writer(
+                &mut self.out,
+                &serde_json::json!({"type": "lost", "lost": new, "total_lost": total}),
+            )?;
+            self.out.write_all(b"\n")?;
+        }
+        self.out.flush()?;
+        eprintln!(
+            "portwatch: warning: {new} events lost (ring buffer full; {total} lost in all). \
+             Narrow the trace with --port or --pid."
+        );
+        Ok(())
+    }
+
+    pub fn summary(&mut self, sum: &Summary) -> io::Result<()> {
+        if self.json {
+            serde_json::to_writer(&mut self.out, &JsonSummary::from(sum))?;
+            self.out.write_all(b"\n")?;
+        }
+        self.out.flush()?;
+        let failures = if sum.by_errno.is_empty() {
+            "none".to_string()
+        } else {
+            sum.by_errno
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        eprintln!(
+            "portwatch: {} events ({} bind, {} listen) in {:.1}s; failures: {failures}; lost: {}",
+            sum.events,
+            sum.binds,
+            sum.listens,
+            sum.seconds,
+            sum.lost()
+        );
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn requested_endpoint(addr: IpAddr, port: u16, scope_id: u32) -> String {
+    match addr {
+        IpAddr::V6(a) if scope_id != 0 => format!("[{a}%{scope_id}]:{port}"),
+        _ => endpoint(addr, port),
+    }
+}
+
+/// What the closing summary reports.
+#[derive(Default)]
+pub struct Summary {
+    pub events: u64,
+    pub binds: u64,
+    pub listens: u64,
+    pub by_errno: BTreeMap<String, u64>,
+    pub lost_ringbuf: u64,
+    pub lost_pending: u64,
+    pub seconds: f64,
+    pub backend: String,
+}
+
+impl Summary {
+    pub fn count(&mut self, ev: &Event) {
+        self.events += 1;
+        match ev.call {
+            Call::Bind => self.binds += 1,
+            Call::Listen => self.listens += 1,
+        }
+        if let Some(e) = ev.errno() {
+            *self.by_errno.entry(errno::name(e)).or_default() += 1;
+        }
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost_ringbuf + self.lost_pending
+    }
+}
+
+#[derive(Serialize)]
+struct JsonSummary<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    backend: &'a str,
+    events: u64,
+    binds: u64,
+    listens: u64,
+    failed: u64,
+    by_errno: &'a BTreeMap<String, u64>,
+    lost: u64,
+    seconds: f64,
+}
+
+impl<'a> From<&'a Summary> for JsonSummary<'a> {
+    fn from(s: &'a Summary) -> Self {
+        JsonSummary {
+            kind: "summary",
+            backend: &s.backend,
+            events: s.events,
+            binds: s.binds,
+            listens: s.listens,
+            failed: s.by_errno.values().sum(),
+            by_errno: &s.by_errno,
+            lost: s.lost(),
+            seconds: (s.seconds * 1000.0).round() / 1000.0,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonAddr {
+    addr: String,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct JsonRequested {
+    addr: String,
+    port: u16,
+    scope_id: u32,
+}
+
+#[derive(Serialize)]
+pub struct JsonOptions {
+    reuseaddr: bool,
+    reuseport: bool,
+    /// null for IPv4 sockets, where it does not apply.
+    v6only: Option<bool>,
+    freebind: bool,
+    transparent: bool,
+    bind_address_no_port: bool,
+    bound_device: Option<String>,
+    bound_ifindex: u32,
+}
+
+impl JsonOptions {
+    pub fn of(s: &SocketView) -> Self {
+        let o = &s.options;
+        JsonOptions {
+            reuseaddr: o.reuseaddr,
+            reuseport: o.reuseport,
+            v6only: (s.family == Family::Ipv6).then_some(o.v6only),
+            freebind: o.freebind,
+            transparent: o.transparent,
+            bind_address_no_port: o.bind_address_no_port,
+            bound_device: (o.bound_dev_if != 0).then(|| o.device_name()),
+            bound_ifindex: o.bound_dev_if,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    backend: &'static str,
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    comm: &'a str,
+    netns: Option<u32>,
+    cgroup_id: u64,
+    fd: Option<i32>,
+    family: Option<Family>,
+    protocol: Option<String>,
+    requested: Option<JsonRequested>,
+    bound: Option<JsonAddr>,
+    ok: bool,
+    result: i32,
+    errno: Option<String>,
+    state: Option<&'static str>,
+    sock_ino: Option<u64>,
+    sk_uid: Option<u32>,
+    options: Option<JsonOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explain: Option<&'a Verdict>,
+}
+
+impl<'a> JsonEvent<'a> {
+    fn new(ev: &'a Event, verdict: Option<&'a Verdict>, clock: &Clock) -> Self {
+        let sock = ev.socket.as_ref();
+        JsonEvent {
+            kind: ev.call.as_str(),
+            time: rfc3339(clock.unix_ns(ev.boot_ns)),
+            backend: ev.backend,
+            pid: ev.pid,
+            tid: ev.tid,
+            uid: ev.uid,
+            comm: &ev.comm,
+            netns: ev.netns(),
+            cgroup_id: ev.cgroup_id,
+            fd: ev.fd,
+            family: sock.map(|s| s.family),
+            protocol: sock.map(|s| s.proto.name()),
+            requested: ev.requested.as_ref().map(|r| JsonRequested {
+                addr: r.addr.to_string(),
+                port: r.port,
+                scope_id: r.scope_id,
+            }),
+            bound: sock.filter(|s| s.port != 0).map(|s| JsonAddr {
+                addr: s.addr.to_string(),
+                port: s.port,
+            }),
+            ok: ev.ok(),
+            result: ev.ret,
+            errno: ev.errno().map(errno::name),
+            state: sock.map(|s| s.state.name(s.proto)),
+            sock_ino: sock.map(|s| s.ino),
+            sk_uid: sock.and_then(|s| s.uid),
+            options: sock.map(JsonOptions::of),
+            explain: verdict,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        // 2026-11-24T16:00:01.000123Z
+        let ns = 1_795_968_001_000_123_000i128;
+        assert_eq!(rfc3339(ns), "2026-11-24T16:00:01.000123Z");
+    }
+}

@@ -1,0 +1,93 @@
+//! Processes from /proc: their names and the sockets they hold.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+/// A process holding a socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+    /// The fd number in that process.
+    pub fd: i32,
+}
+
+/// Every process id in /proc.
+pub fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+pub fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// Socket inode → the processes (and fds) that hold it, for every process on the machine.
+///
+/// This is the same walk `ss -p` and `lsof` do. It is the only way to name the owner of a
+/// socket, and it also finds sockets that appear in no kernel table portwatch can iterate
+/// (bound but not listening).
+pub fn socket_owners() -> HashMap<u64, Vec<Owner>> {
+    let mut owners: HashMap<u64, Vec<Owner>> = HashMap::new();
+    for pid in pids() {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let mut name: Option<String> = None;
+        for entry in dir.flatten() {
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            let Some(ino) = socket_inode(target.as_os_str().as_encoded_bytes()) else {
+                continue;
+            };
+            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let comm = name
+                .get_or_insert_with(|| comm(pid).unwrap_or_default())
+                .clone();
+            owners.entry(ino).or_default().push(Owner { pid, comm, fd });
+        }
+    }
+    owners
+}
+
+/// Parses "socket:[12345]".
+fn socket_inode(link: &[u8]) -> Option<u64> {
+    let rest = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    std::str::from_utf8(rest).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_socket_links() {
+        assert_eq!(socket_inode(b"socket:[4242]"), Some(4242));
+        assert_eq!(socket_inode(b"/dev/null"), None);
+        assert_eq!(socket_inode(b"anon_inode:[eventfd]"), None);
+    }
+
+    #[test]
+    fn finds_our_own_socket() {
+        use std::os::unix::fs::MetadataExt;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ino = std::fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&sock)
+        ))
+        .unwrap()
+        .ino();
+        let owners = socket_owners();
+        let mine = owners.get(&ino).expect("our socket is listed");
+        assert_eq!(mine[0].pid, std::process::id());
+    }
+}

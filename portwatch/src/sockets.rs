@@ -1,0 +1,274 @@
+//! The vocabulary for sockets that every other module shares: family, protocol, state,
+//! options, and one socket as portwatch sees it. Pure data, no I/O.
+
+use std::net::IpAddr;
+
+use portwatch_common::{AF_INET6, opt};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn from_af(af: u16) -> Self {
+        if af == AF_INET6 {
+            Family::Ipv6
+        } else {
+            Family::Ipv4
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    UdpLite,
+    Mptcp,
+    Sctp,
+    Other(u16),
+}
+
+impl Proto {
+    pub fn from_raw(protocol: u16, sock_type: u16) -> Self {
+        const SOCK_STREAM: u16 = 1;
+        const SOCK_DGRAM: u16 = 2;
+        match protocol {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            136 => Proto::UdpLite,
+            262 => Proto::Mptcp,
+            132 => Proto::Sctp,
+            0 if sock_type == SOCK_STREAM => Proto::Tcp,
+            0 if sock_type == SOCK_DGRAM => Proto::Udp,
+            n => Proto::Other(n),
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Proto::Tcp => "tcp".into(),
+            Proto::Udp => "udp".into(),
+            Proto::UdpLite => "udplite".into(),
+            Proto::Mptcp => "mptcp".into(),
+            Proto::Sctp => "sctp".into(),
+            Proto::Other(n) => format!("proto{n}"),
+        }
+    }
+
+    /// Whether two protocols draw from the same port space (TCP's bind hash, UDP's table).
+    pub fn shares_ports_with(self, other: Proto) -> bool {
+        let space = |p: Proto| match p {
+            Proto::Tcp | Proto::Mptcp => 1,
+            Proto::Udp => 2,
+            Proto::UdpLite => 3,
+            Proto::Sctp => 4,
+            Proto::Other(n) => 100 + u32::from(n),
+        };
+        space(self) == space(other)
+    }
+}
+
+impl Serialize for Proto {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+/// The kernel's `sk_state` (TCP's numbering; UDP uses ESTABLISHED and CLOSE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct State(pub u8);
+
+impl State {
+    pub const ESTABLISHED: State = State(1);
+    pub const TIME_WAIT: State = State(6);
+    pub const CLOSE: State = State(7);
+    pub const LISTEN: State = State(10);
+
+    pub fn from_raw(raw: u8, _protocol: u16) -> Self {
+        State(raw)
+    }
+
+    pub fn is_listen(self) -> bool {
+        self == State::LISTEN
+    }
+
+    pub fn is_time_wait(self) -> bool {
+        self == State::TIME_WAIT
+    }
+
+    /// Stable names for JSON. A TCP socket in CLOSE with a port is bound but not listening;
+    /// a UDP socket is UNCONN or ESTABLISHED (connected), as ss calls them.
+    pub fn name(self, proto: Proto) -> &'static str {
+        let udp = matches!(proto, Proto::Udp | Proto::UdpLite);
+        match self.0 {
+            1 => "ESTABLISHED",
+            2 => "SYN_SENT",
+            3 => "SYN_RECV",
+            4 => "FIN_WAIT1",
+            5 => "FIN_WAIT2",
+            6 => "TIME_WAIT",
+            7 if udp => "UNCONN",
+            7 => "BOUND",
+            8 => "CLOSE_WAIT",
+            9 => "LAST_ACK",
+            10 => "LISTEN",
+            11 => "CLOSING",
+            12 => "NEW_SYN_RECV",
+            _ => "UNKNOWN",
+        }
+    }
+
+    /// Words for people.
+    pub fn describe(self, proto: Proto) -> &'static str {
+        let udp = matches!(proto, Proto::Udp | Proto::UdpLite);
+        match self.0 {
+            1 if udp => "connected UDP",
+            7 if udp => "UDP",
+            7 => "bound, not listening",
+            10 => "listening",
+            6 => "TIME_WAIT",
+            1 => "connected",
+            _ => self.name(proto),
+        }
+    }
+}
+
+/// The options that decide whether two sockets may share a port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub reuseaddr: bool,
+    /// Raw `sk_reuse`: 1 is SO_REUSEADDR, 2 is the kernel forcing reuse (SK_FORCE_REUSE).
+    pub reuse_raw: u8,
+    pub reuseport: bool,
+    pub v6only: bool,
+    pub freebind: bool,
+    pub transparent: bool,
+    pub bind_address_no_port: bool,
+    /// SO_BINDTODEVICE ifindex; 0 when unbound.
+    pub bound_dev_if: u32,
+    /// Interface name for `bound_dev_if`, looked up in the socket's network namespace.
+    pub device: Option<String>,
+}
+
+impl Options {
+    pub fn from_bits(bits: u16, reuse_raw: u8, bound_dev_if: u32) -> Self {
+        Options {
+            reuseaddr: bits & opt::REUSEADDR != 0,
+            reuse_raw,
+            reuseport: bits & opt::REUSEPORT != 0,
+            v6only: bits & opt::V6ONLY != 0,
+            freebind: bits & opt::FREEBIND != 0,
+            transparent: bits & opt::TRANSPARENT != 0,
+            bind_address_no_port: bits & opt::BIND_ADDRESS_NO_PORT != 0,
+            bound_dev_if,
+            device: None,
+        }
+    }
+
+    /// Short words for a terminal, e.g. "reuseaddr,v6only,dev=eth0".
+    pub fn words(&self, family: Family) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.reuseaddr {
+            w.push("reuseaddr".to_string());
+        }
+        if self.reuseport {
+            w.push("reuseport".to_string());
+        }
+        if family == Family::Ipv6 {
+            w.push(if self.v6only { "v6only" } else { "dual-stack" }.to_string());
+        }
+        if self.freebind {
+            w.push("freebind".to_string());
+        }
+        if self.transparent {
+            w.push("transparent".to_string());
+        }
+        if self.bind_address_no_port {
+            w.push("bind_address_no_port".to_string());
+        }
+        if self.bound_dev_if != 0 {
+            w.push(format!("dev={}", self.device_name()));
+        }
+        w
+    }
+
+    pub fn device_name(&self) -> String {
+        self.device
+            .clone()
+            .unwrap_or_else(|| format!("if{}", self.bound_dev_if))
+    }
+}
+
+/// One socket: the one a call was made on, or one already holding a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketView {
+    pub family: Family,
+    pub proto: Proto,
+    /// Local address (0.0.0.0 / :: when bound to the wildcard).
+    pub addr: IpAddr,
+    pub port: u16,
+    pub state: State,
+    pub options: Options,
+    /// `sk_uid`; None where the kernel keeps none (TIME_WAIT).
+    pub uid: Option<u32>,
+    pub netns: u32,
+    /// Socket inode; 0 when no file owns it (TIME_WAIT, orphaned).
+    pub ino: u64,
+    /// Remote end, for connected sockets.
+    pub peer: Option<(IpAddr, u16)>,
+    /// For TIME_WAIT: how long until the kernel drops it.
+    pub tw_left_ms: Option<u64>,
+}
+
+impl SocketView {
+    /// `0.0.0.0:8080`, `[::]:8080`, `[fe80::1%2]:80`.
+    pub fn endpoint(&self) -> String {
+        endpoint(self.addr, self.port)
+    }
+
+    /// "tcp4", "udp6": the family of the socket, as ss prints it.
+    pub fn proto_family(&self) -> String {
+        format!(
+            "{}{}",
+            self.proto.name(),
+            if self.family == Family::Ipv6 { "6" } else { "4" }
+        )
+    }
+}
+
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use super::*;
+
+    #[test]
+    fn names_states_like_ss() {
+        assert_eq!(State(7).name(Proto::Tcp), "BOUND");
+        assert_eq!(State(7).name(Proto::Udp), "UNCONN");
+        assert_eq!(State(10).describe(Proto::Tcp), "listening");
+    }
+
+    #[test]
+    fn port_spaces() {
+        assert!(Proto::Tcp.shares_ports_with(Proto::Mptcp));
+        assert!(!Proto::Tcp.shares_ports_with(Proto::Udp));
+    }
+
+    #[test]
+    fn endpoints_bracket_ipv6() {
+        assert_eq!(endpoint(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 80), "[::]:80");
+    }
+}

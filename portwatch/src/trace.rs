@@ -1,0 +1,273 @@
+//! `portwatch trace`: the live loop. Reads the ring buffer, decodes, explains, prints, counts.
+//!
+//! The kernel side only wakes us once a quarter of the ring is full (a wakeup costs more than
+//! the rest of the event path together), so we also drain on a short timer. On exit we detach
+//! first, then drain what is left, so the last events before Ctrl-C are not lost.
+
+use std::{
+    collections::HashMap,
+    io,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{MapData, RingBuf};
+use log::debug;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    cli::{Proto as ProtoArg, TraceArgs},
+    event::{self, Event, Record},
+    explain::Explainer,
+    loader::{self, KernelFilter},
+    netns::{self, Namespaces},
+    output::{Clock, Printer, Summary},
+    sockets::{Family, Proto, SocketView},
+};
+
+/// How often the ring buffer is drained when the kernel has not woken us.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Userspace-side filters (the cheap ones, port and pid, run in the kernel).
+struct UserFilter {
+    comm: Option<String>,
+    proto: Option<ProtoArg>,
+    family: Option<Family>,
+}
+
+impl UserFilter {
+    fn keeps(&self, ev: &Event) -> bool {
+        if let Some(c) = &self.comm
+            && &ev.comm != c
+        {
+            return false;
+        }
+        let sock = ev.socket.as_ref();
+        if let Some(p) = self.proto {
+            let want = match p {
+                ProtoArg::Tcp => Proto::Tcp,
+                ProtoArg::Udp => Proto::Udp,
+            };
+            if sock.map(|s| s.proto) != Some(want) {
+                return false;
+            }
+        }
+        if let Some(f) = self.family
+            && sock.map(|s| s.family) != Some(f)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+pub struct Session {
+    printer: Printer,
+    filter: UserFilter,
+    namespaces: Namespaces,
+    explainer: Explainer,
+    /// Holders reported by the kernel's conflict check, waiting for their thread's event.
+    conflicts: HashMap<u32, Vec<SocketView>>,
+    summary: Summary,
+    printed: u64,
+    limit: Option<u64>,
+}
+
+impl Session {
+    fn handle(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match event::decode(bytes) {
+            Some(Record::Conflict { tid, holder }) => {
+                let list = self.conflicts.entry(tid).or_default();
+                if list.len() < 16 {
+                    list.push(holder);
+                }
+            }
+            Some(Record::Call(mut ev)) => {
+                ev.kernel_conflicts = self.conflicts.remove(&ev.tid).unwrap_or_default();
+                if !self.filter.keeps(&ev) {
+                    return Ok(());
+                }
+                self.enrich(&mut ev);
+                self.summary.count(&ev);
+                let verdict = self.explainer.explain(&ev, &mut self.namespaces);
+                self.printer.event(&ev, verdict.as_ref())?;
+                self.printed += 1;
+            }
+            None => debug!("undecodable record of {} bytes", bytes.len()),
+        }
+        Ok(())
+    }
+
+    /// Adds what the kernel side cannot know: interface names in the socket's namespace.
+    fn enrich(&mut self, ev: &mut Event) {
+        if let Some(sock) = ev.socket.as_mut() {
+            self.namespaces.note(sock.netns, ev.pid);
+            if sock.options.bound_dev_if != 0 {
+                sock.options.device = self
+                    .namespaces
+                    .ifname(sock.netns, sock.options.bound_dev_if);
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.limit.is_some_and(|n| self.printed >= n)
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        while let Some(item) = ring.next() {
+            self.handle(&item)?;
+            if self.done() {
+                break;
+            }
+        }
+        self.printer.flush()
+    }
+}
+
+pub async fn run(args: TraceArgs) -> Result<()> {
+    if args.ports.len() > portwatch_common::MAX_PORT_FILTERS as usize {
+        bail!(
+            "at most {} --port filters are supported",
+            portwatch_common::MAX_PORT_FILTERS
+        );
+    }
+    loader::check_privileges("trace")?;
+    let kernel = loader::kernel_info()?;
+    let filter = KernelFilter {
+        pid: args.pid,
+        ports: args.ports.clone(),
+        failed_only: args.failed,
+    };
+    let mut loaded = loader::load(args.backend, &filter, &kernel)?;
+    let started = Instant::now();
+    let ring = RingBuf::try_from(loaded.ebpf.take_map("EVENTS").context("EVENTS map missing")?)
+        .context("opening the ring buffer")?;
+    let lost_map = loaded.ebpf.take_map("LOST").context("LOST map missing")?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole life.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    if let Some(why) = &loaded.fallback {
+        eprintln!("portwatch: fexit unavailable ({why}); using the syscall tracepoints");
+    }
+    eprintln!(
+        "portwatch: tracing bind() and listen() with the {} backend (attached in {} ms{}). \
+         Ctrl-C to stop.",
+        loaded.backend,
+        loaded.load_time.as_millis(),
+        if loaded.conflict_hook {
+            "; holders from the kernel's conflict check"
+        } else {
+            ""
+        }
+    );
+
+    let color = match args.color {
+        crate::cli::ColorChoice::Always => true,
+        crate::cli::ColorChoice::Never => false,
+        crate::cli::ColorChoice::Auto => {
+            std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none()
+        }
+    };
+    let mut session = Session {
+        printer: Printer::new(args.json, color, Clock::now(), netns::current()),
+        filter: UserFilter {
+            comm: args.comm.clone(),
+            proto: args.proto,
+            family: args.family.as_deref().map(|f| {
+                if f == "6" {
+                    Family::Ipv6
+                } else {
+                    Family::Ipv4
+                }
+            }),
+        },
+        namespaces: Namespaces::default(),
+        explainer: Explainer::new(&kernel, loaded.conflict_hook),
+        conflicts: HashMap::new(),
+        summary: Summary {
+            backend: loaded.backend.to_string(),
+            ..Summary::default()
+        },
+        printed: 0,
+        limit: args.count,
+    };
+    session.printer.header()?;
+
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported_lost = 0u64;
+    let mut outcome: io::Result<()> = Ok(());
+    while !session.done() {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                outcome = session.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                outcome = session.drain(ring.get_mut());
+                if outcome.is_ok() {
+                    outcome = report_lost(&lost_map, &mut session, &mut reported_lost);
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+        if outcome.is_err() {
+            break;
+        }
+    }
+
+    // Detach before the last drain: nothing new arrives, nothing already written is lost.
+    drop(loaded);
+    let mut ring = ring.into_inner();
+    if outcome.is_ok() && !session.done() {
+        outcome = session.drain(&mut ring);
+    }
+    if outcome.is_ok() {
+        outcome = report_lost(&lost_map, &mut session, &mut reported_lost);
+    }
+    session.summary.seconds = started.elapsed().as_secs_f64();
+    let (rb, pending) = lost_totals(&lost_map);
+    session.summary.lost_ringbuf = rb;
+    session.summary.lost_pending = pending;
+    match outcome {
+        // A closed pipe (`| head`) is a normal way to stop reading.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("writing output"),
+        Ok(()) => {
+            session.printer.summary(&session.summary)?;
+            Ok(())
+        }
+    }
+}
+
+fn lost_totals(map: &aya::maps::Map) -> (u64, u64) {
+    let Ok(arr) = aya::maps::PerCpuArray::<_, u64>::try_from(map) else {
+        return (0, 0);
+    };
+    let sum = |i: u32| {
+        arr.get(&i, 0)
+            .map(|v| v.iter().copied().sum::<u64>())
+            .unwrap_or(0)
+    };
+    (sum(0), sum(1))
+}
+
+fn report_lost(map: &aya::maps::Map, session: &mut Session, reported: &mut u64) -> io::Result<()> {
+    let (rb, pending) = lost_totals(map);
+    let total = rb + pending;
+    if total > *reported {
+        session.printer.lost(total - *reported, total)?;
+        *reported = total;
+    }
+    Ok(())
+}
