@@ -205,18 +205,21 @@ pub struct SockRecord {
     pub netns: u32,
     pub addr: [u8; 16],
     pub daddr: [u8; 16],
-    /// Socket inode, 0 for TIME_WAIT, request and orphaned sockets.
+    /// Socket inode, 0 for TIME_WAIT and orphaned sockets.
     pub ino: u64,
-    /// For TIME_WAIT: jiffies until the socket goes away.
-    pub tw_jiffies_left: i64,
+    /// For TIME_WAIT: when the kernel drops it, in jiffies.
+    pub tw_expires: u64,
+    /// The kernel's jiffies when this record was written.
+    pub jiffies_now: u64,
 }
 
-/// Global `ITER_PORT` value meaning "dump every socket".
-pub const ITER_ALL_PORTS: u16 = 0;
+/// `ITER_PORT[0]` value meaning "dump every socket".
+pub const ITER_ALL_PORTS: u32 = 0;
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)] and made of integers and integer arrays only.
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::Field {}
+    unsafe impl aya::Pod for super::SockRecord {}
 }

@@ -229,10 +229,10 @@ impl Sock {
         o
     }
 
-    /// Jiffies until a TIME_WAIT socket expires (expiry minus now).
+    /// When a TIME_WAIT socket expires, in jiffies.
     #[inline(always)]
-    pub fn tw_jiffies_left(&self, now: u64) -> i64 {
-        read_field(self.sk, &LAYOUT.tw_timer_expires) as i64 - now as i64
+    pub fn tw_expires(&self) -> u64 {
+        read_field(self.sk, &LAYOUT.tw_timer_expires)
     }
 
     /// The peer address, for connected sockets.

@@ -13,6 +13,7 @@
 #![no_std]
 #![no_main]
 
+mod iter;
 mod kernel;
 
 use aya_ebpf::{

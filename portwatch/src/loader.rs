@@ -99,7 +99,6 @@ pub struct Loaded {
     pub fallback: Option<String>,
     /// Whether the kernel's own conflict check is hooked (fexit on inet_bind_conflict).
     pub conflict_hook: bool,
-    pub layout: KernelLayout,
     pub load_time: Duration,
 }
 
@@ -107,7 +106,6 @@ pub struct Loaded {
 pub struct KernelInfo {
     pub btf: Btf,
     pub layout: KernelLayout,
-    pub release: String,
 }
 
 pub fn check_privileges(command: &str) -> Result<(), LoadError> {
@@ -148,11 +146,7 @@ pub fn kernel_info() -> Result<KernelInfo, LoadError> {
     let btf = Btf::from_file(path)?;
     let layout = layout::resolve(&btf)?;
     debug!("BTF parsed and layout resolved in {:?}: {layout:?}", started.elapsed());
-    Ok(KernelInfo {
-        btf,
-        layout,
-        release,
-    })
+    Ok(KernelInfo { btf, layout })
 }
 
 fn kernel_release() -> String {
@@ -331,7 +325,6 @@ pub fn load(
         backend,
         fallback,
         conflict_hook,
-        layout: kernel.layout,
         load_time: started.elapsed(),
     })
 }
@@ -430,13 +423,28 @@ fn unload_fexit(ebpf: &mut Ebpf) {
     }
 }
 
+const TRACEPOINT_PROGRAMS: [&str; 4] = [
+    "sys_enter_bind",
+    "sys_exit_bind",
+    "sys_enter_listen",
+    "sys_exit_listen",
+];
+
+/// Detaches and unloads every tracing program; the socket table iterators stay for the last
+/// explanations.
+pub fn detach(ebpf: &mut Ebpf) {
+    unload_fexit(ebpf);
+    for name in TRACEPOINT_PROGRAMS {
+        if let Some(p) = ebpf.program_mut(name)
+            && let Ok(p) = <&mut TracePoint>::try_from(p)
+        {
+            let _ = p.unload();
+        }
+    }
+}
+
 fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
-    for name in [
-        "sys_enter_bind",
-        "sys_exit_bind",
-        "sys_enter_listen",
-        "sys_exit_listen",
-    ] {
+    for name in TRACEPOINT_PROGRAMS {
         let p: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("program {name} missing from the object"))?

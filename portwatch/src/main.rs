@@ -5,12 +5,15 @@ mod cli;
 mod errno;
 mod event;
 mod explain;
+mod facts;
 mod layout;
 mod loader;
 mod netns;
 mod output;
 mod procfs;
 mod sockets;
+mod sockinfo;
+mod tables;
 mod trace;
 
 use clap::Parser as _;

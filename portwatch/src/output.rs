@@ -342,7 +342,7 @@ struct JsonRequested {
     scope_id: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct JsonOptions {
     reuseaddr: bool,
     reuseport: bool,
@@ -443,7 +443,7 @@ mod tests {
     #[test]
     fn formats_utc_times() {
         // 2026-11-24T16:00:01.000123Z
-        let ns = 1_795_968_001_000_123_000i128;
+        let ns = 1795536001_000_123_000i128;
         assert_eq!(rfc3339(ns), "2026-11-24T16:00:01.000123Z");
     }
 }

@@ -28,6 +28,16 @@ pub fn comm(pid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
+/// Whether `pid` has capability number `cap` in its effective set (None: process gone).
+pub fn has_cap(pid: u32, cap: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())?;
+    Some(eff & (1 << cap) != 0)
+}
+
 /// Socket inode → the processes (and fds) that hold it, for every process on the machine.
 ///
 /// This is the same walk `ss -p` and `lsof` do. It is the only way to name the owner of a

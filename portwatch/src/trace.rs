@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{MapData, RingBuf};
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
 use log::debug;
 use tokio::{
     io::unix::AsyncFd,
@@ -21,7 +24,8 @@ use tokio::{
 use crate::{
     cli::{Proto as ProtoArg, TraceArgs},
     event::{self, Event, Record},
-    explain::Explainer,
+    explain,
+    facts::FactFinder,
     loader::{self, KernelFilter},
     netns::{self, Namespaces},
     output::{Clock, Printer, Summary},
@@ -65,10 +69,11 @@ impl UserFilter {
 }
 
 pub struct Session {
+    ebpf: Ebpf,
     printer: Printer,
     filter: UserFilter,
     namespaces: Namespaces,
-    explainer: Explainer,
+    facts: FactFinder,
     /// Holders reported by the kernel's conflict check, waiting for their thread's event.
     conflicts: HashMap<u32, Vec<SocketView>>,
     summary: Summary,
@@ -76,27 +81,53 @@ pub struct Session {
     limit: Option<u64>,
 }
 
+/// Records taken from the ring buffer per pass. A pass is explained as a unit: one socket
+/// table lookup per port serves all its events.
+const BATCH: usize = 4096;
+
 impl Session {
-    fn handle(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match event::decode(bytes) {
-            Some(Record::Conflict { tid, holder }) => {
-                let list = self.conflicts.entry(tid).or_default();
-                if list.len() < 16 {
-                    list.push(holder);
+    /// Handles one pass of records. `bound_at` maps a socket inode to the first record in the
+    /// pass that bound it, so that an event is not explained by a socket bound after it: the
+    /// tables are read after the fact.
+    fn handle_batch(&mut self, batch: Vec<Record>) -> io::Result<()> {
+        let mut bound_at: HashMap<u64, usize> = HashMap::new();
+        for (i, r) in batch.iter().enumerate() {
+            if let Record::Call(ev) = r
+                && ev.ok()
+                && let Some(s) = &ev.socket
+                && s.ino != 0
+            {
+                bound_at.entry(s.ino).or_insert(i);
+            }
+        }
+        for (i, r) in batch.into_iter().enumerate() {
+            match r {
+                Record::Conflict { tid, holder } => {
+                    let list = self.conflicts.entry(tid).or_default();
+                    if list.len() < 16 {
+                        list.push(holder);
+                    }
+                }
+                Record::Call(mut ev) => {
+                    ev.kernel_conflicts = self.conflicts.remove(&ev.tid).unwrap_or_default();
+                    if !self.filter.keeps(&ev) {
+                        continue;
+                    }
+                    self.enrich(&mut ev);
+                    self.summary.count(&ev);
+                    let mut facts = self.facts.gather(&mut self.ebpf, &mut self.namespaces, &ev);
+                    let later = |ino: u64| bound_at.get(&ino).is_some_and(|&j| j > i);
+                    if let Some(h) = facts.holders.as_mut() {
+                        h.retain(|h| !later(h.socket.ino));
+                    }
+                    let verdict = explain::explain(&ev, &facts);
+                    self.printer.event(&ev, verdict.as_ref())?;
+                    self.printed += 1;
+                    if self.done() {
+                        break;
+                    }
                 }
             }
-            Some(Record::Call(mut ev)) => {
-                ev.kernel_conflicts = self.conflicts.remove(&ev.tid).unwrap_or_default();
-                if !self.filter.keeps(&ev) {
-                    return Ok(());
-                }
-                self.enrich(&mut ev);
-                self.summary.count(&ev);
-                let verdict = self.explainer.explain(&ev, &mut self.namespaces);
-                self.printer.event(&ev, verdict.as_ref())?;
-                self.printed += 1;
-            }
-            None => debug!("undecodable record of {} bytes", bytes.len()),
         }
         Ok(())
     }
@@ -118,11 +149,20 @@ impl Session {
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
-        while let Some(item) = ring.next() {
-            self.handle(&item)?;
-            if self.done() {
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < BATCH {
+                let Some(item) = ring.next() else { break };
+                match event::decode(&item) {
+                    Some(r) => batch.push(r),
+                    None => debug!("undecodable record of {} bytes", item.len()),
+                }
+            }
+            if batch.is_empty() || self.done() {
                 break;
             }
+            self.facts.new_batch();
+            self.handle_batch(batch)?;
         }
         self.printer.flush()
     }
@@ -176,7 +216,9 @@ pub async fn run(args: TraceArgs) -> Result<()> {
                 && std::env::var_os("NO_COLOR").is_none()
         }
     };
+    let backend = loaded.backend;
     let mut session = Session {
+        ebpf: loaded.ebpf,
         printer: Printer::new(args.json, color, Clock::now(), netns::current()),
         filter: UserFilter {
             comm: args.comm.clone(),
@@ -190,10 +232,10 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             }),
         },
         namespaces: Namespaces::default(),
-        explainer: Explainer::new(&kernel, loaded.conflict_hook),
+        facts: FactFinder::new(),
         conflicts: HashMap::new(),
         summary: Summary {
-            backend: loaded.backend.to_string(),
+            backend: backend.to_string(),
             ..Summary::default()
         },
         printed: 0,
@@ -227,7 +269,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     }
 
     // Detach before the last drain: nothing new arrives, nothing already written is lost.
-    drop(loaded);
+    loader::detach(&mut session.ebpf);
     let mut ring = ring.into_inner();
     if outcome.is_ok() && !session.done() {
         outcome = session.drain(&mut ring);

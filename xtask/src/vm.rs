@@ -109,7 +109,9 @@ fn resolve_package() -> Result<String> {
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
         .map(str::trim)
         .find(|d| d.starts_with("linux-image-") && d.ends_with("-cloud-amd64"))
-        .ok_or_else(|| anyhow!("no linux-image-*-cloud-amd64 in `apt-cache depends {META_PACKAGE}`"))?;
+        .ok_or_else(|| {
+            anyhow!("no linux-image-*-cloud-amd64 in `apt-cache depends {META_PACKAGE}`")
+        })?;
     let unsigned = format!("{signed}-unsigned");
     // Verify apt knows it, so a stale package list is caught here (and triggers an update).
     run_quiet(Command::new("apt-cache").args(["show", "--no-all-versions", &unsigned]))?;
@@ -126,7 +128,12 @@ fn newest_cached(cache: &Path) -> Result<Option<Kernel>> {
         }
         let Ok(k) = kernel_in(&path) else { continue };
         // ABI number: 6.1.0-NN-cloud-amd64.
-        let abi = k.version.split('-').nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let abi = k
+            .version
+            .split('-')
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         if best.as_ref().is_none_or(|(b, _)| abi > *b) {
             best = Some((abi, k));
         }
@@ -139,7 +146,11 @@ fn kernel_in(root: &Path) -> Result<Kernel> {
     let vmlinuz = fs::read_dir(&boot)
         .with_context(|| format!("reading {}", boot.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().and_then(OsStr::to_str).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .and_then(OsStr::to_str)
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
         .ok_or_else(|| anyhow!("no vmlinuz-* in {}", boot.display()))?;
     let version = vmlinuz.file_name().unwrap().to_str().unwrap()["vmlinuz-".len()..].to_string();
     let modules_dir = ["lib/modules", "usr/lib/modules"]
@@ -147,7 +158,11 @@ fn kernel_in(root: &Path) -> Result<Kernel> {
         .map(|d| root.join(d).join(&version))
         .find(|p| p.is_dir())
         .ok_or_else(|| anyhow!("no lib/modules/{version} in {}", root.display()))?;
-    Ok(Kernel { version, vmlinuz, modules_dir })
+    Ok(Kernel {
+        version,
+        vmlinuz,
+        modules_dir,
+    })
 }
 
 /// What to run in the guest.
@@ -181,35 +196,58 @@ pub struct GuestOutput {
 /// `results.bin`. It is reused between runs, so concurrent runs need distinct directories.
 /// A timeout kills QEMU and is an error that quotes the end of the console.
 pub fn run(kernel: &Kernel, guest: &Guest, work: &Path) -> Result<GuestOutput> {
+    // QEMU's legacy -serial syntax has no escape for ",", so such a path would be cut short.
+    ensure!(
+        !work.to_string_lossy().contains(','),
+        "VM work directory {} must not contain a comma",
+        work.display()
+    );
     fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let initrd = work.join("initrd.gz");
     let console_path = work.join("console.log");
     let results_path = work.join("results.bin");
     // Tools such as `bpftool feature probe` read the kernel config from /boot.
-    let config = kernel.vmlinuz.with_file_name(format!("config-{}", kernel.version));
-    build_initramfs(guest, config.is_file().then_some((config.as_path(), kernel.version.as_str())), &initrd)?;
+    let config = kernel
+        .vmlinuz
+        .with_file_name(format!("config-{}", kernel.version));
+    build_initramfs(
+        guest,
+        config
+            .is_file()
+            .then_some((config.as_path(), kernel.version.as_str())),
+        &initrd,
+    )?;
     // Never let a previous run's results be mistaken for this one's.
     fs::write(&results_path, b"")?;
 
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-no-reboot", "-nographic"])
-        .args(["-m", &guest.memory_mb.to_string()])
-        // No NIC: the guest only needs `lo`, and this skips the iPXE option ROM.
-        .args(["-nic", "none"])
-        .arg("-kernel")
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(&initrd)
-        // panic=-1: reboot at once on panic, which -no-reboot turns into QEMU exiting.
-        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
-        // The first -serial is ttyS0 (console, multiplexed with the monitor on stdio as
-        // -nographic does by default); the second is ttyS1, the results channel.
-        .args(["-serial", "mon:stdio"])
-        .arg("-serial")
-        .arg(format!("file:{}", results_path.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+        "-no-reboot",
+        "-nographic",
+    ])
+    .args(["-m", &guest.memory_mb.to_string()])
+    // No NIC: the guest only needs `lo`, and this skips the iPXE option ROM.
+    .args(["-nic", "none"])
+    .arg("-kernel")
+    .arg(&kernel.vmlinuz)
+    .arg("-initrd")
+    .arg(&initrd)
+    // panic=-1: reboot at once on panic, which -no-reboot turns into QEMU exiting.
+    .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+    // The first -serial is ttyS0 (console, multiplexed with the monitor on stdio as
+    // -nographic does by default); the second is ttyS1, the results channel.
+    .args(["-serial", "mon:stdio"])
+    .arg("-serial")
+    .arg(format!("file:{}", results_path.display()))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     // qboot (qemu-system-data) jumps straight to the kernel; SeaBIOS is the fallback.
     if Path::new(QBOOT).exists() {
         cmd.args(["-bios", QBOOT]);
@@ -284,7 +322,12 @@ pub fn run(kernel: &Kernel, guest: &Guest, work: &Path) -> Result<GuestOutput> {
         }
         None => None,
     };
-    Ok(GuestOutput { console, results, exit_code, elapsed })
+    Ok(GuestOutput {
+        console,
+        results,
+        exit_code,
+        elapsed,
+    })
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -309,6 +352,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
+mount -t securityfs securityfs /sys/kernel/security
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs tmpfs /tmp
@@ -341,16 +385,37 @@ fn build_initramfs(guest: &Guest, config: Option<(&Path, &str)>, out: &Path) -> 
     }
     // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
     tree.insert("dev/console".into(), Entry::CharDev { major: 5, minor: 1 });
-    tree.insert("bin/busybox".into(), Entry::File { src: BUSYBOX.into(), mode: 0o755 });
+    tree.insert(
+        "bin/busybox".into(),
+        Entry::File {
+            src: BUSYBOX.into(),
+            mode: 0o755,
+        },
+    );
     tree.insert("bin/sh".into(), Entry::Symlink("busybox".into()));
-    tree.insert("init".into(), Entry::Data { data: INIT.into(), mode: 0o755 });
-    tree.insert(".vm/command".into(), Entry::Data { data: guest.command.clone().into(), mode: 0o644 });
+    tree.insert(
+        "init".into(),
+        Entry::Data {
+            data: INIT.into(),
+            mode: 0o755,
+        },
+    );
+    tree.insert(
+        ".vm/command".into(),
+        Entry::Data {
+            data: guest.command.clone().into(),
+            mode: 0o644,
+        },
+    );
 
     if let Some((path, version)) = config {
         add_file(&mut tree, path, &format!("boot/config-{version}"))?;
     }
     for (host, guest_path) in &guest.files {
-        ensure!(guest_path.starts_with('/'), "guest path {guest_path:?} must be absolute");
+        ensure!(
+            guest_path.starts_with('/'),
+            "guest path {guest_path:?} must be absolute"
+        );
         add_host_path(&mut tree, host, guest_path.trim_start_matches('/'))
             .with_context(|| format!("adding {} as {guest_path}", host.display()))?;
     }
@@ -373,7 +438,9 @@ fn build_initramfs(guest: &Guest, config: Option<(&Path, &str)>, out: &Path) -> 
                 cpio_entry(&mut w, ino, name, 0o100000 | mode, 0, &data)?
             }
             Entry::Data { data, mode } => cpio_entry(&mut w, ino, name, 0o100000 | mode, 0, data)?,
-            Entry::Symlink(target) => cpio_entry(&mut w, ino, name, 0o120777, 0, target.as_bytes())?,
+            Entry::Symlink(target) => {
+                cpio_entry(&mut w, ino, name, 0o120777, 0, target.as_bytes())?
+            }
             Entry::CharDev { major, minor } => {
                 cpio_entry(&mut w, ino, name, 0o020600, (*major << 8) | minor, &[])?
             }
@@ -403,7 +470,13 @@ fn add_file(tree: &mut BTreeMap<String, Entry>, src: &Path, guest: &str) -> Resu
         add_dir(tree, parent);
     }
     let mode = fs::metadata(src)?.permissions().mode() & 0o7777;
-    tree.insert(guest.to_string(), Entry::File { src: src.to_path_buf(), mode });
+    tree.insert(
+        guest.to_string(),
+        Entry::File {
+            src: src.to_path_buf(),
+            mode,
+        },
+    );
     Ok(())
 }
 
@@ -446,7 +519,10 @@ fn is_dynamic_elf(path: &Path) -> Result<bool> {
 
 /// Shared libraries and the dynamic loader, as absolute host paths, from `ldd`.
 fn shared_libs(elf: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(elf).output().context("running ldd")?;
+    let out = Command::new("ldd")
+        .arg(elf)
+        .output()
+        .context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         // "not a dynamic executable" / "statically linked": nothing to copy.
@@ -472,7 +548,14 @@ fn shared_libs(elf: &Path) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-fn cpio_entry(w: &mut impl Write, ino: u32, name: &str, mode: u32, rdev: u32, data: &[u8]) -> Result<()> {
+fn cpio_entry(
+    w: &mut impl Write,
+    ino: u32,
+    name: &str,
+    mode: u32,
+    rdev: u32,
+    data: &[u8],
+) -> Result<()> {
     let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
     let namesize = name.len() + 1;
     write!(
@@ -514,7 +597,10 @@ fn run_quiet(cmd: &mut Command) -> Result<String> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `cargo xtask vm [--file HOST[:GUEST]]... -- <command>`
@@ -548,7 +634,12 @@ pub struct VmArgs {
 /// command exited 0.
 pub fn run_cli(args: VmArgs) -> Result<()> {
     let kernel = ensure_kernel(&args.cache)?;
-    eprintln!("vm: kernel {} ({}; modules in {})", kernel.version, kernel.vmlinuz.display(), kernel.modules_dir.display());
+    eprintln!(
+        "vm: kernel {} ({}; modules in {})",
+        kernel.version,
+        kernel.vmlinuz.display(),
+        kernel.modules_dir.display()
+    );
     let files = args
         .files
         .iter()
@@ -571,14 +662,19 @@ pub fn run_cli(args: VmArgs) -> Result<()> {
     }
     eprintln!("===== results: {} bytes =====", out.results.len());
     match &args.results {
-        Some(p) => fs::write(p, &out.results).with_context(|| format!("writing {}", p.display()))?,
+        Some(p) => {
+            fs::write(p, &out.results).with_context(|| format!("writing {}", p.display()))?
+        }
         None => {
             let mut so = std::io::stdout().lock();
             so.write_all(&out.results)?;
             so.flush()?;
         }
     }
-    eprintln!("===== exit code: {:?}, {:.1?} boot to power-off =====", out.exit_code, out.elapsed);
+    eprintln!(
+        "===== exit code: {:?}, {:.1?} boot to power-off =====",
+        out.exit_code, out.elapsed
+    );
     match out.exit_code {
         Some(0) => Ok(()),
         Some(c) => bail!("guest command exited with {c}"),

@@ -1,27 +1,306 @@
-//! The explain engine (placeholder while trace lands).
+//! The explain engine: from one bind()/listen() result and the facts around it (who else holds
+//! the port, the namespace's sysctls, its addresses), the kernel rule that decided, in one
+//! plain sentence, with a fix.
+//!
+//! Pure: no I/O here. [`crate::facts`] gathers the facts; this module only reasons, so every
+//! rule has a table test that needs no root. Where a fact could not be gathered, the verdict
+//! says so instead of guessing.
+
+pub mod conflict;
+mod words;
+
+use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::{event::Event, loader::KernelInfo, netns::Namespaces};
+use crate::{
+    errno,
+    event::{Call as EventCall, Event},
+    output::JsonOptions,
+    procfs::Owner,
+    sockets::{Family, SocketView, State, endpoint},
+};
+use conflict::{Blocker, Call, Coexist, Overlap, Relation, Side};
 
+/// Where portwatch learned about a holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// fexit on inet_bind_conflict: the very socket the kernel compared.
+    KernelConflictCheck,
+    /// The kernel's TCP/UDP socket tables (iter/tcp, iter/udp).
+    SocketTable,
+    /// A process's fd table: sockets that are bound but in no table (not listening).
+    FdTable,
+}
+
+/// A socket on the same port, and the processes that hold it.
+#[derive(Clone, Debug)]
+pub struct Holder {
+    pub socket: SocketView,
+    pub owners: Vec<Owner>,
+    pub source: Source,
+}
+
+/// The namespace's settings that change the rules. Read, never assumed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sysctls {
+    pub ip_local_port_range: Option<(u16, u16)>,
+    pub ip_unprivileged_port_start: Option<u32>,
+    pub ip_nonlocal_bind: Option<bool>,
+    pub ipv6_ip_nonlocal_bind: Option<bool>,
+    pub bindv6only: Option<bool>,
+    pub ip_autobind_reuse: Option<bool>,
+}
+
+/// Everything explain may use besides the event itself.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    /// Other sockets on the call's port in its namespace (TCP and UDP), if they were looked up.
+    pub holders: Option<Vec<Holder>>,
+    /// Why holders could not be looked up, when they could not.
+    pub holders_unavailable: Option<String>,
+    /// Sockets on the same port in other namespaces (for "different netns never conflict").
+    pub other_netns: Vec<Holder>,
+    pub sysctls: Sysctls,
+    /// The namespace's local addresses (for EADDRNOTAVAIL).
+    pub local_addrs: Option<Vec<IpAddr>>,
+    /// Whether the calling process has CAP_NET_BIND_SERVICE (None: it exited).
+    pub cap_net_bind_service: Option<bool>,
+    /// Distinct ports in the ephemeral range held by TCP or UDP sockets (for port 0 failures).
+    pub ephemeral_ports_in_use: Option<u32>,
+    /// Names of BPF programs attached to the caller's cgroup for bind (for EPERM).
+    pub cgroup_bind_programs: Vec<String>,
+}
+
+/// A holder as reported: the socket, its owners, and how it relates to the call.
+#[derive(Clone, Debug, Serialize)]
+pub struct HolderReport {
+    pub protocol: String,
+    pub family: Family,
+    pub addr: String,
+    pub port: u16,
+    pub state: &'static str,
+    pub options: JsonOptions,
+    pub uid: Option<u32>,
+    pub netns: u32,
+    pub sock_ino: Option<u64>,
+    pub owners: Vec<Owner>,
+    /// For TIME_WAIT: milliseconds until the kernel drops it.
+    pub time_wait_left_ms: Option<u64>,
+    pub peer: Option<String>,
+    pub source: Source,
+    /// The rule relating this socket to the call.
+    pub rule: &'static str,
+    pub why: String,
+}
+
+/// What explain concludes about one call.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verdict {
     #[serde(skip)]
     pub ok: bool,
+    /// Stable id of the deciding rule (listed in the README).
     pub rule: &'static str,
+    /// One sentence.
     pub message: String,
+    /// Further sentences: other holders, the sysctl values that mattered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
     pub fix: Option<String>,
+    /// The sockets in the way (failures).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<HolderReport>,
+    /// Sockets that share the port, and why that was allowed (successes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shares_with: Vec<HolderReport>,
 }
 
-pub struct Explainer {}
+/// The call under explanation, reduced to what the rules need.
+pub struct Attempt<'a> {
+    pub ev: &'a Event,
+    pub sock: &'a SocketView,
+    /// The address the call concerns: as asked for bind, as bound for listen.
+    pub addr: IpAddr,
+    pub port: u16,
+    pub side: Side,
+}
 
-impl Explainer {
-    pub fn new(_kernel: &KernelInfo, _conflict_hook: bool) -> Self {
-        Explainer {}
+impl<'a> Attempt<'a> {
+    pub fn new(ev: &'a Event) -> Option<Self> {
+        let sock = ev.socket.as_ref()?;
+        let (addr, port) = match (ev.call, &ev.requested) {
+            (EventCall::Bind, Some(r)) => (r.addr, r.port),
+            (EventCall::Bind, None) => return None,
+            (EventCall::Listen, _) => (sock.addr, sock.port),
+        };
+        // After a successful bind the socket says what was bound (the port for port 0).
+        let port = if ev.ok() && sock.port != 0 {
+            sock.port
+        } else {
+            port
+        };
+        let side = Side {
+            family: sock.family,
+            proto: sock.proto,
+            addr,
+            v6only: Side::effective_v6only(sock.family, addr, sock.options.v6only),
+            reuseaddr: sock.options.reuseaddr,
+            reuseport: sock.options.reuseport,
+            dev: sock.options.bound_dev_if,
+            uid: sock.uid,
+            state: if ev.call == EventCall::Listen {
+                State::LISTEN
+            } else {
+                State::CLOSE
+            },
+            netns: sock.netns,
+        };
+        Some(Attempt {
+            ev,
+            sock,
+            addr,
+            port,
+            side,
+        })
     }
 
-    pub fn explain(&mut self, _ev: &Event, _ns: &mut Namespaces) -> Option<Verdict> {
-        None
+    fn call(&self) -> Call {
+        match self.ev.call {
+            EventCall::Bind => Call::Bind,
+            EventCall::Listen => Call::Listen,
+        }
+    }
+
+    /// `0.0.0.0:8080`, as the user would write it.
+    pub fn endpoint(&self) -> String {
+        endpoint(self.addr, self.port)
+    }
+
+    fn asked_port_zero(&self) -> bool {
+        match self.ev.call {
+            EventCall::Bind => self.ev.requested.as_ref().is_some_and(|r| r.port == 0),
+            // listen() on an unbound socket picks a port like bind(port 0).
+            EventCall::Listen => self.ev.requested.is_none() && !self.ev.ok() && self.sock.port == 0,
+        }
     }
 }
+
+pub fn side_of(s: &SocketView) -> Side {
+    Side {
+        family: s.family,
+        proto: s.proto,
+        addr: s.addr,
+        v6only: Side::effective_v6only(s.family, s.addr, s.options.v6only),
+        reuseaddr: s.options.reuseaddr,
+        reuseport: s.options.reuseport,
+        dev: s.options.bound_dev_if,
+        uid: s.uid,
+        state: s.state,
+        netns: s.netns,
+    }
+}
+
+/// Explains a call. Returns None for calls explain has nothing to say about (an unreadable
+/// request, a socket that could not be read).
+pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
+    let at = Attempt::new(ev)?;
+    Some(match ev.errno() {
+        None => explain_success(&at, facts),
+        Some(libc::EADDRINUSE) => explain_in_use(&at, facts),
+        Some(libc::EACCES) => words::eacces(&at, facts),
+        Some(libc::EADDRNOTAVAIL) => words::eaddrnotavail(&at, facts),
+        Some(libc::EINVAL) => words::einval(&at),
+        Some(libc::EAFNOSUPPORT) => words::eafnosupport(&at),
+        Some(libc::EPERM) => words::eperm(&at, facts),
+        Some(libc::ENODEV) => words::enodev(&at),
+        Some(e) => Verdict {
+            ok: false,
+            rule: "unexplained",
+            message: format!(
+                "{}: {}; portwatch has no rule for this error.",
+                errno::name(e),
+                errno::describe(e)
+            ),
+            details: vec![],
+            fix: None,
+            holders: vec![],
+            shares_with: vec![],
+        },
+    })
+}
+
+/// The other sockets on the port, with their relation to the call.
+fn relations<'h>(at: &Attempt, holders: &'h [Holder]) -> Vec<(&'h Holder, Relation)> {
+    holders
+        .iter()
+        .filter(|h| h.socket.port == at.port)
+        // The call's own socket shows up in the tables after a successful bind.
+        .filter(|h| !(at.sock.ino != 0 && h.socket.ino == at.sock.ino))
+        .map(|h| (h, conflict::relate(&at.side, &side_of(&h.socket), at.call())))
+        .collect()
+}
+
+fn explain_in_use(at: &Attempt, facts: &Facts) -> Verdict {
+    if at.asked_port_zero() {
+        return words::ephemeral_exhausted(at, facts);
+    }
+    let Some(holders) = &facts.holders else {
+        return words::holder_unknown(at, facts.holders_unavailable.as_deref());
+    };
+    let rels = relations(at, holders);
+    let mut conflicts: Vec<(&Holder, Overlap, Blocker)> = rels
+        .iter()
+        .filter_map(|(h, r)| match r {
+            Relation::Conflict { overlap, blocker } => Some((*h, *overlap, *blocker)),
+            Relation::Coexist(_) => None,
+        })
+        .collect();
+    if conflicts.is_empty() {
+        return words::holder_not_found(at, &rels);
+    }
+    // Lead with what the kernel itself reported, then live sockets before TIME_WAIT ones.
+    conflicts.sort_by_key(|(h, _, _)| {
+        (
+            h.source != Source::KernelConflictCheck,
+            h.socket.state.is_time_wait(),
+        )
+    });
+    words::conflict(at, &conflicts)
+}
+
+fn explain_success(at: &Attempt, facts: &Facts) -> Verdict {
+    let rels = facts
+        .holders
+        .as_deref()
+        .map(|h| relations(at, h))
+        .unwrap_or_default();
+    let others: Vec<(&Holder, Coexist)> = rels
+        .iter()
+        .filter_map(|(h, r)| match r {
+            Relation::Coexist(c) => Some((*h, *c)),
+            // The kernel let it through, so the holder is not what we think (it changed
+            // between the call and our look). Don't claim a reason.
+            Relation::Conflict { .. } => None,
+        })
+        .chain(
+            facts
+                .other_netns
+                .iter()
+                .filter(|h| h.socket.port == at.port && h.socket.netns != at.side.netns)
+                .map(|h| (h, Coexist::DifferentNetns)),
+        )
+        .collect();
+    words::success(at, facts, &others)
+}
+
+/// Whether explain wants the port's holders for this call (they cost a table walk).
+pub fn needs_holders(ev: &Event) -> bool {
+    match ev.errno() {
+        None => ev.socket.as_ref().is_some_and(|s| s.port != 0),
+        Some(e) => e == libc::EADDRINUSE,
+    }
+}
+
+#[cfg(test)]
+mod tests;

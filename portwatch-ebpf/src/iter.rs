@@ -1,0 +1,111 @@
+//! Socket table iterators (iter/tcp, iter/udp): every socket the kernel hashes on a port, in the
+//! network namespace of the process that reads the iterator.
+//!
+//! These are how the tracepoint backend finds holders, and how `portwatch who` sees TIME_WAIT
+//! sockets with their SO_REUSEADDR bit (which no ss option shows). They cannot see TCP sockets
+//! that are bound but not listening: those live only in the bind hash, and user space finds
+//! them through the processes' fd tables.
+//!
+//! aya-ebpf has no `#[iter]` macro, so the section name and context layout are spelled out.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_jiffies64, bpf_seq_write},
+    macros::map,
+    maps::Array,
+};
+use portwatch_common::{ITER_ALL_PORTS, SockRecord};
+
+use crate::kernel::{Sock, probe_kernel};
+
+/// [0]: the port to dump, or [`ITER_ALL_PORTS`]. Set by user space before each read.
+#[map]
+static ITER_PORT: Array<u32> = Array::with_max_entries(1, 0);
+
+const IPPROTO_TCP: u16 = 6;
+const IPPROTO_UDP: u16 = 17;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// `struct bpf_iter_meta`: only `seq` is used.
+#[repr(C)]
+pub struct IterMeta {
+    seq: *mut aya_ebpf::bindings::seq_file,
+    session_id: u64,
+    seq_num: u64,
+}
+
+/// `struct bpf_iter__tcp` and `struct bpf_iter__udp` share this prefix.
+#[repr(C)]
+pub struct IterCtx {
+    meta: *const IterMeta,
+    sk: *const u8,
+    uid: u32,
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub extern "C" fn iter_tcp(ctx: *const IterCtx) -> i32 {
+    dump(ctx, IPPROTO_TCP);
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/udp")]
+pub extern "C" fn iter_udp(ctx: *const IterCtx) -> i32 {
+    dump(ctx, IPPROTO_UDP);
+    0
+}
+
+#[inline(always)]
+fn dump(ctx: *const IterCtx, protocol: u16) {
+    // The verifier wants `meta` and `seq` as direct, BTF-typed loads.
+    let meta = unsafe { core::ptr::read_volatile(&raw const (*ctx).meta) };
+    let seq = unsafe { core::ptr::read_volatile(&raw const (*meta).seq) };
+    // The socket pointer, read as a plain number so that offsets can be added to it.
+    let Some(sk) = probe_kernel::<u64>(ctx as u64 + 8) else {
+        return;
+    };
+    if sk == 0 {
+        return;
+    }
+    let uid = unsafe { core::ptr::read_volatile(&raw const (*ctx).uid) };
+    let sock = Sock::from_sk(sk);
+    let port = sock.num();
+    let want = ITER_PORT.get(0).copied().unwrap_or(ITER_ALL_PORTS);
+    if want != ITER_ALL_PORTS && u32::from(port) != want {
+        return;
+    }
+    let state = sock.state();
+    if state == TCP_NEW_SYN_RECV {
+        return; // a half-open connection request, not a socket holding the port
+    }
+    let family = sock.family();
+    let full = sock.is_full();
+    let rec = SockRecord {
+        family,
+        protocol,
+        state,
+        reuse: sock.reuse(),
+        options: if full {
+            sock.options()
+        } else {
+            sock.common_options()
+        },
+        port,
+        dport: sock.dport(),
+        bound_dev_if: sock.bound_dev_if(),
+        uid,
+        netns: sock.netns(),
+        addr: sock.rcv_saddr(family),
+        daddr: sock.daddr(family),
+        ino: if full { sock.ino() } else { 0 },
+        tw_expires: if full { 0 } else { sock.tw_expires() },
+        jiffies_now: unsafe { bpf_jiffies64() },
+    };
+    unsafe {
+        bpf_seq_write(
+            seq,
+            (&raw const rec).cast(),
+            core::mem::size_of::<SockRecord>() as u32,
+        );
+    }
+}

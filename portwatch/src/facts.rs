@@ -1,0 +1,336 @@
+//! Gathers the facts explain needs: who holds the port (socket tables, fd tables, the
+//! kernel's own conflict report), the namespace's sysctls and addresses, the caller's
+//! capabilities. This is the I/O half; [`crate::explain`] is the pure half.
+//!
+//! Lookups are cached for one drain of the ring buffer: a burst of binds on one port costs one
+//! table walk, not one per bind.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use aya::Ebpf;
+use log::debug;
+
+use crate::{
+    event::Event,
+    explain::{self, Facts, Holder, Source, Sysctls},
+    netns::Namespaces,
+    procfs::{self, Owner},
+    sockets::SocketView,
+    sockinfo::{self, Inspected},
+    tables,
+};
+
+/// What is known about a socket inode that the tables did not show. Irrelevant sockets
+/// (AF_UNIX, netlink...) and the namespace of any socket never change, so they are cached for
+/// good; bound/unbound state is looked at again each time.
+#[derive(Clone, Copy)]
+enum Known {
+    Irrelevant,
+    InNetns(u32),
+}
+
+pub struct FactFinder {
+    /// None until the iterators are loaded; Some(Err) if they cannot be.
+    tables: Option<Result<(), String>>,
+    known: HashMap<u64, Known>,
+    /// Per-drain caches.
+    holders: HashMap<(u32, u16), Result<Vec<Holder>, String>>,
+    owners: Option<HashMap<u64, Vec<Owner>>>,
+    netns_facts: HashMap<u32, (Sysctls, Option<Vec<IpAddr>>)>,
+    /// Namespaces seen in events, for the "different netns" explanation of successes.
+    seen_netns: Vec<u32>,
+}
+
+/// How many other namespaces a successful bind is compared against.
+const MAX_OTHER_NETNS: usize = 8;
+
+impl FactFinder {
+    pub fn new() -> Self {
+        FactFinder {
+            tables: None,
+            known: HashMap::new(),
+            holders: HashMap::new(),
+            owners: None,
+            netns_facts: HashMap::new(),
+            seen_netns: Vec::new(),
+        }
+    }
+
+    /// Forget per-drain caches: the world may have changed.
+    pub fn new_batch(&mut self) {
+        self.holders.clear();
+        self.owners = None;
+        self.netns_facts.clear();
+    }
+
+    fn ensure_tables(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
+        self.tables
+            .get_or_insert_with(|| {
+                let r = tables::load(ebpf);
+                if let Err(e) = &r {
+                    debug!("socket table iterators unavailable: {e}");
+                }
+                r
+            })
+            .clone()
+    }
+
+    fn owners(&mut self) -> &HashMap<u64, Vec<Owner>> {
+        self.owners.get_or_insert_with(procfs::socket_owners)
+    }
+
+    /// Every socket on `port` in `netns` (or on all ports for None), with owners.
+    pub fn holders(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ns: &mut Namespaces,
+        netns: u32,
+        port: Option<u16>,
+    ) -> Result<Vec<Holder>, String> {
+        let key = (netns, port.unwrap_or(0));
+        if let Some(cached) = self.holders.get(&key) {
+            return cached.clone();
+        }
+        let result = self.look_up(ebpf, ns, netns, port);
+        self.holders.insert(key, result.clone());
+        result
+    }
+
+    fn look_up(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ns: &mut Namespaces,
+        netns: u32,
+        port: Option<u16>,
+    ) -> Result<Vec<Holder>, String> {
+        self.ensure_tables(ebpf)?;
+        let in_tables = tables::read(ebpf, ns, netns, port)?;
+        let seen: HashSet<u64> = in_tables.iter().map(|s| s.ino).filter(|&i| i != 0).collect();
+        let mut out: Vec<Holder> = Vec::with_capacity(in_tables.len());
+        let owners = self.owners().clone();
+        for mut s in in_tables {
+            if s.options.bound_dev_if != 0 {
+                s.options.device = ns.ifname(s.netns, s.options.bound_dev_if);
+            }
+            out.push(Holder {
+                owners: owners.get(&s.ino).cloned().unwrap_or_default(),
+                socket: s,
+                source: Source::SocketTable,
+            });
+        }
+        // Sockets in no table: bound but not listening. Ask each candidate directly.
+        for (&ino, who) in &owners {
+            if seen.contains(&ino) {
+                continue;
+            }
+            match self.known.get(&ino) {
+                Some(Known::Irrelevant) => continue,
+                Some(Known::InNetns(n)) if *n != netns => continue,
+                _ => {}
+            }
+            let Some(first) = who.first() else { continue };
+            let Some(found) = sockinfo::inspect(first.pid, first.fd) else {
+                continue;
+            };
+            match found {
+                Inspected::Irrelevant => {
+                    self.known.insert(ino, Known::Irrelevant);
+                }
+                Inspected::Unbound { netns: n } => {
+                    self.known.insert(ino, Known::InNetns(n));
+                }
+                Inspected::Bound(mut view) => {
+                    self.known.insert(ino, Known::InNetns(view.netns));
+                    if view.options.bound_dev_if != 0 {
+                        view.options.device = ns.ifname(view.netns, view.options.bound_dev_if);
+                    }
+                    if view.netns == netns && port.is_none_or(|p| p == view.port) {
+                        out.push(Holder {
+                            socket: view,
+                            owners: who.clone(),
+                            source: Source::FdTable,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sysctls and addresses of a namespace, read from inside it.
+    fn netns_facts(&mut self, ns: &mut Namespaces, netns: u32) -> (Sysctls, Option<Vec<IpAddr>>) {
+        if let Some(f) = self.netns_facts.get(&netns) {
+            return f.clone();
+        }
+        let f = ns
+            .run_in(netns, || (read_sysctls(), local_addrs()))
+            .unwrap_or_default();
+        self.netns_facts.insert(netns, f.clone());
+        f
+    }
+
+    /// Everything explain may need for this event.
+    pub fn gather(&mut self, ebpf: &mut Ebpf, ns: &mut Namespaces, ev: &Event) -> Facts {
+        let mut facts = Facts::default();
+        let Some(sock) = ev.socket.as_ref() else {
+            return facts;
+        };
+        let netns = sock.netns;
+        if netns != 0 && !self.seen_netns.contains(&netns) {
+            self.seen_netns.push(netns);
+            if self.seen_netns.len() > MAX_OTHER_NETNS {
+                self.seen_netns.remove(0);
+            }
+        }
+        let (sysctls, addrs) = self.netns_facts(ns, netns);
+        facts.sysctls = sysctls;
+        let errno = ev.errno();
+        if errno == Some(libc::EADDRNOTAVAIL) {
+            facts.local_addrs = addrs;
+        }
+        if errno == Some(libc::EACCES) {
+            facts.cap_net_bind_service = procfs::has_cap(ev.pid, 10);
+        }
+        let port = ev.port();
+        if explain::needs_holders(ev) {
+            let port_zero = port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
+            if port_zero && !ev.ok() {
+                facts.ephemeral_ports_in_use = self.ephemeral_in_use(ebpf, ns, netns, &facts.sysctls);
+            } else {
+                match self.holders(ebpf, ns, netns, Some(port)) {
+                    Ok(mut h) => {
+                        mark_kernel_reported(&mut h, &ev.kernel_conflicts, self.owners());
+                        facts.holders = Some(h);
+                    }
+                    Err(e) => facts.holders_unavailable = Some(e),
+                }
+                if ev.ok() {
+                    facts.other_netns = self.other_netns(ebpf, ns, netns, port);
+                }
+            }
+        }
+        facts
+    }
+
+    fn ephemeral_in_use(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ns: &mut Namespaces,
+        netns: u32,
+        sysctls: &Sysctls,
+    ) -> Option<u32> {
+        let (lo, hi) = sysctls.ip_local_port_range?;
+        let all = self.holders(ebpf, ns, netns, None).ok()?;
+        let ports: HashSet<u16> = all
+            .iter()
+            .map(|h| h.socket.port)
+            .filter(|p| (lo..=hi).contains(p))
+            .collect();
+        Some(ports.len() as u32)
+    }
+
+    fn other_netns(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ns: &mut Namespaces,
+        netns: u32,
+        port: u16,
+    ) -> Vec<Holder> {
+        let mut out = Vec::new();
+        let mut others: Vec<u32> = self.seen_netns.clone();
+        let own = crate::netns::current();
+        if !others.contains(&own) {
+            others.push(own);
+        }
+        for other in others.into_iter().filter(|&n| n != netns) {
+            if let Ok(h) = self.holders(ebpf, ns, other, Some(port)) {
+                out.extend(h);
+            }
+        }
+        out
+    }
+}
+
+/// Holders the kernel's conflict check named (fexit) lead the list; a named socket that has
+/// already left the tables is added as the kernel reported it.
+fn mark_kernel_reported(
+    holders: &mut Vec<Holder>,
+    reported: &[SocketView],
+    owners: &HashMap<u64, Vec<Owner>>,
+) {
+    for r in reported {
+        let same = |h: &Holder| {
+            if r.ino != 0 {
+                h.socket.ino == r.ino
+            } else {
+                h.socket.addr == r.addr && h.socket.port == r.port && h.socket.state == r.state
+            }
+        };
+        if let Some(h) = holders.iter_mut().find(|h| same(h)) {
+            h.source = Source::KernelConflictCheck;
+        } else {
+            holders.push(Holder {
+                socket: r.clone(),
+                owners: owners.get(&r.ino).cloned().unwrap_or_default(),
+                source: Source::KernelConflictCheck,
+            });
+        }
+    }
+}
+
+fn sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn sysctl_bool(path: &str) -> Option<bool> {
+    sysctl(path).and_then(|v| v.parse::<u32>().ok()).map(|v| v != 0)
+}
+
+/// The sysctls that change bind()'s rules, for the namespace this thread is in.
+fn read_sysctls() -> Sysctls {
+    let range = sysctl("net/ipv4/ip_local_port_range").and_then(|v| {
+        let mut it = v.split_whitespace().map(|x| x.parse::<u16>().ok());
+        Some((it.next()??, it.next()??))
+    });
+    Sysctls {
+        ip_local_port_range: range,
+        ip_unprivileged_port_start: sysctl("net/ipv4/ip_unprivileged_port_start")
+            .and_then(|v| v.parse().ok()),
+        ip_nonlocal_bind: sysctl_bool("net/ipv4/ip_nonlocal_bind"),
+        ipv6_ip_nonlocal_bind: sysctl_bool("net/ipv6/ip_nonlocal_bind"),
+        bindv6only: sysctl_bool("net/ipv6/bindv6only"),
+        ip_autobind_reuse: sysctl_bool("net/ipv4/ip_autobind_reuse"),
+    }
+}
+
+/// Addresses of the interfaces in the namespace this thread is in.
+fn local_addrs() -> Option<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a list getifaddrs built; freed below.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+            } else if family == libc::AF_INET6 {
+                let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    unsafe { libc::freeifaddrs(head) };
+    Some(out)
+}
