@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use portwatch_common::{ITER_ALL_PORTS, SockRecord};
 
-use crate::kernel::{Sock, probe_kernel};
+use crate::kernel::{Sock, read_u64};
 
 /// [0]: the port to dump, or [`ITER_ALL_PORTS`]. Set by user space before each read.
 #[map]
@@ -61,9 +61,7 @@ fn dump(ctx: *const IterCtx, protocol: u16) {
     let meta = unsafe { core::ptr::read_volatile(&raw const (*ctx).meta) };
     let seq = unsafe { core::ptr::read_volatile(&raw const (*meta).seq) };
     // The socket pointer, read as a plain number so that offsets can be added to it.
-    let Some(sk) = probe_kernel::<u64>(ctx as u64 + 8) else {
-        return;
-    };
+    let sk = read_u64(ctx as u64 + 8);
     if sk == 0 {
         return;
     }

@@ -49,6 +49,66 @@ Filters:\n  \
 A port filter matches the port asked for, or the port the kernel assigned for port 0."
     )]
     Trace(TraceArgs),
+    /// Show every socket holding a port now, and predict whether a bind would succeed.
+    #[command(
+        long_about = "Show every socket holding a port now, and predict whether a bind would \
+succeed.\n\n\
+Lists TCP and UDP sockets on PORT in every network namespace portwatch can see: listening, \
+connected, TIME_WAIT (with the time left and its SO_REUSEADDR bit, which decides whether a \
+restarted server can bind), and sockets that are bound but not listening, which ss and lsof \
+do not show. Each comes with its options, uid and owning processes.\n\n\
+With --addr, portwatch also says whether a bind to ADDR:PORT with the given options would \
+succeed right now, and why, by the same rules `trace` uses to explain real binds.",
+        after_help = "Examples:\n  \
+sudo portwatch who 8080\n  \
+sudo portwatch who 8080 --addr 0.0.0.0 --reuseaddr\n  \
+sudo portwatch who 53 --addr 127.0.0.1 --udp --netns /run/netns/blue --json"
+    )]
+    Who(WhoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WhoArgs {
+    /// The port to look at.
+    pub port: u16,
+
+    /// Predict a bind to this address on PORT (0.0.0.0, ::, 127.0.0.1, ::ffff:10.0.0.1...).
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<std::net::IpAddr>,
+
+    /// The predicted bind is UDP (default TCP).
+    #[arg(long, requires = "addr")]
+    pub udp: bool,
+
+    /// The predicted socket sets SO_REUSEADDR.
+    #[arg(long, requires = "addr")]
+    pub reuseaddr: bool,
+
+    /// The predicted socket sets SO_REUSEPORT.
+    #[arg(long, requires = "addr")]
+    pub reuseport: bool,
+
+    /// The predicted IPv6 socket sets IPV6_V6ONLY (default: net.ipv6.bindv6only).
+    #[arg(long, requires = "addr")]
+    pub v6only: bool,
+
+    /// The predicted socket is bound to this interface (SO_BINDTODEVICE).
+    #[arg(long, value_name = "IFACE", requires = "addr")]
+    pub device: Option<String>,
+
+    /// The user the predicted bind runs as (SO_REUSEPORT and privileged ports depend on it).
+    /// Default: the caller's uid.
+    #[arg(long, requires = "addr")]
+    pub uid: Option<u32>,
+
+    /// Network namespace for the prediction: /run/netns/NAME or /proc/PID/ns/net.
+    /// Default: portwatch's own.
+    #[arg(long, value_name = "PATH", requires = "addr")]
+    pub netns: Option<std::path::PathBuf>,
+
+    /// One JSON object (schema in the README).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -161,7 +161,7 @@ impl FactFinder {
     }
 
     /// Sysctls and addresses of a namespace, read from inside it.
-    fn netns_facts(&mut self, ns: &mut Namespaces, netns: u32) -> (Sysctls, Option<Vec<IpAddr>>) {
+    pub fn netns_facts(&mut self, ns: &mut Namespaces, netns: u32) -> (Sysctls, Option<Vec<IpAddr>>) {
         if let Some(f) = self.netns_facts.get(&netns) {
             return f.clone();
         }
@@ -190,6 +190,9 @@ impl FactFinder {
         let errno = ev.errno();
         if errno == Some(libc::EADDRNOTAVAIL) {
             facts.local_addrs = addrs;
+            if let Some(r) = &ev.requested {
+                facts.addr_is_local = address_is_local(ns, netns, r.addr);
+            }
         }
         if errno == Some(libc::EACCES) {
             facts.cap_net_bind_service = procfs::has_cap(ev.pid, 10);
@@ -306,6 +309,52 @@ fn read_sysctls() -> Sysctls {
         bindv6only: sysctl_bool("net/ipv6/bindv6only"),
         ip_autobind_reuse: sysctl_bool("net/ipv4/ip_autobind_reuse"),
     }
+}
+
+/// Whether the kernel of namespace `netns` takes `addr` as a local address: a bind to port 0
+/// with IP_BIND_ADDRESS_NO_PORT, which runs bind()'s own address check and takes no port.
+pub fn address_is_local(ns: &mut Namespaces, netns: u32, addr: IpAddr) -> Option<bool> {
+    ns.run_in(netns, move || {
+        let family = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a new fd we own.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let one: libc::c_int = 1;
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        let rc = match addr {
+            IpAddr::V4(a) => {
+                let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+                sin.sin_family = libc::AF_INET as u16;
+                sin.sin_addr.s_addr = u32::from(a).to_be();
+                unsafe { libc::bind(raw, (&raw const sin).cast(), size_of_val(&sin) as u32) }
+            }
+            IpAddr::V6(a) => {
+                let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+                sin6.sin6_family = libc::AF_INET6 as u16;
+                sin6.sin6_addr.s6_addr = a.octets();
+                unsafe { libc::bind(raw, (&raw const sin6).cast(), size_of_val(&sin6) as u32) }
+            }
+        };
+        let err = std::io::Error::last_os_error().raw_os_error();
+        Some(rc == 0 || err != Some(libc::EADDRNOTAVAIL))
+    })
+    .flatten()
 }
 
 /// Addresses of the interfaces in the namespace this thread is in.

@@ -254,38 +254,7 @@ pub fn load(
         Some(Ok(offsets)) => *offsets,
         _ => (16, 24, 16),
     };
-    let filter_pid = filter.pid.unwrap_or(0);
-    let filter_ports = u8::from(!filter.ports.is_empty());
-    let filter_failed = u8::from(filter.failed_only);
-    let mut ebpf = EbpfLoader::new()
-        .override_global("LAYOUT", &kernel.layout, true)
-        .override_global("FILTER_PID", &filter_pid, true)
-        .override_global("FILTER_PORTS", &filter_ports, true)
-        .override_global("FILTER_FAILED", &filter_failed, true)
-        .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
-        .override_global("TP_ENTER_FD", &enter_fd, true)
-        .override_global("TP_ENTER_ADDR", &enter_addr, true)
-        .override_global("TP_EXIT_RET", &exit_ret, true)
-        .map_max_entries("EVENTS", RING_BYTES)
-        .load(EBPF_OBJECT)?;
-    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
-        debug!("no kernel-side log channel: {e}");
-    }
-    {
-        let mut ports: HashMap<&mut MapData, u16, u8> =
-            HashMap::try_from(ebpf.map_mut("PORTS").expect("PORTS map")).map_err(|e| {
-                LoadError::Backend {
-                    backend: Backend::Tracepoint,
-                    detail: format!("PORTS map: {e}"),
-                }
-            })?;
-        for &p in &filter.ports {
-            ports.insert(&p, &1, 0).map_err(|e| LoadError::Backend {
-                backend: Backend::Tracepoint,
-                detail: format!("PORTS map: {e}"),
-            })?;
-        }
-    }
+    let mut ebpf = open_object(kernel, filter, (enter_fd, enter_addr, exit_ret))?;
 
     let (backend, fallback, conflict_hook) = match choice {
         BackendChoice::Fexit => {
@@ -327,6 +296,49 @@ pub fn load(
         conflict_hook,
         load_time: started.elapsed(),
     })
+}
+
+/// Loads the object (maps created, no program loaded yet) with the layout, filters and
+/// tracepoint offsets written into its read-only globals.
+fn open_object(
+    kernel: &KernelInfo,
+    filter: &KernelFilter,
+    (enter_fd, enter_addr, exit_ret): (u32, u32, u32),
+) -> Result<Ebpf, LoadError> {
+    let filter_pid = filter.pid.unwrap_or(0);
+    let filter_ports = u8::from(!filter.ports.is_empty());
+    let filter_failed = u8::from(filter.failed_only);
+    let mut ebpf = EbpfLoader::new()
+        .override_global("LAYOUT", &kernel.layout, true)
+        .override_global("FILTER_PID", &filter_pid, true)
+        .override_global("FILTER_PORTS", &filter_ports, true)
+        .override_global("FILTER_FAILED", &filter_failed, true)
+        .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
+        .override_global("TP_ENTER_FD", &enter_fd, true)
+        .override_global("TP_ENTER_ADDR", &enter_addr, true)
+        .override_global("TP_EXIT_RET", &exit_ret, true)
+        .map_max_entries("EVENTS", RING_BYTES)
+        .load(EBPF_OBJECT)?;
+    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+        debug!("no kernel-side log channel: {e}");
+    }
+    let map_err = |e: aya::maps::MapError| LoadError::Backend {
+        backend: Backend::Tracepoint,
+        detail: format!("PORTS map: {e}"),
+    };
+    let mut ports: HashMap<&mut MapData, u16, u8> =
+        HashMap::try_from(ebpf.map_mut("PORTS").expect("PORTS map")).map_err(map_err)?;
+    for &p in &filter.ports {
+        ports.insert(&p, &1, 0).map_err(map_err)?;
+    }
+    Ok(ebpf)
+}
+
+/// The object for `portwatch who`: socket table iterators only, nothing attached to the
+/// bind path.
+pub fn load_for_tables(kernel: &KernelInfo) -> Result<Ebpf, LoadError> {
+    bump_memlock();
+    open_object(kernel, &KernelFilter::default(), (16, 24, 16))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg. Raising it

@@ -15,6 +15,7 @@ mod sockets;
 mod sockinfo;
 mod tables;
 mod trace;
+mod who;
 
 use clap::Parser as _;
 
@@ -45,6 +46,7 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => trace::run(args).await,
+            Command::Who(args) => who::run(args),
         }
     });
     if let Err(e) = result {

@@ -88,6 +88,48 @@ impl Namespaces {
         })
     }
 
+    /// Every network namespace visible from here: ours, the named ones (`ip netns`), and
+    /// those of all processes. Keeps a handle on each.
+    pub fn discover(&mut self) -> Vec<u32> {
+        let mut found = vec![current()];
+        let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        paths.extend(crate::procfs::pids().map(|p| format!("/proc/{p}/ns/net").into()));
+        for p in paths {
+            let Some(ino) = inode_of(&p) else { continue };
+            if found.contains(&ino) {
+                continue;
+            }
+            if !self.handles.contains_key(&ino)
+                && let Ok(f) = File::open(&p)
+            {
+                self.insert(ino, f);
+            }
+            found.push(ino);
+        }
+        found
+    }
+
+    /// Keeps a handle on the namespace at `path` (a /run/netns name or /proc/PID/ns/net).
+    pub fn remember_path(&mut self, ino: u32, path: &Path) {
+        if !self.handles.contains_key(&ino)
+            && let Ok(f) = File::open(path)
+        {
+            self.insert(ino, f);
+        }
+    }
+
+    /// The index of interface `name` in namespace `ino`.
+    pub fn ifindex(&mut self, ino: u32, name: &str) -> Option<u32> {
+        let c = std::ffi::CString::new(name).ok()?;
+        let idx = self.run_in(ino, move || unsafe { libc::if_nametoindex(c.as_ptr()) })?;
+        (idx != 0).then_some(idx)
+    }
+
     /// The name of interface `ifindex` in namespace `ino`.
     pub fn ifname(&mut self, ino: u32, ifindex: u32) -> Option<String> {
         if let Some(cached) = self.ifnames.get(&(ino, ifindex)) {

@@ -9,6 +9,8 @@
 pub mod conflict;
 mod words;
 
+pub use words::who;
+
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -63,8 +65,11 @@ pub struct Facts {
     /// Sockets on the same port in other namespaces (for "different netns never conflict").
     pub other_netns: Vec<Holder>,
     pub sysctls: Sysctls,
-    /// The namespace's local addresses (for EADDRNOTAVAIL).
+    /// The namespace's interface addresses (shown for EADDRNOTAVAIL).
     pub local_addrs: Option<Vec<IpAddr>>,
+    /// Whether the kernel takes the call's address as local now (a probe bind in the
+    /// namespace; this also covers 127.0.0.0/8 and AnyIP routes, which no interface lists).
+    pub addr_is_local: Option<bool>,
     /// Whether the calling process has CAP_NET_BIND_SERVICE (None: it exited).
     pub cap_net_bind_service: Option<bool>,
     /// Distinct ports in the ephemeral range held by TCP or UDP sockets (for port 0 failures).
@@ -91,8 +96,33 @@ pub struct HolderReport {
     pub peer: Option<String>,
     pub source: Source,
     /// The rule relating this socket to the call.
-    pub rule: &'static str,
-    pub why: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+impl HolderReport {
+    pub fn new(h: &Holder, rule: Option<&'static str>, why: Option<String>) -> Self {
+        let s = &h.socket;
+        HolderReport {
+            protocol: s.proto.name(),
+            family: s.family,
+            addr: s.addr.to_string(),
+            port: s.port,
+            state: s.state.name(s.proto),
+            options: JsonOptions::of(s),
+            uid: s.uid,
+            netns: s.netns,
+            sock_ino: (s.ino != 0).then_some(s.ino),
+            owners: h.owners.clone(),
+            time_wait_left_ms: s.tw_left_ms,
+            peer: s.peer.map(|(a, p)| endpoint(a, p)),
+            source: h.source,
+            rule,
+            why,
+        }
+    }
 }
 
 /// What explain concludes about one call.
@@ -228,6 +258,43 @@ pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
             shares_with: vec![],
         },
     })
+}
+
+/// What a bind described by `ev` (its result ignored) would do right now, given `facts`:
+/// the same rules in the order the kernel applies them (address, privileged port, conflicts).
+pub fn predict(ev: &Event, facts: &Facts) -> Option<Verdict> {
+    let mut ev = ev.clone();
+    ev.ret = 0;
+    let at = Attempt::new(&ev)?;
+    let sock = at.sock;
+    let nonlocal_ok = sock.options.freebind
+        || sock.options.transparent
+        || match at.addr {
+            IpAddr::V4(_) => facts.sysctls.ip_nonlocal_bind == Some(true),
+            IpAddr::V6(_) => facts.sysctls.ipv6_ip_nonlocal_bind == Some(true),
+        };
+    let ret = if !nonlocal_ok && facts.addr_is_local == Some(false) {
+        -libc::EADDRNOTAVAIL
+    } else if at.port != 0
+        && facts
+            .sysctls
+            .ip_unprivileged_port_start
+            .is_some_and(|s| u32::from(at.port) < s)
+        && facts.cap_net_bind_service == Some(false)
+    {
+        -libc::EACCES
+    } else if facts.holders.as_deref().is_some_and(|h| {
+        relations(&at, h)
+            .iter()
+            .any(|(_, r)| matches!(r, Relation::Conflict { .. }))
+    }) {
+        -libc::EADDRINUSE
+    } else {
+        0
+    };
+    drop(at);
+    ev.ret = ret;
+    explain(&ev, facts)
 }
 
 /// The other sockets on the port, with their relation to the call.

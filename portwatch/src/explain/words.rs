@@ -9,7 +9,6 @@ use super::{
 use crate::{
     errno,
     event::Call,
-    output::JsonOptions,
     sockets::{Family, Proto, SocketView, endpoint},
 };
 
@@ -34,7 +33,7 @@ fn err_name(at: &Attempt) -> String {
 }
 
 /// "pid 812 (java)", "pids 812, 813 (nginx)", or what stands in for an owner.
-fn who(h: &Holder) -> String {
+pub fn who(h: &Holder) -> String {
     if h.owners.is_empty() {
         return if h.socket.state.is_time_wait() {
             "a TIME_WAIT connection (no process owns it)".to_string()
@@ -118,24 +117,7 @@ fn seconds(ms: u64) -> String {
 }
 
 fn report(h: &Holder, rule: &'static str, why: String) -> HolderReport {
-    let s = &h.socket;
-    HolderReport {
-        protocol: s.proto.name(),
-        family: s.family,
-        addr: s.addr.to_string(),
-        port: s.port,
-        state: s.state.name(s.proto),
-        options: JsonOptions::of(s),
-        uid: s.uid,
-        netns: s.netns,
-        sock_ino: (s.ino != 0).then_some(s.ino),
-        owners: h.owners.clone(),
-        time_wait_left_ms: s.tw_left_ms,
-        peer: s.peer.map(|(a, p)| endpoint(a, p)),
-        source: h.source,
-        rule,
-        why,
-    }
+    HolderReport::new(h, Some(rule), Some(why))
 }
 
 fn overlap_rule(o: Overlap) -> &'static str {
@@ -637,14 +619,10 @@ pub fn eaddrnotavail(at: &Attempt, f: &Facts) -> Verdict {
     } else {
         "net.ipv6.ip_nonlocal_bind"
     };
-    let local_now = f
-        .local_addrs
-        .as_ref()
-        .map(|l| l.contains(&addr));
     let mut v = verdict(
         false,
         "address-not-local",
-        if local_now == Some(true) {
+        if f.addr_is_local == Some(true) {
             format!(
                 "{e}: {addr} was not an address of this network namespace when bind() ran (it is \
                  now: it was added since)."
