@@ -36,6 +36,9 @@ use portwatch_common::{
 /// Only this process (tgid); 0 = all.
 #[unsafe(no_mangle)]
 static FILTER_PID: u32 = 0;
+/// portwatch's own tgid: its probe binds must not trace themselves (a feedback loop).
+#[unsafe(no_mangle)]
+static SELF_PID: u32 = 0;
 /// 1 = keep only binds whose requested or bound port is in [`PORTS`].
 #[unsafe(no_mangle)]
 static FILTER_PORTS: u8 = 0;
@@ -122,8 +125,9 @@ fn count_lost(which: u32) {
 
 #[inline(always)]
 fn pid_wanted() -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let want = global(&FILTER_PID);
-    want == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 == want
+    tgid != global(&SELF_PID) && (want == 0 || tgid == want)
 }
 
 #[inline(always)]

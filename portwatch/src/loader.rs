@@ -311,6 +311,7 @@ fn open_object(
     let mut ebpf = EbpfLoader::new()
         .override_global("LAYOUT", &kernel.layout, true)
         .override_global("FILTER_PID", &filter_pid, true)
+        .override_global("SELF_PID", &std::process::id(), true)
         .override_global("FILTER_PORTS", &filter_ports, true)
         .override_global("FILTER_FAILED", &filter_failed, true)
         .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)

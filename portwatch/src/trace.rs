@@ -76,6 +76,8 @@ pub struct Session {
     facts: FactFinder,
     /// Holders reported by the kernel's conflict check, waiting for their thread's event.
     conflicts: HashMap<u32, Vec<SocketView>>,
+    /// Records read ahead while the tables were read; they open the next pass.
+    lookahead: Vec<Record>,
     summary: Summary,
     printed: u64,
     limit: Option<u64>,
@@ -84,22 +86,44 @@ pub struct Session {
 /// Records taken from the ring buffer per pass. A pass is explained as a unit: one socket
 /// table lookup per port serves all its events.
 const BATCH: usize = 4096;
+/// Passes per wakeup before going back to the event loop.
+const MAX_PASSES_PER_DRAIN: usize = 8;
+
+/// Socket inodes that a successful call in `records` bound, with the position of the first.
+fn bound_in(records: &[Record]) -> HashMap<u64, usize> {
+    let mut at = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if let Record::Call(ev) = r
+            && ev.ok()
+            && let Some(s) = &ev.socket
+            && s.ino != 0
+        {
+            at.entry(s.ino).or_insert(i);
+        }
+    }
+    at
+}
+
+fn take(ring: &mut RingBuf<MapData>, into: &mut Vec<Record>, max: usize) {
+    while into.len() < max {
+        let Some(item) = ring.next() else { break };
+        match event::decode(&item) {
+            Some(r) => into.push(r),
+            None => debug!("undecodable record of {} bytes", item.len()),
+        }
+    }
+}
 
 impl Session {
-    /// Handles one pass of records. `bound_at` maps a socket inode to the first record in the
-    /// pass that bound it, so that an event is not explained by a socket bound after it: the
-    /// tables are read after the fact.
-    fn handle_batch(&mut self, batch: Vec<Record>) -> io::Result<()> {
-        let mut bound_at: HashMap<u64, usize> = HashMap::new();
-        for (i, r) in batch.iter().enumerate() {
-            if let Record::Call(ev) = r
-                && ev.ok()
-                && let Some(s) = &ev.socket
-                && s.ino != 0
-            {
-                bound_at.entry(s.ino).or_insert(i);
-            }
-        }
+    /// Handles one pass of records.
+    ///
+    /// The socket tables are read after the calls happened, so a socket in them may be younger
+    /// than the call being explained. Two guards keep such sockets out of explanations: a
+    /// socket bound later in the same pass, and a socket bound by a record that arrived while
+    /// the tables were being read (the look-ahead, which starts the next pass).
+    fn handle_batch(&mut self, batch: Vec<Record>, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        let bound_at = bound_in(&batch);
+        let mut calls: Vec<(usize, Event, explain::Facts)> = Vec::new();
         for (i, r) in batch.into_iter().enumerate() {
             match r {
                 Record::Conflict { tid, holder } => {
@@ -114,19 +138,27 @@ impl Session {
                         continue;
                     }
                     self.enrich(&mut ev);
-                    self.summary.count(&ev);
-                    let mut facts = self.facts.gather(&mut self.ebpf, &mut self.namespaces, &ev);
-                    let later = |ino: u64| bound_at.get(&ino).is_some_and(|&j| j > i);
-                    if let Some(h) = facts.holders.as_mut() {
-                        h.retain(|h| !later(h.socket.ino));
-                    }
-                    let verdict = explain::explain(&ev, &facts);
-                    self.printer.event(&ev, verdict.as_ref())?;
-                    self.printed += 1;
-                    if self.done() {
-                        break;
-                    }
+                    let facts = self.facts.gather(&mut self.ebpf, &mut self.namespaces, &ev);
+                    calls.push((i, ev, facts));
                 }
+            }
+        }
+        take(ring, &mut self.lookahead, BATCH);
+        let future = bound_in(&self.lookahead);
+        for (i, ev, mut facts) in calls {
+            let younger = |ino: u64| {
+                future.contains_key(&ino) || bound_at.get(&ino).is_some_and(|&j| j > i)
+            };
+            if let Some(h) = facts.holders.as_mut() {
+                h.retain(|h| !younger(h.socket.ino));
+            }
+            facts.other_netns.retain(|h| !younger(h.socket.ino));
+            self.summary.count(&ev);
+            let verdict = explain::explain(&ev, &facts);
+            self.printer.event(&ev, verdict.as_ref())?;
+            self.printed += 1;
+            if self.done() {
+                break;
             }
         }
         Ok(())
@@ -148,21 +180,17 @@ impl Session {
         self.limit.is_some_and(|n| self.printed >= n)
     }
 
+    /// Handles what the ring holds, a bounded amount at a time so that signals and the timer
+    /// are served between passes even under a flood.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
-        loop {
-            let mut batch = Vec::new();
-            while batch.len() < BATCH {
-                let Some(item) = ring.next() else { break };
-                match event::decode(&item) {
-                    Some(r) => batch.push(r),
-                    None => debug!("undecodable record of {} bytes", item.len()),
-                }
-            }
+        for _ in 0..MAX_PASSES_PER_DRAIN {
+            let mut batch = std::mem::take(&mut self.lookahead);
+            take(ring, &mut batch, BATCH);
             if batch.is_empty() || self.done() {
                 break;
             }
             self.facts.new_batch();
-            self.handle_batch(batch)?;
+            self.handle_batch(batch, ring)?;
         }
         self.printer.flush()
     }
@@ -234,6 +262,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         namespaces: Namespaces::default(),
         facts: FactFinder::new(),
         conflicts: HashMap::new(),
+        lookahead: Vec::new(),
         summary: Summary {
             backend: backend.to_string(),
             ..Summary::default()
@@ -271,7 +300,8 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     // Detach before the last drain: nothing new arrives, nothing already written is lost.
     loader::detach(&mut session.ebpf);
     let mut ring = ring.into_inner();
-    if outcome.is_ok() && !session.done() {
+    // Nothing produces any more, so this ends.
+    while outcome.is_ok() && !session.done() && (!session.lookahead.is_empty() || ring_has_data(&mut ring)) {
         outcome = session.drain(&mut ring);
     }
     if outcome.is_ok() {
@@ -290,6 +320,17 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Whether the ring buffer holds a record, without consuming it (the next drain reads it).
+fn ring_has_data(ring: &mut RingBuf<MapData>) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut pfd = libc::pollfd {
+        fd: ring.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
 }
 
 fn lost_totals(map: &aya::maps::Map) -> (u64, u64) {
