@@ -25,6 +25,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{FExitContext, TracePointContext},
 };
+use aya_log_ebpf::{debug, warn};
 use kernel::{Sock, global, probe_kernel, probe_user, tp_arg};
 use portwatch_common::{
     AF_INET, AF_INET6, AF_UNSPEC, BindEvent, COMM_LEN, ConflictEvent, backend, flags, record,
@@ -318,7 +319,7 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
     if global(&FILTER_PORTS) != 0 && req.ok != 0 && req.port != 0 && !port_in_filter(req.port) {
         return 0;
     }
-    stash(fd as i64, record::BIND, req);
+    stash(&ctx, fd as i64, record::BIND, req);
     0
 }
 
@@ -334,7 +335,7 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let fd: u64 = tp_arg(&ctx, global(&TP_ENTER_FD));
-    stash(fd as i64, record::LISTEN, Request::NONE);
+    stash(&ctx, fd as i64, record::LISTEN, Request::NONE);
     0
 }
 
@@ -345,11 +346,12 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn stash(fd: i64, rec: u8, req: Request) {
+fn stash(ctx: &TracePointContext, fd: i64, rec: u8, req: Request) {
     let tid = bpf_get_current_pid_tgid() as u32;
     let p = Pending { fd, record: rec, req };
     if PENDING.insert(&tid, &p, 0).is_err() {
         count_lost(LOST_PENDING);
+        warn!(ctx, "pending-call table full: call on tid {} not traced", tid);
     }
 }
 
@@ -372,6 +374,10 @@ fn finish_syscall(ctx: &TracePointContext) {
     };
     if sock == 0 && ret == -EBADF {
         return;
+    }
+    if sock == 0 && ret == 0 {
+        // The fd was closed or replaced by another thread between the call and here.
+        debug!(ctx, "fd {} of a successful call is gone", p.fd);
     }
     emit(p.record, backend::TRACEPOINT, &p.req, p.fd as i32, sock, ret);
 }

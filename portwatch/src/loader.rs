@@ -100,6 +100,8 @@ pub struct Loaded {
     /// Whether the kernel's own conflict check is hooked (fexit on inet_bind_conflict).
     pub conflict_hook: bool,
     pub load_time: Duration,
+    /// Forwards the kernel side's aya-log records to the `log` crate; flush it now and then.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 /// Facts about the running kernel that both loading and explaining need.
@@ -255,6 +257,10 @@ pub fn load(
         _ => (16, 24, 16),
     };
     let mut ebpf = open_object(kernel, filter, (enter_fd, enter_addr, exit_ret))?;
+    // The kernel side reports rare trouble (a full table, a vanished fd) through aya-log.
+    let logger = aya_log::EbpfLogger::init(&mut ebpf)
+        .inspect_err(|e| debug!("no kernel-side log channel: {e}"))
+        .ok();
 
     let (backend, fallback, conflict_hook) = match choice {
         BackendChoice::Fexit => {
@@ -294,6 +300,7 @@ pub fn load(
         backend,
         fallback,
         conflict_hook,
+        logger,
         load_time: started.elapsed(),
     })
 }
@@ -320,9 +327,6 @@ fn open_object(
         .override_global("TP_EXIT_RET", &exit_ret, true)
         .map_max_entries("EVENTS", RING_BYTES)
         .load(EBPF_OBJECT)?;
-    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
-        debug!("no kernel-side log channel: {e}");
-    }
     let map_err = |e: aya::maps::MapError| LoadError::Backend {
         backend: Backend::Tracepoint,
         detail: format!("PORTS map: {e}"),

@@ -247,8 +247,9 @@ impl Printer {
                 .join(", ")
         };
         eprintln!(
-            "portwatch: {} events ({} bind, {} listen) in {:.1}s; failures: {failures}; lost: {}",
+            "portwatch: {} event{} ({} bind, {} listen) in {:.1}s; failures: {failures}; lost: {}",
             sum.events,
+            if sum.events == 1 { "" } else { "s" },
             sum.binds,
             sum.listens,
             sum.seconds,
