@@ -224,7 +224,7 @@ fn tracepoint_field_offset(event: &str, field: &str) -> Result<u32, LoadError> {
         let mut parts = decl.split(';');
         let name_part = parts.next().unwrap_or_default();
         let name = name_part
-            .rsplit(|c: char| c == ' ' || c == '*')
+            .rsplit([' ', '*'])
             .next()
             .unwrap_or_default();
         if name != field {

@@ -292,7 +292,6 @@ pub fn predict(ev: &Event, facts: &Facts) -> Option<Verdict> {
     } else {
         0
     };
-    drop(at);
     ev.ret = ret;
     explain(&ev, facts)
 }
