@@ -197,6 +197,9 @@ impl FactFinder {
         if errno == Some(libc::EACCES) {
             facts.cap_net_bind_service = procfs::has_cap(ev.pid, 10);
         }
+        if errno == Some(libc::EPERM) {
+            facts.cgroup_bind_programs = crate::cgroup::bind_programs(ev.cgroup_id);
+        }
         let port = ev.port();
         if explain::needs_holders(ev) {
             let port_zero = port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));

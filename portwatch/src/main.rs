@@ -1,6 +1,7 @@
 //! portwatch: who holds that port, and why does the kernel refuse?
 
 mod btf;
+mod cgroup;
 mod cli;
 mod errno;
 mod event;
