@@ -40,8 +40,18 @@ SO_BINDTODEVICE, IP_FREEBIND, IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT), and the 
 For a port 0 bind it shows the port the kernel picked.\n\n\
 Stop with Ctrl-C: portwatch detaches from the kernel and prints a summary (events, failures \
 by errno, and events lost, if any).",
-        after_help = "Output:\n  \
-Human format: one line per call, columns TIME PID COMM CALL PROTO ADDRESS RESULT DETAILS.\n  \
+        after_help = "How the kernel decides (what the explanations refer to):\n  \
+Two sockets clash on bind() or listen() when all of these hold:\n  \
+- same port, same port space (TCP and UDP have separate ones), same network namespace;\n  \
+- their addresses overlap: equal, or one is the wildcard (0.0.0.0 covers all IPv4, [::]\n    \
+covers all IPv6 and, unless IPV6_V6ONLY is set, all IPv4 too);\n  \
+- their devices overlap: the same SO_BINDTODEVICE, or either has none;\n  \
+- no option lets them share: SO_REUSEADDR on both with neither listening (for UDP: on\n    \
+both, whatever the state), or SO_REUSEPORT on both as the same user.\n  \
+A TIME_WAIT connection left by a server counts as a holder with the SO_REUSEADDR it had.\n\n\
+Output:\n  \
+Human format: one line per call, columns TIME PID COMM CALL PROTO ADDRESS RESULT DETAILS,\n  \
+and under it the explanation (↳) and the fix.\n  \
 --json: one object per line; \"type\" is \"bind\", \"listen\", \"lost\" or \"summary\".\n  \
 Status lines (ready, lost events, summary) go to stderr in human format.\n\n\
 Filters:\n  \
