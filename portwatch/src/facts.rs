@@ -204,7 +204,8 @@ impl FactFinder {
         if explain::needs_holders(ev) {
             let port_zero = port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
             if port_zero && !ev.ok() {
-                facts.ephemeral_ports_in_use = self.ephemeral_in_use(ebpf, ns, netns, &facts.sysctls);
+                facts.ephemeral_ports_in_use =
+                    self.ephemeral_in_use(ebpf, ns, sock, &facts.sysctls);
             } else {
                 match self.holders(ebpf, ns, netns, Some(port)) {
                     Ok(mut h) => {
@@ -225,13 +226,14 @@ impl FactFinder {
         &mut self,
         ebpf: &mut Ebpf,
         ns: &mut Namespaces,
-        netns: u32,
+        sock: &SocketView,
         sysctls: &Sysctls,
     ) -> Option<u32> {
         let (lo, hi) = sysctls.ip_local_port_range?;
-        let all = self.holders(ebpf, ns, netns, None).ok()?;
+        let all = self.holders(ebpf, ns, sock.netns, None).ok()?;
         let ports: HashSet<u16> = all
             .iter()
+            .filter(|h| h.socket.proto.shares_ports_with(sock.proto))
             .map(|h| h.socket.port)
             .filter(|p| (lo..=hi).contains(p))
             .collect();

@@ -415,6 +415,7 @@ pub fn ephemeral_exhausted(at: &Attempt, f: &Facts) -> Verdict {
     };
     let (range, size) = range_text(f).unwrap_or(("the ephemeral port range".into(), 0));
     let used = match (f.ephemeral_ports_in_use, size) {
+        (Some(0), _) => "; the sockets that held its ports closed before portwatch looked".into(),
         (Some(u), s) if s > 0 => format!(": {u} of its {s} ports are held by sockets"),
         _ => String::new(),
     };
