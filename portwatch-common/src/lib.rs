@@ -69,7 +69,13 @@ pub struct Field {
 
 impl Field {
     pub const fn plain(offset: u32, size: u8) -> Self {
-        Self { offset, size, shift: 0, bits: 0, _pad: 0 }
+        Self {
+            offset,
+            size,
+            shift: 0,
+            bits: 0,
+            _pad: 0,
+        }
     }
 }
 

@@ -348,10 +348,17 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn stash(ctx: &TracePointContext, fd: i64, rec: u8, req: Request) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let p = Pending { fd, record: rec, req };
+    let p = Pending {
+        fd,
+        record: rec,
+        req,
+    };
     if PENDING.insert(&tid, &p, 0).is_err() {
         count_lost(LOST_PENDING);
-        warn!(ctx, "pending-call table full: call on tid {} not traced", tid);
+        warn!(
+            ctx,
+            "pending-call table full: call on tid {} not traced", tid
+        );
     }
 }
 
@@ -379,7 +386,14 @@ fn finish_syscall(ctx: &TracePointContext) {
         // The fd was closed or replaced by another thread between the call and here.
         debug!(ctx, "fd {} of a successful call is gone", p.fd);
     }
-    emit(p.record, backend::TRACEPOINT, &p.req, p.fd as i32, sock, ret);
+    emit(
+        p.record,
+        backend::TRACEPOINT,
+        &p.req,
+        p.fd as i32,
+        sock,
+        ret,
+    );
 }
 
 // ---- fexit backend
@@ -425,7 +439,14 @@ pub fn fexit_inet_listen(ctx: FExitContext) -> i32 {
         return 0;
     }
     let sock = kernel::fexit_arg(&ctx, 0);
-    emit(record::LISTEN, backend::FEXIT, &Request::NONE, -1, sock, ret);
+    emit(
+        record::LISTEN,
+        backend::FEXIT,
+        &Request::NONE,
+        -1,
+        sock,
+        ret,
+    );
     0
 }
 

@@ -338,7 +338,11 @@ mod tests {
         let strings = b"\0int\0char\0s\0a\0b\0c\0E\0X\0".to_vec();
         let off = |s: &str| {
             let pat = format!("\0{s}\0");
-            (strings.windows(pat.len()).position(|w| w == pat.as_bytes()).unwrap() + 1) as u32
+            (strings
+                .windows(pat.len())
+                .position(|w| w == pat.as_bytes())
+                .unwrap()
+                + 1) as u32
         };
         let mut types = Vec::new();
         let mut push = |v: &[u32]| {
@@ -387,6 +391,9 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(matches!(Btf::parse(vec![0; 32]), Err(BtfError::Magic(0))));
-        assert!(matches!(Btf::parse(vec![0x9f, 0xeb]), Err(BtfError::Truncated)));
+        assert!(matches!(
+            Btf::parse(vec![0x9f, 0xeb]),
+            Err(BtfError::Truncated)
+        ));
     }
 }

@@ -108,7 +108,11 @@ impl FactFinder {
     ) -> Result<Vec<Holder>, String> {
         self.ensure_tables(ebpf)?;
         let in_tables = tables::read(ebpf, ns, netns, port)?;
-        let seen: HashSet<u64> = in_tables.iter().map(|s| s.ino).filter(|&i| i != 0).collect();
+        let seen: HashSet<u64> = in_tables
+            .iter()
+            .map(|s| s.ino)
+            .filter(|&i| i != 0)
+            .collect();
         let mut out: Vec<Holder> = Vec::with_capacity(in_tables.len());
         let owners = self.owners().clone();
         for mut s in in_tables {
@@ -161,7 +165,11 @@ impl FactFinder {
     }
 
     /// Sysctls and addresses of a namespace, read from inside it.
-    pub fn netns_facts(&mut self, ns: &mut Namespaces, netns: u32) -> (Sysctls, Option<Vec<IpAddr>>) {
+    pub fn netns_facts(
+        &mut self,
+        ns: &mut Namespaces,
+        netns: u32,
+    ) -> (Sysctls, Option<Vec<IpAddr>>) {
         if let Some(f) = self.netns_facts.get(&netns) {
             return f.clone();
         }
@@ -202,7 +210,8 @@ impl FactFinder {
         }
         let port = ev.port();
         if explain::needs_holders(ev) {
-            let port_zero = port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
+            let port_zero =
+                port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
             if port_zero && !ev.ok() {
                 facts.ephemeral_ports_in_use =
                     self.ephemeral_in_use(ebpf, ns, sock, &facts.sysctls);
@@ -296,7 +305,9 @@ fn sysctl(path: &str) -> Option<String> {
 }
 
 fn sysctl_bool(path: &str) -> Option<bool> {
-    sysctl(path).and_then(|v| v.parse::<u32>().ok()).map(|v| v != 0)
+    sysctl(path)
+        .and_then(|v| v.parse::<u32>().ok())
+        .map(|v| v != 0)
 }
 
 /// The sysctls that change bind()'s rules, for the namespace this thread is in.
@@ -377,7 +388,9 @@ fn local_addrs() -> Option<Vec<IpAddr>> {
             let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
             if family == libc::AF_INET {
                 let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-                out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                out.push(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ));
             } else if family == libc::AF_INET6 {
                 let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
                 out.push(IpAddr::from(sin6.sin6_addr.s6_addr));

@@ -115,7 +115,9 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
             .optional("sock_common", "skc_v6_rcv_saddr")?
             .unwrap_or_default(),
         sk_daddr: r.field("sock_common", "skc_daddr")?,
-        sk_v6_daddr: r.optional("sock_common", "skc_v6_daddr")?.unwrap_or_default(),
+        sk_v6_daddr: r
+            .optional("sock_common", "skc_v6_daddr")?
+            .unwrap_or_default(),
         sk_dport: r.field("sock_common", "skc_dport")?,
         sk_net: r.field("sock_common", "skc_net")?,
         net_inum: r.field("net", "ns.inum")?,
@@ -138,10 +140,37 @@ mod tests {
     #[test]
     fn bitfields_read_the_fewest_bytes() {
         // skc_reuse:4 right after an 8-bit skc_state at byte 18 → bit 152.
-        assert_eq!(bitfield(152, 4), Field { offset: 19, size: 1, shift: 0, bits: 4, _pad: 0 });
+        assert_eq!(
+            bitfield(152, 4),
+            Field {
+                offset: 19,
+                size: 1,
+                shift: 0,
+                bits: 4,
+                _pad: 0
+            }
+        );
         // a 1-bit flag at bit 7 of its byte
-        assert_eq!(bitfield(15, 1), Field { offset: 1, size: 1, shift: 7, bits: 1, _pad: 0 });
+        assert_eq!(
+            bitfield(15, 1),
+            Field {
+                offset: 1,
+                size: 1,
+                shift: 7,
+                bits: 1,
+                _pad: 0
+            }
+        );
         // crossing a byte boundary
-        assert_eq!(bitfield(6, 4), Field { offset: 0, size: 2, shift: 6, bits: 4, _pad: 0 });
+        assert_eq!(
+            bitfield(6, 4),
+            Field {
+                offset: 0,
+                size: 2,
+                shift: 6,
+                bits: 4,
+                _pad: 0
+            }
+        );
     }
 }

@@ -63,10 +63,7 @@ pub enum LoadError {
     #[error("no backend could be loaded:\n  fexit: {fexit}\n  tracepoint: {tracepoint}")]
     NoBackend { fexit: String, tracepoint: String },
     #[error("{backend} backend: {detail}")]
-    Backend {
-        backend: Backend,
-        detail: String,
-    },
+    Backend { backend: Backend, detail: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,7 +144,10 @@ pub fn kernel_info() -> Result<KernelInfo, LoadError> {
     let started = Instant::now();
     let btf = Btf::from_file(path)?;
     let layout = layout::resolve(&btf)?;
-    debug!("BTF parsed and layout resolved in {:?}: {layout:?}", started.elapsed());
+    debug!(
+        "BTF parsed and layout resolved in {:?}: {layout:?}",
+        started.elapsed()
+    );
     Ok(KernelInfo { btf, layout })
 }
 
@@ -223,10 +223,7 @@ fn tracepoint_field_offset(event: &str, field: &str) -> Result<u32, LoadError> {
         };
         let mut parts = decl.split(';');
         let name_part = parts.next().unwrap_or_default();
-        let name = name_part
-            .rsplit([' ', '*'])
-            .next()
-            .unwrap_or_default();
+        let name = name_part.rsplit([' ', '*']).next().unwrap_or_default();
         if name != field {
             continue;
         }
@@ -379,8 +376,10 @@ fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo) -> Result<bool, String> {
             .ok_or_else(|| format!("program {prog} missing from the object"))?
             .try_into()
             .map_err(|e| format!("{prog}: {e}"))?;
-        p.load(func, &btf).map_err(|e| describe_load_error(func, &e))?;
-        p.attach().map_err(|e| format!("attaching to {func}: {e}"))?;
+        p.load(func, &btf)
+            .map_err(|e| describe_load_error(func, &e))?;
+        p.attach()
+            .map_err(|e| format!("attaching to {func}: {e}"))?;
     }
     // The conflict hook is a bonus: without it, holders come from the socket tables instead.
     let (prog, func) = CONFLICT_PROGRAM;
@@ -394,7 +393,8 @@ fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo) -> Result<bool, String> {
             .ok_or("missing")?
             .try_into()
             .map_err(|e| format!("{e}"))?;
-        p.load(func, &btf).map_err(|e| describe_load_error(func, &e))?;
+        p.load(func, &btf)
+            .map_err(|e| describe_load_error(func, &e))?;
         p.attach().map_err(|e| format!("{e}"))?;
         Ok(())
     })();

@@ -76,7 +76,10 @@ pub fn rfc3339(unix_ns: i128) -> String {
 /// Local time of day for the terminal: 16:00:01.123456.
 fn time_of_day(unix_ns: i128) -> String {
     let (tm, us) = broken_down(unix_ns, true);
-    format!("{:02}:{:02}:{:02}.{us:06}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    format!(
+        "{:02}:{:02}:{:02}.{us:06}",
+        tm.tm_hour, tm.tm_min, tm.tm_sec
+    )
 }
 
 struct Style {
@@ -162,7 +165,9 @@ impl Printer {
     fn human(&mut self, ev: &Event, verdict: Option<&Verdict>) -> io::Result<()> {
         let s = &self.style;
         let sock = ev.socket.as_ref();
-        let proto = sock.map(SocketView::proto_family).unwrap_or_else(|| "?".into());
+        let proto = sock
+            .map(SocketView::proto_family)
+            .unwrap_or_else(|| "?".into());
         let address = match (ev.call, &ev.requested, sock) {
             (Call::Bind, Some(r), _) => requested_endpoint(r.addr, r.port, r.scope_id),
             (Call::Bind, None, _) => "(unreadable)".to_string(),
@@ -179,8 +184,8 @@ impl Printer {
         };
         let mut details = Vec::new();
         if let Some(sock) = sock {
-            let asked_zero = ev.call == Call::Bind
-                && ev.requested.as_ref().is_some_and(|r| r.port == 0);
+            let asked_zero =
+                ev.call == Call::Bind && ev.requested.as_ref().is_some_and(|r| r.port == 0);
             if ev.ok() && asked_zero && sock.port != 0 {
                 details.push(format!("got port {}", sock.port));
             }
@@ -202,7 +207,11 @@ impl Printer {
         );
         writeln!(self.out, "{}", line.trim_end())?;
         if let Some(v) = verdict {
-            let mark = if v.ok { s.green("↳") } else { s.yellow("↳") };
+            let mark = if v.ok {
+                s.green("↳")
+            } else {
+                s.yellow("↳")
+            };
             writeln!(self.out, "    {mark} {}", v.message)?;
             for line in &v.details {
                 writeln!(self.out, "      {}", s.dim(line))?;

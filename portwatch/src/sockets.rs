@@ -236,7 +236,11 @@ impl SocketView {
         format!(
             "{}{}",
             self.proto.name(),
-            if self.family == Family::Ipv6 { "6" } else { "4" }
+            if self.family == Family::Ipv6 {
+                "6"
+            } else {
+                "4"
+            }
         )
     }
 }

@@ -24,7 +24,9 @@ pub enum Inspected {
     /// Not an IPv4/IPv6 TCP or UDP socket: never relevant (and never will be).
     Irrelevant,
     /// An inet socket with no local port yet. It may bind later.
-    Unbound { netns: u32 },
+    Unbound {
+        netns: u32,
+    },
     Bound(SocketView),
 }
 
@@ -77,7 +79,10 @@ fn inspect_fd(fd: i32) -> Inspected {
     let protocol = int_opt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
     let sock_type = int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(0);
     let proto = Proto::from_raw(protocol as u16, sock_type as u16);
-    if !matches!(proto, Proto::Tcp | Proto::Udp | Proto::UdpLite | Proto::Mptcp) {
+    if !matches!(
+        proto,
+        Proto::Tcp | Proto::Udp | Proto::UdpLite | Proto::Mptcp
+    ) {
         return Inspected::Irrelevant;
     }
     let netns = netns_of(fd);
@@ -114,7 +119,11 @@ fn inspect_fd(fd: i32) -> Inspected {
     };
     let on = |level, name| int_opt(fd, level, name).is_some_and(|v| v != 0);
     let (ip_level, freebind, transparent) = if family == Family::Ipv6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, libc::IPV6_TRANSPARENT)
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_FREEBIND,
+            libc::IPV6_TRANSPARENT,
+        )
     } else {
         (libc::IPPROTO_IP, libc::IP_FREEBIND, libc::IP_TRANSPARENT)
     };

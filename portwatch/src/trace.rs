@@ -146,9 +146,8 @@ impl Session {
         take(ring, &mut self.lookahead, BATCH);
         let future = bound_in(&self.lookahead);
         for (i, ev, mut facts) in calls {
-            let younger = |ino: u64| {
-                future.contains_key(&ino) || bound_at.get(&ino).is_some_and(|&j| j > i)
-            };
+            let younger =
+                |ino: u64| future.contains_key(&ino) || bound_at.get(&ino).is_some_and(|&j| j > i);
             if let Some(h) = facts.holders.as_mut() {
                 h.retain(|h| !younger(h.socket.ino));
             }
@@ -212,8 +211,13 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     };
     let mut loaded = loader::load(args.backend, &filter, &kernel)?;
     let started = Instant::now();
-    let ring = RingBuf::try_from(loaded.ebpf.take_map("EVENTS").context("EVENTS map missing")?)
-        .context("opening the ring buffer")?;
+    let ring = RingBuf::try_from(
+        loaded
+            .ebpf
+            .take_map("EVENTS")
+            .context("EVENTS map missing")?,
+    )
+    .context("opening the ring buffer")?;
     let lost_map = loaded.ebpf.take_map("LOST").context("LOST map missing")?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole life.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -252,13 +256,11 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         filter: UserFilter {
             comm: args.comm.clone(),
             proto: args.proto,
-            family: args.family.as_deref().map(|f| {
-                if f == "6" {
-                    Family::Ipv6
-                } else {
-                    Family::Ipv4
-                }
-            }),
+            family: args.family.as_deref().map(
+                |f| {
+                    if f == "6" { Family::Ipv6 } else { Family::Ipv4 }
+                },
+            ),
         },
         namespaces: Namespaces::default(),
         facts: FactFinder::new(),
@@ -305,7 +307,10 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     loader::detach(&mut session.ebpf);
     let mut ring = ring.into_inner();
     // Nothing produces any more, so this ends.
-    while outcome.is_ok() && !session.done() && (!session.lookahead.is_empty() || ring_has_data(&mut ring)) {
+    while outcome.is_ok()
+        && !session.done()
+        && (!session.lookahead.is_empty() || ring_has_data(&mut ring))
+    {
         outcome = session.drain(&mut ring);
     }
     if outcome.is_ok() {

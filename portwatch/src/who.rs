@@ -74,13 +74,20 @@ pub fn run(args: WhoArgs) -> Result<()> {
             kind: "who",
             port: args.port,
             namespaces: namespaces.len(),
-            holders: holders.iter().map(|h| HolderReport::new(h, None, None)).collect(),
+            holders: holders
+                .iter()
+                .map(|h| HolderReport::new(h, None, None))
+                .collect(),
             prediction: prediction.as_ref().map(|(ev, v)| {
                 let s = ev.socket.as_ref().expect("built with a socket");
                 JsonPrediction {
                     would_succeed: v.ok,
                     protocol: s.proto.name(),
-                    addr: ev.requested.as_ref().map(|r| r.addr.to_string()).unwrap_or_default(),
+                    addr: ev
+                        .requested
+                        .as_ref()
+                        .map(|r| r.addr.to_string())
+                        .unwrap_or_default(),
                     port: args.port,
                     netns: s.netns,
                     uid: s.uid.unwrap_or(0),

@@ -24,6 +24,8 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
+use crate::cmd::workspace_root;
+
 /// The metapackage that always depends on Debian 12's newest cloud kernel image. The concrete
 /// ABI number (`6.1.0-NN`) changes with every security update, so it is resolved from this
 /// package at set-up time instead of being pinned.
@@ -330,7 +332,8 @@ pub fn run(kernel: &Kernel, guest: &Guest, work: &Path) -> Result<GuestOutput> {
     })
 }
 
-fn tail(s: &str, lines: usize) -> String {
+/// The last `lines` lines of `s`.
+pub fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
 }
@@ -594,13 +597,6 @@ fn run_quiet(cmd: &mut Command) -> Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
 }
 
 /// `cargo xtask vm [--file HOST[:GUEST]]... -- <command>`

@@ -9,11 +9,11 @@
 pub mod conflict;
 mod words;
 
-pub use words::who;
-
 use std::net::IpAddr;
 
+use conflict::{Blocker, Call, Coexist, Overlap, Relation, Side};
 use serde::Serialize;
+pub use words::who;
 
 use crate::{
     errno,
@@ -22,7 +22,6 @@ use crate::{
     procfs::Owner,
     sockets::{Family, SocketView, State, endpoint},
 };
-use conflict::{Blocker, Call, Coexist, Overlap, Relation, Side};
 
 /// Where portwatch learned about a holder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -211,7 +210,9 @@ impl<'a> Attempt<'a> {
         match self.ev.call {
             EventCall::Bind => self.ev.requested.as_ref().is_some_and(|r| r.port == 0),
             // listen() on an unbound socket picks a port like bind(port 0).
-            EventCall::Listen => self.ev.requested.is_none() && !self.ev.ok() && self.sock.port == 0,
+            EventCall::Listen => {
+                self.ev.requested.is_none() && !self.ev.ok() && self.sock.port == 0
+            }
         }
     }
 }
@@ -303,7 +304,12 @@ fn relations<'h>(at: &Attempt, holders: &'h [Holder]) -> Vec<(&'h Holder, Relati
         .filter(|h| h.socket.port == at.port)
         // The call's own socket shows up in the tables after a successful bind.
         .filter(|h| !(at.sock.ino != 0 && h.socket.ino == at.sock.ino))
-        .map(|h| (h, conflict::relate(&at.side, &side_of(&h.socket), at.call())))
+        .map(|h| {
+            (
+                h,
+                conflict::relate(&at.side, &side_of(&h.socket), at.call()),
+            )
+        })
         .collect()
 }
 

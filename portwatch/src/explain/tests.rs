@@ -126,7 +126,10 @@ fn the_brief_example_dual_stack_covers_ipv4() {
         &ev,
         &facts(vec![h]),
         "dual-stack-covers-ipv4",
-        &["EADDRINUSE: pid 812 (java) holds [::]:8080 dual-stack (IPV6_V6ONLY=0", "which covers 0.0.0.0:8080"],
+        &[
+            "EADDRINUSE: pid 812 (java) holds [::]:8080 dual-stack (IPV6_V6ONLY=0",
+            "which covers 0.0.0.0:8080",
+        ],
     );
     assert!(v.fix.unwrap().contains("IPV6_V6ONLY=1"));
     assert_eq!(v.holders[0].owners[0].pid, 812);
@@ -153,7 +156,10 @@ fn conflicts() {
             "specific-blocks-wildcard",
             bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, o()),
             vec![holder(sock(Proto::Tcp, "10.0.0.1", 80), 9)],
-            &["holds 10.0.0.1:80 (bound, not listening)", "wildcard 0.0.0.0:80 would cover"],
+            &[
+                "holds 10.0.0.1:80 (bound, not listening)",
+                "wildcard 0.0.0.0:80 would cover",
+            ],
         ),
         (
             "ipv4-blocks-dual-stack",
@@ -171,13 +177,18 @@ fn conflicts() {
             "reuseaddr-needs-both",
             bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, ra()),
             vec![holder(sock(Proto::Tcp, "0.0.0.0", 80), 9)],
-            &["only when both set it", "the socket of pid 9 (java) doesn't"],
+            &[
+                "only when both set it",
+                "the socket of pid 9 (java) doesn't",
+            ],
         ),
         (
             "reuseaddr-vs-listen",
             bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, ra()),
             vec![holder(
-                with(listening(sock(Proto::Tcp, "0.0.0.0", 80)), |o| o.reuseaddr = true),
+                with(listening(sock(Proto::Tcp, "0.0.0.0", 80)), |o| {
+                    o.reuseaddr = true
+                }),
                 9,
             )],
             &["never lets a socket bind next to a listening one"],
@@ -185,18 +196,33 @@ fn conflicts() {
         (
             "reuseaddr-needs-both",
             bind(Proto::Udp, "0.0.0.0", 53, EADDRINUSE, o()),
-            vec![holder(with(sock(Proto::Udp, "0.0.0.0", 53), |o| o.reuseaddr = true), 9)],
+            vec![holder(
+                with(sock(Proto::Udp, "0.0.0.0", 53), |o| o.reuseaddr = true),
+                9,
+            )],
             &["for UDP, SO_REUSEADDR on both sockets lets them share even the same address"],
         ),
         (
             "reuseport-needs-both",
-            bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, opts(|o| o.reuseport = true)),
+            bind(
+                Proto::Tcp,
+                "0.0.0.0",
+                80,
+                EADDRINUSE,
+                opts(|o| o.reuseport = true),
+            ),
             vec![holder(listening(sock(Proto::Tcp, "0.0.0.0", 80)), 9)],
             &["SO_REUSEPORT shares a port only when every socket on it sets it"],
         ),
         (
             "reuseport-uid-mismatch",
-            bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, opts(|o| o.reuseport = true)),
+            bind(
+                Proto::Tcp,
+                "0.0.0.0",
+                80,
+                EADDRINUSE,
+                opts(|o| o.reuseport = true),
+            ),
             vec![holder(
                 {
                     let mut s = with(listening(sock(Proto::Tcp, "0.0.0.0", 80)), |o| {
@@ -211,10 +237,16 @@ fn conflicts() {
         ),
         (
             "bindtodevice-unbound",
-            bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, opts(|o| {
-                o.bound_dev_if = 2;
-                o.device = Some("eth0".into());
-            })),
+            bind(
+                Proto::Tcp,
+                "0.0.0.0",
+                80,
+                EADDRINUSE,
+                opts(|o| {
+                    o.bound_dev_if = 2;
+                    o.device = Some("eth0".into());
+                }),
+            ),
             vec![holder(listening(sock(Proto::Tcp, "0.0.0.0", 80)), 9)],
             &["this socket is bound to device eth0", "covers every device"],
         ),
@@ -247,13 +279,23 @@ fn time_wait_depends_on_the_old_socket_too() {
         &new_with_reuse,
         &facts(vec![h.clone()]),
         "time-wait",
-        &["TIME_WAIT for 42 s more", "the old socket didn't", "127.0.0.1:51000"],
+        &[
+            "TIME_WAIT for 42 s more",
+            "the old socket didn't",
+            "127.0.0.1:51000",
+        ],
     );
     assert!(v.fix.unwrap().contains("wait 42 s"));
 
     let mut old_had_it = h.clone();
     old_had_it.socket.options.reuseaddr = true;
-    let new_without = bind(Proto::Tcp, "127.0.0.1", 9000, EADDRINUSE, Options::default());
+    let new_without = bind(
+        Proto::Tcp,
+        "127.0.0.1",
+        9000,
+        EADDRINUSE,
+        Options::default(),
+    );
     check(
         &new_without,
         &facts(vec![old_had_it.clone()]),
@@ -261,50 +303,117 @@ fn time_wait_depends_on_the_old_socket_too() {
         &["this socket doesn't set SO_REUSEADDR"],
     );
 
-    let ok = bind(Proto::Tcp, "127.0.0.1", 9000, 0, opts(|o| o.reuseaddr = true));
-    check(&ok, &facts(vec![old_had_it]), "ok-time-wait-reuse", &["TIME_WAIT"]);
+    let ok = bind(
+        Proto::Tcp,
+        "127.0.0.1",
+        9000,
+        0,
+        opts(|o| o.reuseaddr = true),
+    );
+    check(
+        &ok,
+        &facts(vec![old_had_it]),
+        "ok-time-wait-reuse",
+        &["TIME_WAIT"],
+    );
 }
 
 #[test]
 fn listen_time_conflict() {
-    let mut ev = bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, opts(|o| o.reuseaddr = true));
+    let mut ev = bind(
+        Proto::Tcp,
+        "0.0.0.0",
+        80,
+        EADDRINUSE,
+        opts(|o| o.reuseaddr = true),
+    );
     ev.call = Call::Listen;
     ev.requested = None;
     let s = ev.socket.as_mut().unwrap();
     s.port = 80;
     let h = holder(
-        with(listening(sock(Proto::Tcp, "0.0.0.0", 80)), |o| o.reuseaddr = true),
+        with(listening(sock(Proto::Tcp, "0.0.0.0", 80)), |o| {
+            o.reuseaddr = true
+        }),
         9,
     );
-    check(&ev, &facts(vec![h]), "listen-conflict", &["EADDRINUSE at listen()", "only one of them may listen"]);
+    check(
+        &ev,
+        &facts(vec![h]),
+        "listen-conflict",
+        &["EADDRINUSE at listen()", "only one of them may listen"],
+    );
 }
 
 #[test]
 fn successes_say_why_they_could_share() {
     let o = Options::default;
     let rows: Vec<(&str, Event, Vec<Holder>, &str)> = vec![
-        ("ok-separate-port-spaces", bind(Proto::Udp, "0.0.0.0", 80, 0, o()),
+        (
+            "ok-separate-port-spaces",
+            bind(Proto::Udp, "0.0.0.0", 80, 0, o()),
             vec![holder(listening(sock(Proto::Tcp, "0.0.0.0", 80)), 9)],
-            "UDP and TCP have separate port spaces"),
-        ("ok-different-addresses", bind(Proto::Tcp, "127.0.0.2", 80, 0, o()),
+            "UDP and TCP have separate port spaces",
+        ),
+        (
+            "ok-different-addresses",
+            bind(Proto::Tcp, "127.0.0.2", 80, 0, o()),
             vec![holder(sock(Proto::Tcp, "127.0.0.1", 80), 9)],
-            "different specific addresses may share a port"),
-        ("ok-v6only", bind(Proto::Tcp, "0.0.0.0", 80, 0, o()),
-            vec![holder(with(listening(sock(Proto::Tcp, "::", 80)), |o| o.v6only = true), 9)],
-            "IPv6-only"),
-        ("ok-reuseport", bind(Proto::Tcp, "0.0.0.0", 80, 0, opts(|o| o.reuseport = true)),
-            vec![holder(with(listening(sock(Proto::Tcp, "0.0.0.0", 80)), |o| o.reuseport = true), 9)],
-            "both set SO_REUSEPORT as uid 1000"),
-        ("ok-reuseaddr", bind(Proto::Tcp, "0.0.0.0", 80, 0, opts(|o| o.reuseaddr = true)),
-            vec![holder(with(sock(Proto::Tcp, "0.0.0.0", 80), |o| o.reuseaddr = true), 9)],
-            "both set SO_REUSEADDR"),
-        ("ok-udp-reuseaddr", bind(Proto::Udp, "0.0.0.0", 53, 0, opts(|o| o.reuseaddr = true)),
-            vec![holder(with(sock(Proto::Udp, "0.0.0.0", 53), |o| o.reuseaddr = true), 9)],
-            "for UDP allows even the same address"),
-        ("ok-different-devices", bind(Proto::Tcp, "0.0.0.0", 80, 0, opts(|o| o.bound_dev_if = 3)),
-            vec![holder(with(sock(Proto::Tcp, "0.0.0.0", 80), |o| o.bound_dev_if = 2), 9)],
-            "different devices"),
-        ("ok-port-free", bind(Proto::Tcp, "0.0.0.0", 80, 0, o()), vec![], "nothing else holds tcp port 80"),
+            "different specific addresses may share a port",
+        ),
+        (
+            "ok-v6only",
+            bind(Proto::Tcp, "0.0.0.0", 80, 0, o()),
+            vec![holder(
+                with(listening(sock(Proto::Tcp, "::", 80)), |o| o.v6only = true),
+                9,
+            )],
+            "IPv6-only",
+        ),
+        (
+            "ok-reuseport",
+            bind(Proto::Tcp, "0.0.0.0", 80, 0, opts(|o| o.reuseport = true)),
+            vec![holder(
+                with(listening(sock(Proto::Tcp, "0.0.0.0", 80)), |o| {
+                    o.reuseport = true
+                }),
+                9,
+            )],
+            "both set SO_REUSEPORT as uid 1000",
+        ),
+        (
+            "ok-reuseaddr",
+            bind(Proto::Tcp, "0.0.0.0", 80, 0, opts(|o| o.reuseaddr = true)),
+            vec![holder(
+                with(sock(Proto::Tcp, "0.0.0.0", 80), |o| o.reuseaddr = true),
+                9,
+            )],
+            "both set SO_REUSEADDR",
+        ),
+        (
+            "ok-udp-reuseaddr",
+            bind(Proto::Udp, "0.0.0.0", 53, 0, opts(|o| o.reuseaddr = true)),
+            vec![holder(
+                with(sock(Proto::Udp, "0.0.0.0", 53), |o| o.reuseaddr = true),
+                9,
+            )],
+            "for UDP allows even the same address",
+        ),
+        (
+            "ok-different-devices",
+            bind(Proto::Tcp, "0.0.0.0", 80, 0, opts(|o| o.bound_dev_if = 3)),
+            vec![holder(
+                with(sock(Proto::Tcp, "0.0.0.0", 80), |o| o.bound_dev_if = 2),
+                9,
+            )],
+            "different devices",
+        ),
+        (
+            "ok-port-free",
+            bind(Proto::Tcp, "0.0.0.0", 80, 0, o()),
+            vec![],
+            "nothing else holds tcp port 80",
+        ),
     ];
     for (rule, ev, holders, words) in rows {
         check(&ev, &facts(holders), rule, &[words]);
@@ -317,7 +426,10 @@ fn successes_say_why_they_could_share() {
     f.other_netns = vec![holder(listening(elsewhere), 9)];
     check(&ev, &f, "ok-different-netns", &["network namespace 99"]);
     // bindv6only=1 as the namespace default.
-    let mut f = facts(vec![holder(with(listening(sock(Proto::Tcp, "::", 80)), |o| o.v6only = true), 9)]);
+    let mut f = facts(vec![holder(
+        with(listening(sock(Proto::Tcp, "::", 80)), |o| o.v6only = true),
+        9,
+    )]);
     f.sysctls.bindv6only = Some(true);
     check(&ev, &f, "ok-v6only-by-default", &["net.ipv6.bindv6only=1"]);
 }
@@ -326,13 +438,23 @@ fn successes_say_why_they_could_share() {
 fn port_zero() {
     let mut ev = bind(Proto::Tcp, "127.0.0.1", 0, 0, Options::default());
     ev.socket.as_mut().unwrap().port = 41234;
-    check(&ev, &facts(vec![]), "ok-ephemeral", &["picked port 41234", "32768–60999"]);
+    check(
+        &ev,
+        &facts(vec![]),
+        "ok-ephemeral",
+        &["picked port 41234", "32768–60999"],
+    );
 
     let failed = bind(Proto::Tcp, "127.0.0.1", 0, EADDRINUSE, Options::default());
     let mut f = facts(vec![]);
     f.sysctls.ip_local_port_range = Some((40000, 40009));
     f.ephemeral_ports_in_use = Some(10);
-    let v = check(&failed, &f, "ephemeral-exhausted", &["40000–40009", "10 of its 10 ports"]);
+    let v = check(
+        &failed,
+        &f,
+        "ephemeral-exhausted",
+        &["40000–40009", "10 of its 10 ports"],
+    );
     assert!(v.details.iter().any(|d| d.contains("ip_autobind_reuse=0")));
 
     let mut listen = failed.clone();
@@ -346,34 +468,95 @@ fn other_errors() {
     let o = Options::default;
     let mut f = facts(vec![]);
     f.cap_net_bind_service = Some(false);
-    let v = check(&bind(Proto::Tcp, "0.0.0.0", 80, -libc::EACCES, o()), &f, "privileged-port",
-        &["port 80 is below net.ipv4.ip_unprivileged_port_start (1024)", "lacks CAP_NET_BIND_SERVICE"]);
+    let v = check(
+        &bind(Proto::Tcp, "0.0.0.0", 80, -libc::EACCES, o()),
+        &f,
+        "privileged-port",
+        &[
+            "port 80 is below net.ipv4.ip_unprivileged_port_start (1024)",
+            "lacks CAP_NET_BIND_SERVICE",
+        ],
+    );
     assert!(v.fix.unwrap().contains("setcap"));
-    check(&bind(Proto::Tcp, "0.0.0.0", 8080, -libc::EACCES, o()), &f, "eacces-lsm", &["security module"]);
+    check(
+        &bind(Proto::Tcp, "0.0.0.0", 8080, -libc::EACCES, o()),
+        &f,
+        "eacces-lsm",
+        &["security module"],
+    );
 
     f.local_addrs = Some(vec!["127.0.0.1".parse().unwrap()]);
-    check(&bind(Proto::Tcp, "192.0.2.1", 80, -libc::EADDRNOTAVAIL, o()), &f, "address-not-local",
-        &["192.0.2.1 is not an address", "IP_FREEBIND"]);
+    check(
+        &bind(Proto::Tcp, "192.0.2.1", 80, -libc::EADDRNOTAVAIL, o()),
+        &f,
+        "address-not-local",
+        &["192.0.2.1 is not an address", "IP_FREEBIND"],
+    );
 
     let mut already = bind(Proto::Tcp, "127.0.0.1", 80, -libc::EINVAL, o());
     already.socket.as_mut().unwrap().port = 5555;
-    check(&already, &f, "already-bound", &["already bound to 0.0.0.0:5555"]);
-    check(&bind(Proto::Tcp, "::ffff:1.2.3.4", 80, -libc::EINVAL, opts(|o| o.v6only = true)), &f,
-        "v4-mapped-on-v6only", &["IPv6-only"]);
-    check(&bind(Proto::Tcp, "ff02::1", 80, -libc::EINVAL, o()), &f, "multicast-on-tcp", &["multicast"]);
-    check(&bind(Proto::Tcp, "fe80::1", 80, -libc::EINVAL, o()), &f, "link-local-needs-scope", &["link-local"]);
-    check(&bind(Proto::Tcp, "0.0.0.0", 80, -libc::EPERM, o()), &f, "bpf-or-lsm-denied", &["not a port conflict"]);
-    check(&bind(Proto::Tcp, "0.0.0.0", 80, -libc::EAFNOSUPPORT, o()), &f, "family-mismatch", &["does not match"]);
+    check(
+        &already,
+        &f,
+        "already-bound",
+        &["already bound to 0.0.0.0:5555"],
+    );
+    check(
+        &bind(
+            Proto::Tcp,
+            "::ffff:1.2.3.4",
+            80,
+            -libc::EINVAL,
+            opts(|o| o.v6only = true),
+        ),
+        &f,
+        "v4-mapped-on-v6only",
+        &["IPv6-only"],
+    );
+    check(
+        &bind(Proto::Tcp, "ff02::1", 80, -libc::EINVAL, o()),
+        &f,
+        "multicast-on-tcp",
+        &["multicast"],
+    );
+    check(
+        &bind(Proto::Tcp, "fe80::1", 80, -libc::EINVAL, o()),
+        &f,
+        "link-local-needs-scope",
+        &["link-local"],
+    );
+    check(
+        &bind(Proto::Tcp, "0.0.0.0", 80, -libc::EPERM, o()),
+        &f,
+        "bpf-or-lsm-denied",
+        &["not a port conflict"],
+    );
+    check(
+        &bind(Proto::Tcp, "0.0.0.0", 80, -libc::EAFNOSUPPORT, o()),
+        &f,
+        "family-mismatch",
+        &["does not match"],
+    );
 }
 
 #[test]
 fn never_guesses_a_holder() {
     let ev = bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, Options::default());
-    check(&ev, &facts(vec![]), "holder-not-found", &["did not find the socket in its way"]);
+    check(
+        &ev,
+        &facts(vec![]),
+        "holder-not-found",
+        &["did not find the socket in its way"],
+    );
     let mut f = facts(vec![]);
     f.holders = None;
     f.holders_unavailable = Some("iterators could not load".into());
-    check(&ev, &f, "holder-not-found", &["could not look up", "iterators could not load"]);
+    check(
+        &ev,
+        &f,
+        "holder-not-found",
+        &["could not look up", "iterators could not load"],
+    );
     // A socket that does not conflict is not blamed.
     let udp = holder(sock(Proto::Udp, "0.0.0.0", 80), 9);
     let v = check(&ev, &facts(vec![udp]), "holder-not-found", &[]);
@@ -386,6 +569,15 @@ fn the_kernels_own_report_leads() {
     let table = holder(sock(Proto::Tcp, "10.0.0.1", 80), 1);
     let mut kernel = holder(listening(sock(Proto::Tcp, "10.0.0.2", 80)), 2);
     kernel.source = Source::KernelConflictCheck;
-    let v = check(&ev, &facts(vec![table, kernel]), "specific-blocks-wildcard", &["pid 2"]);
-    assert!(v.details.iter().any(|d| d.contains("kernel's own conflict check")));
+    let v = check(
+        &ev,
+        &facts(vec![table, kernel]),
+        "specific-blocks-wildcard",
+        &["pid 2"],
+    );
+    assert!(
+        v.details
+            .iter()
+            .any(|d| d.contains("kernel's own conflict check"))
+    );
 }

@@ -157,9 +157,9 @@ fn overlap_clause(o: Overlap, at: &Attempt) -> String {
             format!("and the wildcard {a} would cover that specific address")
         }
         Overlap::HolderDualStack => format!("which covers {a}"),
-        Overlap::AskerDualStack => format!(
-            "and {a} is dual-stack (IPV6_V6ONLY=0), so it would take IPv4 too"
-        ),
+        Overlap::AskerDualStack => {
+            format!("and {a} is dual-stack (IPV6_V6ONLY=0), so it would take IPv4 too")
+        }
     }
 }
 
@@ -215,7 +215,10 @@ pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verd
                 "SO_REUSEADDR lets sockets share a port only when both set it"
             };
             (
-                format!("{e}: {w} holds {hd}, {}; {meaning}, and {missing}.", overlap_clause(o, at)),
+                format!(
+                    "{e}: {w} holds {hd}, {}; {meaning}, and {missing}.",
+                    overlap_clause(o, at)
+                ),
                 if asker_has {
                     format!("set SO_REUSEADDR on the socket of {w} too, before its bind()")
                 } else {
@@ -339,10 +342,17 @@ pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verd
     v.fix = Some(fix);
     for (i, (h, o, b)) in conflicts.iter().enumerate() {
         let r = blocker_rule(*b).unwrap_or(overlap_rule(*o));
-        v.holders.push(report(h, r, format!("{}: {}", who(h), holder_desc(&h.socket))));
+        v.holders.push(report(
+            h,
+            r,
+            format!("{}: {}", who(h), holder_desc(&h.socket)),
+        ));
         if i > 0 && i <= 5 {
-            v.details
-                .push(format!("also in the way: {} holds {}", who(h), holder_desc(&h.socket)));
+            v.details.push(format!(
+                "also in the way: {} holds {}",
+                who(h),
+                holder_desc(&h.socket)
+            ));
         }
     }
     if conflicts.len() > 6 {
@@ -449,12 +459,26 @@ pub fn success(at: &Attempt, f: &Facts, others: &[(&Holder, Coexist)]) -> Verdic
         || (at.ev.call == Call::Bind && at.ev.requested.as_ref().is_some_and(|r| r.port == 0));
     let Some((h, c)) = others.first() else {
         return if port_zero {
-            let range = range_text(f).map(|(r, _)| format!(" from {r}")).unwrap_or_default();
-            verdict(true, "ok-ephemeral", format!("ok: the kernel picked port {}{range}.", at.port))
+            let range = range_text(f)
+                .map(|(r, _)| format!(" from {r}"))
+                .unwrap_or_default();
+            verdict(
+                true,
+                "ok-ephemeral",
+                format!("ok: the kernel picked port {}{range}.", at.port),
+            )
         } else if at.ev.call == Call::Listen {
             verdict(true, "ok-listen", format!("ok: listening on {ep}."))
         } else if f.holders.is_some() {
-            verdict(true, "ok-port-free", format!("ok: nothing else holds {} port {} here.", at.side.proto.name(), at.port))
+            verdict(
+                true,
+                "ok-port-free",
+                format!(
+                    "ok: nothing else holds {} port {} here.",
+                    at.side.proto.name(),
+                    at.port
+                ),
+            )
         } else {
             verdict(true, "ok", format!("ok: bound {ep}."))
         };
@@ -481,7 +505,11 @@ fn coexist_words(at: &Attempt, f: &Facts, h: &Holder, c: Coexist) -> (&'static s
             "ok-separate-port-spaces",
             format!(
                 "ok: {w} holds {}{hd} too, but {} and {} have separate port spaces.",
-                if h.socket.proto == Proto::Tcp { "tcp " } else { "" },
+                if h.socket.proto == Proto::Tcp {
+                    "tcp "
+                } else {
+                    ""
+                },
                 at.side.proto.name().to_uppercase(),
                 h.socket.proto.name().to_uppercase()
             ),
@@ -637,7 +665,8 @@ pub fn eaddrnotavail(at: &Attempt, f: &Facts) -> Verdict {
     );
     if let Some(l) = &f.local_addrs {
         let list: Vec<String> = l.iter().map(IpAddr::to_string).take(8).collect();
-        v.details.push(format!("local addresses here: {}", list.join(", ")));
+        v.details
+            .push(format!("local addresses here: {}", list.join(", ")));
     }
     v.fix = Some(format!(
         "bind an address the host has (see `ip addr`) or the wildcard; if the address comes \
@@ -703,7 +732,8 @@ pub fn einval(at: &Attempt) -> Verdict {
         )
     };
     if v.rule == "einval-other" && sock.family == Family::Ipv6 {
-        v.details.push("IPv6 sockets need a full sockaddr_in6 (28 bytes)".to_string());
+        v.details
+            .push("IPv6 sockets need a full sockaddr_in6 (28 bytes)".to_string());
     }
     v
 }
@@ -747,7 +777,11 @@ pub fn eafnosupport(at: &Attempt) -> Verdict {
         format!(
             "{}: the address family does not match the socket: {} socket, {} address.",
             err_name(at),
-            if at.sock.family == Family::Ipv6 { "IPv6" } else { "IPv4" },
+            if at.sock.family == Family::Ipv6 {
+                "IPv6"
+            } else {
+                "IPv4"
+            },
             match at.ev.requested.as_ref().map(|r| r.sa_family) {
                 Some(2) => "AF_INET".to_string(),
                 Some(10) => "AF_INET6".to_string(),

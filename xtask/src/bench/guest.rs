@@ -1,0 +1,184 @@
+//! fexit vs tracepoint, inside the TCG VM with Debian 12's 6.1 kernel (vm.rs): this host's
+//! kernel refuses trampolines, so that is the only place the fexit backend runs.
+//!
+//! TCG emulates every instruction, and the guest has one vCPU that the bind loop and portwatch
+//! share, so its absolute times say nothing about real hardware. Only ratios between
+//! configurations measured in the same guest, in the same round, are reported.
+//!
+//! The host copies this xtask binary, portwatch and the bind loop into the initramfs and runs
+//! `xtask bench guest`, which alternates the configurations like the host bench and writes its
+//! results as one JSON document to the results port (/dev/ttyS1).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Disturbance, Measurement,
+    attach::{self, AttachSample},
+    run_rounds,
+    tracer::{Backend, Mode, Tools, Tracer},
+    workload::Worker,
+};
+use crate::vm;
+
+/// Untraced, then each backend with the never-matching filter and with every event as JSON.
+pub const VM_CONFIGS: [Tracer; 5] = [
+    Tracer::None,
+    Tracer::Portwatch(Backend::Tracepoint, Mode::Filtered),
+    Tracer::Portwatch(Backend::Fexit, Mode::Filtered),
+    Tracer::Portwatch(Backend::Tracepoint, Mode::Json),
+    Tracer::Portwatch(Backend::Fexit, Mode::Json),
+];
+
+/// Boot, several portwatch starts (BTF parsing under emulation takes a while), power-off.
+const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Clone, Debug)]
+pub struct VmSettings {
+    pub binds: u64,
+    pub rounds: usize,
+    pub attach_samples: usize,
+    pub port: u16,
+}
+
+/// `xtask bench guest`: the in-VM half.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GuestArgs {
+    #[arg(long)]
+    binds: u64,
+    #[arg(long)]
+    rounds: usize,
+    #[arg(long)]
+    attach_samples: usize,
+    #[arg(long)]
+    port: u16,
+    #[arg(long, default_value = "/bench/portwatch")]
+    portwatch: PathBuf,
+    #[arg(long, default_value = "/bench/bindloop")]
+    bindloop: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GuestResults {
+    pub kernel: String,
+    pub nproc: usize,
+    pub binds: u64,
+    pub rounds: usize,
+    pub measurements: Vec<Measurement>,
+    pub attach: Vec<AttachSample>,
+    /// Boot to power-off, seconds (filled in by the host).
+    #[serde(default)]
+    pub vm_seconds: f64,
+}
+
+/// Runs in the guest; prints [`GuestResults`] as JSON on stdout.
+pub fn main(a: GuestArgs) -> Result<()> {
+    let scratch = PathBuf::from("/tmp/bench");
+    std::fs::create_dir_all(&scratch)?;
+    let tools = Tools {
+        portwatch: a.portwatch.clone(),
+        bpftrace: None,
+        scratch,
+    };
+    let mut worker = Worker::spawn(&a.bindloop, a.port, 0)?;
+    // Nothing else runs in the guest: no reruns.
+    let (measurements, _) = run_rounds(
+        &tools,
+        &mut worker,
+        &VM_CONFIGS,
+        a.rounds,
+        (a.binds, a.binds / 10),
+        Disturbance {
+            max_other_cpu: f64::INFINITY,
+            reruns: 0,
+        },
+        &mut || false,
+    )?;
+    let mut attach = Vec::new();
+    for _ in 0..a.attach_samples {
+        for backend in [Backend::Tracepoint, Backend::Fexit] {
+            attach.push(attach::sample(&tools, backend, &mut worker, a.port)?);
+        }
+    }
+    let results = GuestResults {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        nproc: super::nproc(),
+        binds: a.binds,
+        rounds: a.rounds,
+        measurements,
+        attach,
+        vm_seconds: 0.0,
+    };
+    println!("{}", serde_json::to_string(&results)?);
+    Ok(())
+}
+
+/// Boots the VM with the bench inside and returns what it measured.
+pub fn run_vm(tools: &Tools, bindloop: &Path, v: &VmSettings) -> Result<GuestResults> {
+    let kernel = vm::ensure_kernel(&super::workspace_root().join("vm-cache"))?;
+    let xtask = guest_copy_of_xtask(&tools.scratch)?;
+    let guest = vm::Guest {
+        files: vec![
+            (xtask, "/bench/xtask".into()),
+            (tools.portwatch.clone(), "/bench/portwatch".into()),
+            (bindloop.to_path_buf(), "/bench/bindloop".into()),
+        ],
+        command: format!(
+            "/bench/xtask bench guest --binds {} --rounds {} --attach-samples {} --port {} \
+             >/dev/ttyS1",
+            v.binds, v.rounds, v.attach_samples, v.port
+        ),
+        timeout: VM_TIMEOUT,
+        memory_mb: 1024,
+    };
+    let out = vm::run(&kernel, &guest, &tools.scratch.join("vm"))?;
+    if out.exit_code != Some(0) {
+        let tail: Vec<&str> = out.console.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "the bench in the VM ({}) exited with {:?}; console:\n{}",
+            kernel.version,
+            out.exit_code,
+            tail.join("\n")
+        );
+    }
+    let mut r: GuestResults = serde_json::from_slice(&out.results).map_err(|e| {
+        anyhow!(
+            "unreadable results from the VM ({e}): {:?}",
+            String::from_utf8_lossy(&out.results[..out.results.len().min(300)])
+        )
+    })?;
+    r.vm_seconds = out.elapsed.as_secs_f64();
+    Ok(r)
+}
+
+/// This xtask binary without debug info (a debug build is ~28 MB, most of it DWARF, and
+/// every byte goes through the initramfs). It runs the guest half.
+/// Copied through /proc/self/exe, which still works when cargo has rebuilt (replaced) the
+/// file meanwhile, as happens when someone else builds xtask during a long bench.
+fn guest_copy_of_xtask(scratch: &Path) -> Result<PathBuf> {
+    let full = scratch.join("xtask-guest.full");
+    let copy = scratch.join("xtask-guest");
+    std::fs::copy("/proc/self/exe", &full)
+        .with_context(|| format!("copying this xtask binary to {}", full.display()))?;
+    let stripped = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&copy)
+        .arg(&full)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::rename(&full, &copy)?;
+    }
+    Ok(copy)
+}

@@ -1,0 +1,711 @@
+//! Turns the measurements into the table, the target verdicts and BENCHMARKS.md.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use super::{
+    Measurement, SweepStep,
+    attach::{AttachSample, civil_from_days},
+    guest::{GuestResults, VM_CONFIGS},
+    stats::Spread,
+    tracer::{Backend, Mode, Tracer},
+};
+
+/// The issue's limits.
+const ROW3_VS_ROW2_MAX: f64 = 1.02;
+const ROW4_MIN_SPEED: f64 = 0.85;
+const ATTACH_MAX_MS: f64 = 150.0;
+const RSS_MAX_KIB: u64 = 30 * 1024;
+
+pub struct Machine {
+    pub nproc: usize,
+    pub model: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn here() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Machine {
+            nproc: super::nproc(),
+            model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+pub struct Results {
+    pub machine: Machine,
+    pub command: String,
+    pub started_utc: String,
+    pub duration_s: f64,
+    pub source: String,
+    pub rounds: usize,
+    pub binds: u64,
+    pub warmup: u64,
+    pub cpu: usize,
+    pub configs: Vec<Tracer>,
+    pub measurements: Vec<Measurement>,
+    pub sweep: Vec<SweepStep>,
+    pub overflow: SweepStep,
+    pub attach: Vec<AttachSample>,
+    pub vm: Option<Result<GuestResults, String>>,
+    pub vm_requested: bool,
+    pub foreign_before: Vec<String>,
+    pub foreign_after: Vec<String>,
+    pub discarded_rounds: usize,
+    pub disturbance: super::Disturbance,
+    pub load_before: String,
+    pub load_after: String,
+    pub profile: Option<String>,
+}
+
+/// One configuration over all rounds.
+struct Row {
+    tracer: Tracer,
+    ns: Option<Spread>,
+    /// Untraced time / this time, per round: 1.0 = free, 0.5 = half the binds per second.
+    speed: Option<Spread>,
+    added_ns: Option<Spread>,
+    events: Option<u64>,
+    lost: Option<u64>,
+    cpu_per_100k: Option<f64>,
+    rss_kib: Option<u64>,
+    killed: usize,
+    errors: u64,
+}
+
+fn of(ms: &[Measurement], t: Tracer) -> BTreeMap<usize, &Measurement> {
+    ms.iter()
+        .filter(|m| m.tracer == t)
+        .map(|m| (m.round, m))
+        .collect()
+}
+
+/// `f(a, b)` for every round that measured both.
+fn paired(ms: &[Measurement], a: Tracer, b: Tracer, f: impl Fn(f64, f64) -> f64) -> Option<Spread> {
+    let (a, b) = (of(ms, a), of(ms, b));
+    let v: Vec<f64> = a
+        .iter()
+        .filter_map(|(r, x)| Some(f(x.ns_per_bind, b.get(r)?.ns_per_bind)))
+        .collect();
+    Spread::of(&v)
+}
+
+fn rows(ms: &[Measurement], configs: &[Tracer]) -> Vec<Row> {
+    configs
+        .iter()
+        .map(|&t| {
+            let mine = of(ms, t);
+            let ns: Vec<f64> = mine.values().map(|m| m.ns_per_bind).collect();
+            let stats: Vec<_> = mine.values().filter_map(|m| m.stats.as_ref()).collect();
+            let sum = |f: &dyn Fn(&super::TracerStats) -> Option<u64>| {
+                let v: Vec<u64> = stats.iter().filter_map(|s| f(s)).collect();
+                (!v.is_empty()).then(|| v.iter().sum::<u64>())
+            };
+            let events = sum(&|s| s.events);
+            let cpu: f64 = stats.iter().map(|s| s.cpu_s).sum();
+            Row {
+                tracer: t,
+                ns: Spread::of(&ns),
+                speed: paired(ms, Tracer::None, t, |u, x| u / x),
+                added_ns: paired(ms, t, Tracer::None, |x, u| x - u),
+                events,
+                lost: sum(&|s| s.lost),
+                cpu_per_100k: events.filter(|&e| e > 0).map(|e| cpu * 1e5 / e as f64),
+                rss_kib: stats.iter().map(|s| s.hwm_kib.max(s.maxrss_kib)).max(),
+                killed: stats.iter().filter(|s| s.killed).count(),
+                errors: mine.values().map(|m| m.errors).sum(),
+            }
+        })
+        .collect()
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.0}%", x * 100.0)
+}
+
+fn spread_pct(s: &Option<Spread>) -> String {
+    match s {
+        Some(s) if s.n > 1 => format!("{} ({}–{})", pct(s.median), pct(s.min), pct(s.max)),
+        Some(s) => pct(s.median),
+        None => "n/a".into(),
+    }
+}
+
+fn spread_ns(s: &Option<Spread>) -> String {
+    match s {
+        Some(s) if s.n > 1 => format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max),
+        Some(s) => format!("{:.0}", s.median),
+        None => "n/a".into(),
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or("–".into(), |v| v.to_string())
+}
+
+fn row_number(t: Tracer) -> &'static str {
+    match t {
+        Tracer::None => "1",
+        Tracer::EmptyBpf => "2",
+        Tracer::Portwatch(_, Mode::Filtered) => "3",
+        Tracer::Portwatch(_, Mode::Json) => "4",
+        Tracer::Portwatch(_, Mode::Human) => "5",
+        Tracer::Peer => "6",
+    }
+}
+
+fn main_table(r: &Results) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| # | Configuration | ns per bind, median (min–max) | Speed vs untraced, median (min–max of rounds) | Same, undisturbed rounds only | Added ns per bind | Events handled | Lost | Tracer CPU s per 100k events | Tracer peak RSS |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let clean = r.undisturbed();
+    for row in rows(&r.measurements, &r.configs) {
+        let untraced = row.tracer == Tracer::None;
+        let clean_speed = paired(&clean, Tracer::None, row.tracer, |u, x| u / x);
+        let _ = writeln!(
+            s,
+            "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row_number(row.tracer),
+            row.tracer.label(),
+            if row.killed > 0 {
+                format!(" (**ignored SIGINT {}×, killed**)", row.killed)
+            } else if row.errors > 0 {
+                format!(" (**{} binds failed**)", row.errors)
+            } else {
+                String::new()
+            },
+            spread_ns(&row.ns),
+            if untraced {
+                "100%".into()
+            } else {
+                spread_pct(&row.speed)
+            },
+            match clean_speed {
+                _ if untraced => "100%".into(),
+                Some(c) => format!("{} ({} rounds)", spread_pct(&Some(c)), c.n),
+                None => "no undisturbed round".into(),
+            },
+            if untraced {
+                "–".into()
+            } else {
+                spread_ns(&row.added_ns)
+            },
+            opt(row.events),
+            opt(row.lost),
+            row.cpu_per_100k.map_or("–".into(), |c| format!("{c:.2}")),
+            row.rss_kib.map_or("–".into(), mib),
+        );
+    }
+    s
+}
+
+struct Target {
+    name: &'static str,
+    measured: String,
+    met: Option<bool>,
+}
+
+fn targets(r: &Results) -> Vec<Target> {
+    let ms = &r.measurements;
+    let empty = Tracer::EmptyBpf;
+    let filtered = Tracer::Portwatch(Backend::Tracepoint, Mode::Filtered);
+    let json = Tracer::Portwatch(Backend::Tracepoint, Mode::Json);
+    let mut out = Vec::new();
+
+    let clean = r.undisturbed();
+    let clean_note = |f: &dyn Fn(&[Measurement]) -> Option<Spread>,
+                      fmt: &dyn Fn(Spread) -> String| match f(&clean) {
+        Some(c) if clean.len() < ms.len() => format!("; undisturbed rounds only: {}", fmt(c)),
+        _ => String::new(),
+    };
+    let r32 = paired(ms, filtered, empty, |a, b| a / b);
+    out.push(Target {
+        name: "Row 3 within 2% of row 2 (time per bind, row 3 / row 2)",
+        measured: r32.map_or("n/a".into(), |s| {
+            format!(
+                "{:.3} (rounds {:.3}–{:.3}, IQR {:.3}–{:.3}){}",
+                s.median,
+                s.min,
+                s.max,
+                s.q1,
+                s.q3,
+                clean_note(&|m| paired(m, filtered, empty, |a, b| a / b), &|c| {
+                    format!("{:.3} ({} rounds)", c.median, c.n)
+                })
+            )
+        }),
+        met: r32.map(|s| s.median <= ROW3_VS_ROW2_MAX),
+    });
+
+    let speed4 = paired(ms, Tracer::None, json, |u, x| u / x);
+    out.push(Target {
+        name: "Row 4 at ≥ 85% of row 1's speed",
+        measured: format!(
+            "{}{}",
+            spread_pct(&speed4),
+            clean_note(
+                &|m| paired(m, Tracer::None, json, |u, x| u / x),
+                &|c| format!("{} ({} rounds)", pct(c.median), c.n)
+            )
+        ),
+        met: speed4.map(|s| s.median >= ROW4_MIN_SPEED),
+    });
+
+    let r64 = paired(ms, Tracer::Peer, json, |p, j| p / j);
+    let wins = {
+        let (j, p) = (of(ms, json), of(ms, Tracer::Peer));
+        let both: Vec<_> = j.iter().filter_map(|(k, m)| Some((m, p.get(k)?))).collect();
+        let won = both
+            .iter()
+            .filter(|(m, p)| m.ns_per_bind < p.ns_per_bind)
+            .count();
+        (won, both.len())
+    };
+    out.push(Target {
+        name: "Row 4 ahead of row 6 in the same run",
+        measured: r64.map_or("n/a".into(), |s| {
+            format!(
+                "peer takes {:.2}× portwatch's time per bind (rounds {:.2}–{:.2}); portwatch faster in {}/{} rounds",
+                s.median, s.min, s.max, wins.0, wins.1
+            )
+        }),
+        met: r64.map(|s| s.median > 1.0),
+    });
+
+    let one = r.sweep.first();
+    out.push(Target {
+        name: "Zero lost events at the highest rate one core produces",
+        measured: one.map_or("n/a".into(), |s| {
+            format!(
+                "{:.0} binds/s from one core: {} lost, {} of {} binds reported",
+                s.rate,
+                opt(s.stats.lost),
+                opt(s.stats.worker_events),
+                s.binds
+            )
+        }),
+        met: one.map(|s| s.stats.lost == Some(0) && !s.stats.killed && s.unaccounted() <= 0),
+    });
+
+    let att = Spread::of(
+        &r.attach
+            .iter()
+            .map(|a| a.to_first_event_ms)
+            .collect::<Vec<_>>(),
+    );
+    out.push(Target {
+        name: "Attach ≤ 150 ms (process start to first event possible)",
+        measured: att.map_or("n/a".into(), |s| {
+            format!(
+                "median {:.0} ms (max {:.0} ms over {} starts)",
+                s.median, s.max, s.n
+            )
+        }),
+        met: att.map(|s| s.median <= ATTACH_MAX_MS),
+    });
+
+    let peak = peak_rss(r);
+    out.push(Target {
+        name: "RSS ≤ 30 MiB (portwatch's peak over every run above)",
+        measured: peak
+            .as_ref()
+            .map_or("n/a".into(), |(k, w)| format!("{} ({w})", mib(*k))),
+        met: peak.map(|(k, _)| k <= RSS_MAX_KIB),
+    });
+    out
+}
+
+/// The highest peak RSS of any portwatch run, and which run it was.
+fn peak_rss(r: &Results) -> Option<(u64, String)> {
+    let mut all: Vec<(u64, String)> = Vec::new();
+    for m in &r.measurements {
+        if let (true, Some(s)) = (m.tracer.is_portwatch(), &m.stats) {
+            all.push((
+                s.hwm_kib.max(s.maxrss_kib),
+                format!("row {}", row_number(m.tracer)),
+            ));
+        }
+    }
+    for s in r.sweep.iter().chain([&r.overflow]) {
+        all.push((
+            s.stats.hwm_kib.max(s.stats.maxrss_kib),
+            format!("sweep: {}", s.label),
+        ));
+    }
+    for a in &r.attach {
+        all.push((a.maxrss_kib, "start-up to first event".into()));
+    }
+    all.into_iter().max_by_key(|(k, _)| *k)
+}
+
+fn sweep_table(steps: &[SweepStep]) -> String {
+    let mut s = String::from(
+        "| Load | Binds/s made | Binds | Events about them | Lost (summary) | Lost (JSON records) | stderr warnings | Unaccounted | portwatch CPU | Peak RSS |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for st in steps {
+        let _ = writeln!(
+            s,
+            "| {}{} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0}% of a core | {} |",
+            st.label,
+            if st.stats.killed {
+                " (**ignored SIGINT, killed**)"
+            } else {
+                ""
+            },
+            st.rate,
+            st.binds,
+            opt(st.stats.worker_events),
+            opt(st.stats.lost),
+            opt(st.stats.json_lost),
+            st.stats.lost_warnings,
+            st.unaccounted().max(0),
+            100.0 * st.stats.cpu_s / st.secs.max(1e-9),
+            mib(st.stats.hwm_kib.max(st.stats.maxrss_kib)),
+        );
+    }
+    s
+}
+
+fn vm_section(r: &Results, out: &mut String) {
+    let Some(vm) = &r.vm else {
+        out.push_str("Not run (`--no-vm`).\n");
+        return;
+    };
+    let g = match vm {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = writeln!(out, "**The VM run failed:** {e}");
+            return;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "Kernel {} under QEMU TCG, {} vCPU shared by the bind loop and portwatch; {} rounds × {} binds; \
+         boot to power-off {:.0} s. **TCG emulates every instruction: only these ratios, taken inside \
+         the VM, mean anything; do not compare them with the host's table.**\n",
+        g.kernel, g.nproc, g.rounds, g.binds, g.vm_seconds
+    );
+    out.push_str(
+        "| Configuration (VM) | ns per bind, median (min–max) | Speed vs untraced, median (min–max) | Events | Lost |\n|---|---|---|---|---|\n",
+    );
+    for row in rows(&g.measurements, &VM_CONFIGS) {
+        let _ = writeln!(
+            out,
+            "| {}{} | {} | {} | {} | {} |",
+            row.tracer.label(),
+            if row.killed > 0 { " (**killed**)" } else { "" },
+            spread_ns(&row.ns),
+            if row.tracer == Tracer::None {
+                "100%".into()
+            } else {
+                spread_pct(&row.speed)
+            },
+            opt(row.events),
+            opt(row.lost),
+        );
+    }
+    let ms = &g.measurements;
+    for mode in [Mode::Filtered, Mode::Json] {
+        let ratio = paired(
+            ms,
+            Tracer::Portwatch(Backend::Fexit, mode),
+            Tracer::Portwatch(Backend::Tracepoint, mode),
+            |f, t| f / t,
+        );
+        let _ = writeln!(
+            out,
+            "\nfexit / tracepoint time per bind, {}: {}",
+            if mode == Mode::Json {
+                "every event as JSON"
+            } else {
+                "never-matching filter"
+            },
+            ratio.map_or("n/a".into(), |s| format!(
+                "{:.3} (rounds {:.3}–{:.3})",
+                s.median, s.min, s.max
+            ))
+        );
+    }
+    out.push('\n');
+    for b in [Backend::Tracepoint, Backend::Fexit] {
+        let v: Vec<&AttachSample> = g.attach.iter().filter(|a| a.backend == b).collect();
+        let sp = Spread::of(&v.iter().map(|a| a.to_first_event_ms).collect::<Vec<_>>());
+        let rep = Spread::of(
+            &v.iter()
+                .filter_map(|a| a.reported_ms.map(|x| x as f64))
+                .collect::<Vec<_>>(),
+        );
+        if let Some(sp) = sp {
+            let _ = writeln!(
+                out,
+                "- start to first event, {} backend (VM, emulated): median {:.0} ms; portwatch's own \"attached in\": {}",
+                b.as_str(),
+                sp.median,
+                rep.map_or("n/a".into(), |r| format!("{:.0} ms", r.median))
+            );
+        }
+    }
+}
+
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    s.push_str("# Benchmarks\n\n");
+    let _ = writeln!(
+        s,
+        "Generated by `{}` on {} in {:.0} s. Do not edit by hand: rerun the command.\n",
+        r.command, r.started_utc, r.duration_s
+    );
+    let _ = writeln!(
+        s,
+        "- Machine: {} CPUs ({}), kernel {}\n- portwatch: release build of {}\n- Load average before / after: {} / {}\n",
+        r.machine.nproc, r.machine.model, r.machine.kernel, r.source, r.load_before, r.load_after
+    );
+    s.push_str("## What tracing costs a bind() loop (tracepoint backend, this machine)\n\n");
+    let _ = writeln!(
+        s,
+        "Workload: xtask/bench/bindloop.c, `socket(AF_INET, SOCK_STREAM)` + `setsockopt(SO_REUSEADDR)` + \
+         `bind(127.0.0.1:port)` + `close`, in its own network namespace, pinned to CPU {}; {} timed binds \
+         after {} warm-up binds per measurement, {} rounds. In each round every configuration runs once \
+         (the order rotates by one per round) and its time is divided by the same round's untraced time; \
+         the table gives the median of those per-round ratios and their range. Tracers are not pinned. \
+         Tracer CPU and RSS are read from /proc/PID/stat and /proc/PID/status (and wait4's rusage).\n",
+        r.cpu, r.binds, r.warmup, r.rounds
+    );
+    s.push_str(&main_table(r));
+    s.push_str("\n## Targets\n\n| Target | Measured | Met |\n|---|---|---|\n");
+    for t in targets(r) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            t.name,
+            t.measured,
+            match t.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "not measured",
+            }
+        );
+    }
+    s.push_str("\n## Keeping up: bind rate vs lost events (portwatch --json > file)\n\n");
+    s.push_str(
+        "A fresh portwatch per step. \"Events about them\" counts the JSON records of the bench's own \
+         binds; \"Unaccounted\" = binds − those records − lost, and must be 0: nothing may vanish \
+         silently.\n\n",
+    );
+    s.push_str(&sweep_table(&r.sweep));
+    let clean = r
+        .sweep
+        .iter()
+        .filter(|st| st.stats.lost == Some(0) && !st.stats.killed)
+        .map(|st| st.rate)
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let _ = writeln!(
+        s,
+        "\nHighest rate with zero lost events: {}{}.\n",
+        clean.map_or("none of the rates tried".into(), |c| format!(
+            "{c:.0} binds/s"
+        )),
+        if r.sweep.iter().all(|st| st.stats.lost == Some(0)) {
+            " (the most this machine's cores could produce; the limit is above it)"
+        } else {
+            ""
+        }
+    );
+    s.push_str("### Past the limit: lost events are counted and shown\n\n");
+    s.push_str(
+        "portwatch is paused with SIGSTOP while the loop makes a burst of binds about three times \
+         what its ring buffer holds, then resumed.\n\n",
+    );
+    s.push_str(&sweep_table(std::slice::from_ref(&r.overflow)));
+    let o = &r.overflow.stats;
+    let shown = o.lost.unwrap_or(0) > 0
+        && o.lost_warnings > 0
+        && o.json_lost == o.lost
+        && o.json_summary_lost == o.lost
+        && r.overflow.unaccounted() <= 0;
+    let _ = writeln!(
+        s,
+        "\nVerdict: {} (summary lost {}, JSON `lost` records sum {}, JSON summary `lost` {}, {} stderr warnings, {} binds unaccounted).\n",
+        if shown {
+            "every lost event is counted and shown"
+        } else {
+            "**lost events are NOT all shown**"
+        },
+        opt(o.lost),
+        opt(o.json_lost),
+        opt(o.json_summary_lost),
+        o.lost_warnings,
+        r.overflow.unaccounted().max(0)
+    );
+    s.push_str("## Load + attach time (tracepoint backend)\n\n");
+    s.push_str(
+        "From spawning `portwatch trace --json --count 1 --port <loop's port>` to the kernel timestamp of \
+         the first event, while the loop binds every few µs: exec, BTF parsing, layout, load and attach.\n\n\
+         | Start | To first event | portwatch's \"attached in\" (load + attach only) | Peak RSS |\n|---|---|---|---|\n",
+    );
+    for (i, a) in r.attach.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} ms | {} | {} |",
+            i + 1,
+            a.to_first_event_ms,
+            a.reported_ms.map_or("n/a".into(), |m| format!("{m} ms")),
+            mib(a.maxrss_kib)
+        );
+    }
+    s.push_str("\n## fexit vs tracepoint (TCG VM only)\n\n");
+    vm_section(r, &mut s);
+    if let Some(p) = &r.profile {
+        let _ = writeln!(
+            s,
+            "\n## Profile of portwatch (perf, cpu-clock)\n\n```\n{p}\n```"
+        );
+    }
+    s.push_str("\n## Noise\n\n");
+    let kept_disturbed = r
+        .measurements
+        .iter()
+        .filter(|m| m.foreign_tracer || m.other_cpu > r.disturbance.max_other_cpu)
+        .count();
+    let other = Spread::of(
+        &r.measurements
+            .iter()
+            .map(|m| m.other_cpu)
+            .collect::<Vec<_>>(),
+    );
+    let _ = writeln!(
+        s,
+        "- Rounds thrown away and rerun because another tracer was attached to bind()/listen() or \
+         other processes used more than {:.2} cores during a measurement: {}. Kept measurements \
+         still disturbed (reruns used up): {} of {}.\n- CPU used by other processes while the loop \
+         ran, in cores: median {:.2}, max {:.2}.",
+        r.disturbance.max_other_cpu,
+        r.discarded_rounds,
+        kept_disturbed,
+        r.measurements.len(),
+        other.map_or(0.0, |o| o.median),
+        other.map_or(0.0, |o| o.max),
+    );
+    for (when, list) in [("before", &r.foreign_before), ("after", &r.foreign_after)] {
+        for l in list {
+            let _ = writeln!(s, "  - {when}: `{l}`");
+        }
+    }
+    s.push_str(
+        "- Single runs of the same loop differ by about ±20% on these shared machines, more when \
+         someone else traces; compare the per-round ratios, not absolute times between runs.\n",
+    );
+    s
+}
+
+/// What the terminal gets: the same as the file.
+pub fn terminal(r: &Results) -> String {
+    markdown(r)
+}
+
+impl Results {
+    /// Measurements of the rounds in which nothing else competed (see [`super::Disturbance`]).
+    fn undisturbed(&self) -> Vec<Measurement> {
+        let bad =
+            |m: &Measurement| m.foreign_tracer || m.other_cpu > self.disturbance.max_other_cpu;
+        let dirty: std::collections::BTreeSet<usize> = self
+            .measurements
+            .iter()
+            .filter(|m| bad(m))
+            .map(|m| m.round)
+            .collect();
+        self.measurements
+            .iter()
+            .filter(|m| !dirty.contains(&m.round))
+            .cloned()
+            .collect()
+    }
+
+    /// Configurations or checks without a figure: the bench (and the smoke test) fail on them.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for row in rows(&self.measurements, &self.configs) {
+            let measured = of(&self.measurements, row.tracer).len();
+            if measured < self.rounds {
+                p.push(format!(
+                    "{}: {measured} of {} rounds measured",
+                    row.tracer.label(),
+                    self.rounds
+                ));
+            }
+            if row
+                .ns
+                .is_none_or(|s| s.median.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+            {
+                p.push(format!("{}: no time per bind", row.tracer.label()));
+            }
+            if row.tracer != Tracer::None && row.tracer != Tracer::EmptyBpf && row.events.is_none()
+            {
+                p.push(format!("{}: no event count", row.tracer.label()));
+            }
+            if row.errors > 0 {
+                p.push(format!(
+                    "{}: {} binds failed",
+                    row.tracer.label(),
+                    row.errors
+                ));
+            }
+        }
+        if self.sweep.is_empty() {
+            p.push("keeping-up sweep: no step".into());
+        }
+        if self.overflow.stats.lost.is_none() {
+            p.push("forced overflow: no lost count".into());
+        }
+        if self.attach.is_empty() {
+            p.push("attach time: no sample".into());
+        }
+        if peak_rss(self).is_none_or(|(k, _)| k == 0) {
+            p.push("peak RSS: not measured".into());
+        }
+        if self.vm_requested {
+            match &self.vm {
+                Some(Ok(g)) => {
+                    for t in VM_CONFIGS {
+                        if of(&g.measurements, t).len() < g.rounds {
+                            p.push(format!("VM: {} not measured every round", t.label()));
+                        }
+                    }
+                }
+                Some(Err(e)) => p.push(format!("VM: {e}")),
+                None => p.push("VM: not run".into()),
+            }
+        }
+        p
+    }
+}
+
+/// "2026-11-24 16:31 UTC".
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
+    let t = secs.rem_euclid(86400);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        t / 3600,
+        t % 3600 / 60
+    )
+}

@@ -1,0 +1,254 @@
+//! Holder processes: another process, with its own pid and comm, that creates sockets in a
+//! given network namespace and keeps them until told to exit.
+//!
+//! Why a process and not a thread: portwatch names the process behind a socket (pid, comm) and
+//! resolves interface names through `/proc/<pid>/ns/net`, so scenarios about "who holds this
+//! port" need a holder that is a real, separate process living entirely in the namespace.
+//!
+//! The runner re-executes itself (`/proc/self/exe hold --netns PATH --comm NAME`). The child
+//! joins the namespace, renames itself, prints one ready line with its pid, then serves one
+//! JSON request per stdin line (bind a [`SockSpec`], close, exit) with one JSON reply per line.
+//! Closing its stdin also ends it, so a runner that dies takes its holders along.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    netns::{self, Netns},
+    sock::{self, Sock, SockSpec},
+};
+
+/// `xtask hold`: the child side. Not for humans.
+#[derive(clap::Args, Debug)]
+pub struct HoldArgs {
+    /// Network namespace to join (a /proc/.../ns/net path).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Process name (comm) to take, at most 15 bytes.
+    #[arg(long, default_value = "pw-holder")]
+    comm: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Request {
+    Bind { spec: SockSpec },
+    Close { id: u32 },
+    Exit,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct Ready {
+    pid: u32,
+    netns: u64,
+    comm: String,
+}
+
+/// What a holder's bind did. The socket stays open (even after a failed bind) until closed.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Bound {
+    pub id: u32,
+    pub fd: i32,
+    pub ino: u64,
+    /// 0 on success.
+    pub errno: i32,
+    /// getsockname() after the call.
+    pub local: Option<SocketAddr>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(untagged)]
+enum Reply {
+    Bound(Bound),
+    Error { error: String },
+    Done { done: bool },
+}
+
+pub fn main(args: HoldArgs) -> Result<()> {
+    if let Some(path) = &args.netns {
+        let f = File::open(path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: joining a namespace through an open nsfs fd; single-threaded here.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).context(format!("setns({path})"));
+        }
+    }
+    let comm = std::ffi::CString::new(args.comm.as_bytes()).context("comm")?;
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes (it truncates).
+    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+
+    let mut out = std::io::stdout().lock();
+    let ready = Ready {
+        pid: std::process::id(),
+        netns: netns::current_inode()?,
+        comm: netns::current_comm()?,
+    };
+    writeln!(out, "{}", serde_json::to_string(&ready)?)?;
+    out.flush()?;
+
+    let mut socks: HashMap<u32, Sock> = HashMap::new();
+    let mut next_id = 1;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Reply::Error {
+                error: format!("bad request {line:?}: {e}"),
+            },
+            Ok(Request::Exit) => break,
+            Ok(Request::Close { id }) => Reply::Done {
+                done: socks.remove(&id).is_some(),
+            },
+            Ok(Request::Bind { spec }) => match sock::open_and_bind(&spec) {
+                Err(e) => Reply::Error {
+                    error: format!("creating the socket: {e}"),
+                },
+                Ok((s, r)) => {
+                    let id = next_id;
+                    next_id += 1;
+                    let bound = Bound {
+                        id,
+                        fd: s.fd(),
+                        ino: s.ino().unwrap_or(0),
+                        errno: sock::errno_of(&r),
+                        local: s.local_addr().ok(),
+                    };
+                    socks.insert(id, s);
+                    Reply::Bound(bound)
+                }
+            },
+        };
+        writeln!(out, "{}", serde_json::to_string(&reply)?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// The runner's handle on a holder process.
+pub struct Holder {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+    /// As the kernel reports it (truncated to 15 bytes).
+    pub comm: String,
+    pub netns: u64,
+}
+
+impl Holder {
+    /// Starts a holder in `ns` named `comm` and waits for its ready line.
+    pub fn spawn(ns: &Netns, comm: &str) -> Result<Holder> {
+        Self::spawn_at(&ns.path(), comm)
+    }
+
+    pub fn spawn_at(netns_path: &str, comm: &str) -> Result<Holder> {
+        let mut child = Command::new("/proc/self/exe")
+            .args(["hold", "--netns", netns_path, "--comm", comm])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting a holder (/proc/self/exe hold)")?;
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .context("reading the holder's ready line")?;
+        let ready: Ready = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!("holder did not start ({status}); it printed {line:?}");
+            }
+        };
+        Ok(Holder {
+            child,
+            stdin,
+            stdout,
+            pid: ready.pid,
+            comm: ready.comm,
+            netns: ready.netns,
+        })
+    }
+
+    fn request(&mut self, req: &Request) -> Result<Reply> {
+        let stdin = self.stdin.as_mut().context("holder already told to exit")?;
+        writeln!(stdin, "{}", serde_json::to_string(req)?)?;
+        stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        if line.is_empty() {
+            bail!("holder {} exited instead of answering {req:?}", self.pid);
+        }
+        let reply: Reply = serde_json::from_str(&line)
+            .with_context(|| format!("holder {} answered {line:?}", self.pid))?;
+        if let Reply::Error { error } = reply {
+            bail!("holder {}: {error}", self.pid);
+        }
+        Ok(reply)
+    }
+
+    /// Creates a socket from `spec` in the holder and binds it (and listens, if the spec
+    /// says so). A failed bind is not an error: see [`Bound::errno`].
+    pub fn bind(&mut self, spec: &SockSpec) -> Result<Bound> {
+        match self.request(&Request::Bind { spec: spec.clone() })? {
+            Reply::Bound(b) => Ok(b),
+            other => Err(anyhow!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// Like [`Holder::bind`], but the bind must succeed.
+    pub fn bind_ok(&mut self, spec: &SockSpec) -> Result<Bound> {
+        let b = self.bind(spec)?;
+        if b.errno != 0 {
+            bail!(
+                "holder bind of {} {} failed: {}",
+                spec.proto.name(),
+                spec.addr,
+                std::io::Error::from_raw_os_error(b.errno)
+            );
+        }
+        Ok(b)
+    }
+
+    pub fn close(&mut self, id: u32) -> Result<()> {
+        self.request(&Request::Close { id }).map(|_| ())
+    }
+
+    /// Tells the holder to exit and waits for it.
+    pub fn exit(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "{}", serde_json::to_string(&Request::Exit)?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        self.child.wait()?;
+        bail!("holder {} did not exit when told to; killed", self.pid)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}

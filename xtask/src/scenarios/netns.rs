@@ -1,0 +1,171 @@
+//! Network namespaces for scenarios.
+//!
+//! Every scenario gets a fresh namespace, so it can use any port without meeting the machine's
+//! own sockets or another scenario's, and so its events can be told apart from everything else
+//! portwatch sees: they are the ones whose `netns` is the scenario's inode.
+//!
+//! `unshare(CLONE_NEWNET)` moves only the calling thread, so a scenario runs on a thread of its
+//! own and does its socket calls there, the way a program inside a container would. Other
+//! processes (holders) join it through `/proc/<pid>/task/<tid>/ns/net`, and portwatch is kept in
+//! the namespace the runner started in (see [`RootNs`]), since it traces all of them from there.
+
+use std::{
+    fs::File,
+    io,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    process::Command,
+};
+
+use anyhow::{Context, Result, anyhow};
+
+/// A network namespace that a scenario thread lives in.
+#[derive(Debug, Clone)]
+pub struct Netns {
+    inode: u64,
+    pid: u32,
+    tid: i32,
+}
+
+impl Netns {
+    /// The inode portwatch reports as `netns`.
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// A path another process can open to join this namespace. Valid while the thread that
+    /// created it runs, i.e. during the closure given to [`in_new_netns`].
+    pub fn path(&self) -> String {
+        format!("/proc/{}/task/{}/ns/net", self.pid, self.tid)
+    }
+}
+
+/// Runs `f` on a new thread named `name` (its comm, as portwatch will report it) inside a fresh
+/// network namespace whose `lo` is up. A panic in `f` becomes an error, so one broken scenario
+/// cannot take the runner down.
+pub fn in_new_netns<R: Send>(name: &str, f: impl FnOnce(&Netns) -> Result<R> + Send) -> Result<R> {
+    std::thread::scope(|s| {
+        let handle = std::thread::Builder::new()
+            .name(comm_name(name))
+            .spawn_scoped(s, || {
+                // SAFETY: unshare only changes this thread's namespaces.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+                }
+                lo_up().context("bringing lo up in the new netns")?;
+                keep_alive()?;
+                let ns = Netns {
+                    inode: current_inode()?,
+                    pid: std::process::id(),
+                    // SAFETY: gettid cannot fail.
+                    tid: unsafe { libc::gettid() },
+                };
+                f(&ns)
+            })
+            .context("spawning a scenario thread")?;
+        handle.join().map_err(|panic| {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            anyhow!("panicked: {msg}")
+        })?
+    })
+}
+
+/// Namespaces made by this run, kept open until it exits. Without this a freed namespace's
+/// inode is handed to the next one, and a scenario would see the previous one's events as
+/// its own.
+static KEEP: std::sync::Mutex<Vec<File>> = std::sync::Mutex::new(Vec::new());
+
+fn keep_alive() -> Result<()> {
+    let f = File::open("/proc/thread-self/ns/net").context("opening /proc/thread-self/ns/net")?;
+    KEEP.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+    Ok(())
+}
+
+/// Thread names become the comm, which the kernel cuts at 15 bytes.
+fn comm_name(name: &str) -> String {
+    name.chars().take(15).collect()
+}
+
+/// The comm of the calling thread, as the kernel (and so portwatch) sees it.
+pub fn current_comm() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/thread-self/comm")
+        .context("reading /proc/thread-self/comm")?
+        .trim_end()
+        .to_string())
+}
+
+/// Inode of the calling thread's network namespace.
+pub fn current_inode() -> Result<u64> {
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")
+        .context("stat /proc/thread-self/ns/net")?
+        .ino())
+}
+
+/// Sets the IFF_UP flag on `lo` with SIOCSIFFLAGS, so the VM needs no `ip` binary.
+fn lo_up() -> io::Result<()> {
+    // A socket made here belongs to this thread's (new) namespace, and so does its ioctl.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: the fd is open and ifr is a valid ifreq for these requests.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Writes a sysctl of the calling thread's network namespace, e.g.
+/// `set_sysctl("net/ipv4/ip_local_port_range", "41000 41000")`. /proc/sys/net resolves the
+/// namespace of the task that opens it, so this must run on the scenario thread.
+pub fn set_sysctl(name: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/{name}");
+    std::fs::write(&path, value).with_context(|| format!("writing {value:?} to {path}"))?;
+    let back = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    anyhow::ensure!(
+        norm(&back) == norm(value),
+        "{path} reads {back:?} after writing {value:?}"
+    );
+    Ok(())
+}
+
+/// The namespace the runner started in. Children that must not inherit a scenario thread's
+/// namespace (portwatch itself) are moved back into it between fork and exec.
+pub struct RootNs(File);
+
+impl RootNs {
+    /// Call on the main thread before any scenario runs.
+    pub fn open() -> Result<Self> {
+        Ok(RootNs(
+            File::open("/proc/thread-self/ns/net").context("opening /proc/thread-self/ns/net")?,
+        ))
+    }
+
+    /// Makes `cmd`'s child join this namespace before it execs.
+    pub fn enter_on_spawn(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let fd = self.0.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the fd stays open in the child until exec (it is
+        // close-on-exec, which is what we want after).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}

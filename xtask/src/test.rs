@@ -1,0 +1,339 @@
+//! `cargo xtask test`: the whole suite, and what `.ci/run` runs.
+//!
+//! Stages: setup, lint (rustfmt, clippy), unit tests, release build, live scenarios on this
+//! host's kernel, the same scenarios in a VM on Debian 12's 6.1 kernel (both backends), then a
+//! summary ending in `scenarios: N passed, M failed`. A failing stage does not stop the later
+//! ones (one CI run shows every problem), except that scenarios need a build.
+//!
+//! Scenario results come back as JSON lines: from a file on the host, and from the VM's second
+//! serial port (see vm.rs), never by reading the console. Every (scenario, backend) pair that
+//! was planned but has no result counts as a failure, so a crashed runner or VM cannot pass.
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    cmd::{self, workspace_root},
+    run, scenarios,
+    scenarios::Outcome,
+    setup, vm,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// Skip the VM stage (Debian 12's 6.1 kernel under emulation, the only place the fexit
+    /// backend can run here).
+    #[arg(long)]
+    pub no_vm: bool,
+    /// Skip rustfmt, clippy and the unit tests.
+    #[arg(long)]
+    pub no_checks: bool,
+    /// Only scenarios whose name contains this (repeatable).
+    #[arg(long, value_name = "SUBSTRING")]
+    pub filter: Vec<String>,
+}
+
+/// The VM's timeouts are the host's times this: TCG emulates every instruction.
+const VM_TIMEOUT_SCALE: f64 = 10.0;
+/// Boot, two backends of scenarios, power-off; a normal run takes a fraction of this.
+const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+struct Stage {
+    name: &'static str,
+    ok: bool,
+    took: Duration,
+    note: String,
+}
+
+struct Suite {
+    stages: Vec<Stage>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Suite {
+    /// Runs one stage with a banner before and a verdict after.
+    fn stage<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Option<T> {
+        eprintln!("\n==> {name}");
+        let started = Instant::now();
+        let r = f(self);
+        let took = started.elapsed();
+        let (ok, note) = match &r {
+            Ok(_) => (true, String::new()),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        if ok {
+            eprintln!("<== {name}: ok ({:.1} s)", took.as_secs_f64());
+        } else {
+            eprintln!("<== {name}: FAILED ({:.1} s): {note}", took.as_secs_f64());
+        }
+        self.stages.push(Stage {
+            name,
+            ok,
+            took,
+            note,
+        });
+        r.ok()
+    }
+}
+
+pub fn main(args: TestArgs) -> Result<()> {
+    let started = Instant::now();
+    let mut suite = Suite {
+        stages: Vec::new(),
+        outcomes: Vec::new(),
+    };
+    suite.stage("setup", |_| setup::ensure(true));
+    if !args.no_checks {
+        suite.stage("rustfmt", |_| {
+            cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))
+        });
+        suite.stage("clippy", |_| clippy());
+        suite.stage("unit tests", |_| {
+            // portwatch-ebpf is a no_std, no_main binary: its test harness cannot link.
+            cmd::run(cmd::cargo().args(["test", "--workspace", "--exclude", "portwatch-ebpf"]))
+        });
+    }
+    let bin = suite.stage("release build", |_| run::build_release());
+    match bin {
+        Some(bin) => {
+            suite.stage("scenarios on this host", |s| {
+                host_scenarios(s, &bin, &args.filter)
+            });
+            if !args.no_vm {
+                suite.stage("scenarios in the VM", |s| {
+                    vm_scenarios(s, &bin, &args.filter)
+                });
+            }
+        }
+        None => eprintln!("\n(no binary, so no scenarios)"),
+    }
+
+    eprintln!(
+        "\n==> summary ({:.0} s in all)",
+        started.elapsed().as_secs_f64()
+    );
+    for st in &suite.stages {
+        let first = st.note.lines().next().unwrap_or("");
+        eprintln!(
+            "  {:<4} {:<24} {:>7.1} s{}",
+            if st.ok { "ok" } else { "FAIL" },
+            st.name,
+            st.took.as_secs_f64(),
+            if first.is_empty() {
+                String::new()
+            } else {
+                format!("  {first}")
+            }
+        );
+    }
+    let failed: Vec<&Outcome> = suite.outcomes.iter().filter(|o| !o.ok).collect();
+    for o in &failed {
+        eprintln!("  {}", o.line().lines().next().unwrap_or(""));
+    }
+    let passed = suite.outcomes.len() - failed.len();
+    println!("scenarios: {passed} passed, {} failed", failed.len());
+    if !failed.is_empty() || suite.stages.iter().any(|s| !s.ok) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Clippy as the aya-template runs it: the kernel crate separately, because in one
+/// workspace-wide run feature unification links std (through aya in portwatch-common's "user"
+/// feature) into it, and its own #[panic_handler] then clashes with std's ("duplicate lang
+/// item panic_impl"). Alone, for the host target with panic=abort, it checks the same code
+/// the BPF build compiles (it has no target_arch cfgs).
+fn clippy() -> Result<()> {
+    let mut failures = Vec::new();
+    for args in [
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "portwatch-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ][..],
+        &[
+            "clippy",
+            "-p",
+            "portwatch-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+            "-C",
+            "panic=abort",
+            "-Zpanic_abort_tests",
+        ][..],
+    ] {
+        if let Err(e) = cmd::run(cmd::cargo().args(args)) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    if !failures.is_empty() {
+        bail!(failures.join("; "));
+    }
+    Ok(())
+}
+
+/// Whether this kernel loads BPF_PROG_TYPE_TRACING (fentry/fexit), by bpftool's probe.
+fn host_has_fexit() -> Result<bool> {
+    let out = cmd::privileged("bpftool")
+        .args(["-j", "feature", "probe", "kernel"])
+        .output()
+        .context("running bpftool feature probe")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing bpftool feature probe")?;
+    Ok(v["program_types"]["have_tracing_prog_type"].as_bool() == Some(true))
+}
+
+fn host_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()> {
+    // On these machines only the tracepoint backend loads, so auto must fall back to it.
+    let fexit = host_has_fexit()?;
+    let mut backends = vec!["tracepoint".to_string()];
+    if fexit {
+        backends.insert(0, "fexit".to_string());
+    }
+    let auto = if fexit { "fexit" } else { "tracepoint" };
+    eprintln!(
+        "kernel {} ; backends: {} ; --backend auto must pick {auto}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
+        backends.join(", ")
+    );
+    let results = workspace_root().join("target/xtask-scenarios-host.jsonl");
+    let _ = std::fs::remove_file(&results);
+    let mut c = cmd::privileged(std::env::current_exe()?);
+    c.arg("scenarios").arg("--portwatch").arg(bin);
+    for b in &backends {
+        c.args(["--backend", b]);
+    }
+    c.args(["--auto-expect", auto])
+        .arg("--json-results")
+        .arg(&results);
+    for f in filters {
+        c.args(["--filter", f]);
+    }
+    // The runner prints its per-scenario lines live; its exit code only repeats the results.
+    eprintln!("$ {}", cmd::render(&c));
+    let status = c.status().context("starting the scenario runner")?;
+    let text = std::fs::read_to_string(&results).unwrap_or_default();
+    let got = collect(suite, &text, &backends, filters, false);
+    if !status.success() && got.1 == 0 {
+        bail!("the scenario runner failed ({status}) without failing a scenario");
+    }
+    finish(got)
+}
+
+fn vm_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()> {
+    let kernel = vm::ensure_kernel(&workspace_root().join("vm-cache"))?;
+    let backends = ["fexit".to_string(), "tracepoint".to_string()];
+    let mut command = String::from(
+        "/bin/xtask scenarios --portwatch /bin/portwatch --backend fexit --backend tracepoint \
+         --auto-expect fexit --json-results /dev/ttyS1",
+    );
+    command.push_str(&format!(" --timeout-scale {VM_TIMEOUT_SCALE}"));
+    for f in filters {
+        command.push_str(&format!(" --filter '{}'", f.replace('\'', "")));
+    }
+    let guest = vm::Guest {
+        files: vec![
+            (bin.to_path_buf(), "/bin/portwatch".into()),
+            (std::env::current_exe()?, "/bin/xtask".into()),
+            (
+                cmd::find_program("bpftool").context("bpftool not found")?,
+                "/usr/sbin/bpftool".into(),
+            ),
+        ],
+        command,
+        timeout: VM_TIMEOUT,
+        memory_mb: 1024,
+    };
+    let work = workspace_root().join("target/xtask-vm-test");
+    eprintln!(
+        "booting {} under TCG; console in {}",
+        kernel.version,
+        work.join("console.log").display()
+    );
+    let out = vm::run(&kernel, &guest, &work)?;
+    let text = String::from_utf8_lossy(&out.results);
+    let got = collect(suite, &text, &backends, filters, true);
+    eprintln!(
+        "VM: {:.1} s from boot to power-off, runner exit code {:?}",
+        out.elapsed.as_secs_f64(),
+        out.exit_code
+    );
+    if out.exit_code.is_none() {
+        eprintln!("last console lines:\n{}", vm::tail(&out.console, 40));
+        bail!("the VM stopped without the runner's exit code (kernel panic or crash?)");
+    }
+    if got.1 > 0 {
+        eprintln!("(full VM console: {})", work.join("console.log").display());
+    }
+    finish(got)
+}
+
+/// Parses results, adds a failure for every planned (scenario, backend) without one, records
+/// them in the suite and prints those not printed yet. Returns (passed, failed).
+fn collect(
+    suite: &mut Suite,
+    text: &str,
+    backends: &[String],
+    filters: &[String],
+    print: bool,
+) -> (usize, usize) {
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<Outcome>(line) {
+            Ok(o) => outcomes.push(o),
+            Err(e) => eprintln!("unreadable result line ({e}): {line:?}"),
+        }
+    }
+    let kernel = outcomes
+        .first()
+        .map(|o| o.kernel.clone())
+        .unwrap_or_else(|| "?".into());
+    let seen: HashSet<(String, String)> = outcomes
+        .iter()
+        .map(|o| (o.name.clone(), o.backend.clone()))
+        .collect();
+    let mut missing = Vec::new();
+    for (name, backend) in scenarios::planned(backends, filters, true) {
+        if !seen.contains(&(name.clone(), backend.clone())) {
+            missing.push(Outcome {
+                name,
+                backend,
+                kernel: kernel.clone(),
+                ok: false,
+                reason: Some("no result: the runner stopped before reaching it".into()),
+                ms: 0,
+            });
+        }
+    }
+    for o in outcomes.iter().filter(|_| print).chain(&missing) {
+        println!("{}", o.line());
+    }
+    outcomes.extend(missing);
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    let passed = outcomes.len() - failed;
+    suite.outcomes.extend(outcomes);
+    (passed, failed)
+}
+
+fn finish((passed, failed): (usize, usize)) -> Result<()> {
+    if failed > 0 {
+        bail!("{failed} of {} scenarios failed", passed + failed);
+    }
+    Ok(())
+}
