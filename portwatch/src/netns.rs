@@ -35,17 +35,23 @@ fn inode_of(path: &Path) -> Option<u32> {
 }
 
 impl Namespaces {
-    /// Remembers the namespace of `pid` if it is `ino`. Call this as early as possible after an
-    /// event: short-lived processes take their /proc entry with them.
-    pub fn note(&mut self, ino: u32, pid: u32) {
+    /// Remembers namespace `ino` if thread `tid` of process `pid` is in it. Call this as early
+    /// as possible after an event: short-lived processes take their /proc entry with them.
+    /// The thread's own entry comes first: a thread can unshare or join a namespace alone.
+    pub fn note(&mut self, ino: u32, pid: u32, tid: u32) {
         if ino == 0 || self.handles.contains_key(&ino) {
             return;
         }
-        let path = format!("/proc/{pid}/ns/net");
-        if inode_of(Path::new(&path)) == Some(ino)
-            && let Ok(f) = File::open(&path)
-        {
-            self.insert(ino, f);
+        for path in [
+            format!("/proc/{pid}/task/{tid}/ns/net"),
+            format!("/proc/{pid}/ns/net"),
+        ] {
+            if inode_of(Path::new(&path)) == Some(ino)
+                && let Ok(f) = File::open(&path)
+            {
+                self.insert(ino, f);
+                return;
+            }
         }
     }
 
@@ -151,7 +157,7 @@ fn if_indextoname(ifindex: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
-/// Looks for namespace `ino` among `ip netns` names, then among all processes.
+/// Looks for namespace `ino` among `ip netns` names, then among all processes and threads.
 fn find_namespace(ino: u32) -> Option<File> {
     if let Ok(dir) = std::fs::read_dir("/run/netns") {
         for entry in dir.flatten() {
@@ -164,6 +170,17 @@ fn find_namespace(ino: u32) -> Option<File> {
         let path = format!("/proc/{pid}/ns/net");
         if inode_of(Path::new(&path)) == Some(ino) {
             return File::open(path).ok();
+        }
+    }
+    for pid in crate::procfs::pids() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path().join("ns/net");
+            if inode_of(&path) == Some(ino) {
+                return File::open(path).ok();
+            }
         }
     }
     None

@@ -437,7 +437,7 @@ impl<'a> JsonEvent<'a> {
             ok: ev.ok(),
             result: ev.ret,
             errno: ev.errno().map(errno::name),
-            state: sock.map(|s| s.state.name(s.proto)),
+            state: sock.map(SocketView::state_name),
             sock_ino: sock.map(|s| s.ino),
             sk_uid: sock.and_then(|s| s.uid),
             options: sock.map(JsonOptions::of),

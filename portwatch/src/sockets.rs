@@ -231,6 +231,15 @@ impl SocketView {
         endpoint(self.addr, self.port)
     }
 
+    /// The state's stable name; a socket in CLOSE without a port is just "CLOSE", not bound.
+    pub fn state_name(&self) -> &'static str {
+        if self.state == State::CLOSE && self.port == 0 {
+            "CLOSE"
+        } else {
+            self.state.name(self.proto)
+        }
+    }
+
     /// "tcp4", "udp6": the family of the socket, as ss prints it.
     pub fn proto_family(&self) -> String {
         format!(

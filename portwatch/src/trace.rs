@@ -166,7 +166,7 @@ impl Session {
     /// Adds what the kernel side cannot know: interface names in the socket's namespace.
     fn enrich(&mut self, ev: &mut Event) {
         if let Some(sock) = ev.socket.as_mut() {
-            self.namespaces.note(sock.netns, ev.pid);
+            self.namespaces.note(sock.netns, ev.pid, ev.tid);
             if sock.options.bound_dev_if != 0 {
                 sock.options.device = self
                     .namespaces

@@ -140,7 +140,7 @@ fn print_table(
     let mut bound_only = 0;
     for h in holders {
         let s = &h.socket;
-        let mut state = s.state.name(s.proto).to_string();
+        let mut state = s.state_name().to_string();
         if let Some(ms) = s.tw_left_ms {
             state = format!("{state} {}s", ms / 1000);
         }

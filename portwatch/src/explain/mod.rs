@@ -109,7 +109,7 @@ impl HolderReport {
             family: s.family,
             addr: s.addr.to_string(),
             port: s.port,
-            state: s.state.name(s.proto),
+            state: s.state_name(),
             options: JsonOptions::of(s),
             uid: s.uid,
             netns: s.netns,
