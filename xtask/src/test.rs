@@ -229,7 +229,7 @@ fn host_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<(
     eprintln!("$ {}", cmd::render(&c));
     let status = c.status().context("starting the scenario runner")?;
     let text = std::fs::read_to_string(&results).unwrap_or_default();
-    let got = collect(suite, &text, &backends, filters, false);
+    let got = collect(suite, &text, &backends, filters, false, false);
     if !status.success() && got.1 == 0 {
         bail!("the scenario runner failed ({status}) without failing a scenario");
     }
@@ -239,9 +239,11 @@ fn host_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<(
 fn vm_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()> {
     let kernel = vm::ensure_kernel(&workspace_root().join("vm-cache"))?;
     let backends = ["fexit".to_string(), "tracepoint".to_string()];
+    // TUN is a module on Debian's kernel; the SO_BINDTODEVICE scenarios make TUN devices.
+    let tun = kernel.modules_dir.join("kernel/drivers/net/tun.ko");
     let mut command = String::from(
-        "/bin/xtask scenarios --portwatch /bin/portwatch --backend fexit --backend tracepoint \
-         --auto-expect fexit --json-results /dev/ttyS1",
+        "insmod /lib/tun.ko; /bin/xtask scenarios --portwatch /bin/portwatch --backend fexit \
+         --backend tracepoint --auto-expect fexit --json-results /dev/ttyS1 --in-vm",
     );
     command.push_str(&format!(" --timeout-scale {VM_TIMEOUT_SCALE}"));
     for f in filters {
@@ -251,6 +253,7 @@ fn vm_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()>
         files: vec![
             (bin.to_path_buf(), "/bin/portwatch".into()),
             (std::env::current_exe()?, "/bin/xtask".into()),
+            (tun, "/lib/tun.ko".into()),
             (
                 cmd::find_program("bpftool").context("bpftool not found")?,
                 "/usr/sbin/bpftool".into(),
@@ -268,7 +271,7 @@ fn vm_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()>
     );
     let out = vm::run(&kernel, &guest, &work)?;
     let text = String::from_utf8_lossy(&out.results);
-    let got = collect(suite, &text, &backends, filters, true);
+    let got = collect(suite, &text, &backends, filters, true, true);
     eprintln!(
         "VM: {:.1} s from boot to power-off, runner exit code {:?}",
         out.elapsed.as_secs_f64(),
@@ -292,6 +295,7 @@ fn collect(
     backends: &[String],
     filters: &[String],
     print: bool,
+    in_vm: bool,
 ) -> (usize, usize) {
     let mut outcomes: Vec<Outcome> = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -309,7 +313,7 @@ fn collect(
         .map(|o| (o.name.clone(), o.backend.clone()))
         .collect();
     let mut missing = Vec::new();
-    for (name, backend) in scenarios::planned(backends, filters, true) {
+    for (name, backend) in scenarios::planned(backends, filters, true, in_vm) {
         if !seen.contains(&(name.clone(), backend.clone())) {
             missing.push(Outcome {
                 name,

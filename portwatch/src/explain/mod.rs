@@ -363,7 +363,23 @@ fn explain_success(at: &Attempt, facts: &Facts) -> Verdict {
                 .map(|h| (h, Coexist::DifferentNetns)),
         )
         .collect();
+    let mut others = others;
+    others.sort_by_key(|(_, c)| coexist_rank(*c));
     words::success(at, facts, &others)
+}
+
+/// Which reason for sharing a port leads the explanation: options someone set on purpose
+/// first, then addresses, then the protocol or namespace being different altogether.
+fn coexist_rank(c: Coexist) -> u8 {
+    match c {
+        Coexist::ReusePort => 0,
+        Coexist::ReuseAddr | Coexist::UdpReuseAddr | Coexist::TimeWaitReuse => 1,
+        Coexist::DifferentDevices => 2,
+        Coexist::DifferentAddresses => 3,
+        Coexist::V6Only { .. } => 4,
+        Coexist::SeparatePortSpaces => 5,
+        Coexist::DifferentNetns => 6,
+    }
 }
 
 /// Whether explain wants the port's holders for this call (they cost a table walk).

@@ -435,6 +435,23 @@ fn successes_say_why_they_could_share() {
 }
 
 #[test]
+fn autobind_reuse_shares_a_full_range() {
+    let mut ev = bind(Proto::Tcp, "127.0.0.1", 0, 0, opts(|o| o.reuseaddr = true));
+    ev.socket.as_mut().unwrap().port = 41000;
+    let mut f = facts(vec![holder(
+        with(sock(Proto::Tcp, "127.0.0.1", 41000), |o| o.reuseaddr = true),
+        9,
+    )]);
+    f.sysctls.ip_autobind_reuse = Some(true);
+    check(
+        &ev,
+        &f,
+        "ok-autobind-reuse",
+        &["ip_autobind_reuse=1", "pid 9"],
+    );
+}
+
+#[test]
 fn port_zero() {
     let mut ev = bind(Proto::Tcp, "127.0.0.1", 0, 0, Options::default());
     ev.socket.as_mut().unwrap().port = 41234;

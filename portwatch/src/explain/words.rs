@@ -483,7 +483,23 @@ pub fn success(at: &Attempt, f: &Facts, others: &[(&Holder, Coexist)]) -> Verdic
             verdict(true, "ok", format!("ok: bound {ep}."))
         };
     };
-    let (rule, message) = coexist_words(at, f, h, *c);
+    let (rule, message) = if port_zero
+        && *c == Coexist::ReuseAddr
+        && f.sysctls.ip_autobind_reuse == Some(true)
+    {
+        (
+            "ok-autobind-reuse",
+            format!(
+                "ok: port {} was already held by {} ({}), but net.ipv4.ip_autobind_reuse=1 lets \
+                 port 0 share a port with SO_REUSEADDR sockets when no free one is left.",
+                at.port,
+                who(h),
+                holder_desc(&h.socket)
+            ),
+        )
+    } else {
+        coexist_words(at, f, h, *c)
+    };
     let mut v = verdict(true, rule, message);
     for (h, c) in others {
         let (r, m) = coexist_words(at, f, h, *c);

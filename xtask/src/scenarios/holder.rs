@@ -37,13 +37,29 @@ pub struct HoldArgs {
     /// Process name (comm) to take, at most 15 bytes.
     #[arg(long, default_value = "pw-holder")]
     comm: String,
+    /// Drop to this uid (and gid) after joining the namespace: the socket's owner for
+    /// SO_REUSEPORT and privileged-port rules.
+    #[arg(long)]
+    uid: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Request {
-    Bind { spec: SockSpec },
-    Close { id: u32 },
+    Bind {
+        spec: SockSpec,
+    },
+    /// listen() on a socket made earlier.
+    Listen {
+        id: u32,
+    },
+    /// A socket from `spec` that is never bound, then listen(): the kernel picks its port.
+    ListenUnbound {
+        spec: SockSpec,
+    },
+    Close {
+        id: u32,
+    },
     Exit,
 }
 
@@ -82,6 +98,17 @@ pub fn main(args: HoldArgs) -> Result<()> {
             return Err(std::io::Error::last_os_error()).context(format!("setns({path})"));
         }
     }
+    if let Some(uid) = args.uid {
+        // SAFETY: plain credential changes of this single-threaded process.
+        let failed = unsafe {
+            libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(uid, uid, uid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+        };
+        if failed {
+            return Err(std::io::Error::last_os_error()).context(format!("dropping to uid {uid}"));
+        }
+    }
     let comm = std::ffi::CString::new(args.comm.as_bytes()).context("comm")?;
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes (it truncates).
     unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
@@ -106,6 +133,40 @@ pub fn main(args: HoldArgs) -> Result<()> {
             Ok(Request::Exit) => break,
             Ok(Request::Close { id }) => Reply::Done {
                 done: socks.remove(&id).is_some(),
+            },
+            Ok(Request::Listen { id }) => match socks.get(&id) {
+                None => Reply::Error {
+                    error: format!("no socket {id}"),
+                },
+                Some(s) => {
+                    let r = s.listen(128);
+                    Reply::Bound(Bound {
+                        id,
+                        fd: s.fd(),
+                        ino: s.ino().unwrap_or(0),
+                        errno: sock::errno_of(&r),
+                        local: s.local_addr().ok(),
+                    })
+                }
+            },
+            Ok(Request::ListenUnbound { spec }) => match Sock::open(&spec) {
+                Err(e) => Reply::Error {
+                    error: format!("creating the socket: {e}"),
+                },
+                Ok(s) => {
+                    let id = next_id;
+                    next_id += 1;
+                    let r = s.listen(128);
+                    let bound = Bound {
+                        id,
+                        fd: s.fd(),
+                        ino: s.ino().unwrap_or(0),
+                        errno: sock::errno_of(&r),
+                        local: s.local_addr().ok(),
+                    };
+                    socks.insert(id, s);
+                    Reply::Bound(bound)
+                }
             },
             Ok(Request::Bind { spec }) => match sock::open_and_bind(&spec) {
                 Err(e) => Reply::Error {
@@ -149,9 +210,23 @@ impl Holder {
         Self::spawn_at(&ns.path(), comm)
     }
 
+    /// A holder that runs as `uid` once it is in the namespace.
+    pub fn spawn_as(ns: &Netns, comm: &str, uid: u32) -> Result<Holder> {
+        Self::start(&ns.path(), comm, Some(uid))
+    }
+
     pub fn spawn_at(netns_path: &str, comm: &str) -> Result<Holder> {
+        Self::start(netns_path, comm, None)
+    }
+
+    fn start(netns_path: &str, comm: &str, uid: Option<u32>) -> Result<Holder> {
+        let mut args = vec!["hold", "--netns", netns_path, "--comm", comm];
+        let uid_text = uid.map(|u| u.to_string());
+        if let Some(u) = &uid_text {
+            args.extend(["--uid", u.as_str()]);
+        }
         let mut child = Command::new("/proc/self/exe")
-            .args(["hold", "--netns", netns_path, "--comm", comm])
+            .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -219,6 +294,23 @@ impl Holder {
             );
         }
         Ok(b)
+    }
+
+    /// listen() on socket `id` (made by an earlier bind). A failure is not an error: see
+    /// [`Bound::errno`].
+    pub fn listen(&mut self, id: u32) -> Result<Bound> {
+        match self.request(&Request::Listen { id })? {
+            Reply::Bound(b) => Ok(b),
+            other => Err(anyhow!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// listen() on a new socket that was never bound.
+    pub fn listen_unbound(&mut self, spec: &SockSpec) -> Result<Bound> {
+        match self.request(&Request::ListenUnbound { spec: spec.clone() })? {
+            Reply::Bound(b) => Ok(b),
+            other => Err(anyhow!("unexpected reply {other:?}")),
+        }
     }
 
     pub fn close(&mut self, id: u32) -> Result<()> {

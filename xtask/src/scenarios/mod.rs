@@ -18,6 +18,7 @@
 //! other flag tests start their own.
 
 pub mod check;
+mod explain;
 pub mod holder;
 pub mod netns;
 pub mod portwatch;
@@ -61,6 +62,9 @@ pub struct RunArgs {
     /// Multiply all timeouts (emulated VMs are 10-50x slower than the host).
     #[arg(long, default_value_t = 1.0)]
     pub timeout_scale: f64,
+    /// Running inside the test VM: skip scenarios that need programs only the host has.
+    #[arg(long)]
+    pub in_vm: bool,
     /// Print the scenario names and exit.
     #[arg(long)]
     pub list: bool,
@@ -97,6 +101,8 @@ pub struct Scenario {
     pub backends: Option<&'static [&'static str]>,
     /// Needs `--auto-expect`.
     pub needs_auto_expect: bool,
+    /// Needs a program that only the host has (python3, ss): skipped with `--in-vm`.
+    pub host_only: bool,
 }
 
 impl Scenario {
@@ -124,10 +130,15 @@ impl Scenario {
             body,
             backends: None,
             needs_auto_expect: false,
+            host_only: false,
         }
     }
     pub fn only_backends(mut self, b: &'static [&'static str]) -> Self {
         self.backends = Some(b);
+        self
+    }
+    pub fn host_only(mut self) -> Self {
+        self.host_only = true;
         self
     }
     pub fn needing_auto_expect(mut self) -> Self {
@@ -145,14 +156,23 @@ pub struct SharedRun {
 
 /// Every scenario, in the order they run.
 pub fn all() -> Vec<Scenario> {
-    trace::scenarios()
+    let mut v = trace::scenarios();
+    v.extend(explain::scenarios());
+    v
 }
 
 /// Whether `s` runs for `backend` with these filters.
-fn selected(s: &Scenario, backend: &str, filters: &[String], auto_expect: bool) -> bool {
+fn selected(
+    s: &Scenario,
+    backend: &str,
+    filters: &[String],
+    auto_expect: bool,
+    in_vm: bool,
+) -> bool {
     (filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
         && s.backends.is_none_or(|b| b.contains(&backend))
         && (auto_expect || !s.needs_auto_expect)
+        && !(in_vm && s.host_only)
 }
 
 /// The (scenario, backend) pairs a run with these arguments will report, so the caller can
@@ -161,13 +181,14 @@ pub fn planned(
     backends: &[String],
     filters: &[String],
     auto_expect: bool,
+    in_vm: bool,
 ) -> Vec<(String, String)> {
     let all = all();
     backends
         .iter()
         .flat_map(|b| {
             all.iter()
-                .filter(|s| selected(s, b, filters, auto_expect))
+                .filter(|s| selected(s, b, filters, auto_expect, in_vm))
                 .map(|s| (s.name.to_string(), b.clone()))
                 .collect::<Vec<_>>()
         })
@@ -286,7 +307,15 @@ pub fn main(args: RunArgs) -> Result<()> {
         };
         let chosen: Vec<&Scenario> = scenarios
             .iter()
-            .filter(|s| selected(s, backend, &args.filter, args.auto_expect.is_some()))
+            .filter(|s| {
+                selected(
+                    s,
+                    backend,
+                    &args.filter,
+                    args.auto_expect.is_some(),
+                    args.in_vm,
+                )
+            })
             .collect();
         run_backend(&ctx, &chosen, &mut rep)?;
     }
@@ -401,9 +430,9 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all.len());
         let b = ["fexit".to_string()];
-        let with_auto = planned(&b, &[], true).len();
-        assert_eq!(planned(&b, &[], false).len(), with_auto - 1);
-        assert_eq!(planned(&b, &["filter_".into()], true).len(), 3);
+        let with_auto = planned(&b, &[], true, false).len();
+        assert_eq!(planned(&b, &[], false, false).len(), with_auto - 1);
+        assert_eq!(planned(&b, &["filter_".into()], true, false).len(), 3);
     }
 
     #[test]

@@ -169,3 +169,28 @@ impl RootNs {
         }
     }
 }
+
+/// Creates a TUN interface `name` in the current thread's namespace; it lives as long as the
+/// returned file. Scenarios use it as a second device for SO_BINDTODEVICE, since a fresh
+/// namespace has only `lo` and TUN is the one virtual device every kernel here can make.
+pub fn tun_device(name: &str) -> Result<File> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const IFF_TUN: libc::c_short = 0x0001;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .context("opening /dev/net/tun (is the tun module loaded?)")?;
+    // struct ifreq: a 16-byte name, then the flags (the rest is padding).
+    let mut ifr = [0u8; 40];
+    let bytes = name.as_bytes();
+    anyhow::ensure!(bytes.len() < 16, "interface name too long: {name}");
+    ifr[..bytes.len()].copy_from_slice(bytes);
+    ifr[16..18].copy_from_slice(&(IFF_TUN | IFF_NO_PI).to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifr` is large enough for.
+    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, ifr.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error()).context(format!("creating TUN device {name}"));
+    }
+    Ok(f)
+}

@@ -90,8 +90,13 @@ impl std::fmt::Display for Event {
     }
 }
 
+/// A field by dotted path; numeric parts index arrays (`explain.holders.0.owners.0.pid`).
 pub fn lookup<'a>(v: &'a Value, path: &str) -> &'a Value {
-    path.split('.').fold(v, |v, k| &v[k])
+    path.split('.')
+        .fold(v, |v, k| match (v, k.parse::<usize>()) {
+            (Value::Array(a), Ok(i)) => a.get(i).unwrap_or(&Value::Null),
+            _ => &v[k],
+        })
 }
 
 #[derive(Default)]
