@@ -6,9 +6,6 @@
 /// Length of `task_struct.comm`.
 pub const COMM_LEN: usize = 16;
 
-/// How many ports `trace --port` can watch at once (size of the in-kernel port set).
-pub const MAX_PORT_FILTERS: u32 = 64;
-
 /// Address families as the kernel numbers them.
 pub const AF_UNSPEC: u16 = 0;
 pub const AF_INET: u16 = 2;

@@ -123,7 +123,7 @@ pub struct WhoArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct TraceArgs {
-    /// Only calls on this port (repeat for several, up to 64).
+    /// Only calls on this port (repeat for several).
     #[arg(short, long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
 

@@ -40,8 +40,10 @@ pub struct FactFinder {
     holders: HashMap<(u32, u16), Result<Vec<Holder>, String>>,
     owners: Option<HashMap<u64, Vec<Owner>>>,
     netns_facts: HashMap<u32, (Sysctls, Option<Vec<IpAddr>>)>,
-    /// Namespaces seen in events, for the "different netns" explanation of successes.
-    seen_netns: Vec<u32>,
+    /// Port → namespaces where a bind or listen on it succeeded while tracing. A successful
+    /// bind is compared with those other namespaces only ("different netns never conflict"):
+    /// every table walk covers a whole hash table, too costly to do for every namespace.
+    bound_ports: HashMap<u16, Vec<u32>>,
 }
 
 /// How many other namespaces a successful bind is compared against.
@@ -55,7 +57,7 @@ impl FactFinder {
             holders: HashMap::new(),
             owners: None,
             netns_facts: HashMap::new(),
-            seen_netns: Vec::new(),
+            bound_ports: HashMap::new(),
         }
     }
 
@@ -187,10 +189,13 @@ impl FactFinder {
             return facts;
         };
         let netns = sock.netns;
-        if netns != 0 && !self.seen_netns.contains(&netns) {
-            self.seen_netns.push(netns);
-            if self.seen_netns.len() > MAX_OTHER_NETNS {
-                self.seen_netns.remove(0);
+        if ev.ok() && netns != 0 && sock.port != 0 {
+            let seen = self.bound_ports.entry(sock.port).or_default();
+            if !seen.contains(&netns) {
+                seen.push(netns);
+                if seen.len() > MAX_OTHER_NETNS {
+                    seen.remove(0);
+                }
             }
         }
         let (sysctls, addrs) = self.netns_facts(ns, netns);
@@ -257,11 +262,7 @@ impl FactFinder {
         port: u16,
     ) -> Vec<Holder> {
         let mut out = Vec::new();
-        let mut others: Vec<u32> = self.seen_netns.clone();
-        let own = crate::netns::current();
-        if !others.contains(&own) {
-            others.push(own);
-        }
+        let others = self.bound_ports.get(&port).cloned().unwrap_or_default();
         for other in others.into_iter().filter(|&n| n != netns) {
             if let Ok(h) = self.holders(ebpf, ns, other, Some(port)) {
                 out.extend(h);

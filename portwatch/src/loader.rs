@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData},
+    maps::{Array, MapData},
     programs::{FExit, TracePoint},
 };
 use log::debug;
@@ -326,12 +326,15 @@ fn open_object(
         .load(EBPF_OBJECT)?;
     let map_err = |e: aya::maps::MapError| LoadError::Backend {
         backend: Backend::Tracepoint,
-        detail: format!("PORTS map: {e}"),
+        detail: format!("PORT_BITS map: {e}"),
     };
-    let mut ports: HashMap<&mut MapData, u16, u8> =
-        HashMap::try_from(ebpf.map_mut("PORTS").expect("PORTS map")).map_err(map_err)?;
+    let mut bits: Array<&mut MapData, u64> =
+        Array::try_from(ebpf.map_mut("PORT_BITS").expect("PORT_BITS map")).map_err(map_err)?;
     for &p in &filter.ports {
-        ports.insert(&p, &1, 0).map_err(map_err)?;
+        let word = u32::from(p >> 6);
+        let old = bits.get(&word, 0).map_err(map_err)?;
+        bits.set(word, &(old | (1u64 << (p & 63))), 0)
+            .map_err(map_err)?;
     }
     Ok(ebpf)
 }

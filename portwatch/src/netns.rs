@@ -17,10 +17,21 @@ use log::debug;
 /// Namespace handles kept open at most; each pins its namespace in memory.
 const MAX_HANDLES: usize = 256;
 
-#[derive(Default)]
 pub struct Namespaces {
+    /// portwatch's own namespace, where no thread switch is needed.
+    own: u32,
     handles: HashMap<u32, File>,
     ifnames: HashMap<(u32, u32), Option<String>>,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Namespaces {
+            own: current(),
+            handles: HashMap::new(),
+            ifnames: HashMap::new(),
+        }
+    }
 }
 
 /// Inode of the calling thread's network namespace.
@@ -39,7 +50,7 @@ impl Namespaces {
     /// as possible after an event: short-lived processes take their /proc entry with them.
     /// The thread's own entry comes first: a thread can unshare or join a namespace alone.
     pub fn note(&mut self, ino: u32, pid: u32, tid: u32) {
-        if ino == 0 || self.handles.contains_key(&ino) {
+        if ino == 0 || ino == self.own || self.handles.contains_key(&ino) {
             return;
         }
         for path in [
@@ -73,7 +84,7 @@ impl Namespaces {
 
     /// Runs `f` inside network namespace `ino` (directly when it is ours).
     pub fn run_in<R: Send>(&mut self, ino: u32, f: impl FnOnce() -> R + Send) -> Option<R> {
-        if ino == 0 || ino == current() {
+        if ino == 0 || ino == self.own {
             return Some(f());
         }
         let fd = self.handle(ino)?.as_raw_fd();
@@ -97,7 +108,7 @@ impl Namespaces {
     /// Every network namespace visible from here: ours, the named ones (`ip netns`), and
     /// those of all processes. Keeps a handle on each.
     pub fn discover(&mut self) -> Vec<u32> {
-        let mut found = vec![current()];
+        let mut found = vec![self.own];
         let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir("/run/netns")
             .into_iter()
             .flatten()

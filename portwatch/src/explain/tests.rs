@@ -136,6 +136,34 @@ fn the_brief_example_dual_stack_covers_ipv4() {
 }
 
 #[test]
+fn a_dual_stack_holder_leads_even_when_it_listens_with_reuseaddr() {
+    // Java and python's http.server set SO_REUSEADDR on their listeners.
+    let ev = bind(
+        Proto::Tcp,
+        "0.0.0.0",
+        8080,
+        EADDRINUSE,
+        opts(|o| o.reuseaddr = true),
+    );
+    let h = holder(
+        with(listening(sock(Proto::Tcp, "::", 8080)), |o| {
+            o.reuseaddr = true
+        }),
+        812,
+    );
+    let v = check(
+        &ev,
+        &facts(vec![h]),
+        "dual-stack-covers-ipv4",
+        &[
+            "which covers 0.0.0.0:8080",
+            "never lets a socket bind next to a listening one",
+        ],
+    );
+    assert!(v.fix.unwrap().contains("IPV6_V6ONLY=1"));
+}
+
+#[test]
 fn conflicts() {
     let o = Options::default;
     let ra = || opts(|o| o.reuseaddr = true);

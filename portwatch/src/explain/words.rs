@@ -131,6 +131,31 @@ fn overlap_rule(o: Overlap) -> &'static str {
     }
 }
 
+/// Overlaps across address families are the surprise in a clash, so they lead over the
+/// sharing options that failed to help (those still appear in the message).
+fn cross_family(o: Overlap) -> bool {
+    matches!(
+        o,
+        Overlap::HolderDualStack | Overlap::AskerDualStack | Overlap::V4Mapped
+    )
+}
+
+/// The rule that decides a clash between the asker and one holder.
+fn clash_rule(o: Overlap, b: Blocker) -> &'static str {
+    let soft = matches!(
+        b,
+        Blocker::NoOptions
+            | Blocker::HolderListens
+            | Blocker::ReuseAddrOneSided { .. }
+            | Blocker::ReusePortOneSided { .. }
+    );
+    if soft && cross_family(o) {
+        overlap_rule(o)
+    } else {
+        blocker_rule(b).unwrap_or(overlap_rule(o))
+    }
+}
+
 fn blocker_rule(b: Blocker) -> Option<&'static str> {
     Some(match b {
         Blocker::NoOptions => return None,
@@ -197,7 +222,7 @@ pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verd
     let w = who(h);
     let hd = holder_desc(&h.socket);
     let udp = matches!(at.side.proto, Proto::Udp | Proto::UdpLite);
-    let rule = blocker_rule(b).unwrap_or(overlap_rule(o));
+    let rule = clash_rule(o, b);
     let (message, fix) = match b {
         Blocker::NoOptions => (
             format!("{e}: {w} holds {hd}, {}.", overlap_clause(o, at)),
@@ -339,9 +364,13 @@ pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verd
         }
     };
     let mut v = verdict(false, rule, message);
-    v.fix = Some(fix);
+    v.fix = Some(if rule == overlap_rule(o) {
+        overlap_fix(o, h)
+    } else {
+        fix
+    });
     for (i, (h, o, b)) in conflicts.iter().enumerate() {
-        let r = blocker_rule(*b).unwrap_or(overlap_rule(*o));
+        let r = clash_rule(*o, *b);
         v.holders.push(report(
             h,
             r,

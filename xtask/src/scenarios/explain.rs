@@ -228,7 +228,13 @@ pub fn scenarios() -> Vec<Scenario> {
         }),
         Scenario::shared("explain_eperm_cgroup_program", eperm_cgroup),
         Scenario::shared("explain_real_server_busybox_httpd", |_, pw, ns| {
-            real_server(pw, ns, &busybox_httpd_cmd()?)
+            real_server(
+                pw,
+                ns,
+                &busybox_httpd_cmd()?,
+                SockSpec::tcp("127.0.0.1:8080"),
+                "reuseaddr-vs-listen",
+            )
         }),
         Scenario::shared("explain_real_server_python_http", |_, pw, ns| {
             real_server(
@@ -242,6 +248,19 @@ pub fn scenarios() -> Vec<Scenario> {
                     "--bind",
                     "127.0.0.1",
                 ],
+                SockSpec::tcp("127.0.0.1:8080"),
+                "reuseaddr-vs-listen",
+            )
+        })
+        .host_only(),
+        // The brief's example with a real server: python's [::] socket is dual-stack.
+        Scenario::shared("explain_real_server_python_dual_stack", |_, pw, ns| {
+            real_server(
+                pw,
+                ns,
+                &["python3", "-m", "http.server", "8080", "--bind", "::"],
+                SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
+                "dual-stack-covers-ipv4",
             )
         })
         .host_only(),
@@ -869,7 +888,13 @@ fn busybox_httpd_cmd() -> Result<Vec<&'static str>> {
 /// A server not written here holds the port; portwatch must name it. Both servers set
 /// SO_REUSEADDR, as most servers do, and listen: the rule is that SO_REUSEADDR cannot help
 /// against a listener.
-fn real_server(pw: &Portwatch, ns: &Netns, argv: &[&str]) -> Result<()> {
+fn real_server(
+    pw: &Portwatch,
+    ns: &Netns,
+    argv: &[&str],
+    asked: SockSpec,
+    rule: &str,
+) -> Result<()> {
     let path = ns.path();
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..])
@@ -900,12 +925,12 @@ fn real_server(pw: &Portwatch, ns: &Netns, argv: &[&str]) -> Result<()> {
             .to_string();
         drop(evs);
         let mut a = spawn(ns, "pw-asker")?;
-        let b = bind_fails(&mut a, &SockSpec::tcp("127.0.0.1:8080"), EADDRINUSE)?;
+        let b = bind_fails(&mut a, &asked, EADDRINUSE)?;
         let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
         fields(
             &ev,
             &[
-                ("explain.rule", json!("reuseaddr-vs-listen")),
+                ("explain.rule", json!(rule)),
                 ("explain.holders.0.options.reuseaddr", json!(true)),
                 ("explain.holders.0.owners.0.pid", json!(pid)),
                 ("explain.holders.0.owners.0.comm", json!(comm)),
