@@ -11,7 +11,6 @@ use std::{
 };
 
 use aya::Ebpf;
-use log::debug;
 
 use crate::{
     event::Event,
@@ -33,8 +32,8 @@ enum Known {
 }
 
 pub struct FactFinder {
-    /// None until the iterators are loaded; Some(Err) if they cannot be.
-    tables: Option<Result<(), String>>,
+    /// Whether the socket table iterators loaded, and why not.
+    tables: Result<(), String>,
     known: HashMap<u64, Known>,
     /// Per-drain caches.
     holders: HashMap<(u32, u16), Result<Vec<Holder>, String>>,
@@ -50,9 +49,9 @@ pub struct FactFinder {
 const MAX_OTHER_NETNS: usize = 8;
 
 impl FactFinder {
-    pub fn new() -> Self {
+    pub fn new(tables: Result<(), String>) -> Self {
         FactFinder {
-            tables: None,
+            tables,
             known: HashMap::new(),
             holders: HashMap::new(),
             owners: None,
@@ -66,18 +65,6 @@ impl FactFinder {
         self.holders.clear();
         self.owners = None;
         self.netns_facts.clear();
-    }
-
-    fn ensure_tables(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
-        self.tables
-            .get_or_insert_with(|| {
-                let r = tables::load(ebpf);
-                if let Err(e) = &r {
-                    debug!("socket table iterators unavailable: {e}");
-                }
-                r
-            })
-            .clone()
     }
 
     fn owners(&mut self) -> &HashMap<u64, Vec<Owner>> {
@@ -108,7 +95,7 @@ impl FactFinder {
         netns: u32,
         port: Option<u16>,
     ) -> Result<Vec<Holder>, String> {
-        self.ensure_tables(ebpf)?;
+        self.tables.clone()?;
         let in_tables = tables::read(ebpf, ns, netns, port)?;
         let seen: HashSet<u64> = in_tables
             .iter()

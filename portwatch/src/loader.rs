@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::{
     btf::{self, Btf},
     cli::BackendChoice,
-    layout,
+    layout, tables,
 };
 
 /// The compiled kernel programs, built by build.rs through aya-build.
@@ -99,12 +99,43 @@ pub struct Loaded {
     pub load_time: Duration,
     /// Forwards the kernel side's aya-log records to the `log` crate; flush it now and then.
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Whether the socket table iterators loaded (and why not).
+    pub tables: Result<(), String>,
 }
 
-/// Facts about the running kernel that both loading and explaining need.
+/// What loading needs to know about the running kernel. The BTF it came from is dropped
+/// once this is built: it is several MiB and nothing else needs it.
 pub struct KernelInfo {
-    pub btf: Btf,
     pub layout: KernelLayout,
+    /// The fexit target functions this kernel's BTF has.
+    funcs: Vec<&'static str>,
+    /// The BTF aya gets to find fexit and iterator targets: see [`Btf::func_stub`].
+    aya_stub: Vec<u8>,
+}
+
+/// Functions whose BTF ids aya needs: fexit targets and iterator targets.
+const STUB_FUNCS: [&str; 6] = [
+    "inet_bind",
+    "inet6_bind",
+    "inet_listen",
+    "inet_bind_conflict",
+    "bpf_iter_tcp",
+    "bpf_iter_udp",
+];
+
+impl KernelInfo {
+    fn has_func(&self, name: &str) -> bool {
+        self.funcs.contains(&name)
+    }
+
+    fn aya_btf(&self) -> Result<aya::Btf, LoadError> {
+        aya::Btf::parse(&self.aya_stub, aya::Endianness::default()).map_err(|e| {
+            LoadError::Backend {
+                backend: Backend::Fexit,
+                detail: format!("preparing BTF for aya: {e}"),
+            }
+        })
+    }
 }
 
 pub fn check_privileges(command: &str) -> Result<(), LoadError> {
@@ -144,11 +175,22 @@ pub fn kernel_info() -> Result<KernelInfo, LoadError> {
     let started = Instant::now();
     let btf = Btf::from_file(path)?;
     let layout = layout::resolve(&btf)?;
+    let funcs = FEXIT_PROGRAMS
+        .iter()
+        .chain([&CONFLICT_PROGRAM])
+        .map(|(_, f)| *f)
+        .filter(|f| btf.has_func(f))
+        .collect();
+    let aya_stub = btf.func_stub(&STUB_FUNCS);
     debug!(
         "BTF parsed and layout resolved in {:?}: {layout:?}",
         started.elapsed()
     );
-    Ok(KernelInfo { btf, layout })
+    Ok(KernelInfo {
+        layout,
+        funcs,
+        aya_stub,
+    })
 }
 
 fn kernel_release() -> String {
@@ -253,7 +295,9 @@ pub fn load(
         Some(Ok(offsets)) => *offsets,
         _ => (16, 24, 16),
     };
-    let mut ebpf = open_object(kernel, filter, (enter_fd, enter_addr, exit_ret))?;
+    // aya finds fexit and iterator targets in a BTF of its own; it gets the stub.
+    let aya_btf = kernel.aya_btf()?;
+    let mut ebpf = open_object(kernel, filter, (enter_fd, enter_addr, exit_ret), &aya_btf)?;
     // The kernel side reports rare trouble (a full table, a vanished fd) through aya-log.
     let logger = aya_log::EbpfLogger::init(&mut ebpf)
         .inspect_err(|e| debug!("no kernel-side log channel: {e}"))
@@ -261,10 +305,11 @@ pub fn load(
 
     let (backend, fallback, conflict_hook) = match choice {
         BackendChoice::Fexit => {
-            let hook = attach_fexit(&mut ebpf, kernel).map_err(|detail| LoadError::Backend {
-                backend: Backend::Fexit,
-                detail,
-            })?;
+            let hook =
+                attach_fexit(&mut ebpf, kernel, &aya_btf).map_err(|detail| LoadError::Backend {
+                    backend: Backend::Fexit,
+                    detail,
+                })?;
             (Backend::Fexit, None, hook)
         }
         BackendChoice::Tracepoint => {
@@ -277,7 +322,7 @@ pub fn load(
             })?;
             (Backend::Tracepoint, None, false)
         }
-        BackendChoice::Auto => match attach_fexit(&mut ebpf, kernel) {
+        BackendChoice::Auto => match attach_fexit(&mut ebpf, kernel, &aya_btf) {
             Ok(hook) => (Backend::Fexit, None, hook),
             Err(fexit) => {
                 unload_fexit(&mut ebpf);
@@ -292,11 +337,17 @@ pub fn load(
             }
         },
     };
+    // Socket table iterators, for finding holders later.
+    let tables = tables::load(&mut ebpf, &aya_btf);
+    if let Err(e) = &tables {
+        debug!("socket table iterators unavailable: {e}");
+    }
     Ok(Loaded {
         ebpf,
         backend,
         fallback,
         conflict_hook,
+        tables,
         logger,
         load_time: started.elapsed(),
     })
@@ -308,11 +359,13 @@ fn open_object(
     kernel: &KernelInfo,
     filter: &KernelFilter,
     (enter_fd, enter_addr, exit_ret): (u32, u32, u32),
+    btf: &aya::Btf,
 ) -> Result<Ebpf, LoadError> {
     let filter_pid = filter.pid.unwrap_or(0);
     let filter_ports = u8::from(!filter.ports.is_empty());
     let filter_failed = u8::from(filter.failed_only);
     let mut ebpf = EbpfLoader::new()
+        .btf(btf)
         .override_global("LAYOUT", &kernel.layout, true)
         .override_global("FILTER_PID", &filter_pid, true)
         .override_global("SELF_PID", &std::process::id(), true)
@@ -343,7 +396,13 @@ fn open_object(
 /// bind path.
 pub fn load_for_tables(kernel: &KernelInfo) -> Result<Ebpf, LoadError> {
     bump_memlock();
-    open_object(kernel, &KernelFilter::default(), (16, 24, 16))
+    let btf = kernel.aya_btf()?;
+    let mut ebpf = open_object(kernel, &KernelFilter::default(), (16, 24, 16), &btf)?;
+    tables::load(&mut ebpf, &btf).map_err(|detail| LoadError::Backend {
+        backend: Backend::Tracepoint,
+        detail: format!("socket table iterators: {detail}"),
+    })?;
+    Ok(ebpf)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg. Raising it
@@ -368,10 +427,9 @@ const FEXIT_PROGRAMS: [(&str, &str); 3] = [
 ];
 const CONFLICT_PROGRAM: (&str, &str) = ("fexit_inet_bind_conflict", "inet_bind_conflict");
 
-fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo) -> Result<bool, String> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading BTF: {e}"))?;
+fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo, btf: &aya::Btf) -> Result<bool, String> {
     for (prog, func) in FEXIT_PROGRAMS {
-        if !kernel.btf.has_func(func) {
+        if !kernel.has_func(func) {
             return Err(format!("the kernel's BTF has no function {func}"));
         }
         let p: &mut FExit = ebpf
@@ -379,14 +437,14 @@ fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo) -> Result<bool, String> {
             .ok_or_else(|| format!("program {prog} missing from the object"))?
             .try_into()
             .map_err(|e| format!("{prog}: {e}"))?;
-        p.load(func, &btf)
+        p.load(func, btf)
             .map_err(|e| describe_load_error(func, &e))?;
         p.attach()
             .map_err(|e| format!("attaching to {func}: {e}"))?;
     }
     // The conflict hook is a bonus: without it, holders come from the socket tables instead.
     let (prog, func) = CONFLICT_PROGRAM;
-    if !kernel.btf.has_func(func) {
+    if !kernel.has_func(func) {
         debug!("no {func} in BTF; holders will come from the socket tables");
         return Ok(false);
     }
@@ -396,7 +454,7 @@ fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo) -> Result<bool, String> {
             .ok_or("missing")?
             .try_into()
             .map_err(|e| format!("{e}"))?;
-        p.load(func, &btf)
+        p.load(func, btf)
             .map_err(|e| describe_load_error(func, &e))?;
         p.attach().map_err(|e| format!("{e}"))?;
         Ok(())

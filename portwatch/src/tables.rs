@@ -24,15 +24,14 @@ use crate::{
 const PROGRAMS: [(&str, &str); 2] = [("iter_tcp", "tcp"), ("iter_udp", "udp")];
 
 /// Loads the two iterator programs (once per process).
-pub fn load(ebpf: &mut Ebpf) -> Result<(), String> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading BTF: {e}"))?;
+pub fn load(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
     for (name, target) in PROGRAMS {
         let p: &mut Iter = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("program {name} missing"))?
             .try_into()
             .map_err(|e| format!("{name}: {e}"))?;
-        p.load(target, &btf)
+        p.load(target, btf)
             .map_err(|e| format!("loading iter/{target}: {e}"))?;
     }
     Ok(())

@@ -207,6 +207,8 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         failed_only: args.failed,
     };
     let mut loaded = loader::load(args.backend, &filter, &kernel)?;
+    // Loading parsed the kernel's BTF twice (ours, then aya's); give that memory back.
+    unsafe { libc::malloc_trim(0) };
     let started = Instant::now();
     let ring = RingBuf::try_from(
         loaded
@@ -260,7 +262,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             ),
         },
         namespaces: Namespaces::default(),
-        facts: FactFinder::new(),
+        facts: FactFinder::new(loaded.tables),
         conflicts: HashMap::new(),
         lookahead: Vec::new(),
         summary: Summary {

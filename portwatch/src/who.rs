@@ -48,7 +48,7 @@ pub fn run(args: WhoArgs) -> Result<()> {
     let kernel = loader::kernel_info()?;
     let mut ebpf = loader::load_for_tables(&kernel)?;
     let mut ns = Namespaces::default();
-    let mut finder = FactFinder::new();
+    let mut finder = FactFinder::new(Ok(()));
     let namespaces = ns.discover();
     let mut holders: Vec<Holder> = Vec::new();
     let mut failures = Vec::new();
