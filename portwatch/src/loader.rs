@@ -38,8 +38,9 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error(
-        "tracing needs root, or the capabilities CAP_BPF and CAP_PERFMON (with CAP_SYS_PTRACE \
-         to name socket owners).\n  fix: run it with sudo: sudo portwatch {0}"
+        "portwatch {0} loads eBPF programs, which needs root, or the capabilities CAP_BPF and \
+         CAP_PERFMON (with CAP_SYS_PTRACE to name socket owners).\n  fix: run it with sudo: \
+         sudo portwatch {0}"
     )]
     NotPrivileged(String),
     #[error(
@@ -62,7 +63,7 @@ pub enum LoadError {
     Object(#[from] aya::EbpfError),
     #[error("no backend could be loaded:\n  fexit: {fexit}\n  tracepoint: {tracepoint}")]
     NoBackend { fexit: String, tracepoint: String },
-    #[error("{backend} backend: {detail}")]
+    #[error("{backend} backend: {detail}\n  fix: try --backend auto, which falls back to what loads")]
     Backend { backend: Backend, detail: String },
 }
 
