@@ -84,13 +84,10 @@ pub struct Session {
 }
 
 /// Records taken from the ring buffer per pass. A pass is explained as a unit: one socket
-/// table lookup per port serves all its events.
-const BATCH: usize = 16384;
-/// Passes per wakeup before going back to the event loop. One: each pass reads the socket
-/// tables (a walk of the whole TCP hash, ~3 ms), so under a flood, passes run back to back
-/// would shrink to a few hundred events each and spend most of the CPU on walks. Waiting for
-/// the next wakeup or tick lets the ring gather thousands of events per walk.
-const MAX_PASSES_PER_DRAIN: usize = 1;
+/// table lookup per port serves all its events. It also bounds the memory a flood can take.
+const BATCH: usize = 4096;
+/// Passes per wakeup before going back to the event loop (to serve signals and the timer).
+const MAX_PASSES_PER_DRAIN: usize = 16;
 
 /// Socket inodes that a successful call in `records` bound, with the position of the first.
 fn bound_in(records: &[Record]) -> HashMap<u64, usize> {
@@ -193,6 +190,13 @@ impl Session {
             }
             self.facts.new_batch();
             self.handle_batch(batch, ring)?;
+            // Another pass right away only when a full batch is already waiting (a backlog).
+            // Each pass walks the socket tables (the whole TCP hash, ~3 ms); passes run back to
+            // back on a partial batch would shrink to a few hundred events each and spend most
+            // of the CPU on walks, so a partial batch waits for the next wakeup or tick.
+            if self.lookahead.len() < BATCH {
+                break;
+            }
         }
         self.printer.flush()
     }
