@@ -63,7 +63,9 @@ pub enum LoadError {
     Object(#[from] aya::EbpfError),
     #[error("no backend could be loaded:\n  fexit: {fexit}\n  tracepoint: {tracepoint}")]
     NoBackend { fexit: String, tracepoint: String },
-    #[error("{backend} backend: {detail}\n  fix: try --backend auto, which falls back to what loads")]
+    #[error(
+        "{backend} backend: {detail}\n  fix: try --backend auto, which falls back to what loads"
+    )]
     Backend { backend: Backend, detail: String },
 }
 

@@ -19,6 +19,7 @@
 //! tiny size, so the suite notices when the bench rots.
 
 pub mod attach;
+mod bpfcost;
 mod guest;
 mod report;
 mod stats;
@@ -132,6 +133,8 @@ struct Settings {
     binds: u64,
     warmup: u64,
     sweep_ms: u64,
+    /// Binds per configuration in the kernel-side cost pass.
+    bpf_binds: u64,
     attach_samples: usize,
     overflow_binds: u64,
     vm: Option<guest::VmSettings>,
@@ -213,6 +216,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         binds,
         warmup: binds / 10,
         sweep_ms: (args.sweep_secs.unwrap_or(if q { 1.0 } else { 3.0 }) * 1e3) as u64,
+        bpf_binds: if q { 10_000 } else { 30_000 },
         attach_samples: args.attach_samples.unwrap_or(if q { 3 } else { 5 }),
         overflow_binds: OVERFLOW_BINDS,
         vm: (!args.no_vm).then(|| guest::VmSettings {
@@ -265,6 +269,7 @@ pub fn smoke() -> Result<()> {
         binds: 2000,
         warmup: 200,
         sweep_ms: 300,
+        bpf_binds: 2000,
         attach_samples: 1,
         overflow_binds: OVERFLOW_BINDS,
         vm: None,
@@ -330,6 +335,22 @@ fn execute(s: &Settings) -> Result<Results> {
         &mut || !foreign_tracers().is_empty(),
     )?;
 
+    eprintln!(
+        "bench: kernel-side cost per bind (kernel.bpf_stats_enabled, {} binds each)",
+        s.bpf_binds
+    );
+    let mut bpf = Vec::new();
+    for &t in HOST_CONFIGS.iter().filter(|t| **t != Tracer::None) {
+        thread::sleep(SETTLE);
+        let c = bpfcost::measure(&tools, &mut worker, t, s.bpf_binds)
+            .with_context(|| format!("BPF run time of {}", t.label()))?;
+        eprintln!(
+            "bench:   {:>6.0} ns per bind in BPF  {}",
+            c.ns_per_bind,
+            t.label()
+        );
+        bpf.push(c);
+    }
     eprintln!("bench: keeping-up sweep ({} ms per step)", s.sweep_ms);
     let sweep = sweep(&tools, &mut worker, &bindloop, s)?;
     eprintln!(
@@ -375,6 +396,7 @@ fn execute(s: &Settings) -> Result<Results> {
         cpu: s.cpu,
         configs: HOST_CONFIGS.to_vec(),
         measurements,
+        bpf,
         sweep,
         overflow,
         attach,
@@ -712,7 +734,8 @@ fn profile(tools: &Tools, worker: &mut Worker, ms: u64) -> String {
         let body: Vec<String> = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .filter(|l| !l.contains("0xffffffffffffffff"))
+            // The runtime's frames wrap everything; they say nothing about where time goes.
+            .filter(|l| !l.contains("0xffffffffffffffff") && !l.contains("tokio::"))
             .map(|l| {
                 let l = l.split_whitespace().collect::<Vec<_>>().join(" ");
                 l.chars().take(150).collect()

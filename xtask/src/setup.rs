@@ -40,6 +40,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "initramfs tooling"),
     ("bpftool", "checking that no programs stay loaded"),
     ("iproute2", "ss and ip, for looking at sockets by hand"),
+    (
+        "bpftrace",
+        "the bench's peer tracer and empty-program baseline",
+    ),
+    ("gcc", "compiling the bench's bind loop"),
 ];
 
 /// The bpf-linker release whose LLVM (22) matches the pinned nightly's.

@@ -18,6 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    bench,
     cmd::{self, workspace_root},
     run, scenarios,
     scenarios::Outcome,
@@ -112,6 +113,10 @@ pub fn main(args: TestArgs) -> Result<()> {
                 suite.stage("scenarios in the VM", |s| {
                     vm_scenarios(s, &bin, &args.filter)
                 });
+            }
+            // A scenario filter means "just these": the bench is not one of them.
+            if args.filter.is_empty() {
+                suite.stage("bench smoke", |_| bench::smoke());
             }
         }
         None => eprintln!("\n(no binary, so no scenarios)"),
