@@ -87,10 +87,10 @@ pub struct KernelLayout {
     pub fdt_max_fds: Field,
     pub fdt_fd: Field,
     pub file_private_data: Field,
-    pub file_inode: Field,
     pub inode_ino: Field,
     pub socket_sk: Field,
-    pub socket_file: Field,
+    /// `socket_alloc.vfs_inode`: where a socket's inode sits after it. Only the offset counts.
+    pub socket_inode: Field,
     // struct sock_common / struct sock
     pub sk_family: Field,
     pub sk_state: Field,

@@ -1,5 +1,7 @@
 //! Reading kernel memory through the field table user space resolved from BTF.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     EbpfContext,
     cty::c_void,
@@ -53,14 +55,6 @@ pub fn read_bytes(addr: u64, size: u32) -> u64 {
     u64::from_le_bytes(buf)
 }
 
-/// 16 bytes (an IPv6 address) at `addr`, zeros where unreadable.
-#[inline(always)]
-pub fn read_16(addr: u64) -> [u8; 16] {
-    let mut buf = [0u8; 16];
-    unsafe { probe_read_raw(buf.as_mut_ptr().cast::<c_void>(), 16, addr as *const c_void) };
-    buf
-}
-
 /// A pointer-sized value at `addr`, 0 where unreadable.
 #[inline(always)]
 pub fn read_u64(addr: u64) -> u64 {
@@ -74,11 +68,127 @@ pub fn read_field(base: u64, field: &'static Field) -> u64 {
     if f.size == 0 || f.size > 8 || base == 0 {
         return 0;
     }
-    let v = read_bytes(base + u64::from(f.offset), u32::from(f.size));
+    unpack(read_bytes(base + u64::from(f.offset), u32::from(f.size)), f)
+}
+
+/// Shifts and masks a bitfield out of the bytes that hold it; plain fields pass through.
+#[inline(always)]
+fn unpack(v: u64, f: Field) -> u64 {
     if f.bits == 0 {
         v
     } else {
         (v >> f.shift) & ((1u64 << f.bits) - 1)
+    }
+}
+
+/// `(WORDS - 1) * 8` bytes of a struct, fetched with one helper call, for fields that sit
+/// close together.
+///
+/// Why: a bpf_probe_read_kernel costs about 55 ns on these machines, and an event reads a dozen
+/// fields of `sock_common` alone. Offsets come from LAYOUT, which the verifier sees as
+/// constants (frozen .rodata), so the word a field sits in is a fixed stack slot, and the
+/// fallback for a field outside the window is dead code that the verifier skips. The last word
+/// stays zero, so a field that ends inside the window can always be read as two words.
+pub struct Window<const WORDS: usize> {
+    base: u64,
+    start: u32,
+    words: [u64; WORDS],
+}
+
+impl<const WORDS: usize> Window<WORDS> {
+    const BYTES: u32 = ((WORDS - 1) * 8) as u32;
+
+    /// Reads the window at `base + start`; all zeros when `base` is 0 or unreadable.
+    #[inline(always)]
+    pub fn load(base: u64, start: u32) -> Self {
+        // Left uninitialised for the helper, which zeroes it when the read faults (as it does
+        // for base 0): a zeroing first would be a memset call, whose stack frame adds to
+        // ours, and the fexit programs are close to the 512-byte limit.
+        let mut words = MaybeUninit::<[u64; WORDS]>::uninit();
+        let mut words = unsafe {
+            probe_read_raw(
+                words.as_mut_ptr().cast::<c_void>(),
+                (WORDS * 8) as u32,
+                (base + u64::from(start)) as *const c_void,
+            );
+            words.assume_init()
+        };
+        words[WORDS - 1] = 0;
+        Window { base, start, words }
+    }
+
+    /// The window that starts at the lowest of `fields`' offsets.
+    #[inline(always)]
+    pub fn around(base: u64, fields: &[&'static Field]) -> Self {
+        let mut start = u32::MAX;
+        for f in fields {
+            let f = global(*f);
+            if f.size != 0 && f.offset < start {
+                start = f.offset;
+            }
+        }
+        Self::load(base, if start == u32::MAX { 0 } else { start })
+    }
+
+    /// A field, from the window when it lies inside, else with its own read.
+    #[inline(always)]
+    pub fn field(&self, field: &'static Field) -> u64 {
+        self.get(global(field))
+    }
+
+    #[inline(always)]
+    fn get(&self, f: Field) -> u64 {
+        if f.size == 0 || f.size > 8 || self.base == 0 {
+            return 0;
+        }
+        let inside =
+            f.offset >= self.start && f.offset - self.start + u32::from(f.size) <= Self::BYTES;
+        let v = if inside {
+            let rel = f.offset - self.start;
+            let i = (rel / 8) as usize % (WORDS - 1);
+            let shift = (rel % 8) * 8;
+            let lo = self.words[i] >> shift;
+            let hi = if shift == 0 {
+                0
+            } else {
+                self.words[i + 1] << (64 - shift)
+            };
+            let v = lo | hi;
+            if f.size == 8 {
+                v
+            } else {
+                v & ((1u64 << (u32::from(f.size) * 8)) - 1)
+            }
+        } else {
+            read_bytes(self.base + u64::from(f.offset), u32::from(f.size))
+        };
+        unpack(v, f)
+    }
+
+    /// 16 bytes (an IPv6 address) starting at `field`'s offset; zeros when the kernel has no
+    /// such field.
+    #[inline(always)]
+    pub fn bytes16(&self, field: &'static Field) -> [u8; 16] {
+        let f = global(field);
+        let mut out = [0u8; 16];
+        if f.size == 0 || self.base == 0 {
+            return out;
+        }
+        if f.offset >= self.start && f.offset - self.start + 16 <= Self::BYTES {
+            let lo = self.get(Field::plain(f.offset, 8)).to_le_bytes();
+            let hi = self.get(Field::plain(f.offset + 8, 8)).to_le_bytes();
+            out[..8].copy_from_slice(&lo);
+            out[8..].copy_from_slice(&hi);
+        } else {
+            unsafe {
+                probe_read_raw(
+                    out.as_mut_ptr().cast::<c_void>(),
+                    16,
+                    (self.base + u64::from(f.offset)) as *const c_void,
+                )
+            };
+        }
+        out
     }
 }
 
@@ -104,10 +214,11 @@ pub fn socket_of_fd(fd: i64) -> u64 {
     let task = unsafe { bpf_get_current_task() };
     let files = read_field(task, &LAYOUT.task_files);
     let fdt = read_field(files, &LAYOUT.files_fdt);
-    if fd as u64 >= read_field(fdt, &LAYOUT.fdt_max_fds) {
+    let table = Window::<3>::around(fdt, &[&LAYOUT.fdt_max_fds, &LAYOUT.fdt_fd]);
+    if fd as u64 >= table.field(&LAYOUT.fdt_max_fds) {
         return 0;
     }
-    let fds = read_field(fdt, &LAYOUT.fdt_fd);
+    let fds = table.field(&LAYOUT.fdt_fd);
     if fds == 0 {
         return 0;
     }
@@ -115,10 +226,19 @@ pub fn socket_of_fd(fd: i64) -> u64 {
     read_field(file, &LAYOUT.file_private_data)
 }
 
-/// A `struct sock *`, and the `struct socket *` that owns it when known.
+/// The `struct sock` fields that sit outside `sock_common`, read together.
+pub struct SockBody {
+    pub protocol: u16,
+    pub sock_type: u16,
+    pub uid: u32,
+}
+
+/// A `struct sock *`, the `struct socket *` that owns it when known, and the start of its
+/// `sock_common` read in one go (see [`Window`]).
 pub struct Sock {
     sk: u64,
     socket: u64,
+    common: Window<4>,
 }
 
 impl Sock {
@@ -131,7 +251,7 @@ impl Sock {
         if sk == 0 {
             return None;
         }
-        Some(Sock { sk, socket })
+        Some(Sock::new(sk, socket))
     }
 
     /// A sock reached without its socket (the other side of a conflict). It may be a
@@ -139,17 +259,30 @@ impl Sock {
     /// anything past it.
     #[inline(always)]
     pub fn from_sk(sk: u64) -> Sock {
-        Sock { sk, socket: 0 }
+        Sock::new(sk, 0)
+    }
+
+    /// `sock_common` opens every `struct sock` (and TIME_WAIT and request socks). Its first
+    /// 24 bytes hold the addresses, ports, family, state, reuse bits and bound device on 6.1
+    /// and 6.18; the rest (netns, IPv6 addresses) is read field by field. A wider window
+    /// would save those reads but costs stack that the fexit programs do not have.
+    #[inline(always)]
+    fn new(sk: u64, socket: u64) -> Sock {
+        Sock {
+            sk,
+            socket,
+            common: Window::load(sk, 0),
+        }
     }
 
     #[inline(always)]
     pub fn family(&self) -> u16 {
-        read_field(self.sk, &LAYOUT.sk_family) as u16
+        self.common.field(&LAYOUT.sk_family) as u16
     }
 
     #[inline(always)]
     pub fn state(&self) -> u8 {
-        read_field(self.sk, &LAYOUT.sk_state) as u8
+        self.common.field(&LAYOUT.sk_state) as u8
     }
 
     #[inline(always)]
@@ -160,41 +293,41 @@ impl Sock {
 
     #[inline(always)]
     pub fn num(&self) -> u16 {
-        read_field(self.sk, &LAYOUT.sk_num) as u16
+        self.common.field(&LAYOUT.sk_num) as u16
     }
 
     #[inline(always)]
     pub fn reuse(&self) -> u8 {
-        read_field(self.sk, &LAYOUT.sk_reuse) as u8
+        self.common.field(&LAYOUT.sk_reuse) as u8
     }
 
     #[inline(always)]
     pub fn bound_dev_if(&self) -> u32 {
-        read_field(self.sk, &LAYOUT.sk_bound_dev_if) as u32
+        self.common.field(&LAYOUT.sk_bound_dev_if) as u32
     }
 
+    /// Protocol, type and owner uid; only for full sockets (see [`Sock::is_full`]).
     #[inline(always)]
-    pub fn protocol(&self) -> u16 {
-        read_field(self.sk, &LAYOUT.sk_protocol) as u16
-    }
-
-    #[inline(always)]
-    pub fn sock_type(&self) -> u16 {
-        read_field(self.sk, &LAYOUT.sk_type) as u16
-    }
-
-    #[inline(always)]
-    pub fn uid(&self) -> u32 {
-        read_field(self.sk, &LAYOUT.sk_uid) as u32
+    pub fn body(&self) -> SockBody {
+        let w = Window::<3>::around(
+            self.sk,
+            &[&LAYOUT.sk_protocol, &LAYOUT.sk_type, &LAYOUT.sk_uid],
+        );
+        SockBody {
+            protocol: w.field(&LAYOUT.sk_protocol) as u16,
+            sock_type: w.field(&LAYOUT.sk_type) as u16,
+            uid: w.field(&LAYOUT.sk_uid) as u32,
+        }
     }
 
     #[inline(always)]
     pub fn netns(&self) -> u32 {
-        let net = read_field(self.sk, &LAYOUT.sk_net);
+        let net = self.common.field(&LAYOUT.sk_net);
         read_field(net, &LAYOUT.net_inum) as u32
     }
 
-    /// Inode of the socket (what /proc/PID/fd links name), 0 when orphaned.
+    /// Inode of the socket (what /proc/PID/fd links name), 0 when orphaned. Every socket
+    /// lives in a `socket_alloc` next to its inode, so no pointer needs following.
     #[inline(always)]
     pub fn ino(&self) -> u64 {
         let socket = if self.socket != 0 {
@@ -202,29 +335,42 @@ impl Sock {
         } else {
             read_field(self.sk, &LAYOUT.sk_socket)
         };
-        let file = read_field(socket, &LAYOUT.socket_file);
-        let inode = read_field(file, &LAYOUT.file_inode);
-        read_field(inode, &LAYOUT.inode_ino)
+        let inode = global(&LAYOUT.socket_inode);
+        if socket == 0 || inode.size == 0 {
+            return 0;
+        }
+        read_field(socket + u64::from(inode.offset), &LAYOUT.inode_ino)
     }
 
     /// The bound local address: 4 bytes for IPv4, 16 for IPv6, in network order.
     #[inline(always)]
     pub fn rcv_saddr(&self, family: u16) -> [u8; 16] {
-        let mut out = [0u8; 16];
+        self.addr(family, &LAYOUT.sk_rcv_saddr, &LAYOUT.sk_v6_rcv_saddr)
+    }
+
+    /// The peer address, for connected sockets.
+    #[inline(always)]
+    pub fn daddr(&self, family: u16) -> [u8; 16] {
+        self.addr(family, &LAYOUT.sk_daddr, &LAYOUT.sk_v6_daddr)
+    }
+
+    #[inline(always)]
+    fn addr(&self, family: u16, v4: &'static Field, v6: &'static Field) -> [u8; 16] {
         if family == AF_INET6 {
-            let f = global(&LAYOUT.sk_v6_rcv_saddr);
-            if f.size != 0 {
-                out = read_16(self.sk + u64::from(f.offset));
-            }
-        } else {
-            let v = read_field(self.sk, &LAYOUT.sk_rcv_saddr) as u32;
-            let b = v.to_ne_bytes();
-            out[0] = b[0];
-            out[1] = b[1];
-            out[2] = b[2];
-            out[3] = b[3];
+            return self.common.bytes16(v6);
         }
+        let mut out = [0u8; 16];
+        let b = (self.common.field(v4) as u32).to_ne_bytes();
+        out[0] = b[0];
+        out[1] = b[1];
+        out[2] = b[2];
+        out[3] = b[3];
         out
+    }
+
+    #[inline(always)]
+    pub fn dport(&self) -> u16 {
+        u16::from_be(self.common.field(&LAYOUT.sk_dport) as u16)
     }
 
     /// Options that live in `sock_common`, so they can be read on TIME_WAIT sockets too.
@@ -234,10 +380,10 @@ impl Sock {
         if self.reuse() != 0 {
             o |= opt::REUSEADDR;
         }
-        if read_field(self.sk, &LAYOUT.sk_reuseport) != 0 {
+        if self.common.field(&LAYOUT.sk_reuseport) != 0 {
             o |= opt::REUSEPORT;
         }
-        if read_field(self.sk, &LAYOUT.sk_ipv6only) != 0 {
+        if self.common.field(&LAYOUT.sk_ipv6only) != 0 {
             o |= opt::V6ONLY;
         }
         o
@@ -247,13 +393,21 @@ impl Sock {
     #[inline(always)]
     pub fn options(&self) -> u16 {
         let mut o = self.common_options();
-        if read_field(self.sk, &LAYOUT.inet_freebind) != 0 {
+        let inet = Window::<3>::around(
+            self.sk,
+            &[
+                &LAYOUT.inet_freebind,
+                &LAYOUT.inet_transparent,
+                &LAYOUT.inet_bind_address_no_port,
+            ],
+        );
+        if inet.field(&LAYOUT.inet_freebind) != 0 {
             o |= opt::FREEBIND;
         }
-        if read_field(self.sk, &LAYOUT.inet_transparent) != 0 {
+        if inet.field(&LAYOUT.inet_transparent) != 0 {
             o |= opt::TRANSPARENT;
         }
-        if read_field(self.sk, &LAYOUT.inet_bind_address_no_port) != 0 {
+        if inet.field(&LAYOUT.inet_bind_address_no_port) != 0 {
             o |= opt::BIND_ADDRESS_NO_PORT;
         }
         o
@@ -263,29 +417,5 @@ impl Sock {
     #[inline(always)]
     pub fn tw_expires(&self) -> u64 {
         read_field(self.sk, &LAYOUT.tw_timer_expires)
-    }
-
-    /// The peer address, for connected sockets.
-    #[inline(always)]
-    pub fn daddr(&self, family: u16) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        if family == AF_INET6 {
-            let f = global(&LAYOUT.sk_v6_daddr);
-            if f.size != 0 {
-                out = read_16(self.sk + u64::from(f.offset));
-            }
-        } else {
-            let b = (read_field(self.sk, &LAYOUT.sk_daddr) as u32).to_ne_bytes();
-            out[0] = b[0];
-            out[1] = b[1];
-            out[2] = b[2];
-            out[3] = b[3];
-        }
-        out
-    }
-
-    #[inline(always)]
-    pub fn dport(&self) -> u16 {
-        u16::from_be(read_field(self.sk, &LAYOUT.sk_dport) as u16)
     }
 }

@@ -267,9 +267,10 @@ fn emit(rec: u8, backend: u8, req: &Request, fd: i32, sock: u64, ret: i32) {
                 (*e).family = family;
                 (*e).bound_port = bound_port;
                 (*e).bound_addr = sk.rcv_saddr(family);
-                (*e).protocol = sk.protocol();
-                (*e).sock_type = sk.sock_type();
-                (*e).sk_uid = sk.uid();
+                let body = sk.body();
+                (*e).protocol = body.protocol;
+                (*e).sock_type = body.sock_type;
+                (*e).sk_uid = body.uid;
                 (*e).netns = sk.netns();
                 (*e).bound_dev_if = sk.bound_dev_if();
                 (*e).reuse = sk.reuse();
@@ -501,7 +502,7 @@ fn emit_conflict(sk: Sock) {
         (*e).options = sk.common_options();
         (*e).bound_dev_if = sk.bound_dev_if();
         (*e).netns = sk.netns();
-        (*e).uid = if full { sk.uid() } else { 0 };
+        (*e).uid = if full { sk.body().uid } else { 0 };
         (*e).ino = if full { sk.ino() } else { 0 };
     }
     entry.submit(wakeup_flag());

@@ -53,6 +53,14 @@ impl Resolver<'_> {
         Ok(Some(Field::plain(m.bit_offset / 8, size as u8)))
     }
 
+    /// A struct embedded in another: only its offset counts (size reads as 8).
+    fn embedded(&self, st: &'static str, path: &'static str) -> Result<Field, LayoutError> {
+        let m = self
+            .member(st, path)?
+            .ok_or(LayoutError::Member(st, path))?;
+        Ok(Field::plain(m.bit_offset / 8, 8))
+    }
+
     /// `inet_sock.NAME` as a bitfield (before 6.6), or bit `INET_FLAGS_X` of `inet_flags`.
     fn inet_flag(&self, bitfield: &'static str, flag: &'static str) -> Result<Field, LayoutError> {
         if let Some(f) = self.optional("inet_sock", bitfield)? {
@@ -99,10 +107,9 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
         fdt_max_fds: r.field("fdtable", "max_fds")?,
         fdt_fd: r.field("fdtable", "fd")?,
         file_private_data: r.field("file", "private_data")?,
-        file_inode: r.field("file", "f_inode")?,
         inode_ino: r.field("inode", "i_ino")?,
         socket_sk: r.field("socket", "sk")?,
-        socket_file: r.field("socket", "file")?,
+        socket_inode: r.embedded("socket_alloc", "vfs_inode")?,
         sk_family: r.field("sock_common", "skc_family")?,
         sk_state: r.field("sock_common", "skc_state")?,
         sk_reuse: r.field("sock_common", "skc_reuse")?,
