@@ -12,7 +12,8 @@
 //! BTF and writes them into [`LAYOUT`] before loading (aya emits no CO-RE relocations for Rust).
 #![no_std]
 #![no_main]
-#![feature(core_intrinsics, asm_experimental_arch)]
+#![feature(core_intrinsics)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![allow(internal_features)]
 
 mod iter;
