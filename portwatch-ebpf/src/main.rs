@@ -183,19 +183,31 @@ fn decode_sockaddr(raw: &[u8; 28], len: usize) -> Request {
     req
 }
 
-/// Reads the caller's sockaddr. `user` says which address space `ptr` is in. Reads 16 bytes
-/// first (a sockaddr_in may end at a page boundary), then the rest for IPv6.
+/// Reads the caller's sockaddr. `user` says which address space `ptr` is in.
 #[inline(always)]
 fn read_request(ptr: u64, addrlen: u64, user: bool) -> Request {
-    let mut raw = [0u8; 28];
-    let head: Option<[u8; 16]> = if user {
+    match read_head(ptr, user) {
+        Some(head) => complete_request(head, ptr, addrlen, user),
+        None => Request::NONE,
+    }
+}
+
+/// The first 16 bytes of a sockaddr: family and port, and all of a sockaddr_in. Read apart
+/// from the rest because a sockaddr_in may end at a page boundary, and because they are all
+/// the port filter needs.
+#[inline(always)]
+fn read_head(ptr: u64, user: bool) -> Option<[u8; 16]> {
+    if user {
         probe_user(ptr)
     } else {
         probe_kernel(ptr)
-    };
-    let Some(head) = head else {
-        return Request::NONE;
-    };
+    }
+}
+
+/// The request from its first 16 bytes, reading the rest of a sockaddr_in6.
+#[inline(always)]
+fn complete_request(head: [u8; 16], ptr: u64, addrlen: u64, user: bool) -> Request {
+    let mut raw = [0u8; 28];
     let mut i = 0;
     while i < 16 {
         raw[i] = head[i];
@@ -322,31 +334,32 @@ fn wakeup_flag() -> u64 {
 
 #[tracepoint]
 pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+    let uaddr: u64 = tp_arg(&ctx, global(&TP_ENTER_ADDR));
+    // addrlen follows umyaddr in the syscall's argument array.
+    let addrlen: u64 = tp_arg(&ctx, global(&TP_ENTER_ADDR) + 8);
+    let head = read_head(uaddr, true);
+    if let Some(head) = head
+        && addrlen >= 8
+    {
+        let family = u16::from_ne_bytes([head[0], head[1]]);
+        if family != AF_INET && family != AF_INET6 && family != AF_UNSPEC {
+            return 0; // AF_UNIX, AF_NETLINK, AF_PACKET...: not ours
+        }
+        // With a port filter most binds stop here, before anything else is read or stored.
+        // Port 0 binds stay: the port the kernel picks is only known at exit.
+        let port = u16::from_be_bytes([head[2], head[3]]);
+        if global(&FILTER_PORTS) != 0 && port != 0 && !port_in_filter(port) {
+            return 0;
+        }
+    }
     if !pid_wanted() {
         return 0;
     }
-    let uaddr: u64 = tp_arg(&ctx, global(&TP_ENTER_ADDR));
-    // With a port filter, look at the family and port alone first: most binds stop here.
-    if global(&FILTER_PORTS) != 0
-        && let Some(head) = probe_user::<[u8; 4]>(uaddr)
-    {
-        let family = u16::from_ne_bytes([head[0], head[1]]);
-        let port = u16::from_be_bytes([head[2], head[3]]);
-        if family != AF_INET && family != AF_INET6 && family != AF_UNSPEC {
-            return 0;
-        }
-        // Port 0 binds stay: the port the kernel picks is only known at exit.
-        if port != 0 && !port_in_filter(port) {
-            return 0;
-        }
-    }
+    let req = match head {
+        Some(head) => complete_request(head, uaddr, addrlen, true),
+        None => Request::NONE,
+    };
     let fd: u64 = tp_arg(&ctx, global(&TP_ENTER_FD));
-    // addrlen follows umyaddr in the syscall's argument array.
-    let addrlen: u64 = tp_arg(&ctx, global(&TP_ENTER_ADDR) + 8);
-    let req = read_request(uaddr, addrlen, true);
-    if req.ok != 0 && req.family != AF_INET && req.family != AF_INET6 && req.family != AF_UNSPEC {
-        return 0; // AF_UNIX, AF_NETLINK, AF_PACKET...: not ours
-    }
     stash(&ctx, fd as i64, record::BIND, req);
     0
 }
