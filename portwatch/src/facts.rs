@@ -176,15 +176,6 @@ impl FactFinder {
             return facts;
         };
         let netns = sock.netns;
-        if ev.ok() && netns != 0 && sock.port != 0 {
-            let seen = self.bound_ports.entry(sock.port).or_default();
-            if !seen.contains(&netns) {
-                seen.push(netns);
-                if seen.len() > MAX_OTHER_NETNS {
-                    seen.remove(0);
-                }
-            }
-        }
         let (sysctls, addrs) = self.netns_facts(ns, netns);
         facts.sysctls = sysctls;
         let errno = ev.errno();
@@ -200,27 +191,64 @@ impl FactFinder {
         if errno == Some(libc::EPERM) {
             facts.cgroup_bind_programs = crate::cgroup::bind_programs(ev.cgroup_id);
         }
-        let port = ev.port();
-        if explain::needs_holders(ev) {
-            let port_zero =
-                port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
-            if port_zero && !ev.ok() {
-                facts.ephemeral_ports_in_use =
-                    self.ephemeral_in_use(ebpf, ns, sock, &facts.sysctls);
-            } else {
-                match self.holders(ebpf, ns, netns, Some(port)) {
-                    Ok(mut h) => {
-                        mark_kernel_reported(&mut h, &ev.kernel_conflicts, self.owners());
-                        facts.holders = Some(h);
-                    }
-                    Err(e) => facts.holders_unavailable = Some(e),
-                }
-                if ev.ok() {
-                    facts.other_netns = self.other_netns(ebpf, ns, netns, port);
+        self.table_facts(ebpf, ns, ev, sock, &mut facts);
+        facts
+    }
+
+    /// Reads now what [`FactFinder::gather`] will need from the socket and fd tables for `ev`,
+    /// so that a `gather` later in the batch finds it cached. This lets the trace read the
+    /// tables for a whole pass before it takes the look-ahead, and gather each event's facts
+    /// only when it explains it, instead of keeping every event's facts at once.
+    pub fn prefetch(&mut self, ebpf: &mut Ebpf, ns: &mut Namespaces, ev: &Event) {
+        if let Some(sock) = ev.socket.as_ref() {
+            let mut scratch = Facts {
+                sysctls: self.netns_facts(ns, sock.netns).0,
+                ..Facts::default()
+            };
+            self.table_facts(ebpf, ns, ev, sock, &mut scratch);
+        }
+    }
+
+    /// The facts that come from the socket and fd tables: holders (or how full the ephemeral
+    /// range is) and the same port in other namespaces.
+    fn table_facts(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ns: &mut Namespaces,
+        ev: &Event,
+        sock: &SocketView,
+        facts: &mut Facts,
+    ) {
+        let netns = sock.netns;
+        if ev.ok() && netns != 0 && sock.port != 0 {
+            let seen = self.bound_ports.entry(sock.port).or_default();
+            if !seen.contains(&netns) {
+                seen.push(netns);
+                if seen.len() > MAX_OTHER_NETNS {
+                    seen.remove(0);
                 }
             }
         }
-        facts
+        if !explain::needs_holders(ev) {
+            return;
+        }
+        let port = ev.port();
+        let port_zero =
+            port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
+        if port_zero && !ev.ok() {
+            facts.ephemeral_ports_in_use = self.ephemeral_in_use(ebpf, ns, sock, &facts.sysctls);
+            return;
+        }
+        match self.holders(ebpf, ns, netns, Some(port)) {
+            Ok(mut h) => {
+                mark_kernel_reported(&mut h, &ev.kernel_conflicts, self.owners());
+                facts.holders = Some(h);
+            }
+            Err(e) => facts.holders_unavailable = Some(e),
+        }
+        if ev.ok() {
+            facts.other_netns = self.other_netns(ebpf, ns, netns, port);
+        }
     }
 
     fn ephemeral_in_use(

@@ -85,7 +85,7 @@ pub struct Session {
 
 /// Records taken from the ring buffer per pass. A pass is explained as a unit: one socket
 /// table lookup per port serves all its events. It also bounds the memory a flood can take.
-const BATCH: usize = 4096;
+const BATCH: usize = 16384;
 /// Passes per wakeup before going back to the event loop (to serve signals and the timer).
 const MAX_PASSES_PER_DRAIN: usize = 16;
 
@@ -123,29 +123,38 @@ impl Session {
     /// the tables were being read (the look-ahead, which starts the next pass).
     fn handle_batch(&mut self, batch: Vec<Record>, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         let bound_at = bound_in(&batch);
-        let mut calls: Vec<(usize, Event, explain::Facts)> = Vec::new();
-        for (i, r) in batch.into_iter().enumerate() {
+        // First the tables, for every call of the pass; the facts of each call are gathered
+        // from them (cached) when it is explained, so a pass holds its records and no more.
+        let mut keep = vec![false; batch.len()];
+        let mut batch = batch;
+        for (i, r) in batch.iter_mut().enumerate() {
             match r {
                 Record::Conflict { tid, holder } => {
-                    let list = self.conflicts.entry(tid).or_default();
+                    let list = self.conflicts.entry(*tid).or_default();
                     if list.len() < 16 {
-                        list.push(holder);
+                        list.push(holder.clone());
                     }
                 }
-                Record::Call(mut ev) => {
+                Record::Call(ev) => {
                     ev.kernel_conflicts = self.conflicts.remove(&ev.tid).unwrap_or_default();
-                    if !self.filter.keeps(&ev) {
+                    if !self.filter.keeps(ev) {
                         continue;
                     }
-                    self.enrich(&mut ev);
-                    let facts = self.facts.gather(&mut self.ebpf, &mut self.namespaces, &ev);
-                    calls.push((i, ev, facts));
+                    self.enrich(ev);
+                    self.facts
+                        .prefetch(&mut self.ebpf, &mut self.namespaces, ev);
+                    keep[i] = true;
                 }
             }
         }
         take(ring, &mut self.lookahead, BATCH);
         let future = bound_in(&self.lookahead);
-        for (i, ev, mut facts) in calls {
+        for (i, r) in batch.into_iter().enumerate() {
+            let Record::Call(ev) = r else { continue };
+            if !keep[i] {
+                continue;
+            }
+            let mut facts = self.facts.gather(&mut self.ebpf, &mut self.namespaces, &ev);
             let younger =
                 |ino: u64| future.contains_key(&ino) || bound_at.get(&ino).is_some_and(|&j| j > i);
             if let Some(h) = facts.holders.as_mut() {
