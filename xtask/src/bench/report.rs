@@ -714,6 +714,16 @@ impl Results {
         if self.overflow.stats.lost.is_none() {
             p.push("forced overflow: no lost count".into());
         }
+        // Not a speed: a bind neither reported nor counted as lost vanished silently.
+        for st in self.sweep.iter().chain(std::iter::once(&self.overflow)) {
+            if st.unaccounted() > 0 {
+                p.push(format!(
+                    "{}: {} binds unaccounted",
+                    st.label,
+                    st.unaccounted()
+                ));
+            }
+        }
         if self.attach.is_empty() {
             p.push("attach time: no sample".into());
         }
