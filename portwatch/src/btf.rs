@@ -149,8 +149,12 @@ impl Btf {
                 | kind::TYPE_TAG => 0,
                 k => return Err(BtfError::Kind(k)),
             };
-            types.push(t);
             pos = t.extra + extra_len;
+            // Every later read of a type's extra data relies on this check.
+            if pos > type_end {
+                return Err(BtfError::Truncated);
+            }
+            types.push(t);
         }
         Ok(Self {
             data,
@@ -419,6 +423,15 @@ mod tests {
         out.extend(types);
         out.extend(strings);
         out
+    }
+
+    #[test]
+    fn a_type_cut_short_is_an_error_not_a_panic() {
+        let mut data = sample();
+        // Shrink the type section by 4 bytes: its last type now runs past its end.
+        let type_len = u32::from_le_bytes(data[12..16].try_into().unwrap());
+        data[12..16].copy_from_slice(&(type_len - 4).to_le_bytes());
+        assert!(matches!(Btf::parse(data), Err(BtfError::Truncated)));
     }
 
     #[test]
