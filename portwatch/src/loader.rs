@@ -504,11 +504,14 @@ fn unload_fexit(ebpf: &mut Ebpf) {
     }
 }
 
+/// In attach order: the exits first, so that every call an enter program sees is finished by
+/// an exit program. A call seen only at enter would stay in PENDING and keep the exit programs'
+/// in-flight count above 0 (and their fast path off) for the whole session.
 const TRACEPOINT_PROGRAMS: [&str; 4] = [
-    "sys_enter_bind",
     "sys_exit_bind",
-    "sys_enter_listen",
     "sys_exit_listen",
+    "sys_enter_bind",
+    "sys_enter_listen",
 ];
 
 /// Detaches and unloads every tracing program; the socket table iterators stay for the last
