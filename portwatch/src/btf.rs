@@ -303,10 +303,11 @@ impl Btf {
     /// aya finds fexit and iterator targets by name in a parsed BTF and sends the kernel the
     /// type id. Parsing the whole vmlinux BTF costs aya ~25 MiB for a 5.5 MiB file; parsing
     /// this stub costs a few MiB and yields the same ids.
-    pub fn func_stub(&self, funcs: &[&str]) -> Vec<u8> {
+    pub fn func_stub<S: AsRef<str>>(&self, funcs: &[S]) -> Vec<u8> {
         let found: Vec<(u32, &str)> = funcs
             .iter()
-            .filter_map(|f| Some((self.find(f, &[kind::FUNC])?, *f)))
+            .map(AsRef::as_ref)
+            .filter_map(|f| Some((self.find(f, &[kind::FUNC])?, f)))
             .collect();
         let max_id = found.iter().map(|(id, _)| *id).max().unwrap_or(0);
         let mut strings = vec![0u8];

@@ -116,16 +116,6 @@ pub struct KernelInfo {
     aya_stub: Vec<u8>,
 }
 
-/// Functions whose BTF ids aya needs: fexit targets and iterator targets.
-const STUB_FUNCS: [&str; 6] = [
-    "inet_bind",
-    "inet6_bind",
-    "inet_listen",
-    "inet_bind_conflict",
-    "bpf_iter_tcp",
-    "bpf_iter_udp",
-];
-
 impl KernelInfo {
     fn has_func(&self, name: &str) -> bool {
         self.funcs.contains(&name)
@@ -178,13 +168,19 @@ pub fn kernel_info() -> Result<KernelInfo, LoadError> {
     let started = Instant::now();
     let btf = Btf::from_file(path)?;
     let layout = layout::resolve(&btf)?;
-    let funcs = FEXIT_PROGRAMS
-        .iter()
-        .chain([&CONFLICT_PROGRAM])
-        .map(|(_, f)| *f)
-        .filter(|f| btf.has_func(f))
+    let fexit_targets = || {
+        FEXIT_PROGRAMS
+            .iter()
+            .chain([&CONFLICT_PROGRAM])
+            .map(|(_, f)| *f)
+    };
+    let funcs = fexit_targets().filter(|f| btf.has_func(f)).collect();
+    // aya needs the BTF ids of the fexit and iterator targets, and nothing else.
+    let stub_funcs: Vec<String> = fexit_targets()
+        .map(String::from)
+        .chain(tables::btf_functions())
         .collect();
-    let aya_stub = btf.func_stub(&STUB_FUNCS);
+    let aya_stub = btf.func_stub(&stub_funcs);
     debug!(
         "BTF parsed and layout resolved in {:?}: {layout:?}",
         started.elapsed()

@@ -23,6 +23,13 @@ use crate::{
 
 const PROGRAMS: [(&str, &str); 2] = [("iter_tcp", "tcp"), ("iter_udp", "udp")];
 
+/// The kernel functions whose BTF ids aya looks up to load the iterators (`bpf_iter_<target>`).
+pub fn btf_functions() -> impl Iterator<Item = String> {
+    PROGRAMS
+        .iter()
+        .map(|(_, target)| format!("bpf_iter_{target}"))
+}
+
 /// Loads the two iterator programs (once per process).
 pub fn load(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
     for (name, target) in PROGRAMS {
