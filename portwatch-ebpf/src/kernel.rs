@@ -64,7 +64,12 @@ pub fn read_u64(addr: u64) -> u64 {
 /// A field of the struct at `base`, or 0 when it cannot be read or this kernel lacks it.
 #[inline(always)]
 pub fn read_field(base: u64, field: &'static Field) -> u64 {
-    let f = global(field);
+    read_value(base, global(field))
+}
+
+/// [`read_field`] for a field already read from LAYOUT (or built from one).
+#[inline(always)]
+fn read_value(base: u64, f: Field) -> u64 {
     if f.size == 0 || f.size > 8 || base == 0 {
         return 0;
     }
@@ -84,7 +89,7 @@ fn unpack(v: u64, f: Field) -> u64 {
 /// `(WORDS - 1) * 8` bytes of a struct, fetched with one helper call, for fields that sit
 /// close together.
 ///
-/// Why: a bpf_probe_read_kernel costs about 55 ns on these machines, and an event reads a dozen
+/// Why: a bpf_probe_read_kernel costs about 80 ns on these machines, and an event reads a dozen
 /// fields of `sock_common` alone. Offsets come from LAYOUT, which the verifier sees as
 /// constants (frozen .rodata), so the word a field sits in is a fixed stack slot, and the
 /// fallback for a field outside the window is dead code that the verifier skips. The last word
@@ -105,15 +110,15 @@ impl<const WORDS: usize> Window<WORDS> {
         // for base 0): a zeroing first would be a memset call, whose stack frame adds to
         // ours, and the fexit programs are close to the 512-byte limit.
         let mut words = MaybeUninit::<[u64; WORDS]>::uninit();
-        let mut words = unsafe {
+        let words = unsafe {
             probe_read_raw(
                 words.as_mut_ptr().cast::<c_void>(),
-                (WORDS * 8) as u32,
+                Self::BYTES,
                 (base + u64::from(start)) as *const c_void,
             );
+            words.as_mut_ptr().cast::<u64>().add(WORDS - 1).write(0);
             words.assume_init()
         };
-        words[WORDS - 1] = 0;
         Window { base, start, words }
     }
 
@@ -136,31 +141,31 @@ impl<const WORDS: usize> Window<WORDS> {
         self.get(global(field))
     }
 
+    /// Outside the window (or for a field this kernel lacks), the same read as [`read_field`].
+    /// Inside, no check of `base` is needed: the words of an unreadable window are zeros.
     #[inline(always)]
     fn get(&self, f: Field) -> u64 {
-        if f.size == 0 || f.size > 8 || self.base == 0 {
-            return 0;
+        let inside = f.size != 0
+            && f.size <= 8
+            && f.offset >= self.start
+            && f.offset - self.start + u32::from(f.size) <= Self::BYTES;
+        if !inside {
+            return read_value(self.base, f);
         }
-        let inside =
-            f.offset >= self.start && f.offset - self.start + u32::from(f.size) <= Self::BYTES;
-        let v = if inside {
-            let rel = f.offset - self.start;
-            let i = (rel / 8) as usize % (WORDS - 1);
-            let shift = (rel % 8) * 8;
-            let lo = self.words[i] >> shift;
-            let hi = if shift == 0 {
-                0
-            } else {
-                self.words[i + 1] << (64 - shift)
-            };
-            let v = lo | hi;
-            if f.size == 8 {
-                v
-            } else {
-                v & ((1u64 << (u32::from(f.size) * 8)) - 1)
-            }
+        let rel = f.offset - self.start;
+        let i = (rel / 8) as usize % (WORDS - 1);
+        let shift = (rel % 8) * 8;
+        let lo = self.words[i] >> shift;
+        let hi = if shift == 0 {
+            0
         } else {
-            read_bytes(self.base + u64::from(f.offset), u32::from(f.size))
+            self.words[i + 1] << (64 - shift)
+        };
+        let v = lo | hi;
+        let v = if f.size == 8 {
+            v
+        } else {
+            v & ((1u64 << (u32::from(f.size) * 8)) - 1)
         };
         unpack(v, f)
     }
