@@ -79,13 +79,23 @@ impl FactFinder {
         netns: u32,
         port: Option<u16>,
     ) -> Result<Vec<Holder>, String> {
+        self.cached_holders(ebpf, ns, netns, port).clone()
+    }
+
+    /// [`FactFinder::holders`] without the copy: read from the tables once per batch.
+    fn cached_holders(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ns: &mut Namespaces,
+        netns: u32,
+        port: Option<u16>,
+    ) -> &Result<Vec<Holder>, String> {
         let key = (netns, port.unwrap_or(0));
-        if let Some(cached) = self.holders.get(&key) {
-            return cached.clone();
+        if !self.holders.contains_key(&key) {
+            let result = self.look_up(ebpf, ns, netns, port);
+            self.holders.insert(key, result);
         }
-        let result = self.look_up(ebpf, ns, netns, port);
-        self.holders.insert(key, result.clone());
-        result
+        &self.holders[&key]
     }
 
     fn look_up(
@@ -200,12 +210,26 @@ impl FactFinder {
     /// tables for a whole pass before it takes the look-ahead, and gather each event's facts
     /// only when it explains it, instead of keeping every event's facts at once.
     pub fn prefetch(&mut self, ebpf: &mut Ebpf, ns: &mut Namespaces, ev: &Event) {
-        if let Some(sock) = ev.socket.as_ref() {
-            let mut scratch = Facts {
-                sysctls: self.netns_facts(ns, sock.netns).0,
-                ..Facts::default()
-            };
-            self.table_facts(ebpf, ns, ev, sock, &mut scratch);
+        let Some(sock) = ev.socket.as_ref() else {
+            return;
+        };
+        self.note_bound(ev, sock);
+        let netns = sock.netns;
+        match table_lookup(ev) {
+            TableLookup::Nothing => {}
+            TableLookup::EphemeralRange => {
+                if self.netns_facts(ns, netns).0.ip_local_port_range.is_some() {
+                    self.cached_holders(ebpf, ns, netns, None);
+                }
+            }
+            TableLookup::Port { port, other_netns } => {
+                self.cached_holders(ebpf, ns, netns, Some(port));
+                if other_netns {
+                    for other in self.other_namespaces(netns, port) {
+                        self.cached_holders(ebpf, ns, other, Some(port));
+                    }
+                }
+            }
         }
     }
 
@@ -219,6 +243,31 @@ impl FactFinder {
         sock: &SocketView,
         facts: &mut Facts,
     ) {
+        self.note_bound(ev, sock);
+        let netns = sock.netns;
+        match table_lookup(ev) {
+            TableLookup::Nothing => {}
+            TableLookup::EphemeralRange => {
+                facts.ephemeral_ports_in_use =
+                    self.ephemeral_in_use(ebpf, ns, sock, &facts.sysctls);
+            }
+            TableLookup::Port { port, other_netns } => {
+                match self.holders(ebpf, ns, netns, Some(port)) {
+                    Ok(mut h) => {
+                        mark_kernel_reported(&mut h, &ev.kernel_conflicts, self.owners());
+                        facts.holders = Some(h);
+                    }
+                    Err(e) => facts.holders_unavailable = Some(e),
+                }
+                if other_netns {
+                    facts.other_netns = self.other_netns(ebpf, ns, netns, port);
+                }
+            }
+        }
+    }
+
+    /// Remembers the namespace where a bind or listen on a port succeeded.
+    fn note_bound(&mut self, ev: &Event, sock: &SocketView) {
         let netns = sock.netns;
         if ev.ok() && netns != 0 && sock.port != 0 {
             let seen = self.bound_ports.entry(sock.port).or_default();
@@ -228,26 +277,6 @@ impl FactFinder {
                     seen.remove(0);
                 }
             }
-        }
-        if !explain::needs_holders(ev) {
-            return;
-        }
-        let port = ev.port();
-        let port_zero =
-            port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
-        if port_zero && !ev.ok() {
-            facts.ephemeral_ports_in_use = self.ephemeral_in_use(ebpf, ns, sock, &facts.sysctls);
-            return;
-        }
-        match self.holders(ebpf, ns, netns, Some(port)) {
-            Ok(mut h) => {
-                mark_kernel_reported(&mut h, &ev.kernel_conflicts, self.owners());
-                facts.holders = Some(h);
-            }
-            Err(e) => facts.holders_unavailable = Some(e),
-        }
-        if ev.ok() {
-            facts.other_netns = self.other_netns(ebpf, ns, netns, port);
         }
     }
 
@@ -277,13 +306,49 @@ impl FactFinder {
         port: u16,
     ) -> Vec<Holder> {
         let mut out = Vec::new();
-        let others = self.bound_ports.get(&port).cloned().unwrap_or_default();
-        for other in others.into_iter().filter(|&n| n != netns) {
+        for other in self.other_namespaces(netns, port) {
             if let Ok(h) = self.holders(ebpf, ns, other, Some(port)) {
                 out.extend(h);
             }
         }
         out
+    }
+
+    /// The namespaces other than `netns` where `port` was bound while tracing.
+    fn other_namespaces(&self, netns: u32, port: u16) -> Vec<u32> {
+        self.bound_ports
+            .get(&port)
+            .map(|seen| seen.iter().copied().filter(|&n| n != netns).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The table lookups an event's facts need. [`FactFinder::prefetch`] and
+/// [`FactFinder::gather`] both follow it, so that the second finds what the first read.
+enum TableLookup {
+    Nothing,
+    /// A failed port 0 bind: how full the ephemeral range is (every port of the namespace).
+    EphemeralRange,
+    /// The call's port; for a success, also in the other namespaces that bound it.
+    Port {
+        port: u16,
+        other_netns: bool,
+    },
+}
+
+fn table_lookup(ev: &Event) -> TableLookup {
+    if !explain::needs_holders(ev) {
+        return TableLookup::Nothing;
+    }
+    let port = ev.port();
+    let port_zero = port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
+    if port_zero && !ev.ok() {
+        TableLookup::EphemeralRange
+    } else {
+        TableLookup::Port {
+            port,
+            other_netns: ev.ok(),
+        }
     }
 }
 
