@@ -550,12 +550,11 @@ fn sweep_step(
     ms: u64,
 ) -> Result<SweepStep> {
     thread::sleep(SETTLE);
-    let running = tracer::start(
+    let running = tracer::start_process(
         tools,
         Tracer::Portwatch(Backend::Tracepoint, Mode::Json),
         "sweep",
-    )?
-    .expect("portwatch is a tracer");
+    )?;
     for w in workers.iter_mut() {
         w.send_pace(rate.unwrap_or(f64::INFINITY), ms)?;
     }
@@ -664,12 +663,11 @@ fn sweep(
 /// warning, the JSON `lost` records and the summary.
 fn overflow(tools: &Tools, worker: &mut Worker, binds: u64) -> Result<SweepStep> {
     thread::sleep(SETTLE);
-    let running = tracer::start(
+    let running = tracer::start_process(
         tools,
         Tracer::Portwatch(Backend::Tracepoint, Mode::Json),
         "overflow",
-    )?
-    .expect("portwatch is a tracer");
+    )?;
     running.signal(libc::SIGSTOP);
     let sample = worker.run(binds, 0);
     running.signal(libc::SIGCONT);
@@ -693,12 +691,11 @@ fn overflow(tools: &Tools, worker: &mut Worker, binds: u64) -> Result<SweepStep>
 fn profile(tools: &Tools, worker: &mut Worker, ms: u64) -> String {
     let mut run = || -> Result<String> {
         let data = tools.scratch.join("perf.data");
-        let running = tracer::start(
+        let running = tracer::start_process(
             tools,
             Tracer::Portwatch(Backend::Tracepoint, Mode::Json),
             "profile",
-        )?
-        .expect("portwatch is a tracer");
+        )?;
         let mut perf = Command::new("perf")
             .args(["record", "-q", "-e", "cpu-clock", "-F", "1999"])
             .args(["--call-graph", "dwarf,16384", "-o"])

@@ -10,7 +10,7 @@
 
 use std::{fs, process::Command, thread, time::Duration};
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -71,8 +71,7 @@ impl Drop for StatsOn {
 /// (those with ids above every id that existed before it started; ids only grow).
 pub fn measure(tools: &Tools, worker: &mut Worker, tracer: Tracer, binds: u64) -> Result<BpfCost> {
     let newest_before = programs()?.iter().map(|p| p.id).max().unwrap_or(0);
-    let running = tracer::start(tools, tracer, "bpfcost")?
-        .ok_or_else(|| anyhow!("{} loads no programs", tracer.label()))?;
+    let running = tracer::start_process(tools, tracer, "bpfcost")?;
     // A warm-up outside the figures: first runs fault in maps and code.
     worker.run(binds / 10, 0)?;
     let stats = StatsOn::enable()?;

@@ -174,6 +174,11 @@ impl Drop for Running {
     }
 }
 
+/// [`start`] for a tracer that runs a process: any but [`Tracer::None`].
+pub fn start_process(tools: &Tools, tracer: Tracer, tag: &str) -> Result<Running> {
+    start(tools, tracer, tag)?.ok_or_else(|| anyhow!("{} runs no process", tracer.label()))
+}
+
 /// Starts `tracer` and returns once it is attached (None for [`Tracer::None`]).
 pub fn start(tools: &Tools, tracer: Tracer, tag: &str) -> Result<Option<Running>> {
     let out_path = tools.scratch.join(format!("out-{tag}.txt"));

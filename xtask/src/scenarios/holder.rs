@@ -82,6 +82,19 @@ pub struct Bound {
     pub local: Option<SocketAddr>,
 }
 
+impl Bound {
+    /// Socket `id` after a call that returned `r`.
+    fn of(id: u32, s: &Sock, r: &std::io::Result<()>) -> Bound {
+        Bound {
+            id,
+            fd: s.fd(),
+            ino: s.ino().unwrap_or(0),
+            errno: sock::errno_of(r),
+            local: s.local_addr().ok(),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(untagged)]
 enum Reply {
@@ -138,16 +151,7 @@ pub fn main(args: HoldArgs) -> Result<()> {
                 None => Reply::Error {
                     error: format!("no socket {id}"),
                 },
-                Some(s) => {
-                    let r = s.listen(128);
-                    Reply::Bound(Bound {
-                        id,
-                        fd: s.fd(),
-                        ino: s.ino().unwrap_or(0),
-                        errno: sock::errno_of(&r),
-                        local: s.local_addr().ok(),
-                    })
-                }
+                Some(s) => Reply::Bound(Bound::of(id, s, &s.listen(128))),
             },
             Ok(Request::ListenUnbound { spec }) => match Sock::open(&spec) {
                 Err(e) => Reply::Error {
@@ -156,14 +160,7 @@ pub fn main(args: HoldArgs) -> Result<()> {
                 Ok(s) => {
                     let id = next_id;
                     next_id += 1;
-                    let r = s.listen(128);
-                    let bound = Bound {
-                        id,
-                        fd: s.fd(),
-                        ino: s.ino().unwrap_or(0),
-                        errno: sock::errno_of(&r),
-                        local: s.local_addr().ok(),
-                    };
+                    let bound = Bound::of(id, &s, &s.listen(128));
                     socks.insert(id, s);
                     Reply::Bound(bound)
                 }
@@ -175,13 +172,7 @@ pub fn main(args: HoldArgs) -> Result<()> {
                 Ok((s, r)) => {
                     let id = next_id;
                     next_id += 1;
-                    let bound = Bound {
-                        id,
-                        fd: s.fd(),
-                        ino: s.ino().unwrap_or(0),
-                        errno: sock::errno_of(&r),
-                        local: s.local_addr().ok(),
-                    };
+                    let bound = Bound::of(id, &s, &r);
                     socks.insert(id, s);
                     Reply::Bound(bound)
                 }
