@@ -23,11 +23,97 @@ pub mod record {
     pub const CONFLICT: u8 = 3;
 }
 
-/// Which kernel hook filled an event.
-pub mod backend {
-    pub const TRACEPOINT: u8 = 1;
-    pub const FEXIT: u8 = 2;
+/// Which kernel hooks fill the events. The kernel side writes the `u8` value into
+/// [`BindEvent::backend`]; user space names it with [`Backend::name`] everywhere (flags, JSON,
+/// messages), so the two forms cannot drift apart.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The syscall tracepoints: work on every kernel with syscall tracepoints, including those
+    /// that refuse trampolines.
+    Tracepoint = 1,
+    /// fexit on the kernel's inet bind/listen functions: every bind path (io_uring too).
+    Fexit = 2,
 }
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Fexit, Backend::Tracepoint];
+
+    /// The stable name, as `--backend` takes it and JSON prints it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Tracepoint => "tracepoint",
+            Backend::Fexit => "fexit",
+        }
+    }
+
+    pub fn from_raw(v: u8) -> Option<Backend> {
+        match v {
+            1 => Some(Backend::Tracepoint),
+            2 => Some(Backend::Fexit),
+            _ => None,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+impl core::fmt::Display for Backend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Names of the maps both sides use. The kernel side's `#[map]` statics carry exactly these
+/// names (aya names a map after its static); user space opens maps only through these.
+pub mod maps {
+    /// The ring buffer of records ([`crate::record`]).
+    pub const EVENTS: &str = "EVENTS";
+    /// The `--port` set as a bitmap of [`crate::PORT_WORDS`] u64 words.
+    pub const PORT_BITS: &str = "PORT_BITS";
+    /// Per-CPU counters of events dropped in the kernel, indexed by [`crate::lost`].
+    pub const LOST: &str = "LOST";
+    /// `[0]`: the port the socket table iterators dump, or [`crate::ITER_ALL_PORTS`].
+    pub const ITER_PORT: &str = "ITER_PORT";
+}
+
+/// Indices into the [`maps::LOST`] counters.
+pub mod lost {
+    /// The ring buffer was full.
+    pub const RINGBUF: u32 = 0;
+    /// How many counters there are.
+    pub const COUNT: u32 = 1;
+}
+
+/// Size of the [`maps::EVENTS`] ring buffer. 4 MiB holds ~32k events: half a second of the
+/// fastest bind loop these machines run, far more than the reader's poll interval needs.
+pub const RING_BYTES: u32 = 1 << 22;
+
+/// Words of the [`maps::PORT_BITS`] bitmap: one bit per port.
+pub const PORT_WORDS: u32 = 65536 / 64;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    /// A request sock: a half-open connection, not a socket that holds a port.
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// IP protocol numbers.
+pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u16 = 17;
 
 /// Socket option bits in [`BindEvent::options`] and [`SockRecord::options`].
 pub mod opt {
@@ -125,7 +211,7 @@ pub struct KernelLayout {
 pub struct BindEvent {
     /// [`record::BIND`] or [`record::LISTEN`].
     pub record: u8,
-    /// [`backend::TRACEPOINT`] or [`backend::FEXIT`].
+    /// A [`Backend`] as its `u8` value.
     pub backend: u8,
     /// [`flags`] bits.
     pub flags: u8,

@@ -13,17 +13,13 @@ use aya_ebpf::{
     macros::map,
     maps::Array,
 };
-use portwatch_common::{ITER_ALL_PORTS, SockRecord};
+use portwatch_common::{IPPROTO_TCP, IPPROTO_UDP, ITER_ALL_PORTS, SockRecord, tcp_state};
 
 use crate::kernel::{Sock, read_u64};
 
 /// [0]: the port to dump, or [`ITER_ALL_PORTS`]. Set by user space before each read.
 #[map]
 static ITER_PORT: Array<u32> = Array::with_max_entries(1, 0);
-
-const IPPROTO_TCP: u16 = 6;
-const IPPROTO_UDP: u16 = 17;
-const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// `struct bpf_iter_meta`: only `seq` is used.
 #[repr(C)]
@@ -73,7 +69,7 @@ fn dump(ctx: *const IterCtx, protocol: u16) {
         return;
     }
     let state = sock.state();
-    if state == TCP_NEW_SYN_RECV {
+    if state == tcp_state::NEW_SYN_RECV {
         return; // a half-open connection request, not a socket holding the port
     }
     let family = sock.family();

@@ -11,14 +11,11 @@ use aya_ebpf::{
     },
     programs::{FExitContext, TracePointContext},
 };
-use portwatch_common::{AF_INET6, Field, KernelLayout, opt};
+use portwatch_common::{AF_INET6, Field, KernelLayout, opt, tcp_state};
 
 /// Where the fields live in the running kernel. Written by user space before load; zero here.
 #[unsafe(no_mangle)]
 static LAYOUT: KernelLayout = unsafe { core::mem::zeroed() };
-
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// Reads a load-time constant. The volatile read stops rustc from folding the placeholder value
 /// in; the verifier still sees the real one, since aya freezes .rodata.
@@ -316,7 +313,7 @@ impl Sock {
     #[inline(always)]
     pub fn is_full(&self) -> bool {
         let s = self.state();
-        s != TCP_TIME_WAIT && s != TCP_NEW_SYN_RECV
+        s != tcp_state::TIME_WAIT && s != tcp_state::NEW_SYN_RECV
     }
 
     #[inline(always)]

@@ -33,7 +33,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use kernel::{Sock, global, probe_kernel, probe_user, tp_arg};
 use portwatch_common::{
-    AF_INET, AF_INET6, AF_UNSPEC, BindEvent, COMM_LEN, ConflictEvent, backend, flags, record,
+    AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, COMM_LEN, ConflictEvent, PORT_WORDS,
+    RING_BYTES, flags, record,
 };
 
 // ---- configuration written by user space before load (read-only, so the verifier sees
@@ -66,14 +67,12 @@ static TP_EXIT_RET: u32 = 16;
 // ---- maps
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// The `--port` set as a bitmap: bit `port % 64` of word `port / 64`. An array lookup is
 /// inlined by the verifier, so a filtered-out bind costs a few instructions, not a hash probe.
 #[map]
 static PORT_BITS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
-
-const PORT_WORDS: u32 = 65536 / 64;
 
 /// What sys_enter saw, keyed by thread id, for sys_exit to finish.
 #[map]
@@ -447,7 +446,7 @@ fn finish_syscall(ctx: &TracePointContext) {
     }
     emit(
         p.record,
-        backend::TRACEPOINT,
+        Backend::Tracepoint as u8,
         &p.req,
         p.fd as i32,
         sock,
@@ -484,7 +483,7 @@ fn fexit_bind(ctx: &FExitContext) {
     let uaddr = kernel::fexit_arg(ctx, 1);
     let addrlen = kernel::fexit_arg(ctx, 2) as i32;
     let req = read_request(uaddr, if addrlen < 0 { 0 } else { addrlen as u64 }, false);
-    emit(record::BIND, backend::FEXIT, &req, -1, sock, ret);
+    emit(record::BIND, Backend::Fexit as u8, &req, -1, sock, ret);
 }
 
 /// `int inet_listen(struct socket *sock, int backlog)`.
@@ -500,7 +499,7 @@ pub fn fexit_inet_listen(ctx: FExitContext) -> i32 {
     let sock = kernel::fexit_arg(&ctx, 0);
     emit(
         record::LISTEN,
-        backend::FEXIT,
+        Backend::Fexit as u8,
         &Request::NONE,
         -1,
         sock,

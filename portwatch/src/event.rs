@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use portwatch_common::{
-    AF_INET, AF_INET6, AF_UNSPEC, BindEvent, ConflictEvent, backend, flags, opt, record,
+    AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, ConflictEvent, flags, opt, record,
 };
 
 use crate::sockets::{Family, Options, Proto, SocketView, State};
@@ -152,11 +152,9 @@ fn decode_call(raw: &BindEvent) -> Event {
     });
     Event {
         call,
-        backend: if raw.backend == backend::FEXIT {
-            "fexit"
-        } else {
-            "tracepoint"
-        },
+        backend: Backend::from_raw(raw.backend)
+            .unwrap_or(Backend::Tracepoint)
+            .name(),
         boot_ns: raw.ts_ns,
         pid: raw.pid,
         tid: raw.tid,

@@ -4,7 +4,6 @@
 //! line naming the problem and the fix, rather than an errno from deep inside aya.
 
 use std::{
-    fmt,
     path::Path,
     time::{Duration, Instant},
 };
@@ -15,21 +14,18 @@ use aya::{
     programs::{FExit, TracePoint},
 };
 use log::debug;
-use portwatch_common::KernelLayout;
+pub use portwatch_common::Backend;
+use portwatch_common::{KernelLayout, RING_BYTES, maps};
 use thiserror::Error;
 
 use crate::{
     btf::{self, Btf},
-    cli::BackendChoice,
     layout, tables,
 };
 
 /// The compiled kernel programs, built by build.rs through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
 
-/// Ring buffer size. 4 MiB holds ~32k events: half a second of the fastest bind loop this
-/// machine can run, far more than the poll interval needs.
-pub const RING_BYTES: u32 = 1 << 22;
 /// Wake the reader when this much is waiting (a quarter of the ring); otherwise it polls.
 pub const WAKEUP_BYTES: u64 = (RING_BYTES / 4) as u64;
 
@@ -69,19 +65,12 @@ pub enum LoadError {
     Backend { backend: Backend, detail: String },
 }
 
+/// Which backend to load: the one the user named, or (auto) fexit with a fallback to the
+/// tracepoints. The loader owns this choice; the CLI only maps its flag onto it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Fexit,
-    Tracepoint,
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Fexit => "fexit",
-            Backend::Tracepoint => "tracepoint",
-        })
-    }
+pub enum BackendChoice {
+    Auto,
+    Only(Backend),
 }
 
 /// What the kernel side filters, so that filtered-out calls cost almost nothing.
@@ -285,7 +274,7 @@ pub fn load(
     let started = Instant::now();
     bump_memlock();
     // The fexit backend needs no tracefs; auto reads it up front for the fallback.
-    let tp = if choice == BackendChoice::Fexit {
+    let tp = if choice == BackendChoice::Only(Backend::Fexit) {
         None
     } else {
         Some(tracepoint_offsets())
@@ -303,7 +292,7 @@ pub fn load(
         .ok();
 
     let (backend, fallback, conflict_hook) = match choice {
-        BackendChoice::Fexit => {
+        BackendChoice::Only(Backend::Fexit) => {
             let hook =
                 attach_fexit(&mut ebpf, kernel, &aya_btf).map_err(|detail| LoadError::Backend {
                     backend: Backend::Fexit,
@@ -311,7 +300,7 @@ pub fn load(
                 })?;
             (Backend::Fexit, None, hook)
         }
-        BackendChoice::Tracepoint => {
+        BackendChoice::Only(Backend::Tracepoint) => {
             if let Some(Err(e)) = tp {
                 return Err(e);
             }
@@ -374,14 +363,20 @@ fn open_object(
         .override_global("TP_ENTER_FD", &enter_fd, true)
         .override_global("TP_ENTER_ADDR", &enter_addr, true)
         .override_global("TP_EXIT_RET", &exit_ret, true)
-        .map_max_entries("EVENTS", RING_BYTES)
+        .map_max_entries(maps::EVENTS, RING_BYTES)
         .load(EBPF_OBJECT)?;
     let map_err = |e: aya::maps::MapError| LoadError::Backend {
         backend: Backend::Tracepoint,
         detail: format!("PORT_BITS map: {e}"),
     };
-    let mut bits: Array<&mut MapData, u64> =
-        Array::try_from(ebpf.map_mut("PORT_BITS").expect("PORT_BITS map")).map_err(map_err)?;
+    let mut bits: Array<&mut MapData, u64> = Array::try_from(
+        ebpf.map_mut(maps::PORT_BITS)
+            .ok_or_else(|| LoadError::Backend {
+                backend: Backend::Tracepoint,
+                detail: format!("the object has no {} map", maps::PORT_BITS),
+            })?,
+    )
+    .map_err(map_err)?;
     for &p in &filter.ports {
         let word = u32::from(p >> 6);
         let old = bits.get(&word, 0).map_err(map_err)?;

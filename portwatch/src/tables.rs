@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, MapData},
     programs::Iter,
 };
-use portwatch_common::{ITER_ALL_PORTS, SockRecord};
+use portwatch_common::{ITER_ALL_PORTS, SockRecord, maps};
 
 use crate::{
     event::ip_from,
@@ -52,9 +52,11 @@ pub fn read(
     port: Option<u16>,
 ) -> Result<Vec<SocketView>, String> {
     {
-        let mut cfg: Array<&mut MapData, u32> =
-            Array::try_from(ebpf.map_mut("ITER_PORT").ok_or("ITER_PORT map missing")?)
-                .map_err(|e| e.to_string())?;
+        let mut cfg: Array<&mut MapData, u32> = Array::try_from(
+            ebpf.map_mut(maps::ITER_PORT)
+                .ok_or("ITER_PORT map missing")?,
+        )
+        .map_err(|e| e.to_string())?;
         cfg.set(0, &port.map_or(ITER_ALL_PORTS, u32::from), 0)
             .map_err(|e| format!("setting the port: {e}"))?;
     }

@@ -16,6 +16,7 @@ use aya::{
     maps::{MapData, RingBuf},
 };
 use log::debug;
+use portwatch_common::maps;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -219,18 +220,28 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         ports: args.ports.clone(),
         failed_only: args.failed,
     };
-    let mut loaded = loader::load(args.backend, &filter, &kernel)?;
+    let choice = match args.backend {
+        crate::cli::BackendChoice::Auto => loader::BackendChoice::Auto,
+        crate::cli::BackendChoice::Fexit => loader::BackendChoice::Only(loader::Backend::Fexit),
+        crate::cli::BackendChoice::Tracepoint => {
+            loader::BackendChoice::Only(loader::Backend::Tracepoint)
+        }
+    };
+    let mut loaded = loader::load(choice, &filter, &kernel)?;
     // Loading parsed the kernel's BTF twice (ours, then aya's); give that memory back.
     unsafe { libc::malloc_trim(0) };
     let started = Instant::now();
     let ring = RingBuf::try_from(
         loaded
             .ebpf
-            .take_map("EVENTS")
+            .take_map(maps::EVENTS)
             .context("EVENTS map missing")?,
     )
     .context("opening the ring buffer")?;
-    let lost_map = loaded.ebpf.take_map("LOST").context("LOST map missing")?;
+    let lost_map = loaded
+        .ebpf
+        .take_map(maps::LOST)
+        .context("LOST map missing")?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole life.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
