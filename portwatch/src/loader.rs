@@ -15,7 +15,7 @@ use aya::{
 };
 use log::debug;
 pub use portwatch_common::Backend;
-use portwatch_common::{KernelLayout, RING_BYTES, maps};
+use portwatch_common::{KernelLayout, RING_BYTES, Settings, maps};
 use thiserror::Error;
 
 use crate::{
@@ -217,26 +217,18 @@ fn ensure_tracefs() -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Offsets of (fd, umyaddr, ret) in the bind/listen syscall tracepoint records.
-fn tracepoint_offsets() -> Result<(u32, u32, u32), LoadError> {
+/// Offset of `ret` in the bind and listen exit tracepoint records (the programs share it).
+fn tracepoint_ret_offset() -> Result<u32, LoadError> {
     ensure_tracefs()?;
-    let fd = tracepoint_field_offset("sys_enter_bind", "fd")?;
-    let addr = tracepoint_field_offset("sys_enter_bind", "umyaddr")?;
-    let addrlen = tracepoint_field_offset("sys_enter_bind", "addrlen")?;
     let ret = tracepoint_field_offset("sys_exit_bind", "ret")?;
-    let listen_fd = tracepoint_field_offset("sys_enter_listen", "fd")?;
     let listen_ret = tracepoint_field_offset("sys_exit_listen", "ret")?;
-    // The programs share these between bind and listen and read addrlen right after umyaddr.
-    if addrlen != addr + 8 || listen_fd != fd || listen_ret != ret {
+    if listen_ret != ret {
         return Err(LoadError::TracepointFormat {
             path: format!("{TRACEFS}/events/syscalls"),
-            detail: format!(
-                "unexpected layout: bind fd {fd}, umyaddr {addr}, addrlen {addrlen}, ret {ret}; \
-                 listen fd {listen_fd}, ret {listen_ret}"
-            ),
+            detail: format!("unexpected layout: bind ret at {ret}, listen ret at {listen_ret}"),
         });
     }
-    Ok((fd, addr, ret))
+    Ok(ret)
 }
 
 /// Offset of `field` in a syscall tracepoint's record, from its tracefs format file.
@@ -277,15 +269,12 @@ pub fn load(
     let tp = if choice == BackendChoice::Only(Backend::Fexit) {
         None
     } else {
-        Some(tracepoint_offsets())
+        Some(tracepoint_ret_offset())
     };
-    let (enter_fd, enter_addr, exit_ret) = match &tp {
-        Some(Ok(offsets)) => *offsets,
-        _ => (16, 24, 16),
-    };
+    let settings = settings(filter, tp.as_ref().and_then(|r| r.as_ref().ok().copied()));
     // aya finds fexit and iterator targets in a BTF of its own; it gets the stub.
     let aya_btf = kernel.aya_btf()?;
-    let mut ebpf = open_object(kernel, filter, (enter_fd, enter_addr, exit_ret), &aya_btf)?;
+    let mut ebpf = open_object(kernel, &settings, &filter.ports, &aya_btf)?;
     // The kernel side reports rare trouble (a full table, a vanished fd) through aya-log.
     let logger = aya_log::EbpfLogger::init(&mut ebpf)
         .inspect_err(|e| debug!("no kernel-side log channel: {e}"))
@@ -341,28 +330,38 @@ pub fn load(
     })
 }
 
-/// Loads the object (maps created, no program loaded yet) with the layout, filters and
-/// tracepoint offsets written into its read-only globals.
+/// The kernel side's [`Settings`] for these filters. `tp_exit_ret` is the offset tracefs gave,
+/// or the one every kernel so far uses when tracefs was not read (fexit, `who`).
+fn settings(filter: &KernelFilter, tp_exit_ret: Option<u32>) -> Settings {
+    Settings {
+        filter_pid: filter.pid.unwrap_or(0),
+        self_pid: std::process::id(),
+        wakeup_bytes: WAKEUP_BYTES,
+        tp_exit_ret: tp_exit_ret.unwrap_or(TP_EXIT_RET_DEFAULT),
+        nr_bind: libc::SYS_bind as u32,
+        nr_listen: libc::SYS_listen as u32,
+        filter_ports: u8::from(!filter.ports.is_empty()),
+        filter_failed: u8::from(filter.failed_only),
+        _pad: [0; 2],
+    }
+}
+
+/// Where `ret` sits in a `sys_exit_*` record on every kernel so far (after the common header
+/// and the syscall number).
+const TP_EXIT_RET_DEFAULT: u32 = 16;
+
+/// Loads the object (maps created, no program loaded yet) with the layout and settings written
+/// into its read-only globals and the port filter into its bitmap.
 fn open_object(
     kernel: &KernelInfo,
-    filter: &KernelFilter,
-    (enter_fd, enter_addr, exit_ret): (u32, u32, u32),
+    settings: &Settings,
+    ports: &[u16],
     btf: &aya::Btf,
 ) -> Result<Ebpf, LoadError> {
-    let filter_pid = filter.pid.unwrap_or(0);
-    let filter_ports = u8::from(!filter.ports.is_empty());
-    let filter_failed = u8::from(filter.failed_only);
     let mut ebpf = EbpfLoader::new()
         .btf(btf)
         .override_global("LAYOUT", &kernel.layout, true)
-        .override_global("FILTER_PID", &filter_pid, true)
-        .override_global("SELF_PID", &std::process::id(), true)
-        .override_global("FILTER_PORTS", &filter_ports, true)
-        .override_global("FILTER_FAILED", &filter_failed, true)
-        .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
-        .override_global("TP_ENTER_FD", &enter_fd, true)
-        .override_global("TP_ENTER_ADDR", &enter_addr, true)
-        .override_global("TP_EXIT_RET", &exit_ret, true)
+        .override_global("SETTINGS", settings, true)
         .map_max_entries(maps::EVENTS, RING_BYTES)
         .load(EBPF_OBJECT)?;
     let map_err = |e: aya::maps::MapError| LoadError::Backend {
@@ -377,7 +376,7 @@ fn open_object(
             })?,
     )
     .map_err(map_err)?;
-    for &p in &filter.ports {
+    for &p in ports {
         let word = u32::from(p >> 6);
         let old = bits.get(&word, 0).map_err(map_err)?;
         bits.set(word, &(old | (1u64 << (p & 63))), 0)
@@ -391,7 +390,8 @@ fn open_object(
 pub fn load_for_tables(kernel: &KernelInfo) -> Result<Ebpf, LoadError> {
     bump_memlock();
     let btf = kernel.aya_btf()?;
-    let mut ebpf = open_object(kernel, &KernelFilter::default(), (16, 24, 16), &btf)?;
+    let settings = settings(&KernelFilter::default(), None);
+    let mut ebpf = open_object(kernel, &settings, &[], &btf)?;
     tables::load(&mut ebpf, &btf).map_err(|detail| LoadError::Backend {
         backend: Backend::Tracepoint,
         detail: format!("socket table iterators: {detail}"),
@@ -495,15 +495,9 @@ fn unload_fexit(ebpf: &mut Ebpf) {
     }
 }
 
-/// In attach order: the exits first, so that every call an enter program sees is finished by
-/// an exit program. A call seen only at enter would stay in PENDING and keep the exit programs'
-/// in-flight count above 0 (and their fast path off) for the whole session.
-const TRACEPOINT_PROGRAMS: [&str; 4] = [
-    "sys_exit_bind",
-    "sys_exit_listen",
-    "sys_enter_bind",
-    "sys_enter_listen",
-];
+/// One program per syscall, at its exit: it reads the arguments from the caller's saved
+/// registers, so no enter program has to carry them across.
+const TRACEPOINT_PROGRAMS: [&str; 2] = ["sys_exit_bind", "sys_exit_listen"];
 
 /// Detaches and unloads every tracing program; the socket table iterators stay for the last
 /// explanations.

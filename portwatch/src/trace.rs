@@ -24,13 +24,13 @@ use tokio::{
 
 use crate::{
     cli::{Proto as ProtoArg, TraceArgs},
-    event::{self, Event, Record},
+    event::{self, Event, KernelHolder, Record},
     explain,
     facts::FactFinder,
     loader::{self, KernelFilter},
     netns::{self, Namespaces},
     output::{Clock, Printer, Summary},
-    sockets::{Family, Proto, SocketView},
+    sockets::{Family, Proto},
 };
 
 /// How often the ring buffer is drained when the kernel has not woken us.
@@ -75,8 +75,8 @@ pub struct Session {
     filter: UserFilter,
     namespaces: Namespaces,
     facts: FactFinder,
-    /// Holders reported by the kernel's conflict check, waiting for their thread's event.
-    conflicts: HashMap<u32, Vec<SocketView>>,
+    /// Holders the kernel side sent, waiting for their thread's event, which follows them.
+    conflicts: HashMap<u32, Vec<KernelHolder>>,
     /// Records read ahead while the tables were read; they open the next pass.
     lookahead: Vec<Record>,
     summary: Summary,
@@ -130,14 +130,15 @@ impl Session {
         let mut batch = batch;
         for (i, r) in batch.iter_mut().enumerate() {
             match r {
-                Record::Conflict { tid, holder } => {
+                Record::Holder { tid, holder } => {
                     let list = self.conflicts.entry(*tid).or_default();
-                    if list.len() < 16 {
+                    // The kernel side sends at most MAX_HOLDERS, plus the conflict check's.
+                    if list.len() < 2 * usize::from(portwatch_common::MAX_HOLDERS) {
                         list.push(holder.clone());
                     }
                 }
                 Record::Call(ev) => {
-                    ev.kernel_conflicts = self.conflicts.remove(&ev.tid).unwrap_or_default();
+                    ev.kernel_holders = self.conflicts.remove(&ev.tid).unwrap_or_default();
                     if !self.filter.keeps(ev) {
                         continue;
                     }
