@@ -99,15 +99,18 @@ pub struct Loaded {
 /// once this is built: it is several MiB and nothing else needs it.
 pub struct KernelInfo {
     pub layout: KernelLayout,
-    /// The fexit target functions this kernel's BTF has.
-    funcs: Vec<&'static str>,
+    /// The fexit target functions this kernel's BTF has, with their parameter counts.
+    funcs: Vec<(&'static str, usize)>,
     /// The BTF aya gets to find fexit and iterator targets: see [`Btf::func_stub`].
     aya_stub: Vec<u8>,
 }
 
 impl KernelInfo {
-    fn has_func(&self, name: &str) -> bool {
-        self.funcs.contains(&name)
+    /// Whether `target` can be attached here as its program was written; the one-line reason
+    /// when not.
+    fn check(&self, target: &FexitTarget) -> Result<(), String> {
+        let found = self.funcs.iter().find(|(f, _)| *f == target.func);
+        target.check(found.map(|(_, n)| *n))
     }
 
     fn aya_btf(&self) -> Result<aya::Btf, LoadError> {
@@ -161,9 +164,11 @@ pub fn kernel_info() -> Result<KernelInfo, LoadError> {
         FEXIT_PROGRAMS
             .iter()
             .chain([&CONFLICT_PROGRAM])
-            .map(|(_, f)| *f)
+            .map(|t| t.func)
     };
-    let funcs = fexit_targets().filter(|f| btf.has_func(f)).collect();
+    let funcs = fexit_targets()
+        .filter_map(|f| Some((f, btf.func_param_count(f)?)))
+        .collect();
     // aya needs the BTF ids of the fexit and iterator targets, and nothing else.
     let stub_funcs: Vec<String> = fexit_targets()
         .map(String::from)
@@ -414,18 +419,62 @@ fn bump_memlock() {
     }
 }
 
-const FEXIT_PROGRAMS: [(&str, &str); 3] = [
-    ("fexit_inet_bind", "inet_bind"),
-    ("fexit_inet6_bind", "inet6_bind"),
-    ("fexit_inet_listen", "inet_listen"),
+/// An fexit program and the kernel function it attaches to.
+struct FexitTarget {
+    prog: &'static str,
+    func: &'static str,
+    /// How many parameters the program assumes `func` takes. An fexit program reads the
+    /// return value from the context slot right after the parameters (portwatch-ebpf's
+    /// `fexit_arg(ctx, N)` with N = this count), so where a kernel's `func` takes a different
+    /// number, the program would take a parameter for the result.
+    params: usize,
+}
+
+impl FexitTarget {
+    /// Whether the program fits a kernel whose BTF gives `found` parameters for `func`
+    /// (`None`: no such function); the one-line reason when not.
+    fn check(&self, found: Option<usize>) -> Result<(), String> {
+        match found {
+            None => Err(format!("the kernel's BTF has no function {}", self.func)),
+            Some(n) if n != self.params => Err(format!(
+                "{} takes {n} parameters in the kernel's BTF, but fexit/{} expects {} (it \
+                 reads the return value after them)",
+                self.func, self.func, self.params
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// inet_bind(sock, uaddr, addr_len), inet6_bind likewise, inet_listen(sock, backlog).
+const FEXIT_PROGRAMS: [FexitTarget; 3] = [
+    FexitTarget {
+        prog: "fexit_inet_bind",
+        func: "inet_bind",
+        params: 3,
+    },
+    FexitTarget {
+        prog: "fexit_inet6_bind",
+        func: "inet6_bind",
+        params: 3,
+    },
+    FexitTarget {
+        prog: "fexit_inet_listen",
+        func: "inet_listen",
+        params: 2,
+    },
 ];
-const CONFLICT_PROGRAM: (&str, &str) = ("fexit_inet_bind_conflict", "inet_bind_conflict");
+/// inet_bind_conflict(sk, sk2, uid, relax, reuseport_cb_ok, reuseport_ok).
+const CONFLICT_PROGRAM: FexitTarget = FexitTarget {
+    prog: "fexit_inet_bind_conflict",
+    func: "inet_bind_conflict",
+    params: 6,
+};
 
 fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo, btf: &aya::Btf) -> Result<bool, String> {
-    for (prog, func) in FEXIT_PROGRAMS {
-        if !kernel.has_func(func) {
-            return Err(format!("the kernel's BTF has no function {func}"));
-        }
+    for target in &FEXIT_PROGRAMS {
+        kernel.check(target)?;
+        let FexitTarget { prog, func, .. } = *target;
         let p: &mut FExit = ebpf
             .program_mut(prog)
             .ok_or_else(|| format!("program {prog} missing from the object"))?
@@ -437,9 +486,9 @@ fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo, btf: &aya::Btf) -> Result<
             .map_err(|e| format!("attaching to {func}: {e}"))?;
     }
     // The conflict hook is a bonus: without it, holders come from the socket tables instead.
-    let (prog, func) = CONFLICT_PROGRAM;
-    if !kernel.has_func(func) {
-        debug!("no {func} in BTF; holders will come from the socket tables");
+    let FexitTarget { prog, func, .. } = CONFLICT_PROGRAM;
+    if let Err(why) = kernel.check(&CONFLICT_PROGRAM) {
+        debug!("conflict hook not attached: {why}; holders will come from the socket tables");
         return Ok(false);
     }
     let attached = (|| -> Result<(), String> {
@@ -486,7 +535,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn unload_fexit(ebpf: &mut Ebpf) {
-    for (prog, _) in FEXIT_PROGRAMS.iter().chain([&CONFLICT_PROGRAM]) {
+    for FexitTarget { prog, .. } in FEXIT_PROGRAMS.iter().chain([&CONFLICT_PROGRAM]) {
         if let Some(p) = ebpf.program_mut(prog)
             && let Ok(p) = <&mut FExit>::try_from(p)
         {
@@ -536,5 +585,36 @@ mod tests {
         assert_eq!(parse_version("6.18.44-fc-v782"), Some((6, 18)));
         assert_eq!(parse_version("6.1.0-40-cloud-amd64"), Some((6, 1)));
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn an_fexit_target_needs_its_parameter_count() {
+        let t = &FEXIT_PROGRAMS[0];
+        assert_eq!(t.check(Some(t.params)), Ok(()));
+        assert_eq!(
+            t.check(None),
+            Err("the kernel's BTF has no function inet_bind".to_string())
+        );
+        let wrong = t.check(Some(t.params + 1)).unwrap_err();
+        assert!(
+            wrong.starts_with(
+                "inet_bind takes 4 parameters in the kernel's BTF, but fexit/inet_bind expects 3"
+            ),
+            "{wrong}"
+        );
+        assert!(!wrong.contains('\n'), "{wrong}");
+    }
+
+    /// This host's BTF agrees with the table wherever it has the function.
+    #[test]
+    fn the_table_matches_this_kernels_btf() {
+        let Ok(btf) = Btf::from_file(Path::new(btf::VMLINUX)) else {
+            return; // no BTF on this machine; the live tests cover it
+        };
+        for t in FEXIT_PROGRAMS.iter().chain([&CONFLICT_PROGRAM]) {
+            if let Some(n) = btf.func_param_count(t.func) {
+                assert_eq!(t.check(Some(n)), Ok(()));
+            }
+        }
     }
 }
