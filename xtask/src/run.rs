@@ -6,17 +6,11 @@ use std::{os::unix::process::CommandExt, path::PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::{
-    cmd::{self, workspace_root},
-    setup,
-};
+use crate::{cmd, setup};
 
 /// Where `cargo build --release -p portwatch` leaves the binary.
 pub fn release_binary() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-        .join("release/portwatch")
+    cmd::target_dir().join("release/portwatch")
 }
 
 pub fn build_release() -> Result<PathBuf> {

@@ -19,9 +19,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Disturbance, Measurement,
     attach::{self, AttachSample},
-    run_rounds,
+    rounds::{Disturbance, Measurement, run_rounds},
     tracer::{Backend, Mode, Tools, Tracer},
     workload::Worker,
 };
@@ -125,7 +124,7 @@ pub fn main(a: GuestArgs) -> Result<()> {
 /// Boots the VM with the bench inside and returns what it measured.
 pub fn run_vm(tools: &Tools, bindloop: &Path, v: &VmSettings) -> Result<GuestResults> {
     let kernel = vm::ensure_kernel(
-        &super::workspace_root().join("vm-cache"),
+        &crate::cmd::workspace_root().join("vm-cache"),
         vm::Distro::Debian12,
     )?;
     let xtask = guest_copy_of_xtask(&tools.scratch)?;

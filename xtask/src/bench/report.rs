@@ -3,11 +3,12 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use super::{
-    Measurement, SweepStep,
     attach::{AttachSample, civil_from_days},
     bpfcost::BpfCost,
     guest::{GuestResults, VM_CONFIGS},
+    rounds::Measurement,
     stats::Spread,
+    sweep::SweepStep,
     tracer::{Backend, Mode, Tracer},
 };
 
@@ -63,7 +64,7 @@ pub struct Results {
     pub foreign_before: Vec<String>,
     pub foreign_after: Vec<String>,
     pub discarded_rounds: usize,
-    pub disturbance: super::Disturbance,
+    pub disturbance: super::rounds::Disturbance,
     pub load_before: String,
     pub load_after: String,
     pub profile: Option<String>,
@@ -108,7 +109,7 @@ fn rows(ms: &[Measurement], configs: &[Tracer]) -> Vec<Row> {
             let mine = of(ms, t);
             let ns: Vec<f64> = mine.values().map(|m| m.ns_per_bind).collect();
             let stats: Vec<_> = mine.values().filter_map(|m| m.stats.as_ref()).collect();
-            let sum = |f: &dyn Fn(&super::TracerStats) -> Option<u64>| {
+            let sum = |f: &dyn Fn(&super::tracer::TracerStats) -> Option<u64>| {
                 let v: Vec<u64> = stats.iter().filter_map(|s| f(s)).collect();
                 (!v.is_empty()).then(|| v.iter().sum::<u64>())
             };
@@ -652,7 +653,7 @@ pub fn terminal(r: &Results) -> String {
 }
 
 impl Results {
-    /// Measurements of the rounds in which nothing else competed (see [`super::Disturbance`]).
+    /// Measurements of the rounds in which nothing else competed (see [`super::rounds::Disturbance`]).
     fn undisturbed(&self) -> Vec<Measurement> {
         let bad =
             |m: &Measurement| m.foreign_tracer || m.other_cpu > self.disturbance.max_other_cpu;

@@ -281,9 +281,17 @@ impl Holder {
                 "holder bind of {} {} failed: {}",
                 spec.proto.name(),
                 spec.addr,
-                std::io::Error::from_raw_os_error(b.errno)
+                sock::errno_text(b.errno)
             );
         }
+        Ok(b)
+    }
+
+    /// Like [`Holder::bind`], but the bind must fail with `errno` (set-up for a scenario
+    /// about that failure).
+    pub fn bind_fails(&mut self, spec: &SockSpec, errno: i32) -> Result<Bound> {
+        let b = self.bind(spec)?;
+        sock::expect_errno(spec, b.errno, errno)?;
         Ok(b)
     }
 

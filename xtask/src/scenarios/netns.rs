@@ -37,6 +37,14 @@ impl Netns {
     pub fn path(&self) -> String {
         format!("/proc/{}/task/{}/ns/net", self.pid, self.tid)
     }
+
+    /// Makes `cmd`'s child (a program not written here, a real server) run in this namespace.
+    pub fn enter_on_spawn(&self, cmd: &mut Command) -> Result<()> {
+        let path = self.path();
+        let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
+        join_before_exec(cmd, ns);
+        Ok(())
+    }
 }
 
 /// Runs `f` on a new thread named `name` (its comm, as portwatch will report it) inside a fresh
@@ -155,18 +163,23 @@ impl RootNs {
 
     /// Makes `cmd`'s child join this namespace before it execs.
     pub fn enter_on_spawn(&self, cmd: &mut Command) {
-        use std::os::unix::process::CommandExt;
-        let fd = self.0.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; the fd stays open in the child until exec (it is
-        // close-on-exec, which is what we want after).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        join_before_exec(cmd, self.0.as_raw_fd());
+    }
+}
+
+/// Makes `cmd`'s child join the network namespace `ns` (an open nsfs file) between fork and
+/// exec. `ns` must stay open until the child is spawned: the hook owns it when it can.
+fn join_before_exec(cmd: &mut Command, ns: impl AsRawFd + Send + Sync + 'static) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setns is async-signal-safe; the fd stays open in the child until exec (it is
+    // close-on-exec, which is what we want after).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -200,6 +200,28 @@ pub fn open_and_bind(spec: &SockSpec) -> io::Result<(Sock, io::Result<()>)> {
     Ok((s, r))
 }
 
+/// What an errno means, for messages: "success" for 0, else the system's text.
+pub fn errno_text(errno: i32) -> String {
+    if errno == 0 {
+        "success".into()
+    } else {
+        io::Error::from_raw_os_error(errno).to_string()
+    }
+}
+
+/// Set-up check: a bind of `spec` that had to fail with `want` returned `got`.
+pub fn expect_errno(spec: &SockSpec, got: i32, want: i32) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        got == want,
+        "set-up: {} bind to {} should fail with {}, got {}",
+        spec.proto.name(),
+        spec.addr,
+        errno_text(want),
+        errno_text(got)
+    );
+    Ok(())
+}
+
 /// errno of an I/O result (0 on success), for messages and comparisons.
 pub fn errno_of<T>(r: &io::Result<T>) -> i32 {
     match r {

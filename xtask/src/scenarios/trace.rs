@@ -8,7 +8,6 @@
 //! let through would already be there (events of one thread arrive in order).
 
 use std::{
-    io,
     net::SocketAddr,
     os::unix::process::CommandExt,
     process::{Command, Stdio},
@@ -79,19 +78,7 @@ fn bind_ok(spec: &SockSpec) -> Result<Sock> {
 /// Opens and binds; the bind must fail with `errno`.
 fn bind_fails(spec: &SockSpec, errno: i32) -> Result<Sock> {
     let (s, r) = sock::open_and_bind(spec).with_context(|| format!("creating {spec:?}"))?;
-    let got = sock::errno_of(&r);
-    ensure!(
-        got == errno,
-        "set-up: {} bind to {} should fail with {}, got {}",
-        spec.proto.name(),
-        spec.addr,
-        io::Error::from_raw_os_error(errno),
-        if got == 0 {
-            "success".to_string()
-        } else {
-            io::Error::from_raw_os_error(got).to_string()
-        }
-    );
+    sock::expect_errno(spec, sock::errno_of(&r), errno)?;
     Ok(s)
 }
 

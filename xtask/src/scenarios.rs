@@ -11,12 +11,14 @@
 //! - [`sock`]: sockets from a [`sock::SockSpec`] (protocol, address, options);
 //! - [`holder`]: separate processes that hold sockets in a namespace until told to exit;
 //! - [`portwatch`]: portwatch as a child, waiting for the events a scenario caused;
-//! - [`check`]: field-by-field assertions on portwatch's JSON.
+//! - [`check`]: field-by-field assertions on portwatch's JSON;
+//! - [`cgroup_deny`]: a cgroup BPF program that makes bind() fail with EPERM.
 //!
 //! A scenario is a name plus a body of one of three kinds (see [`Body`]). Most share one
 //! portwatch per backend, because starting one is slow under emulation; filter tests and
 //! other flag tests start their own.
 
+pub mod cgroup_deny;
 pub mod check;
 mod explain;
 pub mod holder;
@@ -24,6 +26,7 @@ pub mod netns;
 pub mod portwatch;
 pub mod sock;
 mod trace;
+mod who;
 
 use std::{
     fs::File,
@@ -158,6 +161,7 @@ pub struct SharedRun {
 pub fn all() -> Vec<Scenario> {
     let mut v = trace::scenarios();
     v.extend(explain::scenarios());
+    v.extend(who::scenarios());
     v
 }
 

@@ -1,0 +1,152 @@
+//! The main table's measurements: every configuration once per round, alternating, with a
+//! round thrown away and run again when something else on the machine disturbed it.
+
+use std::thread;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    SETTLE, noise,
+    tracer::{self, Tools, Tracer, TracerStats},
+    workload::Worker,
+};
+
+/// One configuration run once: the bind loop's figure and the tracer's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Measurement {
+    pub round: usize,
+    pub tracer: Tracer,
+    pub ns_per_bind: f64,
+    pub binds: u64,
+    pub errors: u64,
+    pub stats: Option<TracerStats>,
+    /// CPU used by everything but the bind loop and the tracer while the loop ran, in cores:
+    /// another job on this shared machine competing with the measurement.
+    #[serde(default)]
+    pub other_cpu: f64,
+    /// Someone else's program was attached to bind()/listen() just before or after.
+    #[serde(default)]
+    pub foreign_tracer: bool,
+}
+
+/// Whether a round is fit to keep.
+#[derive(Clone, Copy, Debug)]
+pub struct Disturbance {
+    /// Other processes used more than this many cores during a measurement.
+    pub max_other_cpu: f64,
+    /// Rounds that may be thrown away and rerun, in all.
+    pub reruns: usize,
+}
+
+/// Runs every configuration once per round, rotated by one each round.
+///
+/// `foreign` says whether someone else's tracer is on the bind path (checked before and after
+/// each measurement, while none of ours is attached). A round in which that happened, or
+/// in which other processes took more than `d.max_other_cpu` cores, is thrown away and run
+/// again while `d.reruns` lasts; later ones are kept and flagged. Returns the kept
+/// measurements and the number of rounds thrown away.
+pub fn run_rounds(
+    tools: &Tools,
+    worker: &mut Worker,
+    configs: &[Tracer],
+    rounds: usize,
+    (binds, warmup): (u64, u64),
+    d: Disturbance,
+    foreign: &mut dyn FnMut() -> bool,
+) -> Result<(Vec<Measurement>, usize)> {
+    let mut kept = Vec::new();
+    let mut discarded = 0;
+    let mut attempt = 0;
+    while kept.len() < rounds * configs.len() {
+        let mut this = Vec::new();
+        for i in 0..configs.len() {
+            let tracer = configs[(i + attempt) % configs.len()];
+            let before = foreign();
+            let mut m = measure(tools, worker, tracer, attempt, binds, warmup)
+                .with_context(|| format!("round {}: {}", attempt + 1, tracer.label()))?;
+            m.foreign_tracer = before || foreign();
+            eprintln!(
+                "bench: round {}  {:>8.0} ns/bind  {}{}{}",
+                attempt + 1,
+                m.ns_per_bind,
+                tracer.label(),
+                m.stats
+                    .as_ref()
+                    .map(|s| format!(
+                        "  (events {}, lost {}, cpu {:.2} s{})",
+                        s.events.map_or("?".into(), |e| e.to_string()),
+                        s.lost.map_or("?".into(), |e| e.to_string()),
+                        s.cpu_s,
+                        if s.killed {
+                            ", KILLED: ignored SIGINT"
+                        } else {
+                            ""
+                        }
+                    ))
+                    .unwrap_or_default(),
+                if m.foreign_tracer || m.other_cpu > d.max_other_cpu {
+                    format!(
+                        "  [disturbed: {}other processes used {:.2} cores]",
+                        if m.foreign_tracer {
+                            "another tracer attached; "
+                        } else {
+                            ""
+                        },
+                        m.other_cpu
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            this.push(m);
+        }
+        attempt += 1;
+        let disturbed = this
+            .iter()
+            .any(|m| m.foreign_tracer || m.other_cpu > d.max_other_cpu);
+        if disturbed && discarded < d.reruns {
+            discarded += 1;
+            eprintln!("bench: round {attempt} was disturbed; running it again");
+            continue;
+        }
+        kept.extend(this);
+    }
+    Ok((kept, discarded))
+}
+
+fn measure(
+    tools: &Tools,
+    worker: &mut Worker,
+    tracer: Tracer,
+    round: usize,
+    binds: u64,
+    warmup: u64,
+) -> Result<Measurement> {
+    thread::sleep(SETTLE);
+    let running = tracer::start(tools, tracer, &format!("r{round}"))?;
+    let wpid = worker.pid as i32;
+    let ours = |r: &Option<tracer::Running>| {
+        tracer::proc_cpu_s(wpid).unwrap_or(0.0)
+            + r.as_ref()
+                .map_or(0.0, |r| tracer::proc_cpu_s(r.pid).unwrap_or(0.0))
+    };
+    let (busy0, ours0) = (noise::busy_cpu_s(), ours(&running));
+    let sample = worker.run(binds, warmup)?;
+    let (busy1, ours1) = (noise::busy_cpu_s(), ours(&running));
+    let secs = sample.ns as f64 / 1e9 * (binds + warmup) as f64 / binds.max(1) as f64;
+    let stats = match running {
+        Some(r) => Some(r.stop(&[worker.pid])?),
+        None => None,
+    };
+    Ok(Measurement {
+        round,
+        tracer,
+        ns_per_bind: sample.ns_per_bind(),
+        binds: sample.binds,
+        errors: sample.errors,
+        stats,
+        other_cpu: (((busy1 - busy0) - (ours1 - ours0)) / secs.max(1e-3)).max(0.0),
+        foreign_tracer: false,
+    })
+}

@@ -1,0 +1,94 @@
+//! The three shapes most rule scenarios take: a holder process binds first, then an asker
+//! process's bind fails (a clash), succeeds beside it (a share), or is refused for a reason
+//! that involves no holder. Each checks the event portwatch printed for the asker's call.
+
+use anyhow::{Result, ensure};
+use serde_json::json;
+
+use super::expect::{blames, shares_with, source_is};
+use crate::scenarios::{
+    Ctx,
+    check::fields,
+    holder::Holder,
+    netns::Netns,
+    portwatch::{Event, Portwatch, lookup},
+    sock::SockSpec,
+};
+
+const EADDRINUSE: i32 = libc::EADDRINUSE;
+
+/// A holder process binds `held`; an asker process's bind of `asked` must fail with/// EADDRINUSE, explained by `rule` naming the holder.
+pub(super) fn clash(
+    pw: &Portwatch,
+    ns: &Netns,
+    held: &[SockSpec],
+    asked: SockSpec,
+    rule: &str,
+) -> Result<(Event, Holder, Holder)> {
+    let mut h = Holder::spawn(ns, "pw-holder")?;
+    for spec in held {
+        h.bind_ok(spec)?;
+    }
+    let mut a = Holder::spawn(ns, "pw-asker")?;
+    let b = a.bind_fails(&asked, EADDRINUSE)?;
+    let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
+    fields(
+        &ev,
+        &[
+            ("errno", json!("EADDRINUSE")),
+            ("requested.port", json!(asked.addr.port())),
+        ],
+    )?;
+    blames(&ev, rule, &h)?;
+    Ok((ev, h, a))
+}
+
+pub(super) fn clash_case(
+    cx: &Ctx,
+    pw: &Portwatch,
+    ns: &Netns,
+    held: SockSpec,
+    asked: SockSpec,
+    rule: &str,
+) -> Result<()> {
+    let (ev, _h, _a) = clash(pw, ns, &[held], asked, rule)?;
+    source_is(cx, &ev, "socket-table")
+}
+
+/// A holder binds `held`; the asker's bind of `asked` succeeds, explained by `rule`.
+pub(super) fn share_case(
+    pw: &Portwatch,
+    ns: &Netns,
+    held: SockSpec,
+    asked: SockSpec,
+    rule: &str,
+) -> Result<()> {
+    let mut h = Holder::spawn(ns, "pw-holder")?;
+    h.bind_ok(&held)?;
+    let mut a = Holder::spawn(ns, "pw-asker")?;
+    let b = a.bind_ok(&asked)?;
+    let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
+    shares_with(&ev, rule, &h)
+}
+
+/// A bind refused for a reason other than a holder.
+pub(super) fn refused(
+    pw: &Portwatch,
+    ns: &Netns,
+    spec: SockSpec,
+    errno: i32,
+    rule: &str,
+) -> Result<()> {
+    let mut a = Holder::spawn(ns, "pw-asker")?;
+    let b = a.bind_fails(&spec, errno)?;
+    let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
+    fields(
+        &ev,
+        &[("explain.rule", json!(rule)), ("result", json!(-errno))],
+    )?;
+    ensure!(
+        !lookup(&ev.0, "explain.fix").is_null(),
+        "no fix offered\n  line: {ev}"
+    );
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Servers not written here (busybox httpd, python's http.server) hold the port; portwatch
+//! must name them. They are the closest thing to what users run, and they set their socket
+//! options their own way.
+
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::scenarios::{
+    Scenario, check::fields, holder::Holder, netns::Netns, portwatch::Portwatch, sock::SockSpec,
+};
+
+const EADDRINUSE: i32 = libc::EADDRINUSE;
+
+pub(super) fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario::shared("explain_real_server_busybox_httpd", |_, pw, ns| {
+            real_server(
+                pw,
+                ns,
+                &busybox_httpd_cmd()?,
+                SockSpec::tcp("127.0.0.1:8080"),
+                "reuseaddr-vs-listen",
+            )
+        }),
+        Scenario::shared("explain_real_server_python_http", |_, pw, ns| {
+            real_server(
+                pw,
+                ns,
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "8080",
+                    "--bind",
+                    "127.0.0.1",
+                ],
+                SockSpec::tcp("127.0.0.1:8080"),
+                "reuseaddr-vs-listen",
+            )
+        })
+        .host_only(),
+        // The brief's example with a real server: python's [::] socket is dual-stack.
+        Scenario::shared("explain_real_server_python_dual_stack", |_, pw, ns| {
+            real_server(
+                pw,
+                ns,
+                &["python3", "-m", "http.server", "8080", "--bind", "::"],
+                SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
+                "dual-stack-covers-ipv4",
+            )
+        })
+        .host_only(),
+    ]
+}
+
+fn busybox_httpd_cmd() -> Result<Vec<&'static str>> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .context("busybox not found")?;
+    Ok(vec![
+        busybox,
+        "httpd",
+        "-f",
+        "-p",
+        "127.0.0.1:8080",
+        "-h",
+        "/",
+    ])
+}
+
+/// A server program running in a scenario's namespace; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub pid: u32,
+    /// As the kernel reports it, read once the server listens.
+    pub comm: String,
+}
+
+impl Server {
+    /// Starts `argv` in `ns` and waits until portwatch saw it listen.
+    pub fn start(pw: &Portwatch, ns: &Netns, argv: &[&str]) -> Result<Server> {
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        ns.enter_on_spawn(&mut cmd)?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", argv.join(" ")))?;
+        let pid = child.id();
+        let mut server = Server {
+            child,
+            pid,
+            comm: String::new(),
+        };
+        pw.wait_for(ns, &format!("the server (pid {pid}) listening"), |e| {
+            e.iter()
+                .any(|e| e.kind() == "listen" && e.pid() == Some(u64::from(pid)))
+        })?;
+        server.comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?
+            .trim()
+            .to_string();
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server not written here holds the port; portwatch must name it. Both servers set
+/// SO_REUSEADDR, as most servers do, and listen: the rule is that SO_REUSEADDR cannot help
+/// against a listener.
+fn real_server(
+    pw: &Portwatch,
+    ns: &Netns,
+    argv: &[&str],
+    asked: SockSpec,
+    rule: &str,
+) -> Result<()> {
+    let server = Server::start(pw, ns, argv)?;
+    let mut a = Holder::spawn(ns, "pw-asker")?;
+    let b = a.bind_fails(&asked, EADDRINUSE)?;
+    let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
+    fields(
+        &ev,
+        &[
+            ("explain.rule", json!(rule)),
+            ("explain.holders.0.options.reuseaddr", json!(true)),
+            ("explain.holders.0.owners.0.pid", json!(server.pid)),
+            ("explain.holders.0.owners.0.comm", json!(server.comm)),
+        ],
+    )
+}
