@@ -270,8 +270,21 @@ impl FactFinder {
                 other_netns,
                 tables,
             } => {
-                if !tables {
+                if walked(ev) {
                     self.kernel_facts(ns, ev, facts);
+                    // The kernel read the call's own port space; a success is also explained
+                    // by the other protocol's sockets on the port (separate port spaces).
+                    if tables
+                        && let (Some(h), Ok(more)) = (
+                            facts.holders.as_mut(),
+                            self.holders(ebpf, ns, netns, Some(port)),
+                        )
+                    {
+                        h.extend(
+                            more.into_iter()
+                                .filter(|m| !m.socket.proto.shares_ports_with(sock.proto)),
+                        );
+                    }
                 } else {
                     match self.holders(ebpf, ns, netns, Some(port)) {
                         Ok(mut h) => {
@@ -451,9 +464,16 @@ fn table_lookup(ev: &Event) -> TableLookup {
         TableLookup::Port {
             port,
             other_netns: ev.ok(),
-            tables: ev.walk.is_none_or(|w| w & walk::DONE == 0),
+            // A failure is explained from the kernel's list alone; a success also looks at the
+            // other protocol's sockets on the port.
+            tables: !walked(ev) || ev.ok(),
         }
     }
+}
+
+/// Whether the kernel side read the call's port's owners at the call.
+fn walked(ev: &Event) -> bool {
+    ev.walk.is_some_and(|w| w & walk::DONE != 0)
 }
 
 /// Who bound the sockets portwatch saw bound, by socket inode. Bounded: the oldest are

@@ -168,8 +168,13 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
             Some(f) => f,
             None => r.field("inet_bind_bucket", "bhash2.first")?,
         },
-        tb2_bhash_node: r.embedded("inet_bind2_bucket", "bhash_node")?,
-        tb2_owners: r.field("inet_bind2_bucket", "owners.first")?,
+        // Only read where sockets hang off bind2 buckets (6.8+); 6.1's have no `bhash_node`.
+        tb2_bhash_node: r
+            .optional("inet_bind2_bucket", "bhash_node.next")?
+            .unwrap_or_default(),
+        tb2_owners: r
+            .optional("inet_bind2_bucket", "owners.first")?
+            .unwrap_or_default(),
         // Sockets hang off the bind2 buckets once the bind bucket has no `owners` (6.8+).
         tb_has_bhash2: Field::plain(
             u32::from(r.optional("inet_bind_bucket", "owners")?.is_none()),

@@ -47,7 +47,9 @@ pub enum LoadError {
     NoBtf { path: String },
     #[error("reading the kernel's BTF: {0}")]
     Btf(#[from] btf::BtfError),
-    #[error("kernel {found} is too old: portwatch needs Linux 5.8 or newer (BPF ring buffer)")]
+    #[error(
+        "kernel {found} is too old: portwatch needs Linux 5.17 or newer (BPF ring buffer, bpf_loop)"
+    )]
     KernelTooOld { found: String },
     #[error("finding kernel struct offsets in BTF: {0}")]
     Layout(#[from] layout::LayoutError),
@@ -147,7 +149,7 @@ pub fn check_privileges(command: &str) -> Result<(), LoadError> {
 pub fn kernel_info() -> Result<KernelInfo, LoadError> {
     let release = kernel_release();
     if let Some((major, minor)) = parse_version(&release)
-        && (major, minor) < (5, 8)
+        && (major, minor) < (5, 17)
     {
         return Err(LoadError::KernelTooOld { found: release });
     }

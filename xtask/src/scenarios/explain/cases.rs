@@ -52,7 +52,7 @@ pub(super) fn clash_case(
     rule: &str,
 ) -> Result<()> {
     let (ev, _h, _a) = clash(pw, ns, &[held], asked, rule)?;
-    source_is(cx, &ev, "socket-table")
+    source_is(cx, &ev)
 }
 
 /// A holder binds `held`; the asker's bind of `asked` succeeds, explained by `rule`.

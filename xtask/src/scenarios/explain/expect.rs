@@ -56,11 +56,13 @@ pub(super) fn says(ev: &Event, words: &[&str]) -> Result<()> {
 
 /// Where the leading holder came from: the kernel's own conflict check under fexit (TCP),
 /// else the socket tables or, for a bound-only socket, the fd tables.
-pub(super) fn source_is(cx: &Ctx, ev: &Event, without_fexit: &str) -> Result<()> {
+/// The holder of a failed call comes from the kernel at the call: named by its own conflict
+/// check with fexit, read from the port's bucket at the syscall's exit with the tracepoints.
+pub(super) fn source_is(cx: &Ctx, ev: &Event) -> Result<()> {
     let want = if cx.pw.backend == "fexit" {
         "kernel-conflict-check"
     } else {
-        without_fexit
+        "kernel-at-call"
     };
     fields(ev, &[("explain.holders.0.source", json!(want))])
 }

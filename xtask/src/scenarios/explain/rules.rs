@@ -47,7 +47,7 @@ pub(super) fn same_address(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
             ("explain.holders.0.netns", json!(ns.inode())),
         ],
     )?;
-    source_is(cx, &ev, "socket-table")
+    source_is(cx, &ev)
 }
 
 /// The brief's own example, word for word.
@@ -72,7 +72,7 @@ pub(super) fn dual_stack(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         ],
     )?;
     fields(&ev, &[("explain.holders.0.options.v6only", json!(false))])?;
-    source_is(cx, &ev, "socket-table")
+    source_is(cx, &ev)
 }
 
 pub(super) fn bindv6only_default(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
@@ -100,7 +100,7 @@ pub(super) fn reuseaddr_needs_both(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Resu
         "reuseaddr-needs-both",
     )?;
     fields(&ev, &[("explain.holders.0.state", json!("BOUND"))])?;
-    source_is(cx, &ev, "fd-table")
+    source_is(cx, &ev)
 }
 
 pub(super) fn udp_reuseaddr(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
