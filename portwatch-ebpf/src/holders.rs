@@ -12,10 +12,20 @@
 //!
 //! The walk is bounded ([`MAX_STEPS`] list nodes, [`MAX_HOLDERS`] records), and says when it
 //! was cut. Each holder goes out as its own [`HolderRecord`], just before the call's event.
+//!
+//! Stack: the kernel adds up the frames of every call chain (program → walk → step → send)
+//! against one 512-byte limit, and 6.1 counts `bpf_loop` callbacks in it. So the walk's state
+//! lives in a per-CPU map, not on the stack, the steps read fields one at a time, and the
+//! holders are sent after the loop, from the walk's own small frame.
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::generated::{bpf_jiffies64, bpf_loop},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_jiffies64, bpf_loop},
+    },
+    macros::map,
+    maps::PerCpuArray,
 };
 use portwatch_common::{
     HolderRecord, IPPROTO_TCP, IPPROTO_UDP, MAX_HOLDERS, holder, lost, record, walk,
@@ -23,7 +33,7 @@ use portwatch_common::{
 
 use crate::{
     EVENTS, count_lost,
-    kernel::{LAYOUT, Sock, Window, global, read_field, read_u64},
+    kernel::{LAYOUT, Sock, global, read_field, read_u64},
     wakeup_flag,
 };
 
@@ -33,6 +43,7 @@ const MAX_STEPS: u32 = 24;
 
 /// What a walk sent.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Sent {
     count: u8,
     /// [`walk`] bits.
@@ -41,36 +52,139 @@ struct Sent {
 
 impl Sent {
     const NONE: Sent = Sent { count: 0, walk: 0 };
+    const NO_TABLE: Sent = Sent {
+        count: 0,
+        walk: walk::NO_TABLE,
+    };
 }
 
-/// Sends the sockets other than `sk` (a `struct sock *`) that hold `port` in `sk`'s namespace
-/// and port space. `own_bucket`: the socket is bound (a success), so its bind bucket is known
-/// without hashing. Returns a [`Sent`] packed as `count | walk << 8`.
+/// What one walk carries from step to step, and the sockets it found.
+#[repr(C)]
+pub struct Walk {
+    /// The thread walking: a walk on this CPU that finds another thread's state here (one
+    /// preempted mid-walk) reports itself as cut rather than trust it.
+    tid: u64,
+    /// The calling socket, skipped.
+    me: u64,
+    net: u64,
+    port: u64,
+    /// Sockets hang off bind2 buckets (6.8+), not off the bind bucket.
+    bhash2: u64,
+    /// 1 when only the first bind bucket is to be looked at (the caller's own).
+    single: u64,
+    /// The cursors: the next bind bucket, bind2 bucket and socket list node; 0 when done.
+    tb_node: u64,
+    tb2_node: u64,
+    owner: u64,
+    /// Found so far, and whether more were seen than fit.
+    n: u64,
+    cut: u64,
+    found: [u64; MAX_HOLDERS as usize],
+}
+
+/// One [`Walk`] per CPU: a program runs to its end on the CPU it started on.
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+const BPF_LOOP_STOP: i64 = 1;
+const BPF_LOOP_GO_ON: i64 = 0;
+
+/// Finds the sockets other than `sk` (a `struct sock *`) that hold `port` in `sk`'s namespace
+/// and port space, into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them.
+/// `own_bucket`: the socket is bound (a success), so its bind bucket is known without hashing.
+/// Returns a [`Sent`] packed as `count found | walk << 8`.
 ///
-/// A global BPF function: it gets a stack frame of its own (the walk's windows would not fit
-/// in the 512 bytes the fexit programs share with the event they build), and the verifier
-/// checks it once, not once per state of its caller. Arguments are plain numbers.
+/// A global BPF function: the verifier checks it once, not once per state of its caller.
+/// Arguments are plain numbers, as global functions need.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn portwatch_walk_port(
-    sk: u64,
-    protocol: u64,
-    port: u64,
-    netns: u64,
-    tid_own: u64,
-) -> u64 {
-    let (protocol, port, netns) = (protocol as u16, port as u16, netns as u32);
-    let sk = Sock::from_sk(sk);
-    let tid = tid_own as u32;
-    let own_bucket = tid_own >> 32 != 0;
-    let sent = if protocol == IPPROTO_TCP {
-        walk_tcp(&sk, port, netns, tid, own_bucket)
-    } else if protocol == IPPROTO_UDP {
-        walk_udp(&sk, port, netns, tid)
-    } else {
-        Sent::NONE
-    };
+pub extern "C" fn portwatch_walk_port(sk: u64, protocol: u64, port: u64, own_bucket: u64) -> u64 {
+    let sent = walk_port(sk, protocol as u16, port as u16, own_bucket != 0);
     u64::from(sent.count) | u64::from(sent.walk) << 8
+}
+
+#[inline(always)]
+fn walk_port(sk: u64, protocol: u16, port: u16, own_bucket: bool) -> Sent {
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        return Sent::NO_TABLE;
+    };
+    let w = unsafe { &mut *w };
+    let tid = bpf_get_current_pid_tgid();
+    let net = read_field(sk, &LAYOUT.sk_net);
+    w.tid = tid;
+    w.me = sk;
+    w.net = net;
+    w.port = u64::from(port);
+    w.bhash2 = 0;
+    w.single = 0;
+    w.tb_node = 0;
+    w.tb2_node = 0;
+    w.owner = 0;
+    w.n = 0;
+    w.cut = 0;
+    let step: extern "C" fn(u64, *mut c_void) -> i64 = if protocol == IPPROTO_TCP {
+        let Some(first) = tcp_start(w, sk, net, port, own_bucket) else {
+            return Sent::NO_TABLE;
+        };
+        w.tb_node = first;
+        tcp_step
+    } else if protocol == IPPROTO_UDP {
+        let Some(first) = udp_start(sk, net, port) else {
+            return Sent::NO_TABLE;
+        };
+        w.owner = first;
+        udp_step
+    } else {
+        return Sent::NONE;
+    };
+    unsafe { bpf_loop(MAX_STEPS, step as *mut c_void, core::ptr::null_mut(), 0) };
+    let mut sent = Sent {
+        count: 0,
+        walk: walk::DONE,
+    };
+    // Another thread's walk ran on this CPU meanwhile (this one was preempted): its state is
+    // not ours to trust.
+    if w.tid != tid {
+        return Sent {
+            count: 0,
+            walk: walk::DONE | walk::CUT,
+        };
+    }
+    if w.owner != 0 || w.tb2_node != 0 || w.tb_node != 0 || w.cut != 0 {
+        sent.walk |= walk::CUT;
+    }
+    sent.count = w.n as u8;
+    sent
+}
+
+/// Sends the holders the last walk on this CPU found, as records of thread `tid`, and returns
+/// the walk result with its count corrected and LOST added for records the ring had no room
+/// for.
+///
+/// Called by the program after [`portwatch_walk_port`] returned, not from inside it: the
+/// send's frame then adds to the program's alone, not to the walk's as well (6.1 adds up the
+/// whole chain, `bpf_loop` callbacks included). A global function, checked once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn portwatch_send_found(protocol: u64, netns: u64, tid: u64, walked: u64) -> u64 {
+    let Some(w) = state() else {
+        return walked & !0xff;
+    };
+    let mut result = walked & !0xff;
+    let mut sent = 0u64;
+    let mut i = 0;
+    while i < MAX_HOLDERS as usize {
+        if (i as u64) >= w.n || (i as u64) >= (walked & 0xff) {
+            break;
+        }
+        if send(w.found[i], protocol as u16, netns as u32, tid as u32, 0) {
+            sent += 1;
+        } else {
+            result |= u64::from(walk::LOST) << 8;
+        }
+        i += 1;
+    }
+    result | sent
 }
 
 /// The value of an `hlist` field read as a pointer: the first node of a head, or a node's
@@ -85,130 +199,72 @@ fn offset(f: &'static portwatch_common::Field) -> u64 {
     u64::from(global(f).offset)
 }
 
-/// What one walk carries from step to step. It lives on the caller's stack; `bpf_loop` hands
-/// each step a pointer to it.
-#[repr(C)]
-struct Walk {
-    /// The calling socket, skipped.
-    me: u64,
-    net: u64,
-    port: u64,
-    netns: u32,
-    tid: u32,
-    protocol: u16,
-    /// Sockets hang off bind2 buckets (6.8+), not off the bind bucket.
-    bhash2: u16,
-    /// 1 when only the first bind bucket is to be looked at (the caller's own).
-    single: u32,
-    /// The cursors: the next bind bucket, bind2 bucket and socket list node; 0 when done.
-    tb_node: u64,
-    tb2_node: u64,
-    owner: u64,
-    sent: Sent,
+/// The state of the walk on this CPU, for a step.
+#[inline(always)]
+fn state() -> Option<&'static mut Walk> {
+    WALK.get_ptr_mut(0).map(|w| unsafe { &mut *w })
 }
 
-const BPF_LOOP_STOP: i64 = 1;
-const BPF_LOOP_GO_ON: i64 = 0;
-
-/// Runs `step` up to [`MAX_STEPS`] times over `w`. `bpf_loop` has the verifier check one step,
-/// not every unrolled path through the whole walk: that is what keeps loading fast.
 #[inline(always)]
-fn run(w: &mut Walk, step: extern "C" fn(u64, *mut c_void) -> i64) {
-    unsafe {
-        bpf_loop(
-            MAX_STEPS,
-            step as *mut c_void,
-            (w as *mut Walk).cast::<c_void>(),
-            0,
-        )
-    };
-    if w.owner != 0 || w.tb2_node != 0 || w.tb_node != 0 {
-        w.sent.walk |= walk::CUT;
+fn found(w: &mut Walk, sk: u64) {
+    if w.n < u64::from(MAX_HOLDERS) {
+        w.found[(w.n as usize) % MAX_HOLDERS as usize] = sk;
+        w.n += 1;
+    } else {
+        w.cut = 1;
     }
 }
 
+/// The first bind bucket node to look at: the socket's own bucket, or the head of the port's
+/// hash chain. None when the table cannot be reached.
 #[inline(always)]
-fn walk_tcp(sk: &Sock, port: u16, netns: u32, tid: u32, own_bucket: bool) -> Sent {
-    let net = sk.net();
-    // The first bind bucket to look at: the socket's own, or the head of the port's hash chain.
+fn tcp_start(w: &mut Walk, me: u64, net: u64, port: u16, own_bucket: bool) -> Option<u64> {
+    w.bhash2 = u64::from(global(&LAYOUT.tb_has_bhash2).offset != 0);
     let own = if own_bucket {
-        read_field(sk.sk, &LAYOUT.icsk_bind_hash)
+        read_field(me, &LAYOUT.icsk_bind_hash)
     } else {
         0
     };
-    let tb_node = if own != 0 {
-        own + offset(&LAYOUT.tb_node)
-    } else {
-        let hashinfo = read_field(net, &LAYOUT.net_tcp_hashinfo);
-        let h = Window::<5>::around(
-            hashinfo,
-            &[&LAYOUT.hashinfo_bhash, &LAYOUT.hashinfo_bhash_size],
-        );
-        let bhash = h.field(&LAYOUT.hashinfo_bhash);
-        let size = h.field(&LAYOUT.hashinfo_bhash_size);
-        if bhash == 0 || size == 0 {
-            return Sent {
-                count: 0,
-                walk: walk::NO_TABLE,
-            };
-        }
-        let mix = read_field(net, &LAYOUT.net_hash_mix);
-        let slot = (u64::from(port) + mix) & (size - 1);
-        let bucket = bhash + slot * offset(&LAYOUT.bhash_bucket_size);
-        node(read_u64(bucket + offset(&LAYOUT.bhash_bucket_chain)))
-    };
-    let mut w = Walk {
-        me: sk.sk,
-        net,
-        port: u64::from(port),
-        netns,
-        tid,
-        protocol: IPPROTO_TCP,
-        bhash2: u16::from(global(&LAYOUT.tb_has_bhash2).offset != 0),
-        single: u32::from(own != 0),
-        tb_node,
-        tb2_node: 0,
-        owner: 0,
-        sent: Sent {
-            count: 0,
-            walk: walk::DONE,
-        },
-    };
-    run(&mut w, tcp_step);
-    w.sent
+    if own != 0 {
+        // Only our own bucket: the chain may hold other ports' buckets, which we skip anyway.
+        w.single = 1;
+        return Some(own + offset(&LAYOUT.tb_node));
+    }
+    let hashinfo = read_field(net, &LAYOUT.net_tcp_hashinfo);
+    let bhash = read_field(hashinfo, &LAYOUT.hashinfo_bhash);
+    let size = read_field(hashinfo, &LAYOUT.hashinfo_bhash_size);
+    if bhash == 0 || size == 0 {
+        return None;
+    }
+    let mix = read_field(net, &LAYOUT.net_hash_mix);
+    let slot = (u64::from(port) + mix) & (size - 1);
+    let bucket = bhash + slot * offset(&LAYOUT.bhash_bucket_size);
+    Some(node(read_u64(bucket + offset(&LAYOUT.bhash_bucket_chain))))
 }
 
 /// One node of the TCP walk: a socket, else a bind2 bucket, else a bind bucket.
-extern "C" fn tcp_step(_i: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *ctx.cast::<Walk>() };
+extern "C" fn tcp_step(_i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(w) = state() else {
+        return BPF_LOOP_STOP;
+    };
     if w.owner != 0 {
         let other = w.owner - offset(&LAYOUT.sk_bind_node);
         w.owner = node(read_u64(w.owner));
         if other != w.me {
-            add(w, other);
+            found(w, other);
         }
         return BPF_LOOP_GO_ON;
     }
     if w.tb2_node != 0 {
         let tb2 = w.tb2_node - offset(&LAYOUT.tb2_bhash_node);
-        let b = Window::<4>::around(tb2, &[&LAYOUT.tb2_bhash_node, &LAYOUT.tb2_owners]);
-        w.owner = node(b.field(&LAYOUT.tb2_owners));
-        w.tb2_node = node(b.field(&LAYOUT.tb2_bhash_node));
+        w.owner = node(read_field(tb2, &LAYOUT.tb2_owners));
+        w.tb2_node = node(read_field(tb2, &LAYOUT.tb2_bhash_node));
         return BPF_LOOP_GO_ON;
     }
     if w.tb_node != 0 {
         let tb = w.tb_node - offset(&LAYOUT.tb_node);
-        let b = Window::<10>::around(
-            tb,
-            &[
-                &LAYOUT.tb_net,
-                &LAYOUT.tb_port,
-                &LAYOUT.tb_node,
-                &LAYOUT.tb_owners,
-            ],
-        );
-        if b.field(&LAYOUT.tb_net) == w.net && b.field(&LAYOUT.tb_port) == w.port {
-            let first = node(b.field(&LAYOUT.tb_owners));
+        if read_field(tb, &LAYOUT.tb_net) == w.net && read_field(tb, &LAYOUT.tb_port) == w.port {
+            let first = node(read_field(tb, &LAYOUT.tb_owners));
             if w.bhash2 != 0 {
                 w.tb2_node = first;
             } else {
@@ -219,81 +275,50 @@ extern "C" fn tcp_step(_i: u64, ctx: *mut c_void) -> i64 {
         w.tb_node = if w.single != 0 {
             0
         } else {
-            node(b.field(&LAYOUT.tb_node))
+            node(read_field(tb, &LAYOUT.tb_node))
         };
         return BPF_LOOP_GO_ON;
     }
     BPF_LOOP_STOP
 }
 
+/// The first socket of the port's UDP hash slot. None when the table cannot be reached.
 #[inline(always)]
-fn walk_udp(sk: &Sock, port: u16, netns: u32, tid: u32) -> Sent {
-    let net = sk.net();
+fn udp_start(me: u64, net: u64, port: u16) -> Option<u64> {
     let table = if global(&LAYOUT.net_udp_table).size != 0 {
         read_field(net, &LAYOUT.net_udp_table)
     } else {
-        let prot = read_field(sk.sk, &LAYOUT.sk_prot);
+        let prot = read_field(me, &LAYOUT.sk_prot);
         read_field(prot, &LAYOUT.proto_udp_table)
     };
-    let t = Window::<4>::around(table, &[&LAYOUT.udp_table_hash, &LAYOUT.udp_table_mask]);
-    let hash = t.field(&LAYOUT.udp_table_hash);
+    let hash = read_field(table, &LAYOUT.udp_table_hash);
     if hash == 0 {
-        return Sent {
-            count: 0,
-            walk: walk::NO_TABLE,
-        };
+        return None;
     }
     let mix = read_field(net, &LAYOUT.net_hash_mix);
-    let slot = (u64::from(port) + mix) & t.field(&LAYOUT.udp_table_mask);
-    let mut w = Walk {
-        me: sk.sk,
-        net,
-        port: u64::from(port),
-        netns,
-        tid,
-        protocol: IPPROTO_UDP,
-        bhash2: 0,
-        single: 0,
-        tb_node: 0,
-        tb2_node: 0,
-        // `udp_hslot.head` opens the slot.
-        owner: node(read_u64(hash + slot * offset(&LAYOUT.udp_hslot_size))),
-        sent: Sent {
-            count: 0,
-            walk: walk::DONE,
-        },
-    };
-    run(&mut w, udp_step);
-    w.sent
+    let slot = (u64::from(port) + mix) & read_field(table, &LAYOUT.udp_table_mask);
+    // `udp_hslot.head` opens the slot.
+    Some(node(read_u64(hash + slot * offset(&LAYOUT.udp_hslot_size))))
 }
 
 /// One socket of the UDP slot. The slot holds every port that hashes to it, from every
 /// namespace.
-extern "C" fn udp_step(_i: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *ctx.cast::<Walk>() };
+extern "C" fn udp_step(_i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(w) = state() else {
+        return BPF_LOOP_STOP;
+    };
     if w.owner == 0 {
         return BPF_LOOP_STOP;
     }
     let other = w.owner - offset(&LAYOUT.sk_node);
     w.owner = node(read_u64(w.owner));
-    if other != w.me {
-        let o = Sock::from_sk(other);
-        if u64::from(o.num()) == w.port && o.net() == w.net {
-            add(w, other);
-        }
+    if other != w.me
+        && read_field(other, &LAYOUT.sk_num) == w.port
+        && read_field(other, &LAYOUT.sk_net) == w.net
+    {
+        found(w, other);
     }
     BPF_LOOP_GO_ON
-}
-
-#[inline(always)]
-fn add(w: &mut Walk, sk: u64) {
-    if w.sent.count >= MAX_HOLDERS {
-        w.sent.walk |= walk::CUT;
-    } else if send(sk, w.protocol, w.netns, w.tid, 0) {
-        w.sent.count += 1;
-    } else {
-        w.sent.walk |= walk::LOST;
-    }
 }
 
 /// Sends one holder record for `sk` (any sock: full, TIME_WAIT or request). `netns` is the

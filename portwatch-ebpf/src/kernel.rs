@@ -243,8 +243,24 @@ pub struct SyscallArgs {
 /// The arguments of syscall `nr`, read at its exit from the registers user space left at its
 /// entry (`task_pt_regs`, which the kernel keeps at the top of the task's stack). None when
 /// `orig_ax` is not `nr`: then the registers are not what we think, and nothing is guessed.
+///
+/// Not inlined, like [`socket_of_fd`]: their windows then take no room in the calling
+/// program's frame, which the holder walk's frames are added to (one 512-byte limit).
 #[inline(always)]
 pub fn syscall_args(nr: u32) -> Option<SyscallArgs> {
+    let mut args = SyscallArgs {
+        di: 0,
+        si: 0,
+        dx: 0,
+    };
+    (read_syscall_args(&mut args, nr) != 0).then_some(args)
+}
+
+/// [`syscall_args`]' body: fills `out` and returns 1, or 0 when `orig_ax` is not `nr`. A BPF
+/// function cannot hand a struct back (that would return a pointer into the caller's stack,
+/// which the verifier refuses), so the result goes through `out`.
+#[inline(never)]
+fn read_syscall_args(out: &mut SyscallArgs, nr: u32) -> u64 {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     let w = Window::<5>::around(
         regs,
@@ -256,17 +272,16 @@ pub fn syscall_args(nr: u32) -> Option<SyscallArgs> {
         ],
     );
     if w.field(&LAYOUT.regs_orig_ax) != u64::from(nr) {
-        return None;
+        return 0;
     }
-    Some(SyscallArgs {
-        di: w.field(&LAYOUT.regs_di),
-        si: w.field(&LAYOUT.regs_si),
-        dx: w.field(&LAYOUT.regs_dx),
-    })
+    out.di = w.field(&LAYOUT.regs_di);
+    out.si = w.field(&LAYOUT.regs_si);
+    out.dx = w.field(&LAYOUT.regs_dx);
+    1
 }
 
 /// `current->files->fdt->fd[fd]->private_data`: the `struct socket *` behind an fd, or 0.
-#[inline(always)]
+#[inline(never)]
 pub fn socket_of_fd(fd: i64) -> u64 {
     if fd < 0 {
         return 0;

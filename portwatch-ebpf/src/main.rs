@@ -31,7 +31,6 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
     programs::{FExitContext, TracePointContext},
 };
-use aya_log_ebpf::debug;
 use kernel::{Sock, global, probe_kernel, probe_user, tp_arg};
 use portwatch_common::{
     AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, COMM_LEN, IPPROTO_TCP, PORT_WORDS,
@@ -156,7 +155,11 @@ fn decode_sockaddr(raw: &[u8; 28], len: usize) -> Request {
 #[inline(always)]
 fn read_request(ptr: u64, addrlen: u64, user: bool) -> Request {
     match read_head(ptr, user) {
-        Some(head) => complete_request(head, ptr, addrlen, user),
+        Some(head) => {
+            let mut req = Request::NONE;
+            complete_request(&mut req, &head, ptr, addrlen, u64::from(user));
+            req
+        }
         None => Request::NONE,
     }
 }
@@ -173,9 +176,13 @@ fn read_head(ptr: u64, user: bool) -> Option<[u8; 16]> {
     }
 }
 
-/// The request from its first 16 bytes, reading the rest of a sockaddr_in6.
-#[inline(always)]
-fn complete_request(head: [u8; 16], ptr: u64, addrlen: u64, user: bool) -> Request {
+/// The request from its first 16 bytes, reading the rest of a sockaddr_in6, into `out`.
+///
+/// Not inlined: its buffers then sit in a frame of their own instead of in the calling
+/// program's, which the holder walk's frame is added to (one 512-byte limit per call chain).
+#[inline(never)]
+fn complete_request(out: &mut Request, head: &[u8; 16], ptr: u64, addrlen: u64, user: u64) {
+    let user = user != 0;
     let mut raw = [0u8; 28];
     let mut i = 0;
     while i < 16 {
@@ -203,7 +210,7 @@ fn complete_request(head: [u8; 16], ptr: u64, addrlen: u64, user: bool) -> Reque
     if addrlen < 8 {
         len = 0;
     }
-    decode_sockaddr(&raw, len)
+    *out = decode_sockaddr(&raw, len);
 }
 
 /// Fills and submits one event for socket `sock` (a `struct socket *`), or drops it when the
@@ -230,16 +237,13 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
             return;
         }
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
     let mut sent = 0u32;
-    let mut netns = 0;
     let mut body = kernel::SockBody {
         protocol: 0,
         sock_type: 0,
         uid: 0,
     };
     if let Some(sk) = &sk {
-        netns = sk.netns();
         body = sk.body();
         // The port the call is about: as asked for a failed bind, as bound otherwise.
         let port = if ret == 0 {
@@ -252,25 +256,52 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
             0
         };
         if port != 0 {
-            let own_bucket = u64::from(ret == 0) << 32;
-            sent = holders::portwatch_walk_port(
-                sk.sk,
-                u64::from(body.protocol),
-                u64::from(port),
-                u64::from(netns),
-                u64::from(tid) | own_bucket,
+            let protocol = u64::from(body.protocol);
+            let found =
+                holders::portwatch_walk_port(sk.sk, protocol, u64::from(port), u64::from(ret == 0));
+            sent = holders::portwatch_send_found(
+                protocol,
+                u64::from(sk.netns()),
+                bpf_get_current_pid_tgid(),
+                found,
             ) as u32;
         }
     }
+    let sk_ptr = match &sk {
+        Some(sk) => sk as *const Sock,
+        None => core::ptr::null(),
+    };
+    write_event(
+        req,
+        sk_ptr,
+        u64::from(ret as u32) | u64::from(fd as u32) << 32,
+        u64::from(rec) | u64::from(backend as u8) << 8 | u64::from(sent) << 16,
+        u64::from(body.protocol) | u64::from(body.sock_type) << 16 | u64::from(body.uid) << 32,
+    );
+}
+
+/// Reserves, fills and submits the event of one call, after its holders went out.
+///
+/// Not inlined, so that its windows and buffers sit in a stack frame of its own: the kernel
+/// adds up the frames of a call chain against one 512-byte limit (6.1 counts the holder walk's
+/// frame on top of the caller's), and this keeps both chains under it. `sk` is null when the
+/// socket could not be reached; the numbers are packed because a BPF function takes at most
+/// five arguments: `ret_fd` = ret | fd << 32, `meta` = record | backend << 8 | walk result
+/// << 16, `body` = protocol | type << 16 | uid << 32.
+#[inline(never)]
+fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64) {
     let Some(mut entry) = EVENTS.reserve::<BindEvent>(0) else {
         count_lost(lost::RINGBUF);
         return;
     };
+    let rec = meta as u8;
+    let sent = (meta >> 16) as u32;
     let e = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
+    let sk = unsafe { sk.as_ref() };
     unsafe {
         (*e).record = rec;
-        (*e).backend = backend as u8;
+        (*e).backend = (meta >> 8) as u8;
         (*e).flags = if req.ok == 0 && rec == record::BIND {
             flags::NO_REQUEST
         } else {
@@ -280,27 +311,28 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
         (*e).req_port = req.port;
         (*e).req_addr = req.addr;
         (*e).req_scope_id = req.scope_id;
-        (*e).ret = ret;
+        (*e).ret = ret_fd as u32 as i32;
         (*e).ts_ns = bpf_ktime_get_boot_ns();
         (*e).cgroup_id = bpf_get_current_cgroup_id();
         (*e).pid = (pid_tgid >> 32) as u32;
-        (*e).tid = tid;
+        (*e).tid = pid_tgid as u32;
         (*e).uid = bpf_get_current_uid_gid() as u32;
-        (*e).fd = fd;
+        (*e).fd = (ret_fd >> 32) as u32 as i32;
         (*e).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
         (*e).walk = (sent >> 8) as u8;
         (*e).holders = sent as u8;
         (*e)._pad = [0; 7];
-        match &sk {
+        match sk {
             Some(sk) => {
+                let family = sk.family();
                 (*e).state = sk.state();
                 (*e).family = family;
-                (*e).bound_port = bound_port;
+                (*e).bound_port = sk.num();
                 (*e).bound_addr = sk.rcv_saddr(family);
-                (*e).protocol = body.protocol;
-                (*e).sock_type = body.sock_type;
-                (*e).sk_uid = body.uid;
-                (*e).netns = netns;
+                (*e).protocol = body as u16;
+                (*e).sock_type = (body >> 16) as u16;
+                (*e).sk_uid = (body >> 32) as u32;
+                (*e).netns = sk.netns();
                 (*e).bound_dev_if = sk.bound_dev_if();
                 (*e).reuse = sk.reuse();
                 (*e).options = sk.options();
@@ -384,7 +416,7 @@ fn on_exit(ctx: &TracePointContext, rec: u8) {
             if global(&SETTINGS.filter_ports) != 0 && port != 0 && !port_in_filter(port) {
                 return;
             }
-            req = complete_request(head, uaddr, addrlen, true);
+            complete_request(&mut req, &head, uaddr, addrlen, 1);
         }
     }
     let fd = args.di as i64;
@@ -397,10 +429,8 @@ fn on_exit(ctx: &TracePointContext, rec: u8) {
     if sock == 0 && ret == -EBADF {
         return;
     }
-    if sock == 0 && ret == 0 {
-        // The fd was closed or replaced by another thread between the call and here.
-        debug!(ctx, "fd {} of a successful call is gone", fd);
-    }
+    // A successful call whose fd is gone (closed or replaced by another thread since) still
+    // goes out, flagged NO_SOCKET, and user space says so.
     emit(rec, Backend::Tracepoint, &req, fd as i32, sock, ret);
 }
 

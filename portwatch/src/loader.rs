@@ -91,8 +91,6 @@ pub struct Loaded {
     /// Whether the kernel's own conflict check is hooked (fexit on inet_bind_conflict).
     pub conflict_hook: bool,
     pub load_time: Duration,
-    /// Forwards the kernel side's aya-log records to the `log` crate; flush it now and then.
-    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Whether the socket table iterators loaded (and why not).
     pub tables: Result<(), String>,
 }
@@ -282,10 +280,6 @@ pub fn load(
     // aya finds fexit and iterator targets in a BTF of its own; it gets the stub.
     let aya_btf = kernel.aya_btf()?;
     let mut ebpf = open_object(kernel, &settings, &filter.ports, &aya_btf)?;
-    // The kernel side reports rare trouble (a full table, a vanished fd) through aya-log.
-    let logger = aya_log::EbpfLogger::init(&mut ebpf)
-        .inspect_err(|e| debug!("no kernel-side log channel: {e}"))
-        .ok();
 
     let (backend, fallback, conflict_hook) = match choice {
         BackendChoice::Only(Backend::Fexit) => {
@@ -332,7 +326,6 @@ pub fn load(
         fallback,
         conflict_hook,
         tables,
-        logger,
         load_time: started.elapsed(),
     })
 }

@@ -273,7 +273,6 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         }
     };
     let backend = loaded.backend;
-    let mut kernel_log = loaded.logger;
     let mut session = Session {
         ebpf: loaded.ebpf,
         printer: Printer::new(args.json, color, Clock::now(), netns::current()),
@@ -311,9 +310,6 @@ pub async fn run(args: TraceArgs) -> Result<()> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                if let Some(l) = kernel_log.as_mut() {
-                    l.flush();
-                }
                 outcome = session.drain(ring.get_mut());
                 if outcome.is_ok() {
                     outcome = report_lost(&lost_map, &mut session, &mut reported_lost);
