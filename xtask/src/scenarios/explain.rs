@@ -11,7 +11,8 @@
 //!
 //! This file is the table of them, in the order they run. The bodies: [`cases`] (the generic
 //! shapes: a clash, a share, a refusal), [`rules`] (rules that need their own set-up),
-//! [`real_server`] (servers not written here); [`expect`] holds what an explanation must say.
+//! [`real_server`] (servers not written here), [`instant`] (holders only the kernel's view at
+//! the call can explain); [`expect`] holds what an explanation must say.
 
 /// [`holding::twice`], naming the second scenario `NAME_holder_gone`.
 macro_rules! twice {
@@ -23,8 +24,10 @@ macro_rules! twice {
 mod cases;
 mod expect;
 mod holding;
+mod instant;
 mod real_server;
 mod rules;
+mod tcp_state;
 
 use self::{
     cases::{clash_case, refused, share_case},
@@ -311,5 +314,6 @@ pub fn scenarios() -> Vec<Scenario> {
         eperm_cgroup,
     ));
     v.extend(real_server::scenarios());
+    v.extend(instant::scenarios());
     v
 }

@@ -2,12 +2,6 @@
 //! another namespace, a full ephemeral range, another uid, a cgroup program), or check more
 //! than the generic [`super::cases`] do.
 
-use std::{
-    io::Read as _,
-    net::{TcpListener, TcpStream},
-    time::Duration,
-};
-
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
@@ -15,12 +9,12 @@ use super::{
     cases::{clash, share_case},
     expect::{blames, says, shares_with, source_is},
     holding::{Holding, Seen},
+    tcp_state::leave_time_wait,
 };
 use crate::scenarios::{
     Ctx,
     cgroup_deny::DenyProgram,
     check::fields,
-    eventually,
     holder::Holder,
     netns::{self, Netns},
     portwatch::{Portwatch, lookup},
@@ -172,9 +166,8 @@ pub(super) fn udp_reuseaddr(
     })
 }
 
-/// The restart case. A server (`old_reuse`) accepts a connection and closes it first, so the
-/// connection sits in TIME_WAIT with the listener's SO_REUSEADDR; then the listener goes away
-/// and a new socket (`new_reuse`) binds the same address.
+/// The restart case: a server (`old_reuse`) left a connection in TIME_WAIT
+/// ([`leave_time_wait`]); a new socket (`new_reuse`) binds the same address.
 pub(super) fn time_wait(
     pw: &Portwatch,
     ns: &Netns,
@@ -184,27 +177,7 @@ pub(super) fn time_wait(
     words: &str,
 ) -> Result<()> {
     let addr = "127.0.0.1:8080";
-    {
-        let srv = Sock::open(&SockSpec::tcp(addr).with(|o| o.reuseaddr = old_reuse))?;
-        srv.bind()?;
-        srv.listen(16)?;
-        let listener: TcpListener = srv.socket.into();
-        let client = TcpStream::connect(addr)?;
-        let (conn, _) = listener.accept()?;
-        drop(conn); // the server closes first: its side will be the TIME_WAIT one
-        let mut buf = [0u8; 1];
-        client.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let _ = (&client).read(&mut buf); // wait for the server's FIN
-        drop(client);
-    }
-    let seen = eventually(Duration::from_secs(10), || {
-        let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
-        // local address 0100007F:1F90 (127.0.0.1:8080), state 06 (TIME_WAIT)
-        Ok(tcp
-            .lines()
-            .any(|l| l.contains("0100007F:1F90") && l.split_whitespace().nth(3) == Some("06")))
-    })?;
-    ensure!(seen, "set-up: no TIME_WAIT connection on {addr} appeared");
+    leave_time_wait(addr, old_reuse)?;
     let mut a = Holder::spawn(ns, "pw-server")?;
     let spec = SockSpec::tcp(addr).with(|o| o.reuseaddr = new_reuse);
     match rule {
