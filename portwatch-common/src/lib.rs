@@ -17,17 +17,134 @@ pub mod record {
     pub const BIND: u8 = 1;
     /// A listen() call: [`crate::BindEvent`] too, since it carries the same socket facts.
     pub const LISTEN: u8 = 2;
-    /// A socket the kernel's own conflict check found in the way: [`crate::ConflictEvent`].
-    /// Only the fexit backend can see this; it arrives just before the bind or listen event
-    /// of the same thread.
-    pub const CONFLICT: u8 = 3;
+    /// Another socket on the call's port, as the kernel had it at the instant of the call:
+    /// [`crate::HolderRecord`]. Holders come just before the bind or listen event of the same
+    /// thread, which says how many were sent ([`crate::BindEvent::holders`]).
+    pub const HOLDER: u8 = 3;
 }
 
-/// Which kernel hook filled an event.
-pub mod backend {
-    pub const TRACEPOINT: u8 = 1;
-    pub const FEXIT: u8 = 2;
+/// Bits in [`BindEvent::walk`]: how the kernel side looked for the port's other owners.
+pub mod walk {
+    /// The port's bucket in the kernel's bind table (TCP) or UDP hash was walked at the call.
+    pub const DONE: u8 = 1 << 0;
+    /// More owners than the kernel side sends, or a longer chain than it follows: the holder
+    /// list is incomplete.
+    pub const CUT: u8 = 1 << 1;
+    /// The table could not be reached (unreadable memory, a protocol without one).
+    pub const NO_TABLE: u8 = 1 << 2;
+    /// Holder records were dropped because the ring buffer was full.
+    pub const LOST: u8 = 1 << 3;
 }
+
+/// Bits in [`HolderRecord::flags`].
+pub mod holder {
+    /// A full socket: `uid` and `ino` are read (TIME_WAIT and request socks have neither).
+    pub const FULL: u8 = 1 << 0;
+    /// A full socket whose `struct socket` has no file: opened by the kernel itself (a tunnel,
+    /// a kernel service), so no process can own it.
+    pub const NO_FILE: u8 = 1 << 1;
+    /// A full socket with no `struct socket` at all: orphaned (its process closed it; the
+    /// kernel finishes the connection).
+    pub const ORPHAN: u8 = 1 << 2;
+    /// Reported by the kernel's own conflict check (fexit on `inet_bind_conflict`): this is
+    /// the very socket the kernel compared and found in the way.
+    pub const CONFLICT_CHECK: u8 = 1 << 3;
+}
+
+/// How many holders the kernel side sends with one event, at most.
+pub const MAX_HOLDERS: u8 = 8;
+
+/// Which kernel hooks fill the events. The kernel side writes the `u8` value into
+/// [`BindEvent::backend`]; user space names it with [`Backend::name`] everywhere (flags, JSON,
+/// messages), so the two forms cannot drift apart.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The syscall tracepoints: work on every kernel with syscall tracepoints, including those
+    /// that refuse trampolines.
+    Tracepoint = 1,
+    /// fexit on the kernel's inet bind/listen functions: every bind path (io_uring too).
+    Fexit = 2,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Fexit, Backend::Tracepoint];
+
+    /// The stable name, as `--backend` takes it and JSON prints it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Tracepoint => "tracepoint",
+            Backend::Fexit => "fexit",
+        }
+    }
+
+    pub fn from_raw(v: u8) -> Option<Backend> {
+        match v {
+            1 => Some(Backend::Tracepoint),
+            2 => Some(Backend::Fexit),
+            _ => None,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+impl core::fmt::Display for Backend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Names of the maps both sides use. The kernel side's `#[map]` statics carry exactly these
+/// names (aya names a map after its static); user space opens maps only through these.
+pub mod maps {
+    /// The ring buffer of records ([`crate::record`]).
+    pub const EVENTS: &str = "EVENTS";
+    /// The `--port` set as a bitmap of [`crate::PORT_WORDS`] u64 words.
+    pub const PORT_BITS: &str = "PORT_BITS";
+    /// Per-CPU counters of events dropped in the kernel, indexed by [`crate::lost`].
+    pub const LOST: &str = "LOST";
+    /// `[0]`: the port the socket table iterators dump, or [`crate::ITER_ALL_PORTS`].
+    pub const ITER_PORT: &str = "ITER_PORT";
+}
+
+/// Indices into the [`maps::LOST`] counters.
+pub mod lost {
+    /// The ring buffer was full.
+    pub const RINGBUF: u32 = 0;
+    /// How many counters there are.
+    pub const COUNT: u32 = 1;
+}
+
+/// Size of the [`maps::EVENTS`] ring buffer. 4 MiB holds ~32k events: half a second of the
+/// fastest bind loop these machines run, far more than the reader's poll interval needs.
+pub const RING_BYTES: u32 = 1 << 22;
+
+/// Words of the [`maps::PORT_BITS`] bitmap: one bit per port.
+pub const PORT_WORDS: u32 = 65536 / 64;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    /// A request sock: a half-open connection, not a socket that holds a port.
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// IP protocol numbers.
+pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u16 = 17;
 
 /// Socket option bits in [`BindEvent::options`] and [`SockRecord::options`].
 pub mod opt {
@@ -117,6 +234,47 @@ pub struct KernelLayout {
     pub inet_bind_address_no_port: Field,
     // struct inet_timewait_sock
     pub tw_timer_expires: Field,
+    pub tw_substate: Field,
+    // the saved user registers (`struct pt_regs`): the syscall's arguments at its exit
+    pub regs_di: Field,
+    pub regs_si: Field,
+    pub regs_dx: Field,
+    pub regs_orig_ax: Field,
+    // who owns a port: the kernel's bind table (TCP) and UDP hash
+    /// `socket.file`: null for a socket the kernel opened for itself.
+    pub socket_file: Field,
+    /// `sock_common.skc_bind_node`: links a socket (TIME_WAIT too) into its bind bucket.
+    pub sk_bind_node: Field,
+    /// `sock_common.skc_node`: links a UDP socket into its hash slot.
+    pub sk_node: Field,
+    pub sk_prot: Field,
+    pub net_hash_mix: Field,
+    /// `net.ipv4.tcp_death_row.hashinfo`.
+    pub net_tcp_hashinfo: Field,
+    /// `net.ipv4.udp_table` (6.2+; size 0 before, see `proto_udp_table`).
+    pub net_udp_table: Field,
+    /// `proto.h.udp_table`: where kernels before 6.2 keep the UDP table.
+    pub proto_udp_table: Field,
+    pub hashinfo_bhash: Field,
+    pub hashinfo_bhash_size: Field,
+    /// `sizeof(struct inet_bind_hashbucket)`, in `offset`; and `chain` in it.
+    pub bhash_bucket_size: Field,
+    pub bhash_bucket_chain: Field,
+    pub tb_net: Field,
+    pub tb_port: Field,
+    pub tb_node: Field,
+    /// `inet_bind_bucket.owners` (before 6.8) or, from 6.8, `.bhash2` (a list of bind2 buckets,
+    /// each with its owners): see `tb_has_bhash2`.
+    pub tb_owners: Field,
+    pub tb2_bhash_node: Field,
+    pub tb2_owners: Field,
+    /// 1 in `offset` when sockets hang off bind2 buckets (6.8+), 0 when off the bind bucket.
+    pub tb_has_bhash2: Field,
+    pub icsk_bind_hash: Field,
+    pub udp_table_hash: Field,
+    pub udp_table_mask: Field,
+    /// `sizeof(struct udp_hslot)`, in `offset`.
+    pub udp_hslot_size: Field,
 }
 
 /// One bind() or listen() as the kernel saw it.
@@ -125,7 +283,7 @@ pub struct KernelLayout {
 pub struct BindEvent {
     /// [`record::BIND`] or [`record::LISTEN`].
     pub record: u8,
-    /// [`backend::TRACEPOINT`] or [`backend::FEXIT`].
+    /// A [`Backend`] as its `u8` value.
     pub backend: u8,
     /// [`flags`] bits.
     pub flags: u8,
@@ -168,52 +326,77 @@ pub struct BindEvent {
     pub options: u16,
     /// Raw `skc_reuse` (1 = SO_REUSEADDR, 2 = forced by the kernel).
     pub reuse: u8,
-    pub _pad: u8,
+    /// [`walk`] bits: whether and how the port's other owners were read at the call.
+    pub walk: u8,
     pub comm: [u8; COMM_LEN],
+    /// How many [`HolderRecord`]s were sent just before this event.
+    pub holders: u8,
+    pub _pad: [u8; 7],
 }
 
-/// A socket the kernel's conflict check compared against and found in the way (fexit only).
+/// A socket on a port as the kernel has it: another owner of a call's port, read at the instant
+/// of the call (`tid` says whose), or one socket from the iter/tcp and iter/udp table dumps
+/// (`tid` 0).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ConflictEvent {
-    /// [`record::CONFLICT`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HolderRecord {
+    /// [`record::HOLDER`].
     pub record: u8,
     pub state: u8,
     pub family: u16,
+    /// The thread whose call this holder belongs to.
     pub tid: u32,
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub options: u16,
-    pub bound_dev_if: u32,
-    /// `sk_uid` of the holder; not readable for TIME_WAIT sockets (0 there).
-    pub uid: u32,
-    pub netns: u32,
-    /// Socket inode, 0 for TIME_WAIT and orphaned sockets.
-    pub ino: u64,
-}
-
-/// One socket from the iter/tcp or iter/udp programs: what the kernel's tables hold on a port.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SockRecord {
-    pub family: u16,
     pub protocol: u16,
-    pub state: u8,
-    pub reuse: u8,
-    pub options: u16,
     pub port: u16,
+    /// Peer port, host order (connected sockets).
     pub dport: u16,
+    /// [`opt`] bits (only those in `sock_common` when not [`holder::FULL`]).
+    pub options: u16,
     pub bound_dev_if: u32,
+    /// `sk_uid`; only with [`holder::FULL`].
     pub uid: u32,
     pub netns: u32,
+    /// [`holder`] bits.
+    pub flags: u8,
+    /// Raw `skc_reuse`.
+    pub reuse: u8,
+    /// For a TIME_WAIT sock: the state it stands for (`tw_substate`: TIME_WAIT, or FIN_WAIT2
+    /// for a closed socket whose peer has not closed yet). 0 otherwise.
+    pub substate: u8,
+    pub _pad: u8,
     pub addr: [u8; 16],
     pub daddr: [u8; 16],
-    /// Socket inode, 0 for TIME_WAIT and orphaned sockets.
+    /// Socket inode; only with [`holder::FULL`] and a `struct socket`.
     pub ino: u64,
     /// For TIME_WAIT: when the kernel drops it, in jiffies.
     pub tw_expires: u64,
     /// The kernel's jiffies when this record was written.
     pub jiffies_now: u64,
+}
+
+/// Settings user space writes once, before load, into the kernel side's read-only global
+/// `SETTINGS`. The verifier sees them as constants and drops the branches a setting turns off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    /// Only this process (tgid); 0 = all.
+    pub filter_pid: u32,
+    /// portwatch's own tgid: its probe binds must not trace themselves (a feedback loop).
+    pub self_pid: u32,
+    /// Wake the reader only once this much data waits; below it, user space polls on a timer.
+    /// A wakeup costs ~4 µs per event on some VMs, more than everything else here together.
+    pub wakeup_bytes: u64,
+    /// Offset of `ret` in the `syscalls/sys_exit_*` tracepoint records (from tracefs).
+    pub tp_exit_ret: u32,
+    /// This architecture's syscall numbers: the exit programs check `orig_ax` against them
+    /// before they trust the saved registers.
+    pub nr_bind: u32,
+    pub nr_listen: u32,
+    /// 1 = keep only calls whose requested or bound port is set in [`maps::PORT_BITS`].
+    pub filter_ports: u8,
+    /// 1 = keep only calls that failed.
+    pub filter_failed: u8,
+    pub _pad: [u8; 2],
 }
 
 /// `ITER_PORT[0]` value meaning "dump every socket".
@@ -224,5 +407,6 @@ mod pod {
     // SAFETY: all of these are #[repr(C)] and made of integers and integer arrays only.
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::Field {}
-    unsafe impl aya::Pod for super::SockRecord {}
+    unsafe impl aya::Pod for super::HolderRecord {}
+    unsafe impl aya::Pod for super::Settings {}
 }

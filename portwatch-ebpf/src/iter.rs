@@ -8,22 +8,17 @@
 //!
 //! aya-ebpf has no `#[iter]` macro, so the section name and context layout are spelled out.
 
-use aya_ebpf::{
-    helpers::generated::{bpf_jiffies64, bpf_seq_write},
-    macros::map,
-    maps::Array,
-};
-use portwatch_common::{ITER_ALL_PORTS, SockRecord};
+use aya_ebpf::{helpers::generated::bpf_seq_write, macros::map, maps::Array};
+use portwatch_common::{HolderRecord, IPPROTO_TCP, IPPROTO_UDP, ITER_ALL_PORTS, tcp_state};
 
-use crate::kernel::{Sock, read_u64};
+use crate::{
+    holders::describe,
+    kernel::{Sock, read_u64},
+};
 
 /// [0]: the port to dump, or [`ITER_ALL_PORTS`]. Set by user space before each read.
 #[map]
 static ITER_PORT: Array<u32> = Array::with_max_entries(1, 0);
-
-const IPPROTO_TCP: u16 = 6;
-const IPPROTO_UDP: u16 = 17;
-const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// `struct bpf_iter_meta`: only `seq` is used.
 #[repr(C)]
@@ -65,45 +60,22 @@ fn dump(ctx: *const IterCtx, protocol: u16) {
     if sk == 0 {
         return;
     }
-    let uid = unsafe { core::ptr::read_volatile(&raw const (*ctx).uid) };
     let sock = Sock::from_sk(sk);
     let port = sock.num();
     let want = ITER_PORT.get(0).copied().unwrap_or(ITER_ALL_PORTS);
     if want != ITER_ALL_PORTS && u32::from(port) != want {
         return;
     }
-    let state = sock.state();
-    if state == TCP_NEW_SYN_RECV {
+    if sock.state() == tcp_state::NEW_SYN_RECV {
         return; // a half-open connection request, not a socket holding the port
     }
-    let family = sock.family();
-    let full = sock.is_full();
-    let rec = SockRecord {
-        family,
-        protocol,
-        state,
-        reuse: sock.reuse(),
-        options: if full {
-            sock.options()
-        } else {
-            sock.common_options()
-        },
-        port,
-        dport: sock.dport(),
-        bound_dev_if: sock.bound_dev_if(),
-        uid,
-        netns: sock.netns(),
-        addr: sock.rcv_saddr(family),
-        daddr: sock.daddr(family),
-        ino: if full { sock.ino() } else { 0 },
-        tw_expires: if full { 0 } else { sock.tw_expires() },
-        jiffies_now: unsafe { bpf_jiffies64() },
-    };
+    let mut rec = HolderRecord::default();
+    describe(&raw mut rec, &sock, protocol, sock.netns(), 0, 0);
     unsafe {
         bpf_seq_write(
             seq,
             (&raw const rec).cast(),
-            core::mem::size_of::<SockRecord>() as u32,
+            core::mem::size_of::<HolderRecord>() as u32,
         );
     }
 }

@@ -7,18 +7,18 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_task, bpf_probe_read_kernel as probe_read_raw},
+        generated::{
+            bpf_get_current_task, bpf_get_current_task_btf,
+            bpf_probe_read_kernel as probe_read_raw, bpf_task_pt_regs,
+        },
     },
     programs::{FExitContext, TracePointContext},
 };
-use portwatch_common::{AF_INET6, Field, KernelLayout, opt};
+use portwatch_common::{AF_INET6, Field, KernelLayout, opt, tcp_state};
 
 /// Where the fields live in the running kernel. Written by user space before load; zero here.
 #[unsafe(no_mangle)]
-static LAYOUT: KernelLayout = unsafe { core::mem::zeroed() };
-
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
+pub static LAYOUT: KernelLayout = unsafe { core::mem::zeroed() };
 
 /// Reads a load-time constant. The volatile read stops rustc from folding the placeholder value
 /// in; the verifier still sees the real one, since aya freezes .rodata.
@@ -233,6 +233,38 @@ pub fn fexit_arg(ctx: &FExitContext, n: u64) -> u64 {
     read_u64(ctx.as_ptr() as u64 + n * 8)
 }
 
+/// The first three arguments of the current syscall, from the caller's saved registers.
+pub struct SyscallArgs {
+    pub di: u64,
+    pub si: u64,
+    pub dx: u64,
+}
+
+/// The arguments of syscall `nr`, read at its exit from the registers user space left at its
+/// entry (`task_pt_regs`, which the kernel keeps at the top of the task's stack). None when
+/// `orig_ax` is not `nr`: then the registers are not what we think, and nothing is guessed.
+#[inline(always)]
+pub fn syscall_args(nr: u32) -> Option<SyscallArgs> {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let w = Window::<5>::around(
+        regs,
+        &[
+            &LAYOUT.regs_dx,
+            &LAYOUT.regs_si,
+            &LAYOUT.regs_di,
+            &LAYOUT.regs_orig_ax,
+        ],
+    );
+    if w.field(&LAYOUT.regs_orig_ax) != u64::from(nr) {
+        return None;
+    }
+    Some(SyscallArgs {
+        di: w.field(&LAYOUT.regs_di),
+        si: w.field(&LAYOUT.regs_si),
+        dx: w.field(&LAYOUT.regs_dx),
+    })
+}
+
 /// `current->files->fdt->fd[fd]->private_data`: the `struct socket *` behind an fd, or 0.
 #[inline(always)]
 pub fn socket_of_fd(fd: i64) -> u64 {
@@ -264,7 +296,7 @@ pub struct SockBody {
 /// A `struct sock *`, the `struct socket *` that owns it when known, and the start of its
 /// `sock_common` read in one go (see [`Window`]).
 pub struct Sock {
-    sk: u64,
+    pub sk: u64,
     socket: u64,
     common: Window<4>,
 }
@@ -316,7 +348,7 @@ impl Sock {
     #[inline(always)]
     pub fn is_full(&self) -> bool {
         let s = self.state();
-        s != TCP_TIME_WAIT && s != TCP_NEW_SYN_RECV
+        s != tcp_state::TIME_WAIT && s != tcp_state::NEW_SYN_RECV
     }
 
     #[inline(always)]
@@ -350,19 +382,35 @@ impl Sock {
 
     #[inline(always)]
     pub fn netns(&self) -> u32 {
-        let net = self.common.field(&LAYOUT.sk_net);
-        read_field(net, &LAYOUT.net_inum) as u32
+        read_field(self.net(), &LAYOUT.net_inum) as u32
+    }
+
+    /// The `struct net *` the socket lives in.
+    #[inline(always)]
+    pub fn net(&self) -> u64 {
+        self.common.field(&LAYOUT.sk_net)
+    }
+
+    /// The `struct socket *`, 0 for TIME_WAIT, request and orphaned socks.
+    #[inline(always)]
+    pub fn socket(&self) -> u64 {
+        if self.socket != 0 {
+            self.socket
+        } else {
+            read_field(self.sk, &LAYOUT.sk_socket)
+        }
     }
 
     /// Inode of the socket (what /proc/PID/fd links name), 0 when orphaned. Every socket
     /// lives in a `socket_alloc` next to its inode, so no pointer needs following.
     #[inline(always)]
     pub fn ino(&self) -> u64 {
-        let socket = if self.socket != 0 {
-            self.socket
-        } else {
-            read_field(self.sk, &LAYOUT.sk_socket)
-        };
+        self.ino_of(self.socket())
+    }
+
+    /// [`Sock::ino`] for a `struct socket *` already read.
+    #[inline(always)]
+    pub fn ino_of(&self, socket: u64) -> u64 {
         let inode = global(&LAYOUT.socket_inode);
         if socket == 0 || inode.size == 0 {
             return 0;
@@ -439,6 +487,17 @@ impl Sock {
             o |= opt::BIND_ADDRESS_NO_PORT;
         }
         o
+    }
+
+    /// For a TIME_WAIT sock, the state it stands for (TIME_WAIT, or FIN_WAIT2 when its peer
+    /// has not closed); 0 for any other sock.
+    #[inline(always)]
+    pub fn substate(&self) -> u8 {
+        if self.state() == tcp_state::TIME_WAIT {
+            read_field(self.sk, &LAYOUT.tw_substate) as u8
+        } else {
+            0
+        }
     }
 
     /// When a TIME_WAIT socket expires, in jiffies.

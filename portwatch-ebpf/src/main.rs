@@ -2,24 +2,25 @@
 //! written to one ring buffer.
 //!
 //! Two backends fill the same [`BindEvent`]:
-//! - tracepoint: `syscalls/sys_{enter,exit}_{bind,listen}`. Works on every kernel with syscall
-//!   tracepoints, including those that refuse trampolines. The socket is reached from the fd.
+//! - tracepoint: `syscalls/sys_exit_{bind,listen}`. Works on every kernel with syscall
+//!   tracepoints, including those that refuse trampolines. The arguments come from the
+//!   caller's saved registers, the socket from the fd.
 //! - fexit: `inet_bind`, `inet6_bind`, `inet_listen`. Sees every bind path (io_uring too) and gets
 //!   arguments and result in one call. Plus `inet_bind_conflict`, which names the exact socket
 //!   the kernel found in the way.
+//!
+//! Either way, a call that failed with EADDRINUSE or succeeded on a port sends the port's other
+//! owners first, read from the kernel's own tables at that instant ([`holders`]).
 //!
 //! Kernel struct layouts are not compiled in: user space resolves them from the running kernel's
 //! BTF and writes them into [`LAYOUT`] before loading (aya emits no CO-RE relocations for Rust).
 #![no_std]
 #![no_main]
-#![feature(core_intrinsics)]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
-#![allow(internal_features)]
 
+mod holders;
 mod iter;
 mod kernel;
-
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     helpers::{
@@ -27,71 +28,46 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
     macros::{fexit, map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::{FExitContext, TracePointContext},
 };
-use aya_log_ebpf::{debug, warn};
+use aya_log_ebpf::debug;
 use kernel::{Sock, global, probe_kernel, probe_user, tp_arg};
 use portwatch_common::{
-    AF_INET, AF_INET6, AF_UNSPEC, BindEvent, COMM_LEN, ConflictEvent, backend, flags, record,
+    AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, COMM_LEN, IPPROTO_TCP, PORT_WORDS,
+    RING_BYTES, Settings, flags, lost, record,
 };
 
 // ---- configuration written by user space before load (read-only, so the verifier sees
 // ---- constants and drops the branches a setting turns off)
 
-/// Only this process (tgid); 0 = all.
+/// Filters, syscall numbers and tracepoint offsets: see [`Settings`].
 #[unsafe(no_mangle)]
-static FILTER_PID: u32 = 0;
-/// portwatch's own tgid: its probe binds must not trace themselves (a feedback loop).
-#[unsafe(no_mangle)]
-static SELF_PID: u32 = 0;
-/// 1 = keep only binds whose requested or bound port is set in [`PORT_BITS`].
-#[unsafe(no_mangle)]
-static FILTER_PORTS: u8 = 0;
-/// 1 = keep only calls that failed.
-#[unsafe(no_mangle)]
-static FILTER_FAILED: u8 = 0;
-/// Wake the reader only once this much data waits; below it, user space polls on a timer.
-/// A wakeup costs ~4 µs per event on some VMs, more than everything else here together.
-#[unsafe(no_mangle)]
-static WAKEUP_BYTES: u64 = 0;
-/// Offsets of the syscall tracepoint fields, from tracefs' `format` files.
-#[unsafe(no_mangle)]
-static TP_ENTER_FD: u32 = 16;
-#[unsafe(no_mangle)]
-static TP_ENTER_ADDR: u32 = 24;
-#[unsafe(no_mangle)]
-static TP_EXIT_RET: u32 = 16;
+static SETTINGS: Settings = Settings {
+    filter_pid: 0,
+    self_pid: 0,
+    wakeup_bytes: 0,
+    tp_exit_ret: 16,
+    nr_bind: 0,
+    nr_listen: 0,
+    filter_ports: 0,
+    filter_failed: 0,
+    _pad: [0; 2],
+};
 
 // ---- maps
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// The `--port` set as a bitmap: bit `port % 64` of word `port / 64`. An array lookup is
 /// inlined by the verifier, so a filtered-out bind costs a few instructions, not a hash probe.
 #[map]
 static PORT_BITS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
-const PORT_WORDS: u32 = 65536 / 64;
-
-/// What sys_enter saw, keyed by thread id, for sys_exit to finish.
+/// Events dropped in the kernel, indexed by [`lost`].
 #[map]
-static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
-
-/// An upper bound on the entries in PENDING: raised before each insert, lowered after each
-/// removal (or failed insert). While it is 0, no call of interest is in flight and the exit
-/// programs skip the hash lookup. With a `--port` filter most binds stash nothing, and that
-/// lookup was a third of what a filtered-out bind cost; an array read is inlined.
-#[map]
-static IN_FLIGHT: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Events dropped in the kernel: [0] ring buffer full, [1] PENDING full.
-#[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
-
-const LOST_RINGBUF: u32 = 0;
-const LOST_PENDING: u32 = 1;
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
@@ -100,6 +76,7 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const EBADF: i32 = 9;
 const EFAULT: i32 = 14;
 const ENOTSOCK: i32 = 88;
+const EADDRINUSE: i32 = 98;
 
 /// The address the caller asked for, as it was passed (never what the kernel left behind).
 #[repr(C)]
@@ -122,18 +99,10 @@ impl Request {
     };
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Pending {
-    fd: i64,
-    record: u8,
-    req: Request,
-}
-
 // ---- shared helpers
 
 #[inline(always)]
-fn count_lost(which: u32) {
+pub(crate) fn count_lost(which: u32) {
     if let Some(p) = LOST.get_ptr_mut(which) {
         unsafe { *p += 1 };
     }
@@ -142,8 +111,8 @@ fn count_lost(which: u32) {
 #[inline(always)]
 fn pid_wanted() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let want = global(&FILTER_PID);
-    tgid != global(&SELF_PID) && (want == 0 || tgid == want)
+    let want = global(&SETTINGS.filter_pid);
+    tgid != global(&SETTINGS.self_pid) && (want == 0 || tgid == want)
 }
 
 #[inline(always)]
@@ -238,9 +207,12 @@ fn complete_request(head: [u8; 16], ptr: u64, addrlen: u64, user: bool) -> Reque
 }
 
 /// Fills and submits one event for socket `sock` (a `struct socket *`), or drops it when the
-/// socket is not AF_INET/AF_INET6 or the port filter says no.
+/// socket is not AF_INET/AF_INET6 or the port filter says no. When the call failed with
+/// EADDRINUSE, or succeeded on a port, the port's other owners are read first and sent just
+/// before the event ([`holders::walk_port`]): that is the evidence, taken at the instant of the
+/// call, before anyone can close or exit.
 #[inline(always)]
-fn emit(rec: u8, backend: u8, req: &Request, fd: i32, sock: u64, ret: i32) {
+fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) {
     let sk = Sock::from_socket(sock);
     let (family, bound_port) = match &sk {
         Some(sk) => (sk.family(), sk.num()),
@@ -252,21 +224,53 @@ fn emit(rec: u8, backend: u8, req: &Request, fd: i32, sock: u64, ret: i32) {
     if sk.is_none() && rec == record::LISTEN {
         return;
     }
-    if global(&FILTER_PORTS) != 0 {
+    if global(&SETTINGS.filter_ports) != 0 {
         let asked = rec == record::BIND && req.ok != 0 && req.port != 0 && port_in_filter(req.port);
         if !asked && !(bound_port != 0 && port_in_filter(bound_port)) {
             return;
         }
     }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let mut sent = 0u32;
+    let mut netns = 0;
+    let mut body = kernel::SockBody {
+        protocol: 0,
+        sock_type: 0,
+        uid: 0,
+    };
+    if let Some(sk) = &sk {
+        netns = sk.netns();
+        body = sk.body();
+        // The port the call is about: as asked for a failed bind, as bound otherwise.
+        let port = if ret == 0 {
+            bound_port
+        } else if ret == -EADDRINUSE && rec == record::BIND && req.ok != 0 {
+            req.port
+        } else if ret == -EADDRINUSE && rec == record::LISTEN {
+            bound_port
+        } else {
+            0
+        };
+        if port != 0 {
+            let own_bucket = u64::from(ret == 0) << 32;
+            sent = holders::portwatch_walk_port(
+                sk.sk,
+                u64::from(body.protocol),
+                u64::from(port),
+                u64::from(netns),
+                u64::from(tid) | own_bucket,
+            ) as u32;
+        }
+    }
     let Some(mut entry) = EVENTS.reserve::<BindEvent>(0) else {
-        count_lost(LOST_RINGBUF);
+        count_lost(lost::RINGBUF);
         return;
     };
     let e = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
     unsafe {
         (*e).record = rec;
-        (*e).backend = backend;
+        (*e).backend = backend as u8;
         (*e).flags = if req.ok == 0 && rec == record::BIND {
             flags::NO_REQUEST
         } else {
@@ -280,22 +284,23 @@ fn emit(rec: u8, backend: u8, req: &Request, fd: i32, sock: u64, ret: i32) {
         (*e).ts_ns = bpf_ktime_get_boot_ns();
         (*e).cgroup_id = bpf_get_current_cgroup_id();
         (*e).pid = (pid_tgid >> 32) as u32;
-        (*e).tid = pid_tgid as u32;
+        (*e).tid = tid;
         (*e).uid = bpf_get_current_uid_gid() as u32;
         (*e).fd = fd;
         (*e).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        (*e)._pad = 0;
+        (*e).walk = (sent >> 8) as u8;
+        (*e).holders = sent as u8;
+        (*e)._pad = [0; 7];
         match &sk {
             Some(sk) => {
                 (*e).state = sk.state();
                 (*e).family = family;
                 (*e).bound_port = bound_port;
                 (*e).bound_addr = sk.rcv_saddr(family);
-                let body = sk.body();
                 (*e).protocol = body.protocol;
                 (*e).sock_type = body.sock_type;
                 (*e).sk_uid = body.uid;
-                (*e).netns = sk.netns();
+                (*e).netns = netns;
                 (*e).bound_dev_if = sk.bound_dev_if();
                 (*e).reuse = sk.reuse();
                 (*e).options = sk.options();
@@ -323,136 +328,80 @@ fn emit(rec: u8, backend: u8, req: &Request, fd: i32, sock: u64, ret: i32) {
 
 #[inline(always)]
 fn wakeup_flag() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= global(&WAKEUP_BYTES) {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= global(&SETTINGS.wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     }
 }
 
-// ---- tracepoint backend
-
-#[tracepoint]
-pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
-    let uaddr: u64 = tp_arg(&ctx, global(&TP_ENTER_ADDR));
-    // addrlen follows umyaddr in the syscall's argument array.
-    let addrlen: u64 = tp_arg(&ctx, global(&TP_ENTER_ADDR) + 8);
-    let head = read_head(uaddr, true);
-    if let Some(head) = head
-        && addrlen >= 8
-    {
-        let family = u16::from_ne_bytes([head[0], head[1]]);
-        if family != AF_INET && family != AF_INET6 && family != AF_UNSPEC {
-            return 0; // AF_UNIX, AF_NETLINK, AF_PACKET...: not ours
-        }
-        // With a port filter most binds stop here, before anything else is read or stored.
-        // Port 0 binds stay: the port the kernel picks is only known at exit.
-        let port = u16::from_be_bytes([head[2], head[3]]);
-        if global(&FILTER_PORTS) != 0 && port != 0 && !port_in_filter(port) {
-            return 0;
-        }
-    }
-    if !pid_wanted() {
-        return 0;
-    }
-    let req = match head {
-        Some(head) => complete_request(head, uaddr, addrlen, true),
-        None => Request::NONE,
-    };
-    let fd: u64 = tp_arg(&ctx, global(&TP_ENTER_FD));
-    stash(&ctx, fd as i64, record::BIND, req);
-    0
-}
+// ---- tracepoint backend: one program at each syscall's exit, which reads the request from
+// ---- the caller's saved registers (no enter program, no map to carry it across)
 
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
-    finish_syscall(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
-    if !pid_wanted() {
-        return 0;
-    }
-    let fd: u64 = tp_arg(&ctx, global(&TP_ENTER_FD));
-    stash(&ctx, fd as i64, record::LISTEN, Request::NONE);
+    on_exit(&ctx, record::BIND);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
-    finish_syscall(&ctx);
+    on_exit(&ctx, record::LISTEN);
     0
 }
 
 #[inline(always)]
-fn stash(ctx: &TracePointContext, fd: i64, rec: u8, req: Request) {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let p = Pending {
-        fd,
-        record: rec,
-        req,
-    };
-    in_flight_add(1);
-    if PENDING.insert(&tid, &p, 0).is_err() {
-        in_flight_add(u64::MAX);
-        count_lost(LOST_PENDING);
-        warn!(
-            ctx,
-            "pending-call table full: call on tid {} not traced", tid
-        );
-    }
-}
-
-/// Adds `n` (wrapping: `u64::MAX` is -1) to IN_FLIGHT, atomically: other CPUs stash and
-/// finish at the same time.
-#[inline(always)]
-fn in_flight_add(n: u64) {
-    if let Some(p) = IN_FLIGHT.get_ptr_mut(0) {
-        // The BPF target has no atomic RMW in core::sync (no compare-and-swap before v3); a
-        // fetch-add whose result goes unused compiles to BPF's oldest atomic, XADD.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
-    }
-}
-
-#[inline(always)]
-fn finish_syscall(ctx: &TracePointContext) {
-    if IN_FLIGHT.get(0).is_some_and(|n| *n == 0) {
+fn on_exit(ctx: &TracePointContext, rec: u8) {
+    if !pid_wanted() {
         return;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(p) = (unsafe { PENDING.get(&tid) }).copied() else {
+    let ret = tp_arg(ctx, global(&SETTINGS.tp_exit_ret)) as i64 as i32;
+    if global(&SETTINGS.filter_failed) != 0 && ret >= 0 {
+        return;
+    }
+    let nr = if rec == record::BIND {
+        global(&SETTINGS.nr_bind)
+    } else {
+        global(&SETTINGS.nr_listen)
+    };
+    let Some(args) = kernel::syscall_args(nr) else {
         return;
     };
-    if PENDING.remove(&tid).is_ok() {
-        in_flight_add(u64::MAX);
+    let mut req = Request::NONE;
+    if rec == record::BIND {
+        let (uaddr, addrlen) = (args.si, args.dx);
+        let head = read_head(uaddr, true);
+        if let Some(head) = head
+            && addrlen >= 8
+        {
+            let family = u16::from_ne_bytes([head[0], head[1]]);
+            if family != AF_INET && family != AF_INET6 && family != AF_UNSPEC {
+                return; // AF_UNIX, AF_NETLINK, AF_PACKET...: not ours
+            }
+            // With a port filter most binds stop here, before anything else is read.
+            // Port 0 binds stay: the port the kernel picked is on the socket.
+            let port = u16::from_be_bytes([head[2], head[3]]);
+            if global(&SETTINGS.filter_ports) != 0 && port != 0 && !port_in_filter(port) {
+                return;
+            }
+            req = complete_request(head, uaddr, addrlen, true);
+        }
     }
-    let ret = tp_arg(ctx, global(&TP_EXIT_RET)) as i64 as i32;
-    if global(&FILTER_FAILED) != 0 && ret >= 0 {
-        return;
-    }
+    let fd = args.di as i64;
     // These mean the fd was not a socket we could look at.
     let sock = if ret == -EBADF || ret == -ENOTSOCK || ret == -EFAULT {
         0
     } else {
-        kernel::socket_of_fd(p.fd)
+        kernel::socket_of_fd(fd)
     };
     if sock == 0 && ret == -EBADF {
         return;
     }
     if sock == 0 && ret == 0 {
         // The fd was closed or replaced by another thread between the call and here.
-        debug!(ctx, "fd {} of a successful call is gone", p.fd);
+        debug!(ctx, "fd {} of a successful call is gone", fd);
     }
-    emit(
-        p.record,
-        backend::TRACEPOINT,
-        &p.req,
-        p.fd as i32,
-        sock,
-        ret,
-    );
+    emit(rec, Backend::Tracepoint, &req, fd as i32, sock, ret);
 }
 
 // ---- fexit backend
@@ -477,14 +426,14 @@ fn fexit_bind(ctx: &FExitContext) {
         return;
     }
     let ret = kernel::fexit_arg(ctx, 3) as i32;
-    if global(&FILTER_FAILED) != 0 && ret >= 0 {
+    if global(&SETTINGS.filter_failed) != 0 && ret >= 0 {
         return;
     }
     let sock = kernel::fexit_arg(ctx, 0);
     let uaddr = kernel::fexit_arg(ctx, 1);
     let addrlen = kernel::fexit_arg(ctx, 2) as i32;
     let req = read_request(uaddr, if addrlen < 0 { 0 } else { addrlen as u64 }, false);
-    emit(record::BIND, backend::FEXIT, &req, -1, sock, ret);
+    emit(record::BIND, Backend::Fexit, &req, -1, sock, ret);
 }
 
 /// `int inet_listen(struct socket *sock, int backlog)`.
@@ -494,13 +443,13 @@ pub fn fexit_inet_listen(ctx: FExitContext) -> i32 {
         return 0;
     }
     let ret = kernel::fexit_arg(&ctx, 2) as i32;
-    if global(&FILTER_FAILED) != 0 && ret >= 0 {
+    if global(&SETTINGS.filter_failed) != 0 && ret >= 0 {
         return 0;
     }
     let sock = kernel::fexit_arg(&ctx, 0);
     emit(
         record::LISTEN,
-        backend::FEXIT,
+        Backend::Fexit,
         &Request::NONE,
         -1,
         sock,
@@ -521,34 +470,18 @@ pub fn fexit_inet_bind_conflict(ctx: FExitContext) -> i32 {
     if kernel::fexit_arg(&ctx, 6) & 0xff == 0 {
         return 0;
     }
+    let sk = kernel::fexit_arg(&ctx, 0);
     let sk2 = kernel::fexit_arg(&ctx, 1);
-    emit_conflict(Sock::from_sk(sk2));
+    let netns = Sock::from_sk(sk).netns();
+    let tid = bpf_get_current_pid_tgid() as u32;
+    holders::send(
+        sk2,
+        IPPROTO_TCP,
+        netns,
+        tid,
+        portwatch_common::holder::CONFLICT_CHECK,
+    );
     0
-}
-
-#[inline(always)]
-fn emit_conflict(sk: Sock) {
-    let Some(mut entry) = EVENTS.reserve::<ConflictEvent>(0) else {
-        count_lost(LOST_RINGBUF);
-        return;
-    };
-    let e = entry.as_mut_ptr();
-    let family = sk.family();
-    let full = sk.is_full();
-    unsafe {
-        (*e).record = record::CONFLICT;
-        (*e).state = sk.state();
-        (*e).family = family;
-        (*e).tid = bpf_get_current_pid_tgid() as u32;
-        (*e).addr = sk.rcv_saddr(family);
-        (*e).port = sk.num();
-        (*e).options = sk.common_options();
-        (*e).bound_dev_if = sk.bound_dev_if();
-        (*e).netns = sk.netns();
-        (*e).uid = if full { sk.body().uid } else { 0 };
-        (*e).ino = if full { sk.ino() } else { 0 };
-    }
-    entry.submit(wakeup_flag());
 }
 
 #[cfg(not(test))]

@@ -194,8 +194,13 @@ impl Btf {
         self.find(name, &[kind::STRUCT, kind::UNION])
     }
 
-    pub fn has_func(&self, name: &str) -> bool {
-        self.find(name, &[kind::FUNC]).is_some()
+    /// How many parameters function `name` takes, from the FUNC_PROTO its FUNC points to;
+    /// `None` when the BTF has no such function. An fexit program finds the return value in
+    /// the slot after the last parameter, so this count is what its slot index must match.
+    pub fn func_param_count(&self, name: &str) -> Option<usize> {
+        let func = self.types.get(self.find(name, &[kind::FUNC])? as usize)?;
+        let proto = self.types.get(func.size_or_type as usize)?;
+        (proto.kind() == kind::FUNC_PROTO).then(|| proto.vlen())
     }
 
     /// Follows typedefs and qualifiers to the type that has a layout.
@@ -383,9 +388,10 @@ fn read_u32(data: &[u8], o: usize) -> Result<u32, BtfError> {
 mod tests {
     use super::*;
 
-    /// Builds BTF bytes by hand: the layout of `struct s { int a; struct { char b:3, c:5; }; }`.
+    /// Builds BTF bytes by hand: the layout of `struct s { int a; struct { char b:3, c:5; }; }`,
+    /// `enum E { X = 11 }` and `int f(int x, char y)`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0int\0char\0s\0a\0b\0c\0E\0X\0".to_vec();
+        let strings = b"\0int\0char\0s\0a\0b\0c\0E\0X\0f\0x\0y\0".to_vec();
         let off = |s: &str| {
             let pat = format!("\0{s}\0");
             (strings
@@ -415,6 +421,12 @@ mod tests {
         // 5: enum E { X = 11 }
         push(&[off("E"), (kind::ENUM << 24) | 1, 4]);
         push(&[off("X"), 11]);
+        // 6: int (int x, char y)
+        push(&[0, (kind::FUNC_PROTO << 24) | 2, 1]);
+        push(&[off("x"), 1]);
+        push(&[off("y"), 2]);
+        // 7: f, of type 6
+        push(&[off("f"), kind::FUNC << 24, 6]);
         let mut out = Vec::new();
         for v in [MAGIC as u32 | (1 << 16), 24, 0, types.len() as u32] {
             out.extend_from_slice(&v.to_le_bytes());
@@ -452,7 +464,7 @@ mod tests {
         let btf = Btf::parse(sample()).unwrap();
         // No FUNC in the sample: an empty stub.
         let stub = Btf::parse(btf.func_stub(&["nope"])).unwrap();
-        assert!(!stub.has_func("nope"));
+        assert!(stub.find("nope", &[kind::FUNC]).is_none());
         // The real kernel's: every id kept.
         let Ok(vmlinux) = Btf::from_file(Path::new(VMLINUX)) else {
             return; // no BTF on this machine; the live tests cover it
@@ -466,6 +478,23 @@ mod tests {
                 "{f}"
             );
         }
+    }
+
+    #[test]
+    fn counts_a_functions_parameters() {
+        let btf = Btf::parse(sample()).unwrap();
+        assert_eq!(btf.func_param_count("f"), Some(2));
+        // A name that is not a FUNC (an enumerator, a struct) has no count.
+        assert_eq!(btf.func_param_count("X"), None);
+        assert_eq!(btf.func_param_count("s"), None);
+        let Ok(vmlinux) = Btf::from_file(Path::new(VMLINUX)) else {
+            return; // no BTF on this machine; the live tests cover it
+        };
+        // inet_bind(sock, uaddr, addr_len) and inet_listen(sock, backlog) in every kernel
+        // portwatch supports.
+        assert_eq!(vmlinux.func_param_count("inet_bind"), Some(3));
+        assert_eq!(vmlinux.func_param_count("inet_listen"), Some(2));
+        assert_eq!(vmlinux.func_param_count("no_such_function_here"), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use portwatch_common::{
-    AF_INET, AF_INET6, AF_UNSPEC, BindEvent, ConflictEvent, backend, flags, opt, record,
+    AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, HolderRecord, flags, holder, record,
 };
 
 use crate::sockets::{Family, Options, Proto, SocketView, State};
@@ -52,8 +52,13 @@ pub struct Event {
     pub ret: i32,
     /// The socket after the call: bound address and port, options, state, netns, uid.
     pub socket: Option<SocketView>,
-    /// Holders the kernel's conflict check reported (fexit backend only).
-    pub kernel_conflicts: Vec<SocketView>,
+    /// The port's other owners as the kernel had them at the call (see [`KernelHolder`]).
+    pub kernel_holders: Vec<KernelHolder>,
+    /// [`portwatch_common::walk`] bits: whether the kernel side read the port's owners at the
+    /// call, and whether that list is whole. None for calls that did not come from the kernel.
+    pub walk: Option<u8>,
+    /// How many holder records the kernel side sent with this call.
+    pub holders_sent: u8,
 }
 
 impl Event {
@@ -79,10 +84,29 @@ impl Event {
     }
 }
 
+/// A socket the kernel side reported on a port.
+#[derive(Clone, Debug)]
+pub struct KernelHolder {
+    pub socket: SocketView,
+    /// [`holder`] bits: full socket, no file (in-kernel), orphan, from the conflict check.
+    pub flags: u8,
+}
+
+impl KernelHolder {
+    /// Named by the kernel's own conflict check (fexit), not by the walk of the port's owners.
+    pub fn is_conflict_check(&self) -> bool {
+        self.flags & holder::CONFLICT_CHECK != 0
+    }
+}
+
 /// A decoded ring buffer record.
 pub enum Record {
     Call(Event),
-    Conflict { tid: u32, holder: SocketView },
+    /// Another owner of the port of the next call of thread `tid`, as it was at that call.
+    Holder {
+        tid: u32,
+        holder: KernelHolder,
+    },
 }
 
 pub fn decode(bytes: &[u8]) -> Option<Record> {
@@ -92,12 +116,12 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
             let raw: BindEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
             Some(Record::Call(decode_call(&raw)))
         }
-        record::CONFLICT if bytes.len() >= size_of::<ConflictEvent>() => {
+        record::HOLDER if bytes.len() >= size_of::<HolderRecord>() => {
             // SAFETY: as above.
-            let raw: ConflictEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-            Some(Record::Conflict {
+            let raw: HolderRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            Some(Record::Holder {
                 tid: raw.tid,
-                holder: decode_conflict(&raw),
+                holder: decode_holder(&raw, monotonic_ns()),
             })
         }
         _ => None,
@@ -152,11 +176,9 @@ fn decode_call(raw: &BindEvent) -> Event {
     });
     Event {
         call,
-        backend: if raw.backend == backend::FEXIT {
-            "fexit"
-        } else {
-            "tracepoint"
-        },
+        backend: Backend::from_raw(raw.backend)
+            .unwrap_or(Backend::Tracepoint)
+            .name(),
         boot_ns: raw.ts_ns,
         pid: raw.pid,
         tid: raw.tid,
@@ -167,29 +189,89 @@ fn decode_call(raw: &BindEvent) -> Event {
         requested,
         ret: raw.ret,
         socket,
-        kernel_conflicts: Vec::new(),
+        kernel_holders: Vec::new(),
+        walk: Some(raw.walk),
+        holders_sent: raw.holders,
     }
 }
 
-fn decode_conflict(raw: &ConflictEvent) -> SocketView {
-    const IPPROTO_TCP: u16 = 6;
-    let full = raw.ino != 0;
-    SocketView {
-        family: Family::from_af(raw.family),
-        // inet_bind_conflict is TCP's (inet_connection_sock) check.
-        proto: Proto::Tcp,
-        addr: ip_from(raw.family, &raw.addr),
-        port: raw.port,
-        state: State::from_raw(raw.state, IPPROTO_TCP),
-        options: Options::from_bits(
-            raw.options,
-            u8::from(raw.options & opt::REUSEADDR != 0),
-            raw.bound_dev_if,
-        ),
-        uid: full.then_some(raw.uid),
-        netns: raw.netns,
-        ino: raw.ino,
-        peer: None,
-        tw_left_ms: None,
+/// One [`HolderRecord`], from the ring buffer or a socket table dump. `mono_ns` is the
+/// monotonic clock when it was read, which converts TIME_WAIT expiry jiffies to time.
+pub fn decode_holder(r: &HolderRecord, mono_ns: u64) -> KernelHolder {
+    let state = State::with_substate(r.state, r.substate);
+    let tw_left_ms = (state.is_time_wait() && r.tw_expires != 0)
+        .then(|| hz(r.jiffies_now, mono_ns))
+        .flatten()
+        .map(|hz| r.tw_expires.saturating_sub(r.jiffies_now) * 1000 / hz);
+    let peer_addr = ip_from(r.family, &r.daddr);
+    let connected = r.dport != 0;
+    let full = r.flags & holder::FULL != 0;
+    KernelHolder {
+        socket: SocketView {
+            family: Family::from_af(r.family),
+            proto: Proto::from_raw(r.protocol, 0),
+            addr: ip_from(r.family, &r.addr),
+            port: r.port,
+            state,
+            options: Options::from_bits(r.options, r.reuse, r.bound_dev_if),
+            // TIME_WAIT and request socks keep no uid.
+            uid: full.then_some(r.uid),
+            netns: r.netns,
+            ino: r.ino,
+            peer: connected.then_some((peer_addr, r.dport)),
+            tw_left_ms,
+        },
+        flags: r.flags,
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The kernel's tick rate (CONFIG_HZ), which converts TIME_WAIT expiry jiffies to time.
+///
+/// No interface reports it, but the kernel starts `jiffies_64` at INITIAL_JIFFIES =
+/// 2^32 − 300·HZ so that the 32-bit counter wraps five minutes after boot. So
+/// `jiffies − 2^32 = HZ · (uptime − 300 s)`: the HZ that fits best among the values Kconfig
+/// allows is the answer. Too close to the five-minute mark the candidates can't be told apart,
+/// and the time left is then not shown.
+pub fn hz(jiffies: u64, mono_ns: u64) -> Option<u64> {
+    const CANDIDATES: [u64; 4] = [100, 250, 300, 1000];
+    let ticks = jiffies as i128 - (1i128 << 32);
+    let secs = mono_ns as f64 / 1e9 - 300.0;
+    if secs.abs() < 10.0 {
+        return None;
+    }
+    let (best, err) = CANDIDATES
+        .iter()
+        .map(|&hz| (hz, (ticks as f64 - hz as f64 * secs).abs()))
+        .min_by(|a, b| a.1.total_cmp(&b.1))?;
+    // Accept only a clear fit: within 2% of the elapsed time in ticks.
+    (err <= 0.02 * best as f64 * secs.abs()).then_some(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_hz_from_initial_jiffies() {
+        let boot = |hz: u64, uptime_s: f64| {
+            (((1u64 << 32) as f64 - 300.0 * hz as f64) + hz as f64 * uptime_s) as u64
+        };
+        for hz_true in [100, 250, 300, 1000] {
+            let j = boot(hz_true, 4000.0);
+            assert_eq!(hz(j, 4_000_000_000_000), Some(hz_true));
+            let j = boot(hz_true, 20.0);
+            assert_eq!(hz(j, 20_000_000_000), Some(hz_true));
+        }
+        // Too close to the wrap point to tell.
+        assert_eq!(hz(boot(250, 301.0), 301_000_000_000), None);
     }
 }

@@ -11,10 +11,11 @@ use std::{
 };
 
 use aya::Ebpf;
+use portwatch_common::walk;
 
 use crate::{
-    event::Event,
-    explain::{self, Facts, Holder, Source, Sysctls},
+    event::{Event, KernelHolder},
+    explain::{self, Facts, Holder, OwnerStatus, Source, Sysctls},
     netns::Namespaces,
     procfs::{self, Owner},
     sockets::SocketView,
@@ -39,6 +40,9 @@ pub struct FactFinder {
     holders: HashMap<(u32, u16), Result<Vec<Holder>, String>>,
     owners: Option<HashMap<u64, Vec<Owner>>>,
     netns_facts: HashMap<u32, (Sysctls, Option<Vec<IpAddr>>)>,
+    /// Who bound each socket portwatch saw bound: names the owner of a holder that has been
+    /// closed since.
+    binders: Binders,
     /// Port → namespaces where a bind or listen on it succeeded while tracing. A successful
     /// bind is compared with those other namespaces only ("different netns never conflict"):
     /// every table walk covers a whole hash table, too costly to do for every namespace.
@@ -57,6 +61,7 @@ impl FactFinder {
             owners: None,
             netns_facts: HashMap::new(),
             bound_ports: HashMap::new(),
+            binders: Binders::default(),
         }
     }
 
@@ -118,8 +123,10 @@ impl FactFinder {
             if s.options.bound_dev_if != 0 {
                 s.options.device = ns.ifname(s.netns, s.options.bound_dev_if);
             }
+            let who = owners.get(&s.ino).cloned().unwrap_or_default();
             out.push(Holder {
-                owners: owners.get(&s.ino).cloned().unwrap_or_default(),
+                status: self.binders.status(&s, &who, 0),
+                owners: who,
                 socket: s,
                 source: Source::SocketTable,
             });
@@ -155,6 +162,7 @@ impl FactFinder {
                             socket: view,
                             owners: who.clone(),
                             source: Source::FdTable,
+                            status: OwnerStatus::Live,
                         });
                     }
                 }
@@ -222,8 +230,14 @@ impl FactFinder {
                     self.cached_holders(ebpf, ns, netns, None);
                 }
             }
-            TableLookup::Port { port, other_netns } => {
-                self.cached_holders(ebpf, ns, netns, Some(port));
+            TableLookup::Port {
+                port,
+                other_netns,
+                tables,
+            } => {
+                if tables {
+                    self.cached_holders(ebpf, ns, netns, Some(port));
+                }
                 if other_netns {
                     for other in self.other_namespaces(netns, port) {
                         self.cached_holders(ebpf, ns, other, Some(port));
@@ -251,13 +265,35 @@ impl FactFinder {
                 facts.ephemeral_ports_in_use =
                     self.ephemeral_in_use(ebpf, ns, sock, &facts.sysctls);
             }
-            TableLookup::Port { port, other_netns } => {
-                match self.holders(ebpf, ns, netns, Some(port)) {
-                    Ok(mut h) => {
-                        mark_kernel_reported(&mut h, &ev.kernel_conflicts, self.owners());
-                        facts.holders = Some(h);
+            TableLookup::Port {
+                port,
+                other_netns,
+                tables,
+            } => {
+                if walked(ev) {
+                    self.kernel_facts(ns, ev, facts);
+                    // The kernel read the call's own port space; a success is also explained
+                    // by the other protocol's sockets on the port (separate port spaces).
+                    if tables
+                        && let (Some(h), Ok(more)) = (
+                            facts.holders.as_mut(),
+                            self.holders(ebpf, ns, netns, Some(port)),
+                        )
+                    {
+                        h.extend(
+                            more.into_iter()
+                                .filter(|m| !m.socket.proto.shares_ports_with(sock.proto)),
+                        );
                     }
-                    Err(e) => facts.holders_unavailable = Some(e),
+                } else {
+                    match self.holders(ebpf, ns, netns, Some(port)) {
+                        Ok(mut h) => {
+                            let reported: Vec<_> = ev.kernel_holders.iter().collect();
+                            self.mark_kernel_reported(&mut h, &reported);
+                            facts.holders = Some(h);
+                        }
+                        Err(e) => facts.holders_unavailable = Some(e),
+                    }
                 }
                 if other_netns {
                     facts.other_netns = self.other_netns(ebpf, ns, netns, port);
@@ -266,8 +302,86 @@ impl FactFinder {
         }
     }
 
-    /// Remembers the namespace where a bind or listen on a port succeeded.
+    /// Holders as the kernel had them at the call: the whole evidence, in the caller's
+    /// namespace by construction. Owners are looked up now; one that is gone is named from
+    /// what portwatch saw bind it.
+    fn kernel_facts(&mut self, ns: &mut Namespaces, ev: &Event, facts: &mut Facts) {
+        let walked: Vec<&KernelHolder> = ev
+            .kernel_holders
+            .iter()
+            .filter(|h| !h.is_conflict_check())
+            .collect();
+        let bits = ev.walk.unwrap_or(0);
+        facts.holders_incomplete =
+            bits & (walk::CUT | walk::LOST) != 0 || walked.len() < usize::from(ev.holders_sent);
+        let mut holders = Vec::with_capacity(walked.len());
+        let wanted = !walked.is_empty();
+        for k in &walked {
+            let mut socket = k.socket.clone();
+            if socket.options.bound_dev_if != 0 {
+                socket.options.device = ns.ifname(socket.netns, socket.options.bound_dev_if);
+            }
+            let owners = if wanted && socket.ino != 0 {
+                self.owners().get(&socket.ino).cloned().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            holders.push(Holder {
+                status: self.binders.status(&socket, &owners, k.flags),
+                owners,
+                socket,
+                source: Source::KernelAtCall,
+            });
+        }
+        // What the conflict check named (fexit) leads; it is the same socket as one walked.
+        let checked: Vec<&KernelHolder> = ev
+            .kernel_holders
+            .iter()
+            .filter(|h| h.is_conflict_check())
+            .collect();
+        self.mark_kernel_reported(&mut holders, &checked);
+        facts.holders = Some(holders);
+    }
+
+    /// Holders the kernel's conflict check named (fexit) lead the list; a named socket that has
+    /// already left the tables is added as the kernel reported it.
+    fn mark_kernel_reported(&mut self, holders: &mut Vec<Holder>, reported: &[&KernelHolder]) {
+        for k in reported {
+            let r = &k.socket;
+            let same = |h: &Holder| {
+                if r.ino != 0 {
+                    h.socket.ino == r.ino
+                } else {
+                    h.socket.addr == r.addr && h.socket.port == r.port && h.socket.state == r.state
+                }
+            };
+            if let Some(h) = holders.iter_mut().find(|h| same(h)) {
+                h.source = Source::KernelConflictCheck;
+            } else {
+                let owners = self.owners().get(&r.ino).cloned().unwrap_or_default();
+                holders.push(Holder {
+                    status: self.binders.status(r, &owners, k.flags),
+                    socket: r.clone(),
+                    owners,
+                    source: Source::KernelConflictCheck,
+                });
+            }
+        }
+    }
+
+    /// Remembers the namespace where a bind or listen on a port succeeded, and who bound the
+    /// socket.
     fn note_bound(&mut self, ev: &Event, sock: &SocketView) {
+        if ev.ok() && ev.call == crate::event::Call::Bind && sock.ino != 0 {
+            self.binders.note(
+                sock.ino,
+                Owner {
+                    pid: ev.pid,
+                    comm: ev.comm.clone(),
+                    fd: ev.fd.unwrap_or(-1),
+                },
+            );
+        }
         let netns = sock.netns;
         if ev.ok() && netns != 0 && sock.port != 0 {
             let seen = self.bound_ports.entry(sock.port).or_default();
@@ -329,10 +443,12 @@ enum TableLookup {
     Nothing,
     /// A failed port 0 bind: how full the ephemeral range is (every port of the namespace).
     EphemeralRange,
-    /// The call's port; for a success, also in the other namespaces that bound it.
+    /// The call's port; for a success, also in the other namespaces that bound it. `tables`:
+    /// the kernel did not read the port's owners at the call, so the tables must be read now.
     Port {
         port: u16,
         other_netns: bool,
+        tables: bool,
     },
 }
 
@@ -348,33 +464,65 @@ fn table_lookup(ev: &Event) -> TableLookup {
         TableLookup::Port {
             port,
             other_netns: ev.ok(),
+            // A failure is explained from the kernel's list alone; a success also looks at the
+            // other protocol's sockets on the port.
+            tables: !walked(ev) || ev.ok(),
         }
     }
 }
 
-/// Holders the kernel's conflict check named (fexit) lead the list; a named socket that has
-/// already left the tables is added as the kernel reported it.
-fn mark_kernel_reported(
-    holders: &mut Vec<Holder>,
-    reported: &[SocketView],
-    owners: &HashMap<u64, Vec<Owner>>,
-) {
-    for r in reported {
-        let same = |h: &Holder| {
-            if r.ino != 0 {
-                h.socket.ino == r.ino
-            } else {
-                h.socket.addr == r.addr && h.socket.port == r.port && h.socket.state == r.state
+/// Whether the kernel side read the call's port's owners at the call.
+fn walked(ev: &Event) -> bool {
+    ev.walk.is_some_and(|w| w & walk::DONE != 0)
+}
+
+/// Who bound the sockets portwatch saw bound, by socket inode. Bounded: the oldest are
+/// forgotten first, so a week of churn holds no more than an hour of it.
+#[derive(Default)]
+struct Binders {
+    by_ino: HashMap<u64, Owner>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Binders {
+    /// Sockets remembered at most (~100 bytes each).
+    const MAX: usize = 1 << 16;
+
+    fn note(&mut self, ino: u64, owner: Owner) {
+        if self.by_ino.insert(ino, owner).is_none() {
+            self.order.push_back(ino);
+            if self.order.len() > Self::MAX
+                && let Some(old) = self.order.pop_front()
+            {
+                self.by_ino.remove(&old);
             }
-        };
-        if let Some(h) = holders.iter_mut().find(|h| same(h)) {
-            h.source = Source::KernelConflictCheck;
+        }
+    }
+
+    /// What is known of the owner of `s`, held now by `owners`; `flags` are the kernel side's
+    /// [`portwatch_common::holder`] bits (0 when the socket came from elsewhere).
+    fn status(&self, s: &SocketView, owners: &[Owner], flags: u8) -> OwnerStatus {
+        use portwatch_common::holder;
+        if !owners.is_empty() {
+            OwnerStatus::Live
+        } else if flags & holder::NO_FILE != 0 {
+            OwnerStatus::InKernel
+        } else if flags & holder::ORPHAN != 0 || s.state.is_time_wait() || s.ino == 0 {
+            OwnerStatus::NoProcess
+        } else if let Some(b) = self.by_ino.get(&s.ino) {
+            OwnerStatus::Closed {
+                bound_by: b.clone(),
+            }
+        } else if procfs::sees_all_processes() {
+            OwnerStatus::Unknown {
+                why: "no process holds it now: it was closed after the call, or its only \
+                      reference is in flight in a unix-socket message (SCM_RIGHTS)",
+            }
         } else {
-            holders.push(Holder {
-                socket: r.clone(),
-                owners: owners.get(&r.ino).cloned().unwrap_or_default(),
-                source: Source::KernelConflictCheck,
-            });
+            OwnerStatus::Unknown {
+                why: "portwatch cannot see every process's files; run it as root, or with \
+                      CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
+            }
         }
     }
 }

@@ -53,6 +53,13 @@ impl Resolver<'_> {
         Ok(Some(Field::plain(m.bit_offset / 8, size as u8)))
     }
 
+    /// The size of a struct, carried in a [`Field`]'s `offset` (for array strides).
+    fn size(&self, st: &'static str) -> Result<Field, LayoutError> {
+        let id = self.btf.struct_id(st).ok_or(LayoutError::Struct(st))?;
+        let size = self.btf.size_of(id).ok_or(LayoutError::Struct(st))?;
+        Ok(Field::plain(size, 0))
+    }
+
     /// A struct embedded in another: only its offset counts (size reads as 8).
     fn embedded(&self, st: &'static str, path: &'static str) -> Result<Field, LayoutError> {
         let m = self
@@ -137,6 +144,46 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
         inet_bind_address_no_port: r
             .inet_flag("bind_address_no_port", "INET_FLAGS_BIND_ADDRESS_NO_PORT")?,
         tw_timer_expires: r.field("inet_timewait_sock", "tw_timer.expires")?,
+        tw_substate: r.field("inet_timewait_sock", "tw_substate")?,
+        regs_di: r.field("pt_regs", "di")?,
+        regs_si: r.field("pt_regs", "si")?,
+        regs_dx: r.field("pt_regs", "dx")?,
+        regs_orig_ax: r.field("pt_regs", "orig_ax")?,
+        socket_file: r.field("socket", "file")?,
+        sk_bind_node: r.embedded("sock_common", "skc_bind_node")?,
+        sk_node: r.embedded("sock_common", "skc_node")?,
+        sk_prot: r.field("sock_common", "skc_prot")?,
+        net_hash_mix: r.field("net", "hash_mix")?,
+        net_tcp_hashinfo: r.field("net", "ipv4.tcp_death_row.hashinfo")?,
+        net_udp_table: r.optional("net", "ipv4.udp_table")?.unwrap_or_default(),
+        proto_udp_table: r.field("proto", "h.udp_table")?,
+        hashinfo_bhash: r.field("inet_hashinfo", "bhash")?,
+        hashinfo_bhash_size: r.field("inet_hashinfo", "bhash_size")?,
+        bhash_bucket_size: r.size("inet_bind_hashbucket")?,
+        bhash_bucket_chain: r.field("inet_bind_hashbucket", "chain.first")?,
+        tb_net: r.field("inet_bind_bucket", "ib_net.net")?,
+        tb_port: r.field("inet_bind_bucket", "port")?,
+        tb_node: r.embedded("inet_bind_bucket", "node")?,
+        tb_owners: match r.optional("inet_bind_bucket", "owners.first")? {
+            Some(f) => f,
+            None => r.field("inet_bind_bucket", "bhash2.first")?,
+        },
+        // Only read where sockets hang off bind2 buckets (6.8+); 6.1's have no `bhash_node`.
+        tb2_bhash_node: r
+            .optional("inet_bind2_bucket", "bhash_node.next")?
+            .unwrap_or_default(),
+        tb2_owners: r
+            .optional("inet_bind2_bucket", "owners.first")?
+            .unwrap_or_default(),
+        // Sockets hang off the bind2 buckets once the bind bucket has no `owners` (6.8+).
+        tb_has_bhash2: Field::plain(
+            u32::from(r.optional("inet_bind_bucket", "owners")?.is_none()),
+            0,
+        ),
+        icsk_bind_hash: r.field("inet_connection_sock", "icsk_bind_hash")?,
+        udp_table_hash: r.field("udp_table", "hash")?,
+        udp_table_mask: r.field("udp_table", "mask")?,
+        udp_hslot_size: r.size("udp_hslot")?,
     })
 }
 

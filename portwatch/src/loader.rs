@@ -4,7 +4,6 @@
 //! line naming the problem and the fix, rather than an errno from deep inside aya.
 
 use std::{
-    fmt,
     path::Path,
     time::{Duration, Instant},
 };
@@ -15,21 +14,18 @@ use aya::{
     programs::{FExit, TracePoint},
 };
 use log::debug;
-use portwatch_common::KernelLayout;
+pub use portwatch_common::Backend;
+use portwatch_common::{KernelLayout, RING_BYTES, Settings, maps};
 use thiserror::Error;
 
 use crate::{
     btf::{self, Btf},
-    cli::BackendChoice,
     layout, tables,
 };
 
 /// The compiled kernel programs, built by build.rs through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
 
-/// Ring buffer size. 4 MiB holds ~32k events: half a second of the fastest bind loop this
-/// machine can run, far more than the poll interval needs.
-pub const RING_BYTES: u32 = 1 << 22;
 /// Wake the reader when this much is waiting (a quarter of the ring); otherwise it polls.
 pub const WAKEUP_BYTES: u64 = (RING_BYTES / 4) as u64;
 
@@ -51,7 +47,9 @@ pub enum LoadError {
     NoBtf { path: String },
     #[error("reading the kernel's BTF: {0}")]
     Btf(#[from] btf::BtfError),
-    #[error("kernel {found} is too old: portwatch needs Linux 5.8 or newer (BPF ring buffer)")]
+    #[error(
+        "kernel {found} is too old: portwatch needs Linux 5.17 or newer (BPF ring buffer, bpf_loop)"
+    )]
     KernelTooOld { found: String },
     #[error("finding kernel struct offsets in BTF: {0}")]
     Layout(#[from] layout::LayoutError),
@@ -69,19 +67,12 @@ pub enum LoadError {
     Backend { backend: Backend, detail: String },
 }
 
+/// Which backend to load: the one the user named, or (auto) fexit with a fallback to the
+/// tracepoints. The loader owns this choice; the CLI only maps its flag onto it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Fexit,
-    Tracepoint,
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Fexit => "fexit",
-            Backend::Tracepoint => "tracepoint",
-        })
-    }
+pub enum BackendChoice {
+    Auto,
+    Only(Backend),
 }
 
 /// What the kernel side filters, so that filtered-out calls cost almost nothing.
@@ -110,15 +101,18 @@ pub struct Loaded {
 /// once this is built: it is several MiB and nothing else needs it.
 pub struct KernelInfo {
     pub layout: KernelLayout,
-    /// The fexit target functions this kernel's BTF has.
-    funcs: Vec<&'static str>,
+    /// The fexit target functions this kernel's BTF has, with their parameter counts.
+    funcs: Vec<(&'static str, usize)>,
     /// The BTF aya gets to find fexit and iterator targets: see [`Btf::func_stub`].
     aya_stub: Vec<u8>,
 }
 
 impl KernelInfo {
-    fn has_func(&self, name: &str) -> bool {
-        self.funcs.contains(&name)
+    /// Whether `target` can be attached here as its program was written; the one-line reason
+    /// when not.
+    fn check(&self, target: &FexitTarget) -> Result<(), String> {
+        let found = self.funcs.iter().find(|(f, _)| *f == target.func);
+        target.check(found.map(|(_, n)| *n))
     }
 
     fn aya_btf(&self) -> Result<aya::Btf, LoadError> {
@@ -155,7 +149,7 @@ pub fn check_privileges(command: &str) -> Result<(), LoadError> {
 pub fn kernel_info() -> Result<KernelInfo, LoadError> {
     let release = kernel_release();
     if let Some((major, minor)) = parse_version(&release)
-        && (major, minor) < (5, 8)
+        && (major, minor) < (5, 17)
     {
         return Err(LoadError::KernelTooOld { found: release });
     }
@@ -172,9 +166,11 @@ pub fn kernel_info() -> Result<KernelInfo, LoadError> {
         FEXIT_PROGRAMS
             .iter()
             .chain([&CONFLICT_PROGRAM])
-            .map(|(_, f)| *f)
+            .map(|t| t.func)
     };
-    let funcs = fexit_targets().filter(|f| btf.has_func(f)).collect();
+    let funcs = fexit_targets()
+        .filter_map(|f| Some((f, btf.func_param_count(f)?)))
+        .collect();
     // aya needs the BTF ids of the fexit and iterator targets, and nothing else.
     let stub_funcs: Vec<String> = fexit_targets()
         .map(String::from)
@@ -228,26 +224,18 @@ fn ensure_tracefs() -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Offsets of (fd, umyaddr, ret) in the bind/listen syscall tracepoint records.
-fn tracepoint_offsets() -> Result<(u32, u32, u32), LoadError> {
+/// Offset of `ret` in the bind and listen exit tracepoint records (the programs share it).
+fn tracepoint_ret_offset() -> Result<u32, LoadError> {
     ensure_tracefs()?;
-    let fd = tracepoint_field_offset("sys_enter_bind", "fd")?;
-    let addr = tracepoint_field_offset("sys_enter_bind", "umyaddr")?;
-    let addrlen = tracepoint_field_offset("sys_enter_bind", "addrlen")?;
     let ret = tracepoint_field_offset("sys_exit_bind", "ret")?;
-    let listen_fd = tracepoint_field_offset("sys_enter_listen", "fd")?;
     let listen_ret = tracepoint_field_offset("sys_exit_listen", "ret")?;
-    // The programs share these between bind and listen and read addrlen right after umyaddr.
-    if addrlen != addr + 8 || listen_fd != fd || listen_ret != ret {
+    if listen_ret != ret {
         return Err(LoadError::TracepointFormat {
             path: format!("{TRACEFS}/events/syscalls"),
-            detail: format!(
-                "unexpected layout: bind fd {fd}, umyaddr {addr}, addrlen {addrlen}, ret {ret}; \
-                 listen fd {listen_fd}, ret {listen_ret}"
-            ),
+            detail: format!("unexpected layout: bind ret at {ret}, listen ret at {listen_ret}"),
         });
     }
-    Ok((fd, addr, ret))
+    Ok(ret)
 }
 
 /// Offset of `field` in a syscall tracepoint's record, from its tracefs format file.
@@ -285,25 +273,22 @@ pub fn load(
     let started = Instant::now();
     bump_memlock();
     // The fexit backend needs no tracefs; auto reads it up front for the fallback.
-    let tp = if choice == BackendChoice::Fexit {
+    let tp = if choice == BackendChoice::Only(Backend::Fexit) {
         None
     } else {
-        Some(tracepoint_offsets())
+        Some(tracepoint_ret_offset())
     };
-    let (enter_fd, enter_addr, exit_ret) = match &tp {
-        Some(Ok(offsets)) => *offsets,
-        _ => (16, 24, 16),
-    };
+    let settings = settings(filter, tp.as_ref().and_then(|r| r.as_ref().ok().copied()));
     // aya finds fexit and iterator targets in a BTF of its own; it gets the stub.
     let aya_btf = kernel.aya_btf()?;
-    let mut ebpf = open_object(kernel, filter, (enter_fd, enter_addr, exit_ret), &aya_btf)?;
+    let mut ebpf = open_object(kernel, &settings, &filter.ports, &aya_btf)?;
     // The kernel side reports rare trouble (a full table, a vanished fd) through aya-log.
     let logger = aya_log::EbpfLogger::init(&mut ebpf)
         .inspect_err(|e| debug!("no kernel-side log channel: {e}"))
         .ok();
 
     let (backend, fallback, conflict_hook) = match choice {
-        BackendChoice::Fexit => {
+        BackendChoice::Only(Backend::Fexit) => {
             let hook =
                 attach_fexit(&mut ebpf, kernel, &aya_btf).map_err(|detail| LoadError::Backend {
                     backend: Backend::Fexit,
@@ -311,7 +296,7 @@ pub fn load(
                 })?;
             (Backend::Fexit, None, hook)
         }
-        BackendChoice::Tracepoint => {
+        BackendChoice::Only(Backend::Tracepoint) => {
             if let Some(Err(e)) = tp {
                 return Err(e);
             }
@@ -352,37 +337,53 @@ pub fn load(
     })
 }
 
-/// Loads the object (maps created, no program loaded yet) with the layout, filters and
-/// tracepoint offsets written into its read-only globals.
+/// The kernel side's [`Settings`] for these filters. `tp_exit_ret` is the offset tracefs gave,
+/// or the one every kernel so far uses when tracefs was not read (fexit, `who`).
+fn settings(filter: &KernelFilter, tp_exit_ret: Option<u32>) -> Settings {
+    Settings {
+        filter_pid: filter.pid.unwrap_or(0),
+        self_pid: std::process::id(),
+        wakeup_bytes: WAKEUP_BYTES,
+        tp_exit_ret: tp_exit_ret.unwrap_or(TP_EXIT_RET_DEFAULT),
+        nr_bind: libc::SYS_bind as u32,
+        nr_listen: libc::SYS_listen as u32,
+        filter_ports: u8::from(!filter.ports.is_empty()),
+        filter_failed: u8::from(filter.failed_only),
+        _pad: [0; 2],
+    }
+}
+
+/// Where `ret` sits in a `sys_exit_*` record on every kernel so far (after the common header
+/// and the syscall number).
+const TP_EXIT_RET_DEFAULT: u32 = 16;
+
+/// Loads the object (maps created, no program loaded yet) with the layout and settings written
+/// into its read-only globals and the port filter into its bitmap.
 fn open_object(
     kernel: &KernelInfo,
-    filter: &KernelFilter,
-    (enter_fd, enter_addr, exit_ret): (u32, u32, u32),
+    settings: &Settings,
+    ports: &[u16],
     btf: &aya::Btf,
 ) -> Result<Ebpf, LoadError> {
-    let filter_pid = filter.pid.unwrap_or(0);
-    let filter_ports = u8::from(!filter.ports.is_empty());
-    let filter_failed = u8::from(filter.failed_only);
     let mut ebpf = EbpfLoader::new()
         .btf(btf)
         .override_global("LAYOUT", &kernel.layout, true)
-        .override_global("FILTER_PID", &filter_pid, true)
-        .override_global("SELF_PID", &std::process::id(), true)
-        .override_global("FILTER_PORTS", &filter_ports, true)
-        .override_global("FILTER_FAILED", &filter_failed, true)
-        .override_global("WAKEUP_BYTES", &WAKEUP_BYTES, true)
-        .override_global("TP_ENTER_FD", &enter_fd, true)
-        .override_global("TP_ENTER_ADDR", &enter_addr, true)
-        .override_global("TP_EXIT_RET", &exit_ret, true)
-        .map_max_entries("EVENTS", RING_BYTES)
+        .override_global("SETTINGS", settings, true)
+        .map_max_entries(maps::EVENTS, RING_BYTES)
         .load(EBPF_OBJECT)?;
     let map_err = |e: aya::maps::MapError| LoadError::Backend {
         backend: Backend::Tracepoint,
         detail: format!("PORT_BITS map: {e}"),
     };
-    let mut bits: Array<&mut MapData, u64> =
-        Array::try_from(ebpf.map_mut("PORT_BITS").expect("PORT_BITS map")).map_err(map_err)?;
-    for &p in &filter.ports {
+    let mut bits: Array<&mut MapData, u64> = Array::try_from(
+        ebpf.map_mut(maps::PORT_BITS)
+            .ok_or_else(|| LoadError::Backend {
+                backend: Backend::Tracepoint,
+                detail: format!("the object has no {} map", maps::PORT_BITS),
+            })?,
+    )
+    .map_err(map_err)?;
+    for &p in ports {
         let word = u32::from(p >> 6);
         let old = bits.get(&word, 0).map_err(map_err)?;
         bits.set(word, &(old | (1u64 << (p & 63))), 0)
@@ -396,7 +397,8 @@ fn open_object(
 pub fn load_for_tables(kernel: &KernelInfo) -> Result<Ebpf, LoadError> {
     bump_memlock();
     let btf = kernel.aya_btf()?;
-    let mut ebpf = open_object(kernel, &KernelFilter::default(), (16, 24, 16), &btf)?;
+    let settings = settings(&KernelFilter::default(), None);
+    let mut ebpf = open_object(kernel, &settings, &[], &btf)?;
     tables::load(&mut ebpf, &btf).map_err(|detail| LoadError::Backend {
         backend: Backend::Tracepoint,
         detail: format!("socket table iterators: {detail}"),
@@ -419,18 +421,62 @@ fn bump_memlock() {
     }
 }
 
-const FEXIT_PROGRAMS: [(&str, &str); 3] = [
-    ("fexit_inet_bind", "inet_bind"),
-    ("fexit_inet6_bind", "inet6_bind"),
-    ("fexit_inet_listen", "inet_listen"),
+/// An fexit program and the kernel function it attaches to.
+struct FexitTarget {
+    prog: &'static str,
+    func: &'static str,
+    /// How many parameters the program assumes `func` takes. An fexit program reads the
+    /// return value from the context slot right after the parameters (portwatch-ebpf's
+    /// `fexit_arg(ctx, N)` with N = this count), so where a kernel's `func` takes a different
+    /// number, the program would take a parameter for the result.
+    params: usize,
+}
+
+impl FexitTarget {
+    /// Whether the program fits a kernel whose BTF gives `found` parameters for `func`
+    /// (`None`: no such function); the one-line reason when not.
+    fn check(&self, found: Option<usize>) -> Result<(), String> {
+        match found {
+            None => Err(format!("the kernel's BTF has no function {}", self.func)),
+            Some(n) if n != self.params => Err(format!(
+                "{} takes {n} parameters in the kernel's BTF, but fexit/{} expects {} (it \
+                 reads the return value after them)",
+                self.func, self.func, self.params
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// inet_bind(sock, uaddr, addr_len), inet6_bind likewise, inet_listen(sock, backlog).
+const FEXIT_PROGRAMS: [FexitTarget; 3] = [
+    FexitTarget {
+        prog: "fexit_inet_bind",
+        func: "inet_bind",
+        params: 3,
+    },
+    FexitTarget {
+        prog: "fexit_inet6_bind",
+        func: "inet6_bind",
+        params: 3,
+    },
+    FexitTarget {
+        prog: "fexit_inet_listen",
+        func: "inet_listen",
+        params: 2,
+    },
 ];
-const CONFLICT_PROGRAM: (&str, &str) = ("fexit_inet_bind_conflict", "inet_bind_conflict");
+/// inet_bind_conflict(sk, sk2, uid, relax, reuseport_cb_ok, reuseport_ok).
+const CONFLICT_PROGRAM: FexitTarget = FexitTarget {
+    prog: "fexit_inet_bind_conflict",
+    func: "inet_bind_conflict",
+    params: 6,
+};
 
 fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo, btf: &aya::Btf) -> Result<bool, String> {
-    for (prog, func) in FEXIT_PROGRAMS {
-        if !kernel.has_func(func) {
-            return Err(format!("the kernel's BTF has no function {func}"));
-        }
+    for target in &FEXIT_PROGRAMS {
+        kernel.check(target)?;
+        let FexitTarget { prog, func, .. } = *target;
         let p: &mut FExit = ebpf
             .program_mut(prog)
             .ok_or_else(|| format!("program {prog} missing from the object"))?
@@ -442,9 +488,9 @@ fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo, btf: &aya::Btf) -> Result<
             .map_err(|e| format!("attaching to {func}: {e}"))?;
     }
     // The conflict hook is a bonus: without it, holders come from the socket tables instead.
-    let (prog, func) = CONFLICT_PROGRAM;
-    if !kernel.has_func(func) {
-        debug!("no {func} in BTF; holders will come from the socket tables");
+    let FexitTarget { prog, func, .. } = CONFLICT_PROGRAM;
+    if let Err(why) = kernel.check(&CONFLICT_PROGRAM) {
+        debug!("conflict hook not attached: {why}; holders will come from the socket tables");
         return Ok(false);
     }
     let attached = (|| -> Result<(), String> {
@@ -491,7 +537,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn unload_fexit(ebpf: &mut Ebpf) {
-    for (prog, _) in FEXIT_PROGRAMS.iter().chain([&CONFLICT_PROGRAM]) {
+    for FexitTarget { prog, .. } in FEXIT_PROGRAMS.iter().chain([&CONFLICT_PROGRAM]) {
         if let Some(p) = ebpf.program_mut(prog)
             && let Ok(p) = <&mut FExit>::try_from(p)
         {
@@ -500,15 +546,9 @@ fn unload_fexit(ebpf: &mut Ebpf) {
     }
 }
 
-/// In attach order: the exits first, so that every call an enter program sees is finished by
-/// an exit program. A call seen only at enter would stay in PENDING and keep the exit programs'
-/// in-flight count above 0 (and their fast path off) for the whole session.
-const TRACEPOINT_PROGRAMS: [&str; 4] = [
-    "sys_exit_bind",
-    "sys_exit_listen",
-    "sys_enter_bind",
-    "sys_enter_listen",
-];
+/// One program per syscall, at its exit: it reads the arguments from the caller's saved
+/// registers, so no enter program has to carry them across.
+const TRACEPOINT_PROGRAMS: [&str; 2] = ["sys_exit_bind", "sys_exit_listen"];
 
 /// Detaches and unloads every tracing program; the socket table iterators stay for the last
 /// explanations.
@@ -547,5 +587,36 @@ mod tests {
         assert_eq!(parse_version("6.18.44-fc-v782"), Some((6, 18)));
         assert_eq!(parse_version("6.1.0-40-cloud-amd64"), Some((6, 1)));
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn an_fexit_target_needs_its_parameter_count() {
+        let t = &FEXIT_PROGRAMS[0];
+        assert_eq!(t.check(Some(t.params)), Ok(()));
+        assert_eq!(
+            t.check(None),
+            Err("the kernel's BTF has no function inet_bind".to_string())
+        );
+        let wrong = t.check(Some(t.params + 1)).unwrap_err();
+        assert!(
+            wrong.starts_with(
+                "inet_bind takes 4 parameters in the kernel's BTF, but fexit/inet_bind expects 3"
+            ),
+            "{wrong}"
+        );
+        assert!(!wrong.contains('\n'), "{wrong}");
+    }
+
+    /// This host's BTF agrees with the table wherever it has the function.
+    #[test]
+    fn the_table_matches_this_kernels_btf() {
+        let Ok(btf) = Btf::from_file(Path::new(btf::VMLINUX)) else {
+            return; // no BTF on this machine; the live tests cover it
+        };
+        for t in FEXIT_PROGRAMS.iter().chain([&CONFLICT_PROGRAM]) {
+            if let Some(n) = btf.func_param_count(t.func) {
+                assert_eq!(t.check(Some(n)), Ok(()));
+            }
+        }
     }
 }

@@ -75,6 +75,15 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
     std::str::from_utf8(rest).ok()?.parse().ok()
 }
 
+/// Whether portwatch can read every process's fd table: as root, or with CAP_SYS_PTRACE and
+/// CAP_DAC_READ_SEARCH. Without, an owner that is not found may just be hidden.
+pub fn sees_all_processes() -> bool {
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    const CAP_SYS_PTRACE: u32 = 19;
+    let pid = std::process::id();
+    has_cap(pid, CAP_SYS_PTRACE) == Some(true) && has_cap(pid, CAP_DAC_READ_SEARCH) == Some(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,16 +89,30 @@ impl State {
     pub const CLOSE: State = State(7);
     pub const LISTEN: State = State(10);
 
+    /// A TIME_WAIT sock that stands for FIN_WAIT2: the server closed, the peer has not. The
+    /// kernel keeps it as a timewait sock (same bind rules as TIME_WAIT), but it is not one.
+    pub const FIN_WAIT2_TIMEWAIT: State = State(0x80 | 5);
+
     pub fn from_raw(raw: u8, _protocol: u16) -> Self {
         State(raw)
+    }
+
+    /// The state of a sock, given the `tw_substate` of a timewait sock (0 for others).
+    pub fn with_substate(raw: u8, substate: u8) -> Self {
+        if raw == State::TIME_WAIT.0 && substate == 5 {
+            State::FIN_WAIT2_TIMEWAIT
+        } else {
+            State(raw)
+        }
     }
 
     pub fn is_listen(self) -> bool {
         self == State::LISTEN
     }
 
+    /// A timewait sock: TIME_WAIT, or FIN_WAIT2 after the owner closed.
     pub fn is_time_wait(self) -> bool {
-        self == State::TIME_WAIT
+        self == State::TIME_WAIT || self == State::FIN_WAIT2_TIMEWAIT
     }
 
     /// Stable names for JSON. A TCP socket in CLOSE with a port is bound but not listening;
@@ -119,6 +133,7 @@ impl State {
             10 => "LISTEN",
             11 => "CLOSING",
             12 => "NEW_SYN_RECV",
+            0x85 => "FIN_WAIT2",
             _ => "UNKNOWN",
         }
     }
@@ -132,6 +147,7 @@ impl State {
             7 => "bound, not listening",
             10 => "listening",
             6 => "TIME_WAIT",
+            0x85 => "FIN_WAIT2 (closed by its owner, the peer has not closed yet)",
             1 => "connected",
             _ => self.name(proto),
         }

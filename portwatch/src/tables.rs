@@ -13,12 +13,12 @@ use aya::{
     maps::{Array, MapData},
     programs::Iter,
 };
-use portwatch_common::{ITER_ALL_PORTS, SockRecord};
+use portwatch_common::{HolderRecord, ITER_ALL_PORTS, maps};
 
 use crate::{
-    event::ip_from,
+    event::{decode_holder, monotonic_ns},
     netns::Namespaces,
-    sockets::{Family, Options, Proto, SocketView, State},
+    sockets::SocketView,
 };
 
 const PROGRAMS: [(&str, &str); 2] = [("iter_tcp", "tcp"), ("iter_udp", "udp")];
@@ -52,9 +52,11 @@ pub fn read(
     port: Option<u16>,
 ) -> Result<Vec<SocketView>, String> {
     {
-        let mut cfg: Array<&mut MapData, u32> =
-            Array::try_from(ebpf.map_mut("ITER_PORT").ok_or("ITER_PORT map missing")?)
-                .map_err(|e| e.to_string())?;
+        let mut cfg: Array<&mut MapData, u32> = Array::try_from(
+            ebpf.map_mut(maps::ITER_PORT)
+                .ok_or("ITER_PORT map missing")?,
+        )
+        .map_err(|e| e.to_string())?;
         cfg.set(0, &port.map_or(ITER_ALL_PORTS, u32::from), 0)
             .map_err(|e| format!("setting the port: {e}"))?;
     }
@@ -83,86 +85,11 @@ pub fn read(
         .ok_or_else(|| format!("network namespace {netns} is gone or cannot be entered"))??;
     let now = monotonic_ns();
     Ok(bytes
-        .chunks_exact(size_of::<SockRecord>())
+        .chunks_exact(size_of::<HolderRecord>())
         .map(|c| {
             // SAFETY: exact-size chunk of plain integers.
-            let r: SockRecord = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
-            to_view(&r, now)
+            let r: HolderRecord = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
+            decode_holder(&r, now).socket
         })
         .collect())
-}
-
-fn to_view(r: &SockRecord, mono_ns: u64) -> SocketView {
-    let state = State::from_raw(r.state, r.protocol);
-    let tw_left_ms = (state.is_time_wait() && r.tw_expires != 0)
-        .then(|| hz(r.jiffies_now, mono_ns))
-        .flatten()
-        .map(|hz| r.tw_expires.saturating_sub(r.jiffies_now) * 1000 / hz);
-    let peer_addr = ip_from(r.family, &r.daddr);
-    let connected = r.dport != 0;
-    SocketView {
-        family: Family::from_af(r.family),
-        proto: Proto::from_raw(r.protocol, 0),
-        addr: ip_from(r.family, &r.addr),
-        port: r.port,
-        state,
-        options: Options::from_bits(r.options, r.reuse, r.bound_dev_if),
-        // The tables report uid 0 for TIME_WAIT sockets, which keep none.
-        uid: (!state.is_time_wait()).then_some(r.uid),
-        netns: r.netns,
-        ino: r.ino,
-        peer: connected.then_some((peer_addr, r.dport)),
-        tw_left_ms,
-    }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The kernel's tick rate (CONFIG_HZ), which converts TIME_WAIT expiry jiffies to time.
-///
-/// No interface reports it, but the kernel starts `jiffies_64` at INITIAL_JIFFIES =
-/// 2^32 − 300·HZ so that the 32-bit counter wraps five minutes after boot. So
-/// `jiffies − 2^32 = HZ · (uptime − 300 s)`: the HZ that fits best among the values Kconfig
-/// allows is the answer. Too close to the five-minute mark the candidates can't be told apart,
-/// and the time left is then not shown.
-pub fn hz(jiffies: u64, mono_ns: u64) -> Option<u64> {
-    const CANDIDATES: [u64; 4] = [100, 250, 300, 1000];
-    let ticks = jiffies as i128 - (1i128 << 32);
-    let secs = mono_ns as f64 / 1e9 - 300.0;
-    if secs.abs() < 10.0 {
-        return None;
-    }
-    let (best, err) = CANDIDATES
-        .iter()
-        .map(|&hz| (hz, (ticks as f64 - hz as f64 * secs).abs()))
-        .min_by(|a, b| a.1.total_cmp(&b.1))?;
-    // Accept only a clear fit: within 2% of the elapsed time in ticks.
-    (err <= 0.02 * best as f64 * secs.abs()).then_some(best)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_hz_from_initial_jiffies() {
-        let boot = |hz: u64, uptime_s: f64| {
-            (((1u64 << 32) as f64 - 300.0 * hz as f64) + hz as f64 * uptime_s) as u64
-        };
-        for hz_true in [100, 250, 300, 1000] {
-            let j = boot(hz_true, 4000.0);
-            assert_eq!(hz(j, 4_000_000_000_000), Some(hz_true));
-            let j = boot(hz_true, 20.0);
-            assert_eq!(hz(j, 20_000_000_000), Some(hz_true));
-        }
-        // Too close to the wrap point to tell.
-        assert_eq!(hz(boot(250, 301.0), 301_000_000_000), None);
-    }
 }

@@ -16,6 +16,7 @@ use aya::{
     maps::{MapData, RingBuf},
 };
 use log::debug;
+use portwatch_common::maps;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -23,13 +24,13 @@ use tokio::{
 
 use crate::{
     cli::{Proto as ProtoArg, TraceArgs},
-    event::{self, Event, Record},
+    event::{self, Event, KernelHolder, Record},
     explain,
     facts::FactFinder,
     loader::{self, KernelFilter},
     netns::{self, Namespaces},
     output::{Clock, Printer, Summary},
-    sockets::{Family, Proto, SocketView},
+    sockets::{Family, Proto},
 };
 
 /// How often the ring buffer is drained when the kernel has not woken us.
@@ -74,8 +75,8 @@ pub struct Session {
     filter: UserFilter,
     namespaces: Namespaces,
     facts: FactFinder,
-    /// Holders reported by the kernel's conflict check, waiting for their thread's event.
-    conflicts: HashMap<u32, Vec<SocketView>>,
+    /// Holders the kernel side sent, waiting for their thread's event, which follows them.
+    conflicts: HashMap<u32, Vec<KernelHolder>>,
     /// Records read ahead while the tables were read; they open the next pass.
     lookahead: Vec<Record>,
     summary: Summary,
@@ -129,14 +130,15 @@ impl Session {
         let mut batch = batch;
         for (i, r) in batch.iter_mut().enumerate() {
             match r {
-                Record::Conflict { tid, holder } => {
+                Record::Holder { tid, holder } => {
                     let list = self.conflicts.entry(*tid).or_default();
-                    if list.len() < 16 {
+                    // The kernel side sends at most MAX_HOLDERS, plus the conflict check's.
+                    if list.len() < 2 * usize::from(portwatch_common::MAX_HOLDERS) {
                         list.push(holder.clone());
                     }
                 }
                 Record::Call(ev) => {
-                    ev.kernel_conflicts = self.conflicts.remove(&ev.tid).unwrap_or_default();
+                    ev.kernel_holders = self.conflicts.remove(&ev.tid).unwrap_or_default();
                     if !self.filter.keeps(ev) {
                         continue;
                     }
@@ -219,18 +221,28 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         ports: args.ports.clone(),
         failed_only: args.failed,
     };
-    let mut loaded = loader::load(args.backend, &filter, &kernel)?;
+    let choice = match args.backend {
+        crate::cli::BackendChoice::Auto => loader::BackendChoice::Auto,
+        crate::cli::BackendChoice::Fexit => loader::BackendChoice::Only(loader::Backend::Fexit),
+        crate::cli::BackendChoice::Tracepoint => {
+            loader::BackendChoice::Only(loader::Backend::Tracepoint)
+        }
+    };
+    let mut loaded = loader::load(choice, &filter, &kernel)?;
     // Loading parsed the kernel's BTF twice (ours, then aya's); give that memory back.
     unsafe { libc::malloc_trim(0) };
     let started = Instant::now();
     let ring = RingBuf::try_from(
         loaded
             .ebpf
-            .take_map("EVENTS")
+            .take_map(maps::EVENTS)
             .context("EVENTS map missing")?,
     )
     .context("opening the ring buffer")?;
-    let lost_map = loaded.ebpf.take_map("LOST").context("LOST map missing")?;
+    let lost_map = loaded
+        .ebpf
+        .take_map(maps::LOST)
+        .context("LOST map missing")?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole life.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;

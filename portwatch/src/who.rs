@@ -282,7 +282,9 @@ fn predict(
         }),
         ret: 0,
         socket: Some(socket),
-        kernel_conflicts: vec![],
+        kernel_holders: vec![],
+        walk: None,
+        holders_sent: 0,
     };
     let holders = finder
         .holders(ebpf, ns, target, Some(args.port))

@@ -1,8 +1,9 @@
 //! `cargo xtask test`: the whole suite, and what `.ci/run` runs.
 //!
 //! Stages: setup, lint (rustfmt, clippy), unit tests, release build, live scenarios on this
-//! host's kernel, the same scenarios in a VM on Debian 12's 6.1 kernel (both backends), then a
-//! summary ending in `scenarios: N passed, M failed`. A failing stage does not stop the later
+//! host's kernel, the same scenarios in a VM on Debian 12's 6.1 and on Debian 13's 6.12 kernel
+//! (both backends on each, one stage per kernel), then a summary ending in
+//! `scenarios: N passed, M failed`. A failing stage does not stop the later
 //! ones (one CI run shows every problem), except that scenarios need a build.
 //!
 //! Scenario results come back as JSON lines: from a file on the host, and from the VM's second
@@ -27,10 +28,16 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
-    /// Skip the VM stage (Debian 12's 6.1 kernel under emulation, the only place the fexit
-    /// backend can run here).
+    /// Skip the VM stages (Debian's 6.1 and 6.12 kernels under emulation, the only place the
+    /// fexit backend can run here).
     #[arg(long)]
     pub no_vm: bool,
+    /// Only setup, the release build and the VM stages.
+    #[arg(long, conflicts_with = "no_vm")]
+    pub only_vm: bool,
+    /// Only the VM stage of this kernel (repeatable; default: every kernel).
+    #[arg(long, value_enum, value_name = "KERNEL")]
+    pub vm_kernel: Vec<vm::Distro>,
     /// Skip rustfmt, clippy and the unit tests.
     #[arg(long)]
     pub no_checks: bool,
@@ -41,11 +48,12 @@ pub struct TestArgs {
 
 /// The VM's timeouts are the host's times this: TCG emulates every instruction.
 const VM_TIMEOUT_SCALE: f64 = 10.0;
-/// Boot, two backends of scenarios, power-off; a normal run takes a fraction of this.
-const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Boot, two backends of scenarios, power-off, per kernel. A normal run takes 2-3 min; with
+/// two kernels a hung VM still leaves the whole CI run well inside its 90 min.
+const VM_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 struct Stage {
-    name: &'static str,
+    name: String,
     ok: bool,
     took: Duration,
     note: String,
@@ -58,11 +66,7 @@ struct Suite {
 
 impl Suite {
     /// Runs one stage with a banner before and a verdict after.
-    fn stage<T>(
-        &mut self,
-        name: &'static str,
-        f: impl FnOnce(&mut Self) -> Result<T>,
-    ) -> Option<T> {
+    fn stage<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Option<T> {
         eprintln!("\n==> {name}");
         let started = Instant::now();
         let r = f(self);
@@ -77,7 +81,7 @@ impl Suite {
             eprintln!("<== {name}: FAILED ({:.1} s): {note}", took.as_secs_f64());
         }
         self.stages.push(Stage {
-            name,
+            name: name.to_string(),
             ok,
             took,
             note,
@@ -93,7 +97,7 @@ pub fn main(args: TestArgs) -> Result<()> {
         outcomes: Vec::new(),
     };
     suite.stage("setup", |_| setup::ensure(true));
-    if !args.no_checks {
+    if !args.no_checks && !args.only_vm {
         suite.stage("rustfmt", |_| {
             cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))
         });
@@ -107,16 +111,22 @@ pub fn main(args: TestArgs) -> Result<()> {
     let bin = suite.stage("release build", |_| run::build_release());
     match bin {
         Some(bin) => {
-            suite.stage("scenarios on this host", |s| {
-                host_scenarios(s, &bin, &args.filter)
-            });
-            if !args.no_vm {
-                suite.stage("scenarios in the VM", |s| {
-                    vm_scenarios(s, &bin, &args.filter)
+            if !args.only_vm {
+                suite.stage("scenarios on this host", |s| {
+                    host_scenarios(s, &bin, &args.filter)
                 });
             }
+            if !args.no_vm {
+                for distro in vm::Distro::ALL {
+                    if args.vm_kernel.is_empty() || args.vm_kernel.contains(&distro) {
+                        suite.stage(&format!("VM, {}", distro.label()), |s| {
+                            vm_scenarios(s, &bin, &args.filter, distro)
+                        });
+                    }
+                }
+            }
             // A scenario filter means "just these": the bench is not one of them.
-            if args.filter.is_empty() {
+            if args.filter.is_empty() && !args.only_vm {
                 suite.stage("bench smoke", |_| bench::smoke());
             }
         }
@@ -236,21 +246,41 @@ fn host_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<(
     eprintln!("$ {}", cmd::render(&c));
     let status = c.status().context("starting the scenario runner")?;
     let text = std::fs::read_to_string(&results).unwrap_or_default();
-    let got = collect(suite, &text, &backends, filters, false, false);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let got = collect(suite, &text, kernel.trim(), &backends, filters, false);
     if !status.success() && got.1 == 0 {
         bail!("the scenario runner failed ({status}) without failing a scenario");
     }
     finish(got)
 }
 
-fn vm_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()> {
-    let kernel = vm::ensure_kernel(&workspace_root().join("vm-cache"))?;
+/// Every scenario on both backends in a VM on `distro`'s kernel, where `auto` must pick fexit.
+fn vm_scenarios(
+    suite: &mut Suite,
+    bin: &Path,
+    filters: &[String],
+    distro: vm::Distro,
+) -> Result<()> {
+    let kernel = vm::ensure_kernel(&workspace_root().join("vm-cache"), distro)?;
     let backends = ["fexit".to_string(), "tracepoint".to_string()];
-    // TUN is a module on Debian's kernel; the SO_BINDTODEVICE scenarios make TUN devices.
-    let tun = kernel.modules_dir.join("kernel/drivers/net/tun.ko");
-    let mut command = String::from(
-        "insmod /lib/tun.ko; /bin/xtask scenarios --portwatch /bin/portwatch --backend fexit \
-         --backend tracepoint --auto-expect fexit --json-results /dev/ttyS1 --in-vm",
+    // TUN is a module on Debian's kernels (xz-compressed from Debian 13 on, which busybox's
+    // insmod cannot read); the SO_BINDTODEVICE scenarios make TUN devices.
+    let net = kernel.modules_dir.join("kernel/drivers/net");
+    let (tun, load_tun) = if net.join("tun.ko.xz").is_file() {
+        (
+            net.join("tun.ko.xz"),
+            "xzcat /lib/tun.ko.xz >/tmp/tun.ko; insmod /tmp/tun.ko",
+        )
+    } else {
+        (net.join("tun.ko"), "insmod /lib/tun.ko")
+    };
+    let guest_tun = format!(
+        "/lib/{}",
+        tun.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let mut command = format!(
+        "{load_tun}; /bin/xtask scenarios --portwatch /bin/portwatch --backend fexit \
+         --backend tracepoint --auto-expect fexit --json-results /dev/ttyS1 --in-vm"
     );
     command.push_str(&format!(" --timeout-scale {VM_TIMEOUT_SCALE}"));
     for f in filters {
@@ -260,7 +290,7 @@ fn vm_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()>
         files: vec![
             (bin.to_path_buf(), "/bin/portwatch".into()),
             (std::env::current_exe()?, "/bin/xtask".into()),
-            (tun, "/lib/tun.ko".into()),
+            (tun, guest_tun),
             (
                 cmd::find_program("bpftool").context("bpftool not found")?,
                 "/usr/sbin/bpftool".into(),
@@ -270,7 +300,9 @@ fn vm_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()>
         timeout: VM_TIMEOUT,
         memory_mb: 1024,
     };
-    let work = workspace_root().join("target/xtask-vm-test");
+    let work = workspace_root()
+        .join("target/xtask-vm-test")
+        .join(distro.dir_name());
     eprintln!(
         "booting {} under TCG; console in {}",
         kernel.version,
@@ -278,9 +310,13 @@ fn vm_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()>
     );
     let out = vm::run(&kernel, &guest, &work)?;
     let text = String::from_utf8_lossy(&out.results);
-    let got = collect(suite, &text, &backends, filters, true, true);
+    let got = collect(suite, &text, &kernel.version, &backends, filters, true);
     eprintln!(
-        "VM: {:.1} s from boot to power-off, runner exit code {:?}",
+        "VM {} ({}): {} passed, {} failed; {:.1} s from boot to power-off, runner exit code {:?}",
+        distro.label(),
+        kernel.version,
+        got.0,
+        got.1,
         out.elapsed.as_secs_f64(),
         out.exit_code
     );
@@ -295,13 +331,14 @@ fn vm_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()>
 }
 
 /// Parses results, adds a failure for every planned (scenario, backend) without one, records
-/// them in the suite and prints those not printed yet. Returns (passed, failed).
+/// them in the suite and prints those not printed yet (`in_vm`: all; the host runner printed
+/// its own). `kernel` is the release the results come from. Returns (passed, failed).
 fn collect(
     suite: &mut Suite,
     text: &str,
+    kernel: &str,
     backends: &[String],
     filters: &[String],
-    print: bool,
     in_vm: bool,
 ) -> (usize, usize) {
     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -311,10 +348,6 @@ fn collect(
             Err(e) => eprintln!("unreadable result line ({e}): {line:?}"),
         }
     }
-    let kernel = outcomes
-        .first()
-        .map(|o| o.kernel.clone())
-        .unwrap_or_else(|| "?".into());
     let seen: HashSet<(String, String)> = outcomes
         .iter()
         .map(|o| (o.name.clone(), o.backend.clone()))
@@ -325,14 +358,14 @@ fn collect(
             missing.push(Outcome {
                 name,
                 backend,
-                kernel: kernel.clone(),
+                kernel: kernel.to_string(),
                 ok: false,
                 reason: Some("no result: the runner stopped before reaching it".into()),
                 ms: 0,
             });
         }
     }
-    for o in outcomes.iter().filter(|_| print).chain(&missing) {
+    for o in outcomes.iter().filter(|_| in_vm).chain(&missing) {
         println!("{}", o.line());
     }
     outcomes.extend(missing);

@@ -1,8 +1,10 @@
-//! Boot Debian 12's stock cloud kernel under QEMU (TCG) into a busybox initramfs and run one
-//! command in it.
+//! Boot a stock Debian cloud kernel (Debian 12's 6.1 or Debian 13's 6.12) under QEMU (TCG) into
+//! a busybox initramfs and run one command in it.
 //!
 //! Why: the build machines run a kernel that refuses BPF trampolines (fentry/fexit/LSM load with
 //! EPERM) and has no kprobes, so the fexit backend can only be exercised on a stock distro kernel.
+//! Two of them, because the kernel's socket code changed in between: from 6.6 the bind options
+//! are bits of `inet_flags`, and TCP binds go through bhash2.
 //! Nested KVM hangs there, so the VM runs under TCG (pure emulation, a few seconds per boot).
 //!
 //! Results travel over a second serial port (`/dev/ttyS1` in the guest, a plain file on the host)
@@ -26,10 +28,52 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 
 use crate::cmd::workspace_root;
 
-/// The metapackage that always depends on Debian 12's newest cloud kernel image. The concrete
-/// ABI number (`6.1.0-NN`) changes with every security update, so it is resolved from this
-/// package at set-up time instead of being pinned.
+/// The metapackage that always depends on a Debian release's newest cloud kernel image. The
+/// concrete version (`6.1.0-NN`, `6.12.NN+deb13`) changes with every security update, so it is
+/// resolved from this package when a kernel is fetched instead of being pinned.
 const META_PACKAGE: &str = "linux-image-cloud-amd64";
+
+/// The keyring Debian's own sources are signed with (package debian-archive-keyring, which apt
+/// depends on); it holds the keys of Debian 13 too.
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// A Debian release whose stock cloud kernel the VM boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distro {
+    /// Debian 12 (bookworm), Linux 6.1: the release these machines run.
+    Debian12,
+    /// Debian 13 (trixie), Linux 6.12.
+    Debian13,
+}
+
+impl Distro {
+    pub const ALL: [Distro; 2] = [Distro::Debian12, Distro::Debian13];
+
+    /// For logs and stage names.
+    pub fn label(self) -> &'static str {
+        match self {
+            Distro::Debian12 => "Debian 12 (6.1)",
+            Distro::Debian13 => "Debian 13 (6.12)",
+        }
+    }
+
+    /// A short name for paths: its directory in the kernel cache, say.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Distro::Debian12 => "debian12",
+            Distro::Debian13 => "debian13",
+        }
+    }
+
+    /// The suite to fetch from through a private sources file, or `None` for the system's own
+    /// sources (Debian 12 on these machines).
+    fn suite(self) -> Option<&'static str> {
+        match self {
+            Distro::Debian12 => None,
+            Distro::Debian13 => Some("trixie"),
+        }
+    }
+}
 
 /// Host copy of the static busybox (package busybox-static); it provides the guest's shell and
 /// every tool the init script uses.
@@ -52,27 +96,136 @@ pub struct Kernel {
     pub modules_dir: PathBuf,
 }
 
-/// Makes sure a Debian 12 cloud kernel is extracted under `cache` and returns it.
+/// Makes sure `distro`'s cloud kernel is extracted under `cache/<distro>/` and returns it.
 ///
 /// A kernel already in the cache is returned at once, without running apt (apt-cache alone takes
 /// about a second here, as no package cache is kept): tests stay on one kernel until the cache is
 /// deleted, which then fetches the newest. With an empty cache the package name is resolved from
-/// the local apt metadata (`apt-get update` runs only if that fails) and `apt-get download`ed.
-pub fn ensure_kernel(cache: &Path) -> Result<Kernel> {
-    fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
-    if let Some(k) = newest_cached(cache)? {
+/// the apt metadata (`apt-get update` runs only if that fails, or when a private list is still
+/// empty) and `apt-get download`ed.
+pub fn ensure_kernel(cache: &Path, distro: Distro) -> Result<Kernel> {
+    let cache = cache.join(distro.dir_name());
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    if let Some(k) = newest_cached(&cache)? {
         return Ok(k);
     }
-    download(cache).or_else(|first| {
+    let apt = Apt::new(distro, &cache)?;
+    if apt.lists_empty() {
+        apt.update()?;
+    }
+    download(&cache, &apt).or_else(|first| {
         // Stale or missing package lists: the lookup fails, or the mirror no longer has the file.
         eprintln!("vm: {first:#}; running apt-get update and retrying");
-        run_quiet(Command::new("apt-get").args(["update", "-qq"]))?;
-        download(cache)
+        apt.update()?;
+        download(&cache, &apt)
     })
 }
 
-fn download(cache: &Path) -> Result<Kernel> {
-    let package = resolve_package()?;
+/// apt as [`ensure_kernel`] runs it: on the system's sources, or on a private sources file and
+/// lists directory under the cache, which reach another suite of the same archive without
+/// touching the system's apt state.
+struct Apt {
+    options: Vec<String>,
+    /// The private lists directory, if any.
+    lists: Option<PathBuf>,
+}
+
+impl Apt {
+    fn new(distro: Distro, cache: &Path) -> Result<Self> {
+        let Some(suite) = distro.suite() else {
+            return Ok(Apt {
+                options: Vec::new(),
+                lists: None,
+            });
+        };
+        let root = cache.join(".apt");
+        let lists = root.join("lists");
+        let sources = root.join("debian.sources");
+        for d in [lists.join("partial"), root.join("cache/archives/partial")] {
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let archive = system_archive()?;
+        let signed_by = if Path::new(DEBIAN_KEYRING).is_file() {
+            format!("Signed-By: {DEBIAN_KEYRING}\n")
+        } else {
+            String::new()
+        };
+        // Targets: only the package list (not the AppStream metadata the system's apt.conf may
+        // ask for), ~10 MB.
+        fs::write(
+            &sources,
+            format!(
+                "# Written by cargo xtask (vm.rs): {} from the system's own archive.\n\
+                 Types: deb\nURIs: {archive}\nSuites: {suite}\nComponents: main\n\
+                 Architectures: amd64\nTargets: Packages\n{signed_by}",
+                distro.label()
+            ),
+        )
+        .with_context(|| format!("writing {}", sources.display()))?;
+        let option = |k: &str, v: &Path| vec!["-o".to_string(), format!("{k}={}", v.display())];
+        let mut options = option("Dir::Etc::sourcelist", &sources);
+        options.extend(option("Dir::Etc::sourceparts", Path::new("/nonexistent")));
+        options.extend(option("Dir::State::Lists", &lists));
+        options.extend(option("Dir::Cache", &root.join("cache")));
+        Ok(Apt {
+            options,
+            lists: Some(lists),
+        })
+    }
+
+    /// `program` (apt-get, apt-cache) with the private options, if any.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        // Sandbox user root: apt otherwise warns that _apt cannot write into the directory.
+        c.args(&self.options)
+            .args(["-o", "APT::Sandbox::User=root"]);
+        c
+    }
+
+    /// Whether the private lists directory has no package list yet.
+    fn lists_empty(&self) -> bool {
+        self.lists.as_ref().is_some_and(|d| {
+            fs::read_dir(d).map_or(true, |entries| {
+                !entries
+                    .filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
+            })
+        })
+    }
+
+    fn update(&self) -> Result<()> {
+        run_quiet(self.command("apt-get").args(["update", "-qq"]))?;
+        Ok(())
+    }
+}
+
+/// The archive the system's apt sources name for the system's own release (e.g.
+/// `http://deb.debian.org/debian/` for bookworm), as apt itself reads the sources.
+fn system_archive() -> Result<String> {
+    let os_release = fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
+    let codename = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"'))
+        .ok_or_else(|| anyhow!("no VERSION_CODENAME in /etc/os-release"))?;
+    let targets = run_quiet(Command::new("apt-get").args([
+        "indextargets",
+        "--no-release-info",
+        "--format",
+        "$(REPO_URI) $(RELEASE)",
+        "Identifier: Packages",
+    ]))?;
+    targets
+        .lines()
+        .find_map(|l| {
+            let (uri, release) = l.split_once(' ')?;
+            (release == codename).then(|| uri.to_string())
+        })
+        .ok_or_else(|| anyhow!("the system's apt sources name no archive for {codename}"))
+}
+
+fn download(cache: &Path, apt: &Apt) -> Result<Kernel> {
+    let package = resolve_package(apt)?;
     let dir = cache.join(&package);
     // Download and extract into scratch directories, then rename: a present `dir` is always a
     // complete extraction, even after an interrupted run.
@@ -85,10 +238,9 @@ fn download(cache: &Path) -> Result<Kernel> {
     }
     fs::create_dir_all(&dl)?;
     eprintln!("vm: downloading {package}");
-    // Sandbox user root: apt otherwise warns that _apt cannot write into the directory.
     run_quiet(
-        Command::new("apt-get")
-            .args(["-q", "-o", "APT::Sandbox::User=root", "download", &package])
+        apt.command("apt-get")
+            .args(["-q", "download", &package])
             .current_dir(&dl),
     )?;
     let deb = fs::read_dir(&dl)?
@@ -102,10 +254,11 @@ fn download(cache: &Path) -> Result<Kernel> {
     kernel_in(&dir)
 }
 
-/// `linux-image-6.1.0-NN-cloud-amd64-unsigned`, from the metapackage's candidate version. The
-/// unsigned flavour has the same image without the secure-boot signature wrapper.
-fn resolve_package() -> Result<String> {
-    let out = run_quiet(Command::new("apt-cache").args(["depends", META_PACKAGE]))?;
+/// `linux-image-6.1.0-NN-cloud-amd64-unsigned` (or the 6.12 one), from the metapackage's
+/// candidate version. The unsigned flavour has the same image without the secure-boot signature
+/// wrapper.
+fn resolve_package(apt: &Apt) -> Result<String> {
+    let out = run_quiet(apt.command("apt-cache").args(["depends", META_PACKAGE]))?;
     let signed = out
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
@@ -116,12 +269,15 @@ fn resolve_package() -> Result<String> {
         })?;
     let unsigned = format!("{signed}-unsigned");
     // Verify apt knows it, so a stale package list is caught here (and triggers an update).
-    run_quiet(Command::new("apt-cache").args(["show", "--no-all-versions", &unsigned]))?;
+    run_quiet(
+        apt.command("apt-cache")
+            .args(["show", "--no-all-versions", &unsigned]),
+    )?;
     Ok(unsigned)
 }
 
 fn newest_cached(cache: &Path) -> Result<Option<Kernel>> {
-    let mut best: Option<(u32, Kernel)> = None;
+    let mut best: Option<(Vec<u32>, Kernel)> = None;
     for entry in fs::read_dir(cache)? {
         let path = entry?.path();
         let name = path.file_name().and_then(OsStr::to_str).unwrap_or("");
@@ -129,18 +285,21 @@ fn newest_cached(cache: &Path) -> Result<Option<Kernel>> {
             continue;
         }
         let Ok(k) = kernel_in(&path) else { continue };
-        // ABI number: 6.1.0-NN-cloud-amd64.
-        let abi = k
-            .version
-            .split('-')
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if best.as_ref().is_none_or(|(b, _)| abi > *b) {
-            best = Some((abi, k));
+        let key = version_key(&k.version);
+        if best.as_ref().is_none_or(|(b, _)| key > *b) {
+            best = Some((key, k));
         }
     }
     Ok(best.map(|(_, k)| k))
+}
+
+/// The leading numbers of a Debian kernel release, for ordering: `6.1.0-56-cloud-amd64` →
+/// [6, 1, 0, 56], `6.12.117+deb13-cloud-amd64` → [6, 12, 117].
+fn version_key(release: &str) -> Vec<u32> {
+    release
+        .split(['.', '-', '+'])
+        .map_while(|part| part.parse().ok())
+        .collect()
 }
 
 fn kernel_in(root: &Path) -> Result<Kernel> {
@@ -611,6 +770,9 @@ pub struct VmArgs {
     timeout: u64,
     #[arg(long, default_value_t = 512)]
     memory: u32,
+    /// Which Debian release's kernel to boot.
+    #[arg(long, value_enum, default_value = "debian12")]
+    kernel: Distro,
     /// Where kernels are downloaded and extracted.
     #[arg(long, default_value_os_t = workspace_root().join("vm-cache"))]
     cache: PathBuf,
@@ -629,7 +791,7 @@ pub struct VmArgs {
 /// `cargo xtask vm -- 'cmd >/dev/ttyS1' > out` captures just the results. Fails unless the guest
 /// command exited 0.
 pub fn run_cli(args: VmArgs) -> Result<()> {
-    let kernel = ensure_kernel(&args.cache)?;
+    let kernel = ensure_kernel(&args.cache, args.kernel)?;
     eprintln!(
         "vm: kernel {} ({}; modules in {})",
         kernel.version,
@@ -675,5 +837,20 @@ pub fn run_cli(args: VmArgs) -> Result<()> {
         Some(0) => Ok(()),
         Some(c) => bail!("guest command exited with {c}"),
         None => bail!("guest stopped without reporting an exit code (kernel panic or init died?)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_debian_kernel_releases() {
+        assert_eq!(version_key("6.1.0-56-cloud-amd64"), [6, 1, 0, 56]);
+        assert_eq!(version_key("6.12.117+deb13-cloud-amd64"), [6, 12, 117]);
+        assert!(version_key("6.1.0-56-cloud-amd64") > version_key("6.1.0-9-cloud-amd64"));
+        assert!(
+            version_key("6.12.117+deb13-cloud-amd64") > version_key("6.12.48+deb13-cloud-amd64")
+        );
     }
 }

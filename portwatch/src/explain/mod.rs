@@ -29,6 +29,8 @@ use crate::{
 pub enum Source {
     /// fexit on inet_bind_conflict: the very socket the kernel compared.
     KernelConflictCheck,
+    /// The port's owners, read from the kernel's bind table or UDP hash at the call itself.
+    KernelAtCall,
     /// The kernel's TCP/UDP socket tables (iter/tcp, iter/udp).
     SocketTable,
     /// A process's fd table: sockets that are bound but in no table (not listening).
@@ -41,6 +43,36 @@ pub struct Holder {
     pub socket: SocketView,
     pub owners: Vec<Owner>,
     pub source: Source,
+    /// What is known of its owner beyond `owners` (who hold it now).
+    pub status: OwnerStatus,
+}
+
+/// Who owns a holder, as far as portwatch could tell: never guessed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerStatus {
+    /// `owners` hold it now.
+    Live,
+    /// A socket the kernel opened for itself (a tunnel, a kernel service): no process.
+    InKernel,
+    /// No process by nature: a TIME_WAIT connection, or an orphaned socket the kernel finishes.
+    NoProcess,
+    /// No process holds it any more; portwatch saw this process bind it.
+    Closed { bound_by: Owner },
+    /// No process holds it that portwatch can see, and portwatch did not see it bound.
+    Unknown { why: &'static str },
+}
+
+impl OwnerStatus {
+    /// The stable name in JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OwnerStatus::Live => "live",
+            OwnerStatus::InKernel => "in-kernel",
+            OwnerStatus::NoProcess => "no-process",
+            OwnerStatus::Closed { .. } => "closed",
+            OwnerStatus::Unknown { .. } => "unknown",
+        }
+    }
 }
 
 /// The namespace's settings that change the rules. Read, never assumed.
@@ -61,6 +93,9 @@ pub struct Facts {
     pub holders: Option<Vec<Holder>>,
     /// Why holders could not be looked up, when they could not.
     pub holders_unavailable: Option<String>,
+    /// Holders came from the kernel at the call, and the list is cut short: "nothing else"
+    /// cannot be said.
+    pub holders_incomplete: bool,
     /// Sockets on the same port in other namespaces (for "different netns never conflict").
     pub other_netns: Vec<Holder>,
     pub sysctls: Sysctls,
@@ -94,6 +129,11 @@ pub struct HolderReport {
     pub time_wait_left_ms: Option<u64>,
     pub peer: Option<String>,
     pub source: Source,
+    /// `live`, `in-kernel`, `no-process`, `closed` or `unknown` (see the README).
+    pub owner_status: &'static str,
+    /// For `closed`: the process portwatch saw bind it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bound_by: Option<Owner>,
     /// The rule relating this socket to the call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'static str>,
@@ -118,6 +158,11 @@ impl HolderReport {
             time_wait_left_ms: s.tw_left_ms,
             peer: s.peer.map(|(a, p)| endpoint(a, p)),
             source: h.source,
+            owner_status: h.status.name(),
+            bound_by: match &h.status {
+                OwnerStatus::Closed { bound_by } => Some(bound_by.clone()),
+                _ => None,
+            },
             rule,
             why,
         }
@@ -329,7 +374,7 @@ fn explain_in_use(at: &Attempt, facts: &Facts) -> Verdict {
         })
         .collect();
     if conflicts.is_empty() {
-        return words::holder_not_found(at, &rels);
+        return words::holder_not_found(at, facts, &rels);
     }
     // Lead with what the kernel itself reported, then live sockets before TIME_WAIT ones.
     conflicts.sort_by_key(|(h, _, _)| {

@@ -60,12 +60,15 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
         }),
         ret,
         socket: Some(s),
-        kernel_conflicts: vec![],
+        kernel_holders: vec![],
+        walk: None,
+        holders_sent: 0,
     }
 }
 
 fn holder(s: SocketView, pid: u32) -> Holder {
     Holder {
+        status: OwnerStatus::Live,
         socket: s,
         owners: vec![Owner {
             pid,
@@ -292,6 +295,7 @@ fn time_wait_depends_on_the_old_socket_too() {
     tw.tw_left_ms = Some(42_000);
     tw.peer = Some(("127.0.0.1".parse().unwrap(), 51000));
     let h = Holder {
+        status: OwnerStatus::Live,
         socket: tw.clone(),
         owners: vec![],
         source: Source::SocketTable,

@@ -2,8 +2,10 @@
 
 use std::net::IpAddr;
 
+use portwatch_common::walk;
+
 use super::{
-    Attempt, Facts, Holder, HolderReport, Source, Verdict,
+    Attempt, Facts, Holder, HolderReport, OwnerStatus, Source, Verdict,
     conflict::{Blocker, Coexist, Overlap, Relation},
 };
 use crate::{
@@ -35,15 +37,30 @@ fn err_name(at: &Attempt) -> String {
 /// "pid 812 (java)", "pids 812, 813 (nginx)", or what stands in for an owner.
 pub fn who(h: &Holder) -> String {
     if h.owners.is_empty() {
-        return if h.socket.state.is_time_wait() {
-            "a TIME_WAIT connection (no process owns it)".to_string()
-        } else if h.socket.ino == 0 {
-            "an orphaned socket (its process has closed it)".to_string()
-        } else {
-            format!(
-                "socket inode {} (owner not visible from here)",
+        return match &h.status {
+            OwnerStatus::InKernel => format!(
+                "an in-kernel socket (no process: the kernel opened it for itself, e.g. a tunnel; \
+                 inode {})",
                 h.socket.ino
-            )
+            ),
+            OwnerStatus::Closed { bound_by } => format!(
+                "pid {} ({}), which bound it (no process holds it any more: closed or exited \
+                 since the call)",
+                bound_by.pid, bound_by.comm
+            ),
+            OwnerStatus::Unknown { why } => {
+                format!("socket inode {} (no owner found: {why})", h.socket.ino)
+            }
+            OwnerStatus::Live | OwnerStatus::NoProcess => {
+                if h.socket.state.is_time_wait() {
+                    format!(
+                        "a {} connection (no process owns it)",
+                        h.socket.state_name()
+                    )
+                } else {
+                    "an orphaned socket (its process has closed it)".to_string()
+                }
+            }
         };
     }
     let mut pids: Vec<u32> = h.owners.iter().map(|o| o.pid).collect();
@@ -396,14 +413,24 @@ pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verd
 }
 
 /// EADDRINUSE, no holder found.
-pub fn holder_not_found(at: &Attempt, rels: &[(&Holder, Relation)]) -> Verdict {
+pub fn holder_not_found(at: &Attempt, f: &Facts, rels: &[(&Holder, Relation)]) -> Verdict {
     let e = err_name(at);
+    let at_call = at.ev.walk.is_some_and(|w| w & walk::DONE != 0);
+    let why = if f.holders_incomplete {
+        "the list of the port's owners the kernel side read at the call was cut short, and the \
+         one in the way was not among those it sent"
+    } else if at_call {
+        "none of the sockets the kernel had on the port at the call conflicts by the rules \
+         portwatch knows"
+    } else {
+        "portwatch read the tables after the call, and the socket may have closed by then"
+    };
     let mut v = verdict(
         false,
         "holder-not-found",
         format!(
             "{e}: the kernel found {} in use, but portwatch did not find the socket in its way: \
-             it closed before portwatch looked.",
+             {why}.",
             at.endpoint()
         ),
     );
@@ -498,7 +525,7 @@ pub fn success(at: &Attempt, f: &Facts, others: &[(&Holder, Coexist)]) -> Verdic
             )
         } else if at.ev.call == Call::Listen {
             verdict(true, "ok-listen", format!("ok: listening on {ep}."))
-        } else if f.holders.is_some() {
+        } else if f.holders.is_some() && !f.holders_incomplete {
             verdict(
                 true,
                 "ok-port-free",

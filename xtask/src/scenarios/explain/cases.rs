@@ -63,7 +63,7 @@ pub(super) fn clash_case(
     rule: &str,
 ) -> Result<Seen> {
     let (ev, h, a) = clash(cx, pw, ns, holding, &[held], asked, rule)?;
-    source_is(cx, holding, &ev, "socket-table")?;
+    source_is(cx, &ev)?;
     Ok(Seen::of(ev, &h, &a))
 }
 

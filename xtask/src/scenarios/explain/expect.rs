@@ -4,7 +4,6 @@
 use anyhow::{Result, ensure};
 use serde_json::json;
 
-use super::holding::Holding;
 use crate::scenarios::{
     Ctx,
     check::fields,
@@ -55,17 +54,14 @@ pub(super) fn says(ev: &Event, words: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Where the leading holder came from: the kernel's own conflict check under fexit (TCP),
-/// else the socket tables or, for a bound-only socket, the fd tables. Checked only with the
-/// holder kept: once it is gone, that is up to how portwatch captured it.
-pub(super) fn source_is(cx: &Ctx, holding: Holding, ev: &Event, without_fexit: &str) -> Result<()> {
-    if holding == Holding::Gone {
-        return Ok(());
-    }
+/// Where the leading holder came from. The holder of a failed call comes from the kernel at
+/// the call: named by its own conflict check with fexit, read from the port's bucket at the
+/// syscall's exit with the tracepoints; so the same whether the holder is kept or gone.
+pub(super) fn source_is(cx: &Ctx, ev: &Event) -> Result<()> {
     let want = if cx.pw.backend == "fexit" {
         "kernel-conflict-check"
     } else {
-        without_fexit
+        "kernel-at-call"
     };
     fields(ev, &[("explain.holders.0.source", json!(want))])
 }

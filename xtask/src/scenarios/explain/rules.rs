@@ -44,7 +44,7 @@ pub(super) fn same_address(cx: &Ctx, pw: &Portwatch, ns: &Netns, holding: Holdin
             ("explain.holders.0.netns", json!(ns.inode())),
         ],
     )?;
-    source_is(cx, holding, &ev, "socket-table")?;
+    source_is(cx, &ev)?;
     Ok(Seen::of(ev, &h, &a))
 }
 
@@ -72,7 +72,7 @@ pub(super) fn dual_stack(cx: &Ctx, pw: &Portwatch, ns: &Netns, holding: Holding)
         ],
     )?;
     fields(&ev, &[("explain.holders.0.options.v6only", json!(false))])?;
-    source_is(cx, holding, &ev, "socket-table")?;
+    source_is(cx, &ev)?;
     Ok(Seen::of(ev, &h, &a))
 }
 
@@ -115,7 +115,7 @@ pub(super) fn reuseaddr_needs_both(
         "reuseaddr-needs-both",
     )?;
     fields(&ev, &[("explain.holders.0.state", json!("BOUND"))])?;
-    source_is(cx, holding, &ev, "fd-table")?;
+    source_is(cx, &ev)?;
     Ok(Seen::of(ev, &h, &a))
 }
 
