@@ -48,7 +48,7 @@ pub(super) fn clash(
             ("requested.port", json!(asked.addr.port())),
         ],
     )?;
-    blames(&ev, rule, &h)?;
+    blames(&ev, rule, holding, &h)?;
     Ok((ev, h, a))
 }
 
@@ -84,7 +84,7 @@ pub(super) fn share_case(
     let after = holding.prepare(cx, &mut [&mut h])?;
     let b = after.call(&mut a, |a| a.bind_ok(&asked))?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-    shares_with(&ev, rule, &h)?;
+    shares_with(&ev, rule, holding, &h)?;
     Ok(Seen::of(ev, &h, &a))
 }
 

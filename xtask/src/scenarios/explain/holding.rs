@@ -27,6 +27,17 @@ pub enum Holding {
     Gone,
 }
 
+impl Holding {
+    /// Where a holder's pid is in its JSON: its owner's while it holds it, the process that
+    /// bound it once it is gone (see [`super::expect::named`]).
+    pub fn pid_field(self) -> &'static str {
+        match self {
+            Holding::Kept => "owners.0.pid",
+            Holding::Gone => "bound_by.pid",
+        }
+    }
+}
+
 /// The bound on "right after the call", for holders written here: they close their
 /// sockets first thing (measured: 15-200 µs on the 2-core host under load).
 const CLOSED_WITHIN_US: f64 = 1000.0;

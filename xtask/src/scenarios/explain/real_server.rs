@@ -8,10 +8,12 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::holding::{Holding, Seen};
+use super::{
+    expect::{fields_owned, named},
+    holding::{Holding, Seen},
+};
 use crate::scenarios::{
-    Ctx, Scenario, check::fields, holder::Holder, netns::Netns, portwatch::Portwatch,
-    sock::SockSpec,
+    Ctx, Scenario, holder::Holder, netns::Netns, portwatch::Portwatch, sock::SockSpec,
 };
 
 const EADDRINUSE: i32 = libc::EADDRINUSE;
@@ -151,15 +153,20 @@ fn real_server(
     let after = holding.prepare_programs(cx, &[server.pid])?;
     let b = after.call(&mut a, |a| a.bind_fails(&asked, EADDRINUSE))?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-    fields(
-        &ev,
-        &[
-            ("explain.rule", json!(rule)),
-            ("explain.holders.0.options.reuseaddr", json!(true)),
-            ("explain.holders.0.owners.0.pid", json!(server.pid)),
-            ("explain.holders.0.owners.0.comm", json!(server.comm)),
-        ],
-    )?;
+    let mut want = vec![
+        ("explain.rule".to_string(), json!(rule)),
+        (
+            "explain.holders.0.options.reuseaddr".to_string(),
+            json!(true),
+        ),
+    ];
+    want.extend(named(
+        "explain.holders.0",
+        holding,
+        server.pid,
+        &server.comm,
+    ));
+    fields_owned(&ev, &want)?;
     Ok(Seen {
         ev,
         varying: vec![(server.pid.into(), "<holder>"), (a.pid.into(), "<caller>")],

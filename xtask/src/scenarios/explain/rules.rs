@@ -91,7 +91,7 @@ pub(super) fn bindv6only_default(
     let after = holding.prepare(cx, &mut [&mut h])?;
     let b = after.call(&mut a, |a| a.bind_ok(&SockSpec::tcp("0.0.0.0:8080")))?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-    shares_with(&ev, "ok-v6only-by-default", &h)?;
+    shares_with(&ev, "ok-v6only-by-default", holding, &h)?;
     says(&ev, &["net.ipv6.bindv6only=1"])?;
     Ok(Seen::of(ev, &h, &a))
 }
@@ -133,7 +133,7 @@ pub(super) fn udp_reuseaddr(
     let mut a = Holder::spawn(ns, "pw-asker")?;
     let b = a.bind_ok(&spec)?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-    shares_with(&ev, "ok-udp-reuseaddr", &h)?;
+    shares_with(&ev, "ok-udp-reuseaddr", Holding::Kept, &h)?;
     // Without SO_REUSEADDR on the new socket, both UDP sockets (holder and asker) are in the
     // way.
     let mut c = Holder::spawn(ns, "pw-third")?;
@@ -148,7 +148,7 @@ pub(super) fn udp_reuseaddr(
         .as_array()
         .map(|hs| {
             hs.iter()
-                .filter_map(|x| lookup(x, "owners.0.pid").as_u64())
+                .filter_map(|x| lookup(x, holding.pid_field()).as_u64())
                 .collect()
         })
         .unwrap_or_default();
@@ -221,7 +221,7 @@ pub(super) fn listen_conflict(
     let mut a = Holder::spawn(ns, "pw-asker")?;
     let second = a.bind_ok(&spec)?;
     let ev = pw.wait_call(ns, "bind", a.pid, second.ino)?;
-    shares_with(&ev, "ok-reuseaddr", &h)?;
+    shares_with(&ev, "ok-reuseaddr", Holding::Kept, &h)?;
     let l = h.listen(first.id)?;
     ensure!(
         l.errno == 0,
@@ -237,7 +237,7 @@ pub(super) fn listen_conflict(
     );
     let ev = pw.wait_call(ns, "listen", a.pid, second.ino)?;
     fields(&ev, &[("errno", json!("EADDRINUSE"))])?;
-    blames(&ev, "listen-conflict", &h)?;
+    blames(&ev, "listen-conflict", holding, &h)?;
     says(&ev, &["at listen()"])?;
     Ok(Seen::of(ev, &h, &a))
 }
@@ -258,7 +258,7 @@ pub(super) fn reuseport_uid(
     let b = after.call(&mut a, |a| a.bind_fails(&spec, EADDRINUSE))?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
     fields(&ev, &[("sk_uid", json!(65534))])?;
-    blames(&ev, "reuseport-uid-mismatch", &h)?;
+    blames(&ev, "reuseport-uid-mismatch", holding, &h)?;
     says(&ev, &["uid 0", "uid 65534"])?;
     Ok(Seen::of(ev, &h, &a))
 }
@@ -321,7 +321,7 @@ pub(super) fn different_netns(
         let after = holding.prepare(cx, &mut [&mut h])?;
         let b = after.call(&mut a, |a| a.bind_ok(&SockSpec::tcp("0.0.0.0:8080")))?;
         let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-        shares_with(&ev, "ok-different-netns", &h)?;
+        shares_with(&ev, "ok-different-netns", holding, &h)?;
         fields(
             &ev,
             &[("explain.shares_with.0.netns", json!(other.inode()))],
@@ -384,7 +384,7 @@ pub(super) fn autobind_reuse(
         a.bind_ok(&SockSpec::tcp("127.0.0.1:0").with(|o| o.reuseaddr = true))
     })?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-    shares_with(&ev, "ok-autobind-reuse", &h)?;
+    shares_with(&ev, "ok-autobind-reuse", holding, &h)?;
     Ok(Seen::of(ev, &h, &a))
 }
 
