@@ -30,7 +30,7 @@ mod rules;
 mod tcp_state;
 
 use self::{
-    cases::{clash_case, refused, share_case},
+    cases::{clashing, refusing, sharing},
     rules::{
         already_bound, autobind_reuse, bindtodevice_unbound, bindv6only_default, different_devices,
         different_netns, dual_stack, eperm_cgroup, ephemeral_exhausted, listen_conflict,
@@ -45,114 +45,71 @@ pub fn scenarios() -> Vec<Scenario> {
     v.extend(twice!("explain_same_address", same_address));
     v.extend(twice!(
         "explain_wildcard_covers_specific",
-        |cx, pw, ns, holding| {
-            clash_case(
-                cx,
-                pw,
-                ns,
-                holding,
-                SockSpec::tcp("0.0.0.0:8080").listening(),
-                SockSpec::tcp("127.0.0.1:8080"),
-                "wildcard-covers-specific",
-            )
-        }
+        clashing(
+            SockSpec::tcp("0.0.0.0:8080").listening(),
+            SockSpec::tcp("127.0.0.1:8080"),
+            "wildcard-covers-specific"
+        )
     ));
     v.extend(twice!(
         "explain_specific_blocks_wildcard",
-        |cx, pw, ns, holding| {
-            clash_case(
-                cx,
-                pw,
-                ns,
-                holding,
-                SockSpec::tcp("127.0.0.1:8080").listening(),
-                SockSpec::tcp("0.0.0.0:8080"),
-                "specific-blocks-wildcard",
-            )
-        }
+        clashing(
+            SockSpec::tcp("127.0.0.1:8080").listening(),
+            SockSpec::tcp("0.0.0.0:8080"),
+            "specific-blocks-wildcard"
+        )
     ));
     v.extend(twice!(
         "explain_different_addresses_coexist",
-        |cx, pw, ns, holding| {
-            share_case(
-                cx,
-                pw,
-                ns,
-                holding,
-                SockSpec::tcp("127.0.0.1:8080").listening(),
-                SockSpec::tcp("127.0.0.2:8080"),
-                "ok-different-addresses",
-            )
-        }
+        sharing(
+            SockSpec::tcp("127.0.0.1:8080").listening(),
+            SockSpec::tcp("127.0.0.2:8080"),
+            "ok-different-addresses"
+        )
     ));
     v.extend(twice!(
         "explain_tcp_udp_separate_spaces",
-        |cx, pw, ns, holding| {
-            share_case(
-                cx,
-                pw,
-                ns,
-                holding,
-                SockSpec::tcp("0.0.0.0:8080").listening(),
-                SockSpec::udp("0.0.0.0:8080"),
-                "ok-separate-port-spaces",
-            )
-        }
+        sharing(
+            SockSpec::tcp("0.0.0.0:8080").listening(),
+            SockSpec::udp("0.0.0.0:8080"),
+            "ok-separate-port-spaces"
+        )
     ));
     v.extend(twice!("explain_dual_stack_covers_ipv4", dual_stack));
     v.extend(twice!(
         "explain_v6only_leaves_ipv4",
-        |cx, pw, ns, holding| {
-            share_case(
-                cx,
-                pw,
-                ns,
-                holding,
-                SockSpec::tcp("[::]:8080")
-                    .with(|o| o.v6only = Some(true))
-                    .listening(),
-                SockSpec::tcp("0.0.0.0:8080"),
-                "ok-v6only",
-            )
-        }
+        sharing(
+            SockSpec::tcp("[::]:8080")
+                .with(|o| o.v6only = Some(true))
+                .listening(),
+            SockSpec::tcp("0.0.0.0:8080"),
+            "ok-v6only"
+        )
     ));
     v.extend(twice!("explain_bindv6only_default", bindv6only_default));
-    v.extend(twice!("explain_v4_mapped", |cx, pw, ns, holding| {
-        clash_case(
-            cx,
-            pw,
-            ns,
-            holding,
+    v.extend(twice!(
+        "explain_v4_mapped",
+        clashing(
             SockSpec::tcp("127.0.0.1:8080").listening(),
             SockSpec::tcp("[::ffff:127.0.0.1]:8080"),
-            "v4-mapped",
+            "v4-mapped"
         )
-    }));
+    ));
     v.extend(twice!(
         "explain_ipv4_blocks_dual_stack",
-        |cx, pw, ns, holding| {
-            clash_case(
-                cx,
-                pw,
-                ns,
-                holding,
-                SockSpec::tcp("0.0.0.0:8080").listening(),
-                SockSpec::tcp("[::]:8080").with(|o| o.v6only = Some(false)),
-                "ipv4-blocks-dual-stack",
-            )
-        }
+        clashing(
+            SockSpec::tcp("0.0.0.0:8080").listening(),
+            SockSpec::tcp("[::]:8080").with(|o| o.v6only = Some(false)),
+            "ipv4-blocks-dual-stack"
+        )
     ));
     v.push(Scenario::shared(
         "explain_v4_mapped_on_v6only",
-        |_, pw, ns| {
-            refused(
-                pw,
-                ns,
-                SockSpec::tcp("[::ffff:127.0.0.1]:8080").with(|o| o.v6only = Some(true)),
-                libc::EINVAL,
-                "v4-mapped-on-v6only",
-            )
-        },
+        refusing(
+            SockSpec::tcp("[::ffff:127.0.0.1]:8080").with(|o| o.v6only = Some(true)),
+            libc::EINVAL,
+            "v4-mapped-on-v6only",
+        ),
     ));
     v.extend(twice!(
         "explain_reuseaddr_needs_both_bound_only_holder",
@@ -160,33 +117,21 @@ pub fn scenarios() -> Vec<Scenario> {
     ));
     v.extend(twice!(
         "explain_reuseaddr_vs_listen",
-        |cx, pw, ns, holding| {
-            clash_case(
-                cx,
-                pw,
-                ns,
-                holding,
-                SockSpec::tcp("0.0.0.0:8080")
-                    .with(|o| o.reuseaddr = true)
-                    .listening(),
-                SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
-                "reuseaddr-vs-listen",
-            )
-        }
+        clashing(
+            SockSpec::tcp("0.0.0.0:8080")
+                .with(|o| o.reuseaddr = true)
+                .listening(),
+            SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
+            "reuseaddr-vs-listen"
+        )
     ));
     v.extend(twice!(
         "explain_reuseaddr_on_both",
-        |cx, pw, ns, holding| {
-            share_case(
-                cx,
-                pw,
-                ns,
-                holding,
-                SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
-                SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
-                "ok-reuseaddr",
-            )
-        }
+        sharing(
+            SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
+            SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
+            "ok-reuseaddr"
+        )
     ));
     v.extend(twice!("explain_udp_reuseaddr", udp_reuseaddr));
     v.push(Scenario::shared(
@@ -222,35 +167,23 @@ pub fn scenarios() -> Vec<Scenario> {
     v.extend(twice!("explain_listen_conflict", listen_conflict));
     v.extend(twice!(
         "explain_reuseport_same_user",
-        |cx, pw, ns, holding| {
-            share_case(
-                cx,
-                pw,
-                ns,
-                holding,
-                SockSpec::tcp("0.0.0.0:8080")
-                    .with(|o| o.reuseport = true)
-                    .listening(),
-                SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseport = true),
-                "ok-reuseport",
-            )
-        }
+        sharing(
+            SockSpec::tcp("0.0.0.0:8080")
+                .with(|o| o.reuseport = true)
+                .listening(),
+            SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseport = true),
+            "ok-reuseport"
+        )
     ));
     v.extend(twice!(
         "explain_reuseport_needs_both",
-        |cx, pw, ns, holding| {
-            clash_case(
-                cx,
-                pw,
-                ns,
-                holding,
-                SockSpec::tcp("0.0.0.0:8080")
-                    .with(|o| o.reuseport = true)
-                    .listening(),
-                SockSpec::tcp("0.0.0.0:8080"),
-                "reuseport-needs-both",
-            )
-        }
+        clashing(
+            SockSpec::tcp("0.0.0.0:8080")
+                .with(|o| o.reuseport = true)
+                .listening(),
+            SockSpec::tcp("0.0.0.0:8080"),
+            "reuseport-needs-both"
+        )
     ));
     v.extend(twice!("explain_reuseport_uid_mismatch", reuseport_uid));
     v.extend(twice!(
@@ -277,37 +210,28 @@ pub fn scenarios() -> Vec<Scenario> {
     v.push(Scenario::shared("explain_privileged_port", privileged_port));
     v.push(Scenario::shared(
         "explain_address_not_local",
-        |_, pw, ns| {
-            refused(
-                pw,
-                ns,
-                SockSpec::tcp("192.0.2.1:8080"),
-                libc::EADDRNOTAVAIL,
-                "address-not-local",
-            )
-        },
+        refusing(
+            SockSpec::tcp("192.0.2.1:8080"),
+            libc::EADDRNOTAVAIL,
+            "address-not-local",
+        ),
     ));
     v.push(Scenario::shared("explain_already_bound", already_bound));
-    v.push(Scenario::shared("explain_multicast_on_tcp", |_, pw, ns| {
-        refused(
-            pw,
-            ns,
+    v.push(Scenario::shared(
+        "explain_multicast_on_tcp",
+        refusing(
             SockSpec::tcp("[ff02::1]:8080"),
             libc::EINVAL,
             "multicast-on-tcp",
-        )
-    }));
+        ),
+    ));
     v.push(Scenario::shared(
         "explain_link_local_needs_scope",
-        |_, pw, ns| {
-            refused(
-                pw,
-                ns,
-                SockSpec::tcp("[fe80::1]:8080"),
-                libc::EINVAL,
-                "link-local-needs-scope",
-            )
-        },
+        refusing(
+            SockSpec::tcp("[fe80::1]:8080"),
+            libc::EINVAL,
+            "link-local-needs-scope",
+        ),
     ));
     v.push(Scenario::shared(
         "explain_eperm_cgroup_program",

@@ -88,6 +88,33 @@ pub(super) fn share_case(
     Ok(Seen::of(ev, &h, &a))
 }
 
+/// A [`clash_case`] as a scenario body.
+pub(super) fn clashing(
+    held: SockSpec,
+    asked: SockSpec,
+    rule: &'static str,
+) -> impl Fn(&Ctx, &Portwatch, &Netns, Holding) -> Result<Seen> + Send + Sync + 'static {
+    move |cx, pw, ns, holding| clash_case(cx, pw, ns, holding, held.clone(), asked.clone(), rule)
+}
+
+/// A [`share_case`] as a scenario body.
+pub(super) fn sharing(
+    held: SockSpec,
+    asked: SockSpec,
+    rule: &'static str,
+) -> impl Fn(&Ctx, &Portwatch, &Netns, Holding) -> Result<Seen> + Send + Sync + 'static {
+    move |cx, pw, ns, holding| share_case(cx, pw, ns, holding, held.clone(), asked.clone(), rule)
+}
+
+/// A [`refused`] as a scenario body.
+pub(super) fn refusing(
+    spec: SockSpec,
+    errno: i32,
+    rule: &'static str,
+) -> impl Fn(&Ctx, &Portwatch, &Netns) -> Result<()> + Send + Sync + 'static {
+    move |_, pw, ns| refused(pw, ns, spec.clone(), errno, rule)
+}
+
 /// A bind refused for a reason other than a holder.
 pub(super) fn refused(
     pw: &Portwatch,

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::{
     expect::{blames, message},
     holding::Holding,
-    real_server::Server,
+    real_server::{Server, python_http},
     tcp_state::{leave_fin_wait2, leave_time_wait},
 };
 use crate::scenarios::{
@@ -78,12 +78,8 @@ fn netns_made_again(_: &Ctx, pw: &Portwatch, _: &Netns) -> Result<()> {
         "in the namespace made again (inode {}; the deleted one had {first_inode})",
         x.ns.inode()
     );
-    let server = Server::start(
-        pw,
-        &x.ns,
-        &["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"],
-    )
-    .with_context(|| again.clone())?;
+    let server =
+        Server::start(pw, &x.ns, &python_http("0.0.0.0")).with_context(|| again.clone())?;
     let mut a = Holder::spawn(&x.ns, "pw-asker")?;
     let b = a.bind_fails(
         &SockSpec::tcp("[::]:8080").with(|o| o.v6only = Some(false)),

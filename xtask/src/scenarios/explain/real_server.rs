@@ -22,58 +22,51 @@ pub(super) fn scenarios() -> Vec<Scenario> {
     let mut v = Vec::new();
     v.extend(twice!(
         "explain_real_server_busybox_httpd",
-        |cx, pw, ns, holding| {
-            real_server(
-                cx,
-                pw,
-                ns,
-                holding,
-                &busybox_httpd_cmd()?,
-                SockSpec::tcp("127.0.0.1:8080"),
-                "reuseaddr-vs-listen",
-            )
-        }
+        serving(
+            busybox_httpd_cmd,
+            SockSpec::tcp("127.0.0.1:8080"),
+            "reuseaddr-vs-listen"
+        )
     ));
     v.extend(
-        twice!("explain_real_server_python_http", |cx, pw, ns, holding| {
-            real_server(
-                cx,
-                pw,
-                ns,
-                holding,
-                &[
-                    "python3",
-                    "-m",
-                    "http.server",
-                    "8080",
-                    "--bind",
-                    "127.0.0.1",
-                ],
+        twice!(
+            "explain_real_server_python_http",
+            serving(
+                || Ok(python_http("127.0.0.1")),
                 SockSpec::tcp("127.0.0.1:8080"),
-                "reuseaddr-vs-listen",
+                "reuseaddr-vs-listen"
             )
-        })
+        )
         .map(Scenario::host_only),
     );
     // The brief's example with a real server: python's [::] socket is dual-stack.
     v.extend(
         twice!(
             "explain_real_server_python_dual_stack",
-            |cx, pw, ns, holding| {
-                real_server(
-                    cx,
-                    pw,
-                    ns,
-                    holding,
-                    &["python3", "-m", "http.server", "8080", "--bind", "::"],
-                    SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
-                    "dual-stack-covers-ipv4",
-                )
-            }
+            serving(
+                || Ok(python_http("::")),
+                SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
+                "dual-stack-covers-ipv4"
+            )
         )
         .map(Scenario::host_only),
     );
     v
+}
+
+/// `python3 -m http.server 8080 --bind ADDR`.
+pub(super) fn python_http(addr: &'static str) -> Vec<&'static str> {
+    vec!["python3", "-m", "http.server", "8080", "--bind", addr]
+}
+
+/// A [`real_server`] as a scenario body: the server's command line comes from `argv` when
+/// the scenario runs (it may have to look for the program).
+fn serving(
+    argv: impl Fn() -> Result<Vec<&'static str>> + Send + Sync + 'static,
+    asked: SockSpec,
+    rule: &'static str,
+) -> impl Fn(&Ctx, &Portwatch, &Netns, Holding) -> Result<Seen> + Send + Sync + 'static {
+    move |cx, pw, ns, holding| real_server(cx, pw, ns, holding, &argv()?, asked.clone(), rule)
 }
 
 fn busybox_httpd_cmd() -> Result<Vec<&'static str>> {
