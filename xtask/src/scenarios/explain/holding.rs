@@ -27,17 +27,6 @@ pub enum Holding {
     Gone,
 }
 
-impl Holding {
-    /// Where a holder's pid is in its JSON: its owner's while it holds it, the process that
-    /// bound it once it is gone (see [`super::expect::named`]).
-    pub fn pid_field(self) -> &'static str {
-        match self {
-            Holding::Kept => "owners.0.pid",
-            Holding::Gone => "bound_by.pid",
-        }
-    }
-}
-
 /// The bound on "right after the call", for holders written here: they close their
 /// sockets first thing (measured: 15-200 µs on the 2-core host under load).
 const CLOSED_WITHIN_US: f64 = 1000.0;
@@ -47,7 +36,7 @@ const CLOSED_WITHIN_US: f64 = 1000.0;
 /// cannot be had. Measured to the exit, as the caller saw it: an upper bound.
 const KILLED_WITHIN_US: f64 = 10_000.0;
 
-/// What a rule scenario's deciding call showed, and the pids that differ from run to run.
+/// What a rule scenario's deciding call showed, and the numbers that differ from run to run.
 pub struct Seen {
     pub ev: Event,
     /// Numbers that differ from run to run (pids, a namespace's inode), with what to show
@@ -73,6 +62,15 @@ pub struct AfterCall {
 }
 
 impl Holding {
+    /// Where a holder's pid is in its JSON: its owner's while it holds it, the process that
+    /// bound it once it is gone (see [`super::expect::named`]).
+    pub fn pid_field(self) -> &'static str {
+        match self {
+            Holding::Kept => "owners.0.pid",
+            Holding::Gone => "bound_by.pid",
+        }
+    }
+
     /// Readies holder processes: in the `Gone` mode each waits on a FIFO of its own.
     pub fn prepare(self, cx: &Ctx, holders: &mut [&mut Holder]) -> Result<AfterCall> {
         let mut after = AfterCall::new(cx, CLOSED_WITHIN_US);
