@@ -12,7 +12,8 @@
 //! - [`holder`]: separate processes that hold sockets in a namespace until told to exit;
 //! - [`portwatch`]: portwatch as a child, waiting for the events a scenario caused;
 //! - [`check`]: field-by-field assertions on portwatch's JSON;
-//! - [`cgroup_deny`]: a cgroup BPF program that makes bind() fail with EPERM.
+//! - [`cgroup_deny`]: a cgroup BPF program that makes bind() fail with EPERM;
+//! - [`vanish`]: holders that exit right after another process's call.
 //!
 //! A scenario is a name plus a body of one of three kinds (see [`Body`]). Most share one
 //! portwatch per backend, because starting one is slow under emulation; filter tests and
@@ -26,6 +27,7 @@ pub mod netns;
 pub mod portwatch;
 pub mod sock;
 mod trace;
+pub mod vanish;
 mod who;
 
 use std::{

@@ -8,14 +8,15 @@
 //! The runner re-executes itself (`/proc/self/exe hold --netns PATH --comm NAME`). The child
 //! joins the namespace, renames itself, prints one ready line with its pid, then serves one
 //! JSON request per stdin line (bind a [`SockSpec`], close, exit) with one JSON reply per line.
-//! Closing its stdin also ends it, so a runner that dies takes its holders along.
+//! Closing its stdin also ends it, so a runner that dies takes its holders along. The child
+//! side is in `holder/serve.rs`; this file has the protocol and the runner's handle.
+
+mod serve;
 
 use std::{
-    collections::HashMap,
-    fs::File,
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
-    os::fd::AsRawFd,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -23,9 +24,11 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+pub use self::serve::main;
 use super::{
-    netns::{self, Netns},
-    sock::{self, Sock, SockSpec},
+    netns::Netns,
+    sock::{self, SockSpec},
+    vanish::Target,
 };
 
 /// `xtask hold`: the child side. Not for humans.
@@ -61,6 +64,27 @@ enum Request {
         id: u32,
     },
     Exit,
+    /// Exit the moment a byte arrives on this FIFO ([`super::vanish::exit_on`]).
+    ExitOn {
+        fifo: PathBuf,
+    },
+    /// Right after the next bind or listen returns, make these processes go and wait until
+    /// they have ([`super::vanish::Armed`]); the reply says how long that took.
+    FireAfterNextCall {
+        targets: Vec<Target>,
+    },
+    /// Bind a socket from `spec`, send it over a unix socket pair in an SCM_RIGHTS message
+    /// that is never received, and close it: the message is then its only reference.
+    BindInFlight {
+        spec: SockSpec,
+    },
+    /// `n` times: a new socket from `spec`, bind, hold it `hold_us`, close, wait `gap_us`.
+    BindLoop {
+        spec: SockSpec,
+        n: u32,
+        hold_us: u64,
+        gap_us: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -80,108 +104,36 @@ pub struct Bound {
     pub errno: i32,
     /// getsockname() after the call.
     pub local: Option<SocketAddr>,
+    /// After a [`Holder::fire_after_next_call`]: when this call returned, and how soon the
+    /// targets were gone.
+    #[serde(default)]
+    pub fired: Option<Fired>,
 }
 
-impl Bound {
-    /// Socket `id` after a call that returned `r`.
-    fn of(id: u32, s: &Sock, r: &std::io::Result<()>) -> Bound {
-        Bound {
-            id,
-            fd: s.fd(),
-            ino: s.ino().unwrap_or(0),
-            errno: sock::errno_of(r),
-            local: s.local_addr().ok(),
-        }
-    }
+/// See [`Bound::fired`].
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub struct Fired {
+    /// CLOCK_MONOTONIC ([`super::vanish::now_ns`]) right after the call returned.
+    pub call_returned_ns: u64,
+    /// Microseconds from then until every target had exited (measured by the caller, so it
+    /// includes the caller's own wake-up).
+    pub gone_after_us: u64,
+}
+
+/// What a [`Holder::bind_loop`] did.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub struct Counted {
+    pub binds: u32,
+    pub failed: u32,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(untagged)]
 enum Reply {
     Bound(Bound),
+    Counted(Counted),
     Error { error: String },
     Done { done: bool },
-}
-
-pub fn main(args: HoldArgs) -> Result<()> {
-    if let Some(path) = &args.netns {
-        let f = File::open(path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: joining a namespace through an open nsfs fd; single-threaded here.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error()).context(format!("setns({path})"));
-        }
-    }
-    if let Some(uid) = args.uid {
-        // SAFETY: plain credential changes of this single-threaded process.
-        let failed = unsafe {
-            libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(uid, uid, uid) != 0
-                || libc::setresuid(uid, uid, uid) != 0
-        };
-        if failed {
-            return Err(std::io::Error::last_os_error()).context(format!("dropping to uid {uid}"));
-        }
-    }
-    let comm = std::ffi::CString::new(args.comm.as_bytes()).context("comm")?;
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes (it truncates).
-    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
-
-    let mut out = std::io::stdout().lock();
-    let ready = Ready {
-        pid: std::process::id(),
-        netns: netns::current_inode()?,
-        comm: netns::current_comm()?,
-    };
-    writeln!(out, "{}", serde_json::to_string(&ready)?)?;
-    out.flush()?;
-
-    let mut socks: HashMap<u32, Sock> = HashMap::new();
-    let mut next_id = 1;
-    for line in std::io::stdin().lock().lines() {
-        let line = line?;
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Reply::Error {
-                error: format!("bad request {line:?}: {e}"),
-            },
-            Ok(Request::Exit) => break,
-            Ok(Request::Close { id }) => Reply::Done {
-                done: socks.remove(&id).is_some(),
-            },
-            Ok(Request::Listen { id }) => match socks.get(&id) {
-                None => Reply::Error {
-                    error: format!("no socket {id}"),
-                },
-                Some(s) => Reply::Bound(Bound::of(id, s, &s.listen(128))),
-            },
-            Ok(Request::ListenUnbound { spec }) => match Sock::open(&spec) {
-                Err(e) => Reply::Error {
-                    error: format!("creating the socket: {e}"),
-                },
-                Ok(s) => {
-                    let id = next_id;
-                    next_id += 1;
-                    let bound = Bound::of(id, &s, &s.listen(128));
-                    socks.insert(id, s);
-                    Reply::Bound(bound)
-                }
-            },
-            Ok(Request::Bind { spec }) => match sock::open_and_bind(&spec) {
-                Err(e) => Reply::Error {
-                    error: format!("creating the socket: {e}"),
-                },
-                Ok((s, r)) => {
-                    let id = next_id;
-                    next_id += 1;
-                    let bound = Bound::of(id, &s, &r);
-                    socks.insert(id, s);
-                    Reply::Bound(bound)
-                }
-            },
-        };
-        writeln!(out, "{}", serde_json::to_string(&reply)?)?;
-        out.flush()?;
-    }
-    Ok(())
 }
 
 /// The runner's handle on a holder process.
@@ -314,6 +266,53 @@ impl Holder {
 
     pub fn close(&mut self, id: u32) -> Result<()> {
         self.request(&Request::Close { id }).map(|_| ())
+    }
+
+    /// From now on the holder exits the moment a byte arrives on `fifo`.
+    pub fn exit_on(&mut self, fifo: &Path) -> Result<()> {
+        self.request(&Request::ExitOn {
+            fifo: fifo.to_path_buf(),
+        })
+        .map(|_| ())
+    }
+
+    /// Right after its next bind or listen returns, this holder makes `targets` go and waits
+    /// for them: see [`Bound::gone_after_us`].
+    pub fn fire_after_next_call(&mut self, targets: &[Target]) -> Result<()> {
+        self.request(&Request::FireAfterNextCall {
+            targets: targets.to_vec(),
+        })
+        .map(|_| ())
+    }
+
+    /// Binds a socket from `spec` (it must succeed) and leaves it only in flight: see
+    /// [`Request::BindInFlight`]. The reply's fd is -1: no process has it.
+    pub fn bind_in_flight(&mut self, spec: &SockSpec) -> Result<Bound> {
+        match self.request(&Request::BindInFlight { spec: spec.clone() })? {
+            Reply::Bound(b) => Ok(b),
+            other => Err(anyhow!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// `n` binds from `spec`, each socket held `hold` then closed, `gap` between them;
+    /// returns how many failed.
+    pub fn bind_loop(
+        &mut self,
+        spec: &SockSpec,
+        n: u32,
+        hold: Duration,
+        gap: Duration,
+    ) -> Result<Counted> {
+        let req = Request::BindLoop {
+            spec: spec.clone(),
+            n,
+            hold_us: hold.as_micros() as u64,
+            gap_us: gap.as_micros() as u64,
+        };
+        match self.request(&req)? {
+            Reply::Counted(c) => Ok(c),
+            other => Err(anyhow!("unexpected reply {other:?}")),
+        }
     }
 
     /// Tells the holder to exit and waits for it.

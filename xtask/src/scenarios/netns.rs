@@ -22,8 +22,7 @@ use anyhow::{Context, Result, anyhow};
 #[derive(Debug, Clone)]
 pub struct Netns {
     inode: u64,
-    pid: u32,
-    tid: i32,
+    path: String,
 }
 
 impl Netns {
@@ -32,10 +31,11 @@ impl Netns {
         self.inode
     }
 
-    /// A path another process can open to join this namespace. Valid while the thread that
-    /// created it runs, i.e. during the closure given to [`in_new_netns`].
+    /// A path another process can open to join this namespace. For a scenario's namespace it
+    /// is valid while the thread that created it runs, i.e. during the closure given to
+    /// [`in_new_netns`]; for a [`Named`] one, until it is deleted.
     pub fn path(&self) -> String {
-        format!("/proc/{}/task/{}/ns/net", self.pid, self.tid)
+        self.path.clone()
     }
 
     /// Makes `cmd`'s child (a program not written here, a real server) run in this namespace.
@@ -61,11 +61,11 @@ pub fn in_new_netns<R: Send>(name: &str, f: impl FnOnce(&Netns) -> Result<R> + S
                 }
                 lo_up().context("bringing lo up in the new netns")?;
                 keep_alive()?;
+                // SAFETY: gettid cannot fail.
+                let tid = unsafe { libc::gettid() };
                 let ns = Netns {
                     inode: current_inode()?,
-                    pid: std::process::id(),
-                    // SAFETY: gettid cannot fail.
-                    tid: unsafe { libc::gettid() },
+                    path: format!("/proc/{}/task/{tid}/ns/net", std::process::id()),
                 };
                 f(&ns)
             })
@@ -79,6 +79,69 @@ pub fn in_new_netns<R: Send>(name: &str, f: impl FnOnce(&Netns) -> Result<R> + S
             anyhow!("panicked: {msg}")
         })?
     })
+}
+
+/// A namespace made the way administrators make them, `ip netns add NAME`: it lives under
+/// /run/netns and outlives any process in it, until [`Named::delete`] (or drop) runs
+/// `ip netns del NAME`. Unlike the scenario namespaces, the runner does not keep it open, so
+/// once deleted the kernel frees it and may give its inode to the next one.
+pub struct Named {
+    pub ns: Netns,
+    name: String,
+    deleted: bool,
+}
+
+impl Named {
+    /// `ip netns add NAME` and `lo` up inside. NAME should be unique on the machine (other
+    /// test runs may use the same names at the same time): put the runner's pid in it.
+    pub fn add(name: &str) -> Result<Named> {
+        ip(None, &["netns", "add", name])?;
+        let mut named = Named {
+            ns: Netns {
+                inode: 0,
+                path: format!("/run/netns/{name}"),
+            },
+            name: name.to_string(),
+            deleted: false,
+        };
+        ip(None, &["-n", name, "link", "set", "lo", "up"])?;
+        named.ns.inode = std::fs::metadata(&named.ns.path)
+            .with_context(|| format!("stat {}", named.ns.path))?
+            .ino();
+        Ok(named)
+    }
+
+    /// `ip netns del NAME`.
+    pub fn delete(mut self) -> Result<()> {
+        self.deleted = true;
+        ip(None, &["netns", "del", &self.name])
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = ip(None, &["netns", "del", &self.name]);
+        }
+    }
+}
+
+/// Runs `ip ARGS` (iproute2, on the host only), inside `ns` if given; fails with its stderr.
+pub fn ip(ns: Option<&Netns>, args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    cmd.args(args).stdin(std::process::Stdio::null());
+    if let Some(ns) = ns {
+        ns.enter_on_spawn(&mut cmd)?;
+    }
+    let out = cmd.output().context("running ip (iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }
 
 /// Namespaces made by this run, kept open until it exits. Without this a freed namespace's

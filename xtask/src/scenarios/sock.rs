@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::{
         fd::{AsRawFd, RawFd},
-        unix::fs::MetadataExt,
+        unix::{fs::MetadataExt, net::UnixDatagram},
     },
 };
 
@@ -257,4 +257,48 @@ fn set_int_opt(
 pub fn addr_parts(a: SocketAddr) -> (String, u16) {
     let ip: IpAddr = a.ip();
     (ip.to_string(), a.port())
+}
+
+/// A socket whose only reference is an SCM_RIGHTS message nobody received: sent from one end
+/// of a unix socket pair to the other and then closed by its sender. The socket stays open
+/// (and bound) as long as this value keeps the pair; no process has it in its fd table.
+pub struct InFlight {
+    _pair: (UnixDatagram, UnixDatagram),
+}
+
+impl InFlight {
+    /// Sends `s` in flight and closes this process's fd for it.
+    pub fn send(s: Sock) -> io::Result<InFlight> {
+        let (tx, rx) = UnixDatagram::pair()?;
+        let fd: RawFd = s.fd();
+        let mut data = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        let mut control = vec![0u8; space];
+        // SAFETY: msghdr is plain data; all-zero is a valid value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` bytes, room for one header with one fd, so
+        // CMSG_FIRSTHDR is non-null and CMSG_DATA has room for the fd.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+        }
+        // SAFETY: a valid socket and a msghdr whose pointers live until the call returns.
+        if unsafe { libc::sendmsg(tx.as_raw_fd(), &msg, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        drop(s);
+        Ok(InFlight { _pair: (tx, rx) })
+    }
 }

@@ -1,58 +1,72 @@
 //! Servers not written here (busybox httpd, python's http.server) hold the port; portwatch
 //! must name them. They are the closest thing to what users run, and they set their socket
-//! options their own way.
+//! options their own way. In the `Gone` mode the server is killed (SIGKILL) right after the
+//! asker's bind.
 
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use super::{
+    expect::{fields_owned, named},
+    holding::{Holding, Seen},
+};
 use crate::scenarios::{
-    Scenario, check::fields, holder::Holder, netns::Netns, portwatch::Portwatch, sock::SockSpec,
+    Ctx, Scenario, holder::Holder, netns::Netns, portwatch::Portwatch, sock::SockSpec,
 };
 
 const EADDRINUSE: i32 = libc::EADDRINUSE;
 
 pub(super) fn scenarios() -> Vec<Scenario> {
-    vec![
-        Scenario::shared("explain_real_server_busybox_httpd", |_, pw, ns| {
-            real_server(
-                pw,
-                ns,
-                &busybox_httpd_cmd()?,
+    let mut v = Vec::new();
+    v.extend(twice!(
+        "explain_real_server_busybox_httpd",
+        serving(
+            busybox_httpd_cmd,
+            SockSpec::tcp("127.0.0.1:8080"),
+            "reuseaddr-vs-listen"
+        )
+    ));
+    v.extend(
+        twice!(
+            "explain_real_server_python_http",
+            serving(
+                || Ok(python_http("127.0.0.1")),
                 SockSpec::tcp("127.0.0.1:8080"),
-                "reuseaddr-vs-listen",
+                "reuseaddr-vs-listen"
             )
-        }),
-        Scenario::shared("explain_real_server_python_http", |_, pw, ns| {
-            real_server(
-                pw,
-                ns,
-                &[
-                    "python3",
-                    "-m",
-                    "http.server",
-                    "8080",
-                    "--bind",
-                    "127.0.0.1",
-                ],
-                SockSpec::tcp("127.0.0.1:8080"),
-                "reuseaddr-vs-listen",
-            )
-        })
-        .host_only(),
-        // The brief's example with a real server: python's [::] socket is dual-stack.
-        Scenario::shared("explain_real_server_python_dual_stack", |_, pw, ns| {
-            real_server(
-                pw,
-                ns,
-                &["python3", "-m", "http.server", "8080", "--bind", "::"],
+        )
+        .map(Scenario::host_only),
+    );
+    // The brief's example with a real server: python's [::] socket is dual-stack.
+    v.extend(
+        twice!(
+            "explain_real_server_python_dual_stack",
+            serving(
+                || Ok(python_http("::")),
                 SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true),
-                "dual-stack-covers-ipv4",
+                "dual-stack-covers-ipv4"
             )
-        })
-        .host_only(),
-    ]
+        )
+        .map(Scenario::host_only),
+    );
+    v
+}
+
+/// `python3 -m http.server 8080 --bind ADDR`.
+pub(super) fn python_http(addr: &'static str) -> Vec<&'static str> {
+    vec!["python3", "-m", "http.server", "8080", "--bind", addr]
+}
+
+/// A [`real_server`] as a scenario body: the server's command line comes from `argv` when
+/// the scenario runs (it may have to look for the program).
+fn serving(
+    argv: impl Fn() -> Result<Vec<&'static str>> + Send + Sync + 'static,
+    asked: SockSpec,
+    rule: &'static str,
+) -> impl Fn(&Ctx, &Portwatch, &Netns, Holding) -> Result<Seen> + Send + Sync + 'static {
+    move |cx, pw, ns, holding| real_server(cx, pw, ns, holding, &argv()?, asked.clone(), rule)
 }
 
 fn busybox_httpd_cmd() -> Result<Vec<&'static str>> {
@@ -119,23 +133,35 @@ impl Drop for Server {
 /// SO_REUSEADDR, as most servers do, and listen: the rule is that SO_REUSEADDR cannot help
 /// against a listener.
 fn real_server(
+    cx: &Ctx,
     pw: &Portwatch,
     ns: &Netns,
+    holding: Holding,
     argv: &[&str],
     asked: SockSpec,
     rule: &str,
-) -> Result<()> {
+) -> Result<Seen> {
     let server = Server::start(pw, ns, argv)?;
     let mut a = Holder::spawn(ns, "pw-asker")?;
-    let b = a.bind_fails(&asked, EADDRINUSE)?;
+    let after = holding.prepare_programs(cx, &[server.pid])?;
+    let b = after.call(&mut a, |a| a.bind_fails(&asked, EADDRINUSE))?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-    fields(
-        &ev,
-        &[
-            ("explain.rule", json!(rule)),
-            ("explain.holders.0.options.reuseaddr", json!(true)),
-            ("explain.holders.0.owners.0.pid", json!(server.pid)),
-            ("explain.holders.0.owners.0.comm", json!(server.comm)),
-        ],
-    )
+    let mut want = vec![
+        ("explain.rule".to_string(), json!(rule)),
+        (
+            "explain.holders.0.options.reuseaddr".to_string(),
+            json!(true),
+        ),
+    ];
+    want.extend(named(
+        "explain.holders.0",
+        holding,
+        server.pid,
+        &server.comm,
+    ));
+    fields_owned(&ev, &want)?;
+    Ok(Seen {
+        ev,
+        varying: vec![(server.pid.into(), "<holder>"), (a.pid.into(), "<caller>")],
+    })
 }

@@ -2,24 +2,19 @@
 //! another namespace, a full ephemeral range, another uid, a cgroup program), or check more
 //! than the generic [`super::cases`] do.
 
-use std::{
-    io::Read as _,
-    net::{TcpListener, TcpStream},
-    time::Duration,
-};
-
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use super::{
     cases::{clash, share_case},
     expect::{blames, says, shares_with, source_is},
+    holding::{Holding, Seen},
+    tcp_state::leave_time_wait,
 };
 use crate::scenarios::{
     Ctx,
     cgroup_deny::DenyProgram,
     check::fields,
-    eventually,
     holder::Holder,
     netns::{self, Netns},
     portwatch::{Portwatch, lookup},
@@ -30,10 +25,12 @@ const EADDRINUSE: i32 = libc::EADDRINUSE;
 
 // ---- addresses -------------------------------------------------------------------------------
 
-pub(super) fn same_address(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
-    let (ev, _h, _a) = clash(
+pub(super) fn same_address(cx: &Ctx, pw: &Portwatch, ns: &Netns, holding: Holding) -> Result<Seen> {
+    let (ev, h, a) = clash(
+        cx,
         pw,
         ns,
+        holding,
         &[SockSpec::tcp("127.0.0.1:8080").listening()],
         SockSpec::tcp("127.0.0.1:8080"),
         "same-address",
@@ -47,14 +44,17 @@ pub(super) fn same_address(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
             ("explain.holders.0.netns", json!(ns.inode())),
         ],
     )?;
-    source_is(cx, &ev)
+    source_is(cx, &ev)?;
+    Ok(Seen::of(ev, &h, &a))
 }
 
 /// The brief's own example, word for word.
-pub(super) fn dual_stack(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
-    let (ev, h, _a) = clash(
+pub(super) fn dual_stack(cx: &Ctx, pw: &Portwatch, ns: &Netns, holding: Holding) -> Result<Seen> {
+    let (ev, h, a) = clash(
+        cx,
         pw,
         ns,
+        holding,
         &[SockSpec::tcp("[::]:8080")
             .with(|o| o.v6only = Some(false))
             .listening()],
@@ -72,49 +72,75 @@ pub(super) fn dual_stack(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         ],
     )?;
     fields(&ev, &[("explain.holders.0.options.v6only", json!(false))])?;
-    source_is(cx, &ev)
+    source_is(cx, &ev)?;
+    Ok(Seen::of(ev, &h, &a))
 }
 
-pub(super) fn bindv6only_default(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+pub(super) fn bindv6only_default(
+    cx: &Ctx,
+    pw: &Portwatch,
+    ns: &Netns,
+    holding: Holding,
+) -> Result<Seen> {
     netns::set_sysctl("net/ipv6/bindv6only", "1")?;
     let mut h = Holder::spawn(ns, "pw-holder")?;
     let held = h.bind_ok(&SockSpec::tcp("[::]:8080").listening())?;
     let hev = pw.wait_call(ns, "bind", h.pid, held.ino)?;
     fields(&hev, &[("options.v6only", json!(true))])?;
     let mut a = Holder::spawn(ns, "pw-asker")?;
-    let b = a.bind_ok(&SockSpec::tcp("0.0.0.0:8080"))?;
+    let after = holding.prepare(cx, &mut [&mut h])?;
+    let b = after.call(&mut a, |a| a.bind_ok(&SockSpec::tcp("0.0.0.0:8080")))?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-    shares_with(&ev, "ok-v6only-by-default", &h)?;
-    says(&ev, &["net.ipv6.bindv6only=1"])
+    shares_with(&ev, "ok-v6only-by-default", holding, &h)?;
+    says(&ev, &["net.ipv6.bindv6only=1"])?;
+    Ok(Seen::of(ev, &h, &a))
 }
 
 // ---- SO_REUSEADDR ----------------------------------------------------------------------------
 
 /// The holder is bound but not listening, the kind ss misses: found anyway.
-pub(super) fn reuseaddr_needs_both(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
-    let (ev, _h, _a) = clash(
+pub(super) fn reuseaddr_needs_both(
+    cx: &Ctx,
+    pw: &Portwatch,
+    ns: &Netns,
+    holding: Holding,
+) -> Result<Seen> {
+    let (ev, h, a) = clash(
+        cx,
         pw,
         ns,
+        holding,
         &[SockSpec::tcp("127.0.0.1:8080")],
         SockSpec::tcp("127.0.0.1:8080").with(|o| o.reuseaddr = true),
         "reuseaddr-needs-both",
     )?;
     fields(&ev, &[("explain.holders.0.state", json!("BOUND"))])?;
-    source_is(cx, &ev)
+    source_is(cx, &ev)?;
+    Ok(Seen::of(ev, &h, &a))
 }
 
-pub(super) fn udp_reuseaddr(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+/// Two UDP sockets share a port with SO_REUSEADDR; a third without it is refused, and both
+/// are named. In the `Gone` mode both holders exit right after the third's bind.
+pub(super) fn udp_reuseaddr(
+    cx: &Ctx,
+    pw: &Portwatch,
+    ns: &Netns,
+    holding: Holding,
+) -> Result<Seen> {
     let spec = SockSpec::udp("0.0.0.0:5353").with(|o| o.reuseaddr = true);
     let mut h = Holder::spawn(ns, "pw-holder")?;
     h.bind_ok(&spec)?;
     let mut a = Holder::spawn(ns, "pw-asker")?;
     let b = a.bind_ok(&spec)?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-    shares_with(&ev, "ok-udp-reuseaddr", &h)?;
+    shares_with(&ev, "ok-udp-reuseaddr", Holding::Kept, &h)?;
     // Without SO_REUSEADDR on the new socket, both UDP sockets (holder and asker) are in the
     // way.
     let mut c = Holder::spawn(ns, "pw-third")?;
-    let b = c.bind_fails(&SockSpec::udp("0.0.0.0:5353"), EADDRINUSE)?;
+    let after = holding.prepare(cx, &mut [&mut h, &mut a])?;
+    let b = after.call(&mut c, |c| {
+        c.bind_fails(&SockSpec::udp("0.0.0.0:5353"), EADDRINUSE)
+    })?;
     let ev = pw.wait_call(ns, "bind", c.pid, b.ino)?;
     fields(&ev, &[("explain.rule", json!("reuseaddr-needs-both"))])?;
     says(&ev, &["for UDP"])?;
@@ -122,7 +148,7 @@ pub(super) fn udp_reuseaddr(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         .as_array()
         .map(|hs| {
             hs.iter()
-                .filter_map(|x| lookup(x, "owners.0.pid").as_u64())
+                .filter_map(|x| lookup(x, holding.pid_field()).as_u64())
                 .collect()
         })
         .unwrap_or_default();
@@ -130,12 +156,18 @@ pub(super) fn udp_reuseaddr(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         pids.contains(&u64::from(h.pid)) && pids.contains(&u64::from(a.pid)),
         "both UDP sockets should be named, got pids {pids:?}\n  line: {ev}"
     );
-    Ok(())
+    Ok(Seen {
+        ev,
+        varying: vec![
+            (h.pid.into(), "<holder>"),
+            (a.pid.into(), "<sharer>"),
+            (c.pid.into(), "<caller>"),
+        ],
+    })
 }
 
-/// The restart case. A server (`old_reuse`) accepts a connection and closes it first, so the
-/// connection sits in TIME_WAIT with the listener's SO_REUSEADDR; then the listener goes away
-/// and a new socket (`new_reuse`) binds the same address.
+/// The restart case: a server (`old_reuse`) left a connection in TIME_WAIT
+/// ([`leave_time_wait`]); a new socket (`new_reuse`) binds the same address.
 pub(super) fn time_wait(
     pw: &Portwatch,
     ns: &Netns,
@@ -145,27 +177,7 @@ pub(super) fn time_wait(
     words: &str,
 ) -> Result<()> {
     let addr = "127.0.0.1:8080";
-    {
-        let srv = Sock::open(&SockSpec::tcp(addr).with(|o| o.reuseaddr = old_reuse))?;
-        srv.bind()?;
-        srv.listen(16)?;
-        let listener: TcpListener = srv.socket.into();
-        let client = TcpStream::connect(addr)?;
-        let (conn, _) = listener.accept()?;
-        drop(conn); // the server closes first: its side will be the TIME_WAIT one
-        let mut buf = [0u8; 1];
-        client.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let _ = (&client).read(&mut buf); // wait for the server's FIN
-        drop(client);
-    }
-    let seen = eventually(Duration::from_secs(10), || {
-        let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
-        // local address 0100007F:1F90 (127.0.0.1:8080), state 06 (TIME_WAIT)
-        Ok(tcp
-            .lines()
-            .any(|l| l.contains("0100007F:1F90") && l.split_whitespace().nth(3) == Some("06")))
-    })?;
-    ensure!(seen, "set-up: no TIME_WAIT connection on {addr} appeared");
+    leave_time_wait(addr, old_reuse)?;
     let mut a = Holder::spawn(ns, "pw-server")?;
     let spec = SockSpec::tcp(addr).with(|o| o.reuseaddr = new_reuse);
     match rule {
@@ -197,21 +209,27 @@ pub(super) fn time_wait(
     }
 }
 
-pub(super) fn listen_conflict(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+pub(super) fn listen_conflict(
+    cx: &Ctx,
+    pw: &Portwatch,
+    ns: &Netns,
+    holding: Holding,
+) -> Result<Seen> {
     let spec = SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseaddr = true);
     let mut h = Holder::spawn(ns, "pw-holder")?;
     let first = h.bind_ok(&spec)?;
     let mut a = Holder::spawn(ns, "pw-asker")?;
     let second = a.bind_ok(&spec)?;
     let ev = pw.wait_call(ns, "bind", a.pid, second.ino)?;
-    shares_with(&ev, "ok-reuseaddr", &h)?;
+    shares_with(&ev, "ok-reuseaddr", Holding::Kept, &h)?;
     let l = h.listen(first.id)?;
     ensure!(
         l.errno == 0,
         "set-up: first listen failed: {}",
         errno_text(l.errno)
     );
-    let l = a.listen(second.id)?;
+    let after = holding.prepare(cx, &mut [&mut h])?;
+    let l = after.call(&mut a, |a| a.listen(second.id))?;
     ensure!(
         l.errno == EADDRINUSE,
         "set-up: second listen should fail with EADDRINUSE, got {}",
@@ -219,29 +237,44 @@ pub(super) fn listen_conflict(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()>
     );
     let ev = pw.wait_call(ns, "listen", a.pid, second.ino)?;
     fields(&ev, &[("errno", json!("EADDRINUSE"))])?;
-    blames(&ev, "listen-conflict", &h)?;
-    says(&ev, &["at listen()"])
+    blames(&ev, "listen-conflict", holding, &h)?;
+    says(&ev, &["at listen()"])?;
+    Ok(Seen::of(ev, &h, &a))
 }
 
 // ---- SO_REUSEPORT, devices, namespaces --------------------------------------------------------
 
-pub(super) fn reuseport_uid(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+pub(super) fn reuseport_uid(
+    cx: &Ctx,
+    pw: &Portwatch,
+    ns: &Netns,
+    holding: Holding,
+) -> Result<Seen> {
     let spec = SockSpec::tcp("0.0.0.0:8080").with(|o| o.reuseport = true);
     let mut h = Holder::spawn(ns, "pw-holder")?;
     h.bind_ok(&spec.clone().listening())?;
     let mut a = Holder::spawn_as(ns, "pw-nobody", 65534)?;
-    let b = a.bind_fails(&spec, EADDRINUSE)?;
+    let after = holding.prepare(cx, &mut [&mut h])?;
+    let b = after.call(&mut a, |a| a.bind_fails(&spec, EADDRINUSE))?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
     fields(&ev, &[("sk_uid", json!(65534))])?;
-    blames(&ev, "reuseport-uid-mismatch", &h)?;
-    says(&ev, &["uid 0", "uid 65534"])
+    blames(&ev, "reuseport-uid-mismatch", holding, &h)?;
+    says(&ev, &["uid 0", "uid 65534"])?;
+    Ok(Seen::of(ev, &h, &a))
 }
 
-pub(super) fn bindtodevice_unbound(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+pub(super) fn bindtodevice_unbound(
+    cx: &Ctx,
+    pw: &Portwatch,
+    ns: &Netns,
+    holding: Holding,
+) -> Result<Seen> {
     let _dev = netns::tun_device("pw0")?;
-    let (ev, _h, _a) = clash(
+    let (ev, h, a) = clash(
+        cx,
         pw,
         ns,
+        holding,
         &[SockSpec::tcp("0.0.0.0:8080").with(|o| o.bind_device = Some("pw0".into()))],
         SockSpec::tcp("0.0.0.0:8080"),
         "bindtodevice-unbound",
@@ -250,35 +283,52 @@ pub(super) fn bindtodevice_unbound(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Resul
         &ev,
         &[("explain.holders.0.options.bound_device", json!("pw0"))],
     )?;
-    says(&ev, &["device pw0"])
+    says(&ev, &["device pw0"])?;
+    Ok(Seen::of(ev, &h, &a))
 }
 
-pub(super) fn different_devices(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+pub(super) fn different_devices(
+    cx: &Ctx,
+    pw: &Portwatch,
+    ns: &Netns,
+    holding: Holding,
+) -> Result<Seen> {
     let _d0 = netns::tun_device("pw0")?;
     let _d1 = netns::tun_device("pw1")?;
     share_case(
+        cx,
         pw,
         ns,
+        holding,
         SockSpec::tcp("0.0.0.0:8080").with(|o| o.bind_device = Some("pw0".into())),
         SockSpec::tcp("0.0.0.0:8080").with(|o| o.bind_device = Some("pw1".into())),
         "ok-different-devices",
     )
 }
 
-pub(super) fn different_netns(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+pub(super) fn different_netns(
+    cx: &Ctx,
+    pw: &Portwatch,
+    ns: &Netns,
+    holding: Holding,
+) -> Result<Seen> {
     netns::in_new_netns("pw-other-ns", |other| {
         let mut h = Holder::spawn(other, "pw-holder")?;
         let held = h.bind_ok(&SockSpec::tcp("0.0.0.0:8080").listening())?;
         // portwatch learns of the other namespace from the holder's own bind.
         pw.wait_call(other, "bind", h.pid, held.ino)?;
         let mut a = Holder::spawn(ns, "pw-asker")?;
-        let b = a.bind_ok(&SockSpec::tcp("0.0.0.0:8080"))?;
+        let after = holding.prepare(cx, &mut [&mut h])?;
+        let b = after.call(&mut a, |a| a.bind_ok(&SockSpec::tcp("0.0.0.0:8080")))?;
         let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-        shares_with(&ev, "ok-different-netns", &h)?;
+        shares_with(&ev, "ok-different-netns", holding, &h)?;
         fields(
             &ev,
             &[("explain.shares_with.0.netns", json!(other.inode()))],
-        )
+        )?;
+        let mut seen = Seen::of(ev, &h, &a);
+        seen.varying.push((other.inode(), "<other netns>"));
+        Ok(seen)
     })
 }
 
@@ -320,13 +370,22 @@ pub(super) fn listen_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()
     says(&ev, &["never bound", "41000–41001"])
 }
 
-pub(super) fn autobind_reuse(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
-    let h = fill_range(pw, ns, true)?;
+pub(super) fn autobind_reuse(
+    cx: &Ctx,
+    pw: &Portwatch,
+    ns: &Netns,
+    holding: Holding,
+) -> Result<Seen> {
+    let mut h = fill_range(pw, ns, true)?;
     netns::set_sysctl("net/ipv4/ip_autobind_reuse", "1")?;
     let mut a = Holder::spawn(ns, "pw-asker")?;
-    let b = a.bind_ok(&SockSpec::tcp("127.0.0.1:0").with(|o| o.reuseaddr = true))?;
+    let after = holding.prepare(cx, &mut [&mut h])?;
+    let b = after.call(&mut a, |a| {
+        a.bind_ok(&SockSpec::tcp("127.0.0.1:0").with(|o| o.reuseaddr = true))
+    })?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
-    shares_with(&ev, "ok-autobind-reuse", &h)
+    shares_with(&ev, "ok-autobind-reuse", holding, &h)?;
+    Ok(Seen::of(ev, &h, &a))
 }
 
 // ---- other refusals --------------------------------------------------------------------------
