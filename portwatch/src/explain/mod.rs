@@ -281,15 +281,38 @@ pub fn side_of(s: &SocketView) -> Side {
 /// request, a socket that could not be read).
 pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
     let at = Attempt::new(ev)?;
-    Some(match ev.errno() {
-        None => explain_success(&at, facts),
-        Some(libc::EADDRINUSE) => explain_in_use(&at, facts),
-        Some(libc::EACCES) => words::eacces(&at, facts),
-        Some(libc::EADDRNOTAVAIL) => words::eaddrnotavail(&at, facts),
-        Some(libc::EINVAL) => words::einval(&at),
-        Some(libc::EAFNOSUPPORT) => words::eafnosupport(&at),
-        Some(libc::EPERM) => words::eperm(&at, facts),
-        Some(libc::ENODEV) => words::enodev(&at),
+    let mut v = decide(&at, ev, facts);
+    note_gone_owners(&mut v);
+    Some(v)
+}
+
+/// A holder whose process no longer holds it gets a line of its own: the sentence names who
+/// held the port at the call, the details say that it has let go since.
+fn note_gone_owners(v: &mut Verdict) {
+    for h in v.holders.iter().chain(&v.shares_with) {
+        if let Some(b) = &h.bound_by {
+            let line = format!(
+                "pid {} ({}) no longer holds {}:{}: it closed the socket, exited, or passed it \
+                 on in a unix-socket message since the call",
+                b.pid, b.comm, h.addr, h.port
+            );
+            if !v.details.contains(&line) {
+                v.details.push(line);
+            }
+        }
+    }
+}
+
+fn decide(at: &Attempt, ev: &Event, facts: &Facts) -> Verdict {
+    match ev.errno() {
+        None => explain_success(at, facts),
+        Some(libc::EADDRINUSE) => explain_in_use(at, facts),
+        Some(libc::EACCES) => words::eacces(at, facts),
+        Some(libc::EADDRNOTAVAIL) => words::eaddrnotavail(at, facts),
+        Some(libc::EINVAL) => words::einval(at),
+        Some(libc::EAFNOSUPPORT) => words::eafnosupport(at),
+        Some(libc::EPERM) => words::eperm(at, facts),
+        Some(libc::ENODEV) => words::enodev(at),
         Some(e) => Verdict {
             ok: false,
             rule: "unexplained",
@@ -303,7 +326,7 @@ pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
             holders: vec![],
             shares_with: vec![],
         },
-    })
+    }
 }
 
 /// What a bind described by `ev` (its result ignored) would do right now, given `facts`:

@@ -43,11 +43,9 @@ pub fn who(h: &Holder) -> String {
                  inode {})",
                 h.socket.ino
             ),
-            OwnerStatus::Closed { bound_by } => format!(
-                "pid {} ({}), which bound it (no process holds it any more: closed or exited \
-                 since the call)",
-                bound_by.pid, bound_by.comm
-            ),
+            // The same words as for a live owner: the sentence is about the call, and at the
+            // call this process held it. That it has let go since is said in the details.
+            OwnerStatus::Closed { bound_by } => format!("pid {} ({})", bound_by.pid, bound_by.comm),
             OwnerStatus::Unknown { why } => {
                 format!("socket inode {} (no owner found: {why})", h.socket.ino)
             }
@@ -311,10 +309,11 @@ pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verd
             };
             (
                 format!(
-                    "{e}: a connection of the old server on {}{peer} is still in TIME_WAIT{left} \
+                    "{e}: a connection of the old server on {}{peer} is still in {}{left} \
                      (no process owns it); a new bind gets past it only if both it and the new \
                      socket have SO_REUSEADDR, and {lacking}.",
-                    h.socket.endpoint()
+                    h.socket.endpoint(),
+                    h.socket.state_name()
                 ),
                 if holder_reuse {
                     "set SO_REUSEADDR on the server socket before bind()".to_string()
@@ -658,8 +657,9 @@ fn coexist_words(at: &Attempt, f: &Facts, h: &Holder, c: Coexist) -> (&'static s
         Coexist::TimeWaitReuse => (
             "ok-time-wait-reuse",
             format!(
-                "ok: got past a TIME_WAIT connection on {}: both it and this socket have \
+                "ok: got past a {} connection on {}: both it and this socket have \
                  SO_REUSEADDR.",
+                h.socket.state_name(),
                 h.socket.endpoint()
             ),
         ),

@@ -7,7 +7,9 @@
 //!
 //! Every scenario with a holder process is registered twice (issue 8, see [`holding`]): as
 //! `NAME`, with the holders kept until portwatch reported, and as `NAME_holder_gone`, with
-//! them exiting right after the deciding call, which must be explained the same.
+//! them exiting right after the deciding call, which must be explained the same. Two are
+//! registered once ([`holding::kept_only`]): the other protocol and the other namespace, which
+//! the kernel side does not read at the call.
 //!
 //! This file is the table of them, in the order they run. The bodies: [`cases`] (the generic
 //! shapes: a clash, a share, a refusal), [`rules`] (rules that need their own set-up),
@@ -67,13 +69,13 @@ pub fn scenarios() -> Vec<Scenario> {
             "ok-different-addresses"
         )
     ));
-    v.extend(twice!(
+    v.push(holding::kept_only(
         "explain_tcp_udp_separate_spaces",
         sharing(
             SockSpec::tcp("0.0.0.0:8080").listening(),
             SockSpec::udp("0.0.0.0:8080"),
-            "ok-separate-port-spaces"
-        )
+            "ok-separate-port-spaces",
+        ),
     ));
     v.extend(twice!("explain_dual_stack_covers_ipv4", dual_stack));
     v.extend(twice!(
@@ -194,9 +196,9 @@ pub fn scenarios() -> Vec<Scenario> {
         "explain_bindtodevice_different_devices",
         different_devices
     ));
-    v.extend(twice!(
+    v.push(holding::kept_only(
         "explain_different_netns_never_conflict",
-        different_netns
+        different_netns,
     ));
     v.push(Scenario::shared(
         "explain_ephemeral_exhausted",

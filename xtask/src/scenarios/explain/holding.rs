@@ -183,6 +183,19 @@ where
     ]
 }
 
+/// Only the run with the holders kept, for the two reasons to share a port that the kernel
+/// side does not read at the call: a socket of the other protocol, and one in another network
+/// namespace. portwatch reads those after the call, so once their holder is gone it says the
+/// (true, narrower) "nothing else holds tcp port P here"; the README says so under Limits.
+pub fn kept_only<F>(name: &'static str, body: F) -> Scenario
+where
+    F: Fn(&Ctx, &Portwatch, &Netns, Holding) -> Result<Seen> + Send + Sync + 'static,
+{
+    Scenario::shared(name, move |cx, pw, ns| {
+        body(cx, pw, ns, Holding::Kept).map(drop)
+    })
+}
+
 /// The `_holder_gone` scenario of a rule scenario `body`: a run with the holders kept, for
 /// reference, then one with them gone, which must explain the same.
 pub fn holder_gone(
