@@ -42,7 +42,9 @@ pub(super) fn scenarios() -> Vec<Scenario> {
         // `ip link add ... type vxlan`: on the host only.
         Scenario::shared("explain_in_kernel_holder", in_kernel_holder).host_only(),
         Scenario::shared("explain_in_flight_holder", in_flight_holder),
-        Scenario::alone("explain_rebind_loop_undisturbed", rebind_loop),
+        // Host only: under the VM's emulated CPU the owner's loop ends before the tracer has
+        // explained enough conflicts for the comparison to show anything.
+        Scenario::alone("explain_rebind_loop_undisturbed", rebind_loop).host_only(),
     ]
 }
 
@@ -138,11 +140,14 @@ fn time_wait_other_namespaces(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()>
 }
 
 /// The sockets listed under `list` (a path to an array) all live in `ns`, and there is one.
+/// The one exception the issue allows: a socket of another namespace listed as such
+/// (`ok-different-netns`), which says why it does not count.
 fn only_from(ev: &Event, list: &str, ns: &Netns) -> Result<()> {
     let socks = lookup(&ev.0, list).as_array().cloned().unwrap_or_default();
     let elsewhere: Vec<&Value> = socks
         .iter()
         .filter(|s| s["netns"].as_u64() != Some(ns.inode()))
+        .filter(|s| s["rule"] != json!("ok-different-netns"))
         .collect();
     ensure!(
         !socks.is_empty() && elsewhere.is_empty(),
