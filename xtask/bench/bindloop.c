@@ -12,6 +12,9 @@
  *   pace RATE MS  binds at RATE per second for MS milliseconds, sleeping between binds when
  *                 there is time (so a paced loop leaves its CPU to others, like a real server)
  *   spin          binds as fast as possible until SIGUSR1
+ *   getppid N W   W untimed, then N timed getppid() system calls (BINDS is then N): what a
+ *                 tracer costs a process that never binds (syscall tracepoints put every
+ *                 task on the kernel's slow syscall path)
  * EOF or "quit" exits.
  */
 #define _GNU_SOURCE
@@ -26,6 +29,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,6 +53,9 @@ static void one_bind(void) {
     if (bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0) errors++;
     close(fd);
 }
+
+/* syscall(2), so no libc may answer from a cache without entering the kernel. */
+static void one_getppid(void) { syscall(SYS_getppid); }
 
 static int die(const char *what) { perror(what); return 1; }
 
@@ -88,6 +95,12 @@ int main(int argc, char **argv) {
             for (unsigned long i = 0; i < w; i++) one_bind();
             t0 = now_ns();
             for (unsigned long i = 0; i < n; i++) one_bind();
+            t1 = now_ns();
+            binds = n;
+        } else if (sscanf(line, "getppid %lu %lu", &n, &w) == 2) {
+            for (unsigned long i = 0; i < w; i++) one_getppid();
+            t0 = now_ns();
+            for (unsigned long i = 0; i < n; i++) one_getppid();
             t1 = now_ns();
             binds = n;
         } else if (sscanf(line, "pace %lf %lu", &rate, &n) == 2) {

@@ -2,8 +2,11 @@
 //!
 //! A native loop (xtask/bench/bindloop.c: socket + SO_REUSEADDR + bind + close on 127.0.0.1, in
 //! its own network namespace, pinned to one CPU) runs under six configurations: untraced, empty
-//! BPF programs on the same tracepoints, portwatch with a port filter that never matches,
-//! portwatch writing every event as JSON and as text, and a bpftrace peer (xtask/bench/peer.bt).
+//! BPF programs on the hooks portwatch uses (sys_exit_bind and sys_exit_listen), portwatch with
+//! a port filter that never matches, portwatch writing every event as JSON and as text, and a
+//! bpftrace peer (xtask/bench/peer.bt). In the untraced, empty-program and JSON slots of each
+//! round the same loop also times getppid() calls: what portwatch costs processes that never
+//! bind, since syscall tracepoints put every task on the kernel's slow syscall path.
 //!
 //! Why the shape: single runs differ by ±20% on these shared machines, so the configurations
 //! alternate within each round (rotated by one each round, so none always follows the same
@@ -48,7 +51,7 @@ use anyhow::{Context, Result, ensure};
 use self::{
     noise::{foreign_tracers, loadavg, wait_for_quiet},
     report::Results,
-    rounds::{Disturbance, run_rounds},
+    rounds::{Disturbance, Sizes, run_rounds},
     tracer::{Backend, Mode, Tools, Tracer},
     workload::Worker,
 };
@@ -65,6 +68,14 @@ const HOST_CONFIGS: [Tracer; 6] = [
     Tracer::Portwatch(Backend::Tracepoint, Mode::Json),
     Tracer::Portwatch(Backend::Tracepoint, Mode::Human),
     Tracer::Peer,
+];
+
+/// The configurations that also time the getppid() loop: untraced, the empty-program floor,
+/// and portwatch with every event written (no filter), as rows 1, 2 and 4 of the main table.
+const GETPPID_CONFIGS: [Tracer; 3] = [
+    Tracer::None,
+    Tracer::EmptyBpf,
+    Tracer::Portwatch(Backend::Tracepoint, Mode::Json),
 ];
 
 /// Binds of the forced-overflow burst: about three times what portwatch's 4 MiB ring holds
@@ -89,6 +100,10 @@ pub struct BenchArgs {
     /// Timed binds per measurement [default: 60000, --quick: 20000]; a tenth more warm up.
     #[arg(long)]
     binds: Option<u64>,
+    /// Timed getppid() calls per measurement in the untraced, empty-program and JSON
+    /// configurations [default: 2000000, --quick: 1000000]; a tenth more warm up. 0 skips them.
+    #[arg(long)]
+    getppids: Option<u64>,
     /// Seconds per step of the keeping-up sweep [default: 3, --quick: 1].
     #[arg(long)]
     sweep_secs: Option<f64>,
@@ -146,6 +161,7 @@ struct Settings {
     rounds: usize,
     binds: u64,
     warmup: u64,
+    getppids: u64,
     sweep_ms: u64,
     /// Binds per configuration in the kernel-side cost pass.
     bpf_binds: u64,
@@ -179,6 +195,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rounds: args.rounds.unwrap_or(if q { 3 } else { 7 }).max(1),
         binds,
         warmup: binds / 10,
+        getppids: args
+            .getppids
+            .unwrap_or(if q { 1_000_000 } else { 2_000_000 }),
         sweep_ms: (args.sweep_secs.unwrap_or(if q { 1.0 } else { 3.0 }) * 1e3) as u64,
         bpf_binds: if q { 10_000 } else { 30_000 },
         attach_samples: args.attach_samples.unwrap_or(if q { 3 } else { 5 }),
@@ -223,7 +242,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// The whole bench at a tiny size, without the VM: seconds, for the test suite. Fails when a
-/// configuration, the sweep, the overflow check or the attach time produced no figure. The
+/// configuration, the getppid() loop, the overflow check or the attach time produced no figure. The
 /// report goes to target/xtask-bench/smoke.md, never over BENCHMARKS.md.
 pub fn smoke() -> Result<()> {
     let scratch = scratch_dir();
@@ -232,6 +251,7 @@ pub fn smoke() -> Result<()> {
         rounds: 1,
         binds: 2000,
         warmup: 200,
+        getppids: 200_000,
         sweep_ms: 300,
         bpf_binds: 2000,
         attach_samples: 1,
@@ -279,11 +299,13 @@ fn execute(s: &Settings) -> Result<Results> {
     let foreign_before = wait_for_quiet(s.quiet_wait, s.disturbance.max_other_cpu);
     let load_before = loadavg();
     eprintln!(
-        "bench: {} rounds × {} configurations × {} binds (+{} warm-up), bind loop on CPU {}",
+        "bench: {} rounds × {} configurations × {} binds (+{} warm-up), {} getppid() calls in {} of them, bind loop on CPU {}",
         s.rounds,
         HOST_CONFIGS.len(),
         s.binds,
         s.warmup,
+        s.getppids,
+        GETPPID_CONFIGS.len(),
         s.cpu
     );
     let mut worker = Worker::spawn(&bindloop, s.port, s.cpu)?;
@@ -293,7 +315,12 @@ fn execute(s: &Settings) -> Result<Results> {
         &mut worker,
         &HOST_CONFIGS,
         s.rounds,
-        (s.binds, s.warmup),
+        Sizes {
+            binds: s.binds,
+            warmup: s.warmup,
+            getppids: s.getppids,
+            getppid_on: &GETPPID_CONFIGS,
+        },
         s.disturbance,
         &mut || !foreign_tracers().is_empty(),
     )?;
@@ -358,6 +385,12 @@ fn execute(s: &Settings) -> Result<Results> {
         warmup: s.warmup,
         cpu: s.cpu,
         configs: HOST_CONFIGS.to_vec(),
+        getppids: s.getppids,
+        getppid_configs: if s.getppids > 0 {
+            GETPPID_CONFIGS.to_vec()
+        } else {
+            Vec::new()
+        },
         measurements,
         bpf,
         sweep,

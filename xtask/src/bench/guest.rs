@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     attach::{self, AttachSample},
-    rounds::{Disturbance, Measurement, run_rounds},
+    rounds::{Disturbance, Measurement, Sizes, run_rounds},
     tracer::{Backend, Mode, Tools, Tracer},
     workload::Worker,
 };
@@ -92,7 +92,12 @@ pub fn main(a: GuestArgs) -> Result<()> {
         &mut worker,
         &VM_CONFIGS,
         a.rounds,
-        (a.binds, a.binds / 10),
+        Sizes {
+            binds: a.binds,
+            warmup: a.binds / 10,
+            getppids: 0,
+            getppid_on: &[],
+        },
         Disturbance {
             max_other_cpu: f64::INFINITY,
             reruns: 0,

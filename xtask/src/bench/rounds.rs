@@ -1,5 +1,7 @@
 //! The main table's measurements: every configuration once per round, alternating, with a
-//! round thrown away and run again when something else on the machine disturbed it.
+//! round thrown away and run again when something else on the machine disturbed it. Some
+//! configurations also time a getppid() loop under the same tracer, in the same slot of the
+//! round: what the tracer costs processes that never bind.
 
 use std::thread;
 
@@ -9,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     SETTLE, noise,
     tracer::{self, Tools, Tracer, TracerStats},
-    workload::Worker,
+    workload::{Sample, Worker},
 };
 
 /// One configuration run once: the bind loop's figure and the tracer's.
@@ -20,6 +22,10 @@ pub struct Measurement {
     pub ns_per_bind: f64,
     pub binds: u64,
     pub errors: u64,
+    /// ns per getppid() call under the same tracer, for the configurations in
+    /// [`Sizes::getppid_on`].
+    #[serde(default)]
+    pub ns_per_getppid: Option<f64>,
     pub stats: Option<TracerStats>,
     /// CPU used by everything but the bind loop and the tracer while the loop ran, in cores:
     /// another job on this shared machine competing with the measurement.
@@ -39,6 +45,17 @@ pub struct Disturbance {
     pub reruns: usize,
 }
 
+/// How much each measurement does.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes<'a> {
+    /// Timed binds, and untimed ones before them.
+    pub binds: u64,
+    pub warmup: u64,
+    /// Timed getppid() calls (a tenth more warm up), for the tracers in `getppid_on` only.
+    pub getppids: u64,
+    pub getppid_on: &'a [Tracer],
+}
+
 /// Runs every configuration once per round, rotated by one each round.
 ///
 /// `foreign` says whether someone else's tracer is on the bind path (checked before and after
@@ -51,7 +68,7 @@ pub fn run_rounds(
     worker: &mut Worker,
     configs: &[Tracer],
     rounds: usize,
-    (binds, warmup): (u64, u64),
+    sizes: Sizes<'_>,
     d: Disturbance,
     foreign: &mut dyn FnMut() -> bool,
 ) -> Result<(Vec<Measurement>, usize)> {
@@ -63,13 +80,16 @@ pub fn run_rounds(
         for i in 0..configs.len() {
             let tracer = configs[(i + attempt) % configs.len()];
             let before = foreign();
-            let mut m = measure(tools, worker, tracer, attempt, binds, warmup)
+            let mut m = measure(tools, worker, tracer, attempt, sizes)
                 .with_context(|| format!("round {}: {}", attempt + 1, tracer.label()))?;
             m.foreign_tracer = before || foreign();
             eprintln!(
-                "bench: round {}  {:>8.0} ns/bind  {}{}{}",
+                "bench: round {}  {:>8.0} ns/bind{}  {}{}{}",
                 attempt + 1,
                 m.ns_per_bind,
+                m.ns_per_getppid
+                    .map(|g| format!("  {g:>5.0} ns/getppid"))
+                    .unwrap_or_default(),
                 tracer.label(),
                 m.stats
                     .as_ref()
@@ -120,8 +140,7 @@ fn measure(
     worker: &mut Worker,
     tracer: Tracer,
     round: usize,
-    binds: u64,
-    warmup: u64,
+    sizes: Sizes<'_>,
 ) -> Result<Measurement> {
     thread::sleep(SETTLE);
     let running = tracer::start(tools, tracer, &format!("r{round}"))?;
@@ -132,9 +151,19 @@ fn measure(
                 .map_or(0.0, |r| tracer::proc_cpu_s(r.pid).unwrap_or(0.0))
     };
     let (busy0, ours0) = (noise::busy_cpu_s(), ours(&running));
-    let sample = worker.run(binds, warmup)?;
+    // The getppid() loop first, while the tracer has no events to catch up on.
+    let getppid = if sizes.getppids > 0 && sizes.getppid_on.contains(&tracer) {
+        Some(worker.getppid(sizes.getppids, sizes.getppids / 10)?)
+    } else {
+        None
+    };
+    let sample = worker.run(sizes.binds, sizes.warmup)?;
     let (busy1, ours1) = (noise::busy_cpu_s(), ours(&running));
-    let secs = sample.ns as f64 / 1e9 * (binds + warmup) as f64 / binds.max(1) as f64;
+    let timed_s = |s: &Sample, warmup: u64| {
+        s.ns as f64 / 1e9 * (s.binds + warmup) as f64 / s.binds.max(1) as f64
+    };
+    let secs =
+        timed_s(&sample, sizes.warmup) + getppid.map_or(0.0, |g| timed_s(&g, sizes.getppids / 10));
     let stats = match running {
         Some(r) => Some(r.stop(&[worker.pid])?),
         None => None,
@@ -145,6 +174,7 @@ fn measure(
         ns_per_bind: sample.ns_per_bind(),
         binds: sample.binds,
         errors: sample.errors,
+        ns_per_getppid: getppid.map(|g| g.ns_per_bind()),
         stats,
         other_cpu: (((busy1 - busy0) - (ours1 - ours0)) / secs.max(1e-3)).max(0.0),
         foreign_tracer: false,

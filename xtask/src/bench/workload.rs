@@ -40,6 +40,7 @@ pub fn build(scratch: &Path) -> Result<PathBuf> {
 /// One reply of the worker.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
+    /// Binds made (getppid() calls, for [`Worker::getppid`]).
     pub binds: u64,
     pub ns: u64,
     /// Binds (or sockets) that failed; the loop should never see one.
@@ -125,6 +126,12 @@ impl Worker {
     /// `warmup` untimed binds, then `binds` timed ones, as fast as one core goes.
     pub fn run(&mut self, binds: u64, warmup: u64) -> Result<Sample> {
         self.send(&format!("run {binds} {warmup}"))?;
+        self.reply()
+    }
+
+    /// `warmup` untimed getppid() calls, then `calls` timed ones: no bind at all.
+    pub fn getppid(&mut self, calls: u64, warmup: u64) -> Result<Sample> {
+        self.send(&format!("getppid {calls} {warmup}"))?;
         self.reply()
     }
 
