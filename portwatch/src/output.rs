@@ -167,8 +167,7 @@ impl Printer {
     pub fn event(&mut self, ev: &Event, verdict: Option<&Verdict>) -> io::Result<()> {
         if self.json {
             let obj = JsonEvent::new(ev, verdict, &self.clock);
-            serde_json::to_writer(&mut self.out, &obj)?;
-            self.out.write_all(b"\n")
+            json::write_line(&mut self.out, &obj)
         } else {
             self.human(ev, verdict)
         }
@@ -238,8 +237,7 @@ impl Printer {
     /// Events the kernel dropped since the last report. Always said, never silent.
     pub fn lost(&mut self, new: u64, total: u64) -> io::Result<()> {
         if self.json {
-            serde_json::to_writer(&mut self.out, &JsonLost::new(new, total))?;
-            self.out.write_all(b"\n")?;
+            json::write_line(&mut self.out, &JsonLost::new(new, total))?;
         }
         self.out.flush()?;
         status(format_args!(
@@ -251,8 +249,7 @@ impl Printer {
 
     pub fn summary(&mut self, sum: &Summary) -> io::Result<()> {
         if self.json {
-            serde_json::to_writer(&mut self.out, &JsonSummary::from(sum))?;
-            self.out.write_all(b"\n")?;
+            json::write_line(&mut self.out, &JsonSummary::from(sum))?;
         }
         self.out.flush()?;
         let failures = if sum.by_errno.is_empty() {

@@ -3,7 +3,10 @@
 //! object). The README's JSON section describes these types; field names and order here are
 //! the schema. Each type borrows from the value it shows and is built just before it is written.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
 
 use serde::Serialize;
 
@@ -14,6 +17,12 @@ use crate::{
     explain::{Involved, Verdict},
     sockets::{Family, Holder, Owner, OwnerStatus, SocketView, endpoint},
 };
+
+/// Writes `value` as one line of JSON.
+pub fn write_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
 
 /// One bind() or listen() and its explanation (`"type": "bind"` or `"listen"`).
 #[derive(Serialize)]

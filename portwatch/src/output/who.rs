@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
 };
 
-use super::json::JsonWho;
+use super::json::{self, JsonWho};
 use crate::{
     explain::{self, Verdict},
     sockets::{Holder, SocketView, Source, endpoint},
@@ -42,8 +42,7 @@ pub fn write(out: &mut impl Write, report: &WhoReport, json: bool) -> io::Result
             report.holders,
             report.prediction,
         );
-        serde_json::to_writer(&mut *out, &obj)?;
-        writeln!(out)?;
+        json::write_line(out, &obj)?;
     } else {
         table(out, report)?;
         if let Some(p) = report.prediction {
