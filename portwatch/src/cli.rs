@@ -1,5 +1,6 @@
-//! Command-line interface. The help text is written to teach: someone who runs
-//! `portwatch trace --help` should come away knowing what a bind conflict is.
+//! Command-line interface: the flags as typed. The help text is written to teach: someone who
+//! runs `portwatch trace --help` should come away knowing what a bind conflict is.
+//! [`crate::settings`] turns these flags into what the commands use.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -137,11 +138,11 @@ pub struct TraceArgs {
 
     /// Only this protocol.
     #[arg(long, value_enum)]
-    pub proto: Option<Proto>,
+    pub proto: Option<ProtoArg>,
 
     /// Only this address family: 4 (IPv4) or 6 (IPv6).
-    #[arg(long, value_parser = ["4", "6"])]
-    pub family: Option<String>,
+    #[arg(long, value_enum)]
+    pub family: Option<FamilyArg>,
 
     /// Only calls that failed.
     #[arg(long)]
@@ -153,8 +154,8 @@ pub struct TraceArgs {
 
     /// Where to hook. auto tries fexit (sees every bind path, cheapest) and falls back to the
     /// syscall tracepoints, saying why on stderr.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
 
     /// Color: auto colors only when stdout is a terminal.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
@@ -166,13 +167,22 @@ pub struct TraceArgs {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
+pub enum ProtoArg {
     Tcp,
     Udp,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendChoice {
+pub enum FamilyArg {
+    #[value(name = "4")]
+    V4,
+    #[value(name = "6")]
+    V6,
+}
+
+/// `--backend`: the names are [`portwatch_common::Backend`]'s (a test checks), plus auto.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendArg {
     Auto,
     Fexit,
     Tracepoint,

@@ -37,7 +37,9 @@ pub struct Requested {
 #[derive(Clone, Debug)]
 pub struct Event {
     pub call: Call,
-    pub backend: &'static str,
+    /// The backend that saw the call; None for a call portwatch only imagines (`who --addr`),
+    /// or for a backend byte this build does not know (JSON says null rather than guess).
+    pub backend: Option<Backend>,
     /// Nanoseconds since boot (CLOCK_BOOTTIME).
     pub boot_ns: u64,
     pub pid: u32,
@@ -176,9 +178,7 @@ fn decode_call(raw: &BindEvent) -> Event {
     });
     Event {
         call,
-        backend: Backend::from_raw(raw.backend)
-            .unwrap_or(Backend::Tracepoint)
-            .name(),
+        backend: Backend::from_raw(raw.backend),
         boot_ns: raw.ts_ns,
         pid: raw.pid,
         tid: raw.tid,

@@ -92,7 +92,7 @@ pub struct Loaded {
     pub conflict_hook: bool,
     pub load_time: Duration,
     /// Whether the socket table iterators loaded (and why not).
-    pub tables: Result<(), String>,
+    pub tables: Result<(), tables::TablesError>,
 }
 
 /// What loading needs to know about the running kernel. The BTF it came from is dropped
@@ -316,7 +316,7 @@ pub fn load(
         },
     };
     // Socket table iterators, for finding holders later.
-    let tables = tables::load(&mut ebpf, &aya_btf);
+    let tables = tables::load_iterators(&mut ebpf, &aya_btf);
     if let Err(e) = &tables {
         debug!("socket table iterators unavailable: {e}");
     }
@@ -392,7 +392,7 @@ pub fn load_for_tables(kernel: &KernelInfo) -> Result<Ebpf, LoadError> {
     let btf = kernel.aya_btf()?;
     let settings = settings(&KernelFilter::default(), None);
     let mut ebpf = open_object(kernel, &settings, &[], &btf)?;
-    tables::load(&mut ebpf, &btf).map_err(|detail| LoadError::Backend {
+    tables::load_iterators(&mut ebpf, &btf).map_err(|detail| LoadError::Backend {
         backend: Backend::Tracepoint,
         detail: format!("socket table iterators: {detail}"),
     })?;

@@ -12,15 +12,21 @@ mod loader;
 mod netns;
 mod output;
 mod procfs;
+mod settings;
 mod sockets;
 mod sockinfo;
 mod tables;
 mod trace;
 mod who;
 
+use std::io::{self, Write as _};
+
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command};
+use crate::{
+    cli::{Cli, Command},
+    settings::TraceSettings,
+};
 
 fn main() {
     let cli = Cli::parse();
@@ -46,17 +52,30 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Trace(args) => trace::run(args).await,
+            Command::Trace(args) => trace::run(TraceSettings::resolve(args)).await,
             Command::Who(args) => who::run(args),
         }
     });
-    if let Err(e) = result {
-        fail(&e);
+    match result {
+        Ok(()) => {}
+        // A closed pipe (`| head`, `| true`) is a normal way to stop reading, wherever the
+        // write was.
+        Err(e) if broken_pipe(&e) => std::process::exit(0),
+        Err(e) => fail(&e),
     }
 }
 
-/// One line (plus the fix, where there is one) instead of a backtrace.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// One line (plus the fix, where there is one) instead of a backtrace. Stderr may be closed
+/// too; that is no reason to panic.
 fn fail(e: &anyhow::Error) -> ! {
-    eprintln!("portwatch: error: {e:#}");
+    let _ = writeln!(io::stderr(), "portwatch: error: {e:#}");
     std::process::exit(1);
 }

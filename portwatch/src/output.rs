@@ -1,20 +1,32 @@
 //! Human and JSON output. Human lines are aligned columns with color only on a terminal; JSON is
-//! one object per line with the schema documented in the README.
+//! one object per line, its wire types all in [`json`]. `trace`'s renderer is here, `who`'s in
+//! [`who`]; status lines (warnings, the summary) go to stderr through [`status`].
+
+pub mod json;
+pub mod who;
 
 use std::{
     collections::BTreeMap,
+    fmt,
     io::{self, Write},
     net::IpAddr,
 };
 
-use serde::Serialize;
+use json::{JsonEvent, JsonLost, JsonSummary};
+use portwatch_common::Backend;
 
 use crate::{
     errno,
     event::{Call, Event},
     explain::Verdict,
-    sockets::{Family, SocketView, endpoint},
+    sockets::{SocketView, endpoint},
 };
+
+/// Writes one status line to stderr. A closed or full stderr is ignored: a status line is
+/// never worth a panic or an error of its own.
+pub fn status(line: fmt::Arguments) {
+    let _ = writeln!(io::stderr(), "{line}");
+}
 
 /// Converts the kernel's boot-time stamps into wall-clock time.
 #[derive(Clone, Copy)]
@@ -155,8 +167,7 @@ impl Printer {
     pub fn event(&mut self, ev: &Event, verdict: Option<&Verdict>) -> io::Result<()> {
         if self.json {
             let obj = JsonEvent::new(ev, verdict, &self.clock);
-            serde_json::to_writer(&mut self.out, &obj)?;
-            self.out.write_all(b"\n")
+            json::write_line(&mut self.out, &obj)
         } else {
             self.human(ev, verdict)
         }
@@ -226,24 +237,19 @@ impl Printer {
     /// Events the kernel dropped since the last report. Always said, never silent.
     pub fn lost(&mut self, new: u64, total: u64) -> io::Result<()> {
         if self.json {
-            serde_json::to_writer(
-                &mut self.out,
-                &serde_json::json!({"type": "lost", "lost": new, "total_lost": total}),
-            )?;
-            self.out.write_all(b"\n")?;
+            json::write_line(&mut self.out, &JsonLost::new(new, total))?;
         }
         self.out.flush()?;
-        eprintln!(
+        status(format_args!(
             "portwatch: warning: {new} events lost (ring buffer full; {total} lost in all). \
              Narrow the trace with --port or --pid."
-        );
+        ));
         Ok(())
     }
 
     pub fn summary(&mut self, sum: &Summary) -> io::Result<()> {
         if self.json {
-            serde_json::to_writer(&mut self.out, &JsonSummary::from(sum))?;
-            self.out.write_all(b"\n")?;
+            json::write_line(&mut self.out, &JsonSummary::from(sum))?;
         }
         self.out.flush()?;
         let failures = if sum.by_errno.is_empty() {
@@ -255,7 +261,7 @@ impl Printer {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        eprintln!(
+        status(format_args!(
             "portwatch: {} event{} ({} bind, {} listen) in {:.1}s; failures: {failures}; lost: {}",
             sum.events,
             if sum.events == 1 { "" } else { "s" },
@@ -263,7 +269,7 @@ impl Printer {
             sum.listens,
             sum.seconds,
             sum.lost()
-        );
+        ));
         Ok(())
     }
 
@@ -280,7 +286,6 @@ fn requested_endpoint(addr: IpAddr, port: u16, scope_id: u32) -> String {
 }
 
 /// What the closing summary reports.
-#[derive(Default)]
 pub struct Summary {
     pub events: u64,
     pub binds: u64,
@@ -289,10 +294,23 @@ pub struct Summary {
     pub lost_ringbuf: u64,
     pub lost_pending: u64,
     pub seconds: f64,
-    pub backend: String,
+    pub backend: Backend,
 }
 
 impl Summary {
+    pub fn new(backend: Backend) -> Self {
+        Summary {
+            events: 0,
+            binds: 0,
+            listens: 0,
+            by_errno: BTreeMap::new(),
+            lost_ringbuf: 0,
+            lost_pending: 0,
+            seconds: 0.0,
+            backend,
+        }
+    }
+
     pub fn count(&mut self, ev: &Event) {
         self.events += 1;
         match ev.call {
@@ -306,143 +324,6 @@ impl Summary {
 
     pub fn lost(&self) -> u64 {
         self.lost_ringbuf + self.lost_pending
-    }
-}
-
-#[derive(Serialize)]
-struct JsonSummary<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    backend: &'a str,
-    events: u64,
-    binds: u64,
-    listens: u64,
-    failed: u64,
-    by_errno: &'a BTreeMap<String, u64>,
-    lost: u64,
-    seconds: f64,
-}
-
-impl<'a> From<&'a Summary> for JsonSummary<'a> {
-    fn from(s: &'a Summary) -> Self {
-        JsonSummary {
-            kind: "summary",
-            backend: &s.backend,
-            events: s.events,
-            binds: s.binds,
-            listens: s.listens,
-            failed: s.by_errno.values().sum(),
-            by_errno: &s.by_errno,
-            lost: s.lost(),
-            seconds: (s.seconds * 1000.0).round() / 1000.0,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct JsonAddr {
-    addr: String,
-    port: u16,
-}
-
-#[derive(Serialize)]
-struct JsonRequested {
-    addr: String,
-    port: u16,
-    scope_id: u32,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct JsonOptions {
-    reuseaddr: bool,
-    reuseport: bool,
-    /// null for IPv4 sockets, where it does not apply.
-    v6only: Option<bool>,
-    freebind: bool,
-    transparent: bool,
-    bind_address_no_port: bool,
-    bound_device: Option<String>,
-    bound_ifindex: u32,
-}
-
-impl JsonOptions {
-    pub fn of(s: &SocketView) -> Self {
-        let o = &s.options;
-        JsonOptions {
-            reuseaddr: o.reuseaddr,
-            reuseport: o.reuseport,
-            v6only: (s.family == Family::Ipv6).then_some(o.v6only),
-            freebind: o.freebind,
-            transparent: o.transparent,
-            bind_address_no_port: o.bind_address_no_port,
-            bound_device: (o.bound_dev_if != 0).then(|| o.device_name()),
-            bound_ifindex: o.bound_dev_if,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct JsonEvent<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    time: String,
-    backend: &'static str,
-    pid: u32,
-    tid: u32,
-    uid: u32,
-    comm: &'a str,
-    netns: Option<u32>,
-    cgroup_id: u64,
-    fd: Option<i32>,
-    family: Option<Family>,
-    protocol: Option<String>,
-    requested: Option<JsonRequested>,
-    bound: Option<JsonAddr>,
-    ok: bool,
-    result: i32,
-    errno: Option<String>,
-    state: Option<&'static str>,
-    sock_ino: Option<u64>,
-    sk_uid: Option<u32>,
-    options: Option<JsonOptions>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    explain: Option<&'a Verdict>,
-}
-
-impl<'a> JsonEvent<'a> {
-    fn new(ev: &'a Event, verdict: Option<&'a Verdict>, clock: &Clock) -> Self {
-        let sock = ev.socket.as_ref();
-        JsonEvent {
-            kind: ev.call.as_str(),
-            time: rfc3339(clock.unix_ns(ev.boot_ns)),
-            backend: ev.backend,
-            pid: ev.pid,
-            tid: ev.tid,
-            uid: ev.uid,
-            comm: &ev.comm,
-            netns: ev.netns(),
-            cgroup_id: ev.cgroup_id,
-            fd: ev.fd,
-            family: sock.map(|s| s.family),
-            protocol: sock.map(|s| s.proto.name()),
-            requested: ev.requested.as_ref().map(|r| JsonRequested {
-                addr: r.addr.to_string(),
-                port: r.port,
-                scope_id: r.scope_id,
-            }),
-            bound: sock.filter(|s| s.port != 0).map(|s| JsonAddr {
-                addr: s.addr.to_string(),
-                port: s.port,
-            }),
-            ok: ev.ok(),
-            result: ev.ret,
-            errno: ev.errno().map(errno::name),
-            state: sock.map(SocketView::state_name),
-            sock_ino: sock.map(|s| s.ino),
-            sk_uid: sock.and_then(|s| s.uid),
-            options: sock.map(JsonOptions::of),
-            explain: verdict,
-        }
     }
 }
 

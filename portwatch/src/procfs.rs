@@ -2,16 +2,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
-
-/// A process holding a socket.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Owner {
-    pub pid: u32,
-    pub comm: String,
-    /// The fd number in that process.
-    pub fd: i32,
-}
+use crate::sockets::Owner;
 
 /// Every process id in /proc.
 pub fn pids() -> impl Iterator<Item = u32> {

@@ -1,13 +1,11 @@
 //! The vocabulary for sockets that every other module shares: family, protocol, state,
-//! options, and one socket as portwatch sees it. Pure data, no I/O.
+//! options, one socket as portwatch sees it, and who holds it. Pure data, no I/O.
 
 use std::net::IpAddr;
 
-use portwatch_common::{AF_INET6, opt};
-use serde::Serialize;
+use portwatch_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, opt, tcp_state};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Ipv4,
     Ipv6,
@@ -19,6 +17,31 @@ impl Family {
             Family::Ipv6
         } else {
             Family::Ipv4
+        }
+    }
+
+    /// The family of an address.
+    pub fn of(addr: IpAddr) -> Self {
+        if addr.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
+
+    /// The `sa_family` value of this family (AF_INET, AF_INET6).
+    pub fn af(self) -> u16 {
+        match self {
+            Family::Ipv4 => AF_INET,
+            Family::Ipv6 => AF_INET6,
+        }
+    }
+
+    /// The stable name: "ipv4", "ipv6".
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
         }
     }
 }
@@ -38,8 +61,8 @@ impl Proto {
         const SOCK_STREAM: u16 = 1;
         const SOCK_DGRAM: u16 = 2;
         match protocol {
-            6 => Proto::Tcp,
-            17 => Proto::Udp,
+            IPPROTO_TCP => Proto::Tcp,
+            IPPROTO_UDP => Proto::Udp,
             136 => Proto::UdpLite,
             262 => Proto::Mptcp,
             132 => Proto::Sctp,
@@ -73,21 +96,15 @@ impl Proto {
     }
 }
 
-impl Serialize for Proto {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.name())
-    }
-}
-
 /// The kernel's `sk_state` (TCP's numbering; UDP uses ESTABLISHED and CLOSE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct State(pub u8);
 
 impl State {
-    pub const ESTABLISHED: State = State(1);
-    pub const TIME_WAIT: State = State(6);
-    pub const CLOSE: State = State(7);
-    pub const LISTEN: State = State(10);
+    pub const ESTABLISHED: State = State(tcp_state::ESTABLISHED);
+    pub const TIME_WAIT: State = State(tcp_state::TIME_WAIT);
+    pub const CLOSE: State = State(tcp_state::CLOSE);
+    pub const LISTEN: State = State(tcp_state::LISTEN);
 
     /// A TIME_WAIT sock that stands for FIN_WAIT2: the server closed, the peer has not. The
     /// kernel keeps it as a timewait sock (same bind rules as TIME_WAIT), but it is not one.
@@ -267,6 +284,78 @@ impl SocketView {
                 "4"
             }
         )
+    }
+}
+
+/// A process holding a socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+    /// The fd number in that process.
+    pub fd: i32,
+}
+
+/// Where portwatch learned about a holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// fexit on inet_bind_conflict: the very socket the kernel compared.
+    KernelConflictCheck,
+    /// The port's owners, read from the kernel's bind table or UDP hash at the call itself.
+    KernelAtCall,
+    /// The kernel's TCP/UDP socket tables (iter/tcp, iter/udp).
+    SocketTable,
+    /// A process's fd table: sockets that are bound but in no table (not listening).
+    FdTable,
+}
+
+impl Source {
+    /// The stable name, as JSON prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::KernelConflictCheck => "kernel-conflict-check",
+            Source::KernelAtCall => "kernel-at-call",
+            Source::SocketTable => "socket-table",
+            Source::FdTable => "fd-table",
+        }
+    }
+}
+
+/// A socket on some port, and the processes that hold it.
+#[derive(Clone, Debug)]
+pub struct Holder {
+    pub socket: SocketView,
+    pub owners: Vec<Owner>,
+    pub source: Source,
+    /// What is known of its owner beyond `owners` (who hold it now).
+    pub status: OwnerStatus,
+}
+
+/// Who owns a holder, as far as portwatch could tell: never guessed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerStatus {
+    /// `owners` hold it now.
+    Live,
+    /// A socket the kernel opened for itself (a tunnel, a kernel service): no process.
+    InKernel,
+    /// No process by nature: a TIME_WAIT connection, or an orphaned socket the kernel finishes.
+    NoProcess,
+    /// No process holds it any more; portwatch saw this process bind it.
+    Closed { bound_by: Owner },
+    /// No process holds it that portwatch can see, and portwatch did not see it bound.
+    Unknown { why: &'static str },
+}
+
+impl OwnerStatus {
+    /// The stable name, as JSON prints it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OwnerStatus::Live => "live",
+            OwnerStatus::InKernel => "in-kernel",
+            OwnerStatus::NoProcess => "no-process",
+            OwnerStatus::Closed { .. } => "closed",
+            OwnerStatus::Unknown { .. } => "unknown",
+        }
     }
 }
 

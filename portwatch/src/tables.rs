@@ -6,14 +6,15 @@
 //! SO_REUSEADDR bit included, which decides the restart case). It does not see TCP sockets
 //! that are bound but not listening: see [`crate::sockinfo`] for those.
 
-use std::io::Read as _;
+use std::io::{self, Read as _};
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData},
-    programs::Iter,
+    maps::{Array, MapData, MapError},
+    programs::{Iter, ProgramError, links::LinkError},
 };
 use portwatch_common::{HolderRecord, ITER_ALL_PORTS, maps};
+use thiserror::Error;
 
 use crate::{
     event::{decode_holder, monotonic_ns},
@@ -23,6 +24,41 @@ use crate::{
 
 const PROGRAMS: [(&str, &str); 2] = [("iter_tcp", "tcp"), ("iter_udp", "udp")];
 
+/// Why the socket tables could not be read. The text of each variant is what a user reads
+/// in an explanation ("could not look up who holds it (...)"), so it carries its cause inline.
+#[derive(Debug, Error)]
+pub enum TablesError {
+    #[error("program {0} missing")]
+    ProgramMissing(&'static str),
+    #[error("{program}: {detail}")]
+    Program {
+        program: &'static str,
+        detail: ProgramError,
+    },
+    #[error("loading iter/{target}: {detail}")]
+    Load {
+        target: &'static str,
+        detail: ProgramError,
+    },
+    #[error("attaching {program}: {detail}")]
+    Attach {
+        program: &'static str,
+        detail: ProgramError,
+    },
+    #[error("{} map missing", maps::ITER_PORT)]
+    PortMapMissing,
+    #[error("{0}")]
+    PortMap(MapError),
+    #[error("setting the port: {0}")]
+    SetPort(MapError),
+    #[error("creating the iterator: {0}")]
+    Create(LinkError),
+    #[error("reading the iterator: {0}")]
+    Read(io::Error),
+    #[error("network namespace {0} is gone or cannot be entered")]
+    NetnsGone(u32),
+}
+
 /// The kernel functions whose BTF ids aya looks up to load the iterators (`bpf_iter_<target>`).
 pub fn btf_functions() -> impl Iterator<Item = String> {
     PROGRAMS
@@ -30,16 +66,22 @@ pub fn btf_functions() -> impl Iterator<Item = String> {
         .map(|(_, target)| format!("bpf_iter_{target}"))
 }
 
+fn iter_program<'e>(
+    ebpf: &'e mut Ebpf,
+    program: &'static str,
+) -> Result<&'e mut Iter, TablesError> {
+    ebpf.program_mut(program)
+        .ok_or(TablesError::ProgramMissing(program))?
+        .try_into()
+        .map_err(|detail| TablesError::Program { program, detail })
+}
+
 /// Loads the two iterator programs (once per process).
-pub fn load(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
+pub fn load_iterators(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), TablesError> {
     for (name, target) in PROGRAMS {
-        let p: &mut Iter = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("program {name} missing"))?
-            .try_into()
-            .map_err(|e| format!("{name}: {e}"))?;
-        p.load(target, btf)
-            .map_err(|e| format!("loading iter/{target}: {e}"))?;
+        iter_program(ebpf, name)?
+            .load(target, btf)
+            .map_err(|detail| TablesError::Load { target, detail })?;
     }
     Ok(())
 }
@@ -50,39 +92,38 @@ pub fn read(
     namespaces: &mut Namespaces,
     netns: u32,
     port: Option<u16>,
-) -> Result<Vec<SocketView>, String> {
+) -> Result<Vec<SocketView>, TablesError> {
     {
         let mut cfg: Array<&mut MapData, u32> = Array::try_from(
             ebpf.map_mut(maps::ITER_PORT)
-                .ok_or("ITER_PORT map missing")?,
+                .ok_or(TablesError::PortMapMissing)?,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(TablesError::PortMap)?;
         cfg.set(0, &port.map_or(ITER_ALL_PORTS, u32::from), 0)
-            .map_err(|e| format!("setting the port: {e}"))?;
+            .map_err(TablesError::SetPort)?;
     }
     let mut links = Vec::new();
     for (name, _) in PROGRAMS {
-        let p: &mut Iter = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("program {name} missing"))?
-            .try_into()
-            .map_err(|e| format!("{name}: {e}"))?;
-        let id = p.attach().map_err(|e| format!("attaching {name}: {e}"))?;
-        links.push(p.take_link(id).map_err(|e| format!("{name}: {e}"))?);
+        let p = iter_program(ebpf, name)?;
+        let id = p.attach().map_err(|detail| TablesError::Attach {
+            program: name,
+            detail,
+        })?;
+        links.push(p.take_link(id).map_err(|detail| TablesError::Program {
+            program: name,
+            detail,
+        })?);
     }
     let bytes = namespaces
-        .run_in(netns, move || -> Result<Vec<u8>, String> {
+        .run_in(netns, move || -> Result<Vec<u8>, TablesError> {
             let mut all = Vec::new();
             for link in links {
-                let mut file = link
-                    .into_file()
-                    .map_err(|e| format!("creating the iterator: {e}"))?;
-                file.read_to_end(&mut all)
-                    .map_err(|e| format!("reading the iterator: {e}"))?;
+                let mut file = link.into_file().map_err(TablesError::Create)?;
+                file.read_to_end(&mut all).map_err(TablesError::Read)?;
             }
             Ok(all)
         })
-        .ok_or_else(|| format!("network namespace {netns} is gone or cannot be entered"))??;
+        .ok_or(TablesError::NetnsGone(netns))??;
     let now = monotonic_ns();
     Ok(bytes
         .chunks_exact(size_of::<HolderRecord>())

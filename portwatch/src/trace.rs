@@ -23,56 +23,22 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Proto as ProtoArg, TraceArgs},
     event::{self, Event, KernelHolder, Record},
     explain,
     facts::FactFinder,
-    loader::{self, KernelFilter},
+    loader,
     netns::{self, Namespaces},
-    output::{Clock, Printer, Summary},
-    sockets::{Family, Proto},
+    output::{self, Clock, Printer, Summary},
+    settings::{EventFilter, TraceSettings},
 };
 
 /// How often the ring buffer is drained when the kernel has not woken us.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Userspace-side filters (the cheap ones, port and pid, run in the kernel).
-struct UserFilter {
-    comm: Option<String>,
-    proto: Option<ProtoArg>,
-    family: Option<Family>,
-}
-
-impl UserFilter {
-    fn keeps(&self, ev: &Event) -> bool {
-        if let Some(c) = &self.comm
-            && &ev.comm != c
-        {
-            return false;
-        }
-        let sock = ev.socket.as_ref();
-        if let Some(p) = self.proto {
-            let want = match p {
-                ProtoArg::Tcp => Proto::Tcp,
-                ProtoArg::Udp => Proto::Udp,
-            };
-            if sock.map(|s| s.proto) != Some(want) {
-                return false;
-            }
-        }
-        if let Some(f) = self.family
-            && sock.map(|s| s.family) != Some(f)
-        {
-            return false;
-        }
-        true
-    }
-}
-
 pub struct Session {
     ebpf: Ebpf,
     printer: Printer,
-    filter: UserFilter,
+    filter: EventFilter,
     namespaces: Namespaces,
     facts: FactFinder,
     /// Holders the kernel side sent, waiting for their thread's event, which follows them.
@@ -213,22 +179,10 @@ impl Session {
     }
 }
 
-pub async fn run(args: TraceArgs) -> Result<()> {
+pub async fn run(settings: TraceSettings) -> Result<()> {
     loader::check_privileges("trace")?;
     let kernel = loader::kernel_info()?;
-    let filter = KernelFilter {
-        pid: args.pid,
-        ports: args.ports.clone(),
-        failed_only: args.failed,
-    };
-    let choice = match args.backend {
-        crate::cli::BackendChoice::Auto => loader::BackendChoice::Auto,
-        crate::cli::BackendChoice::Fexit => loader::BackendChoice::Only(loader::Backend::Fexit),
-        crate::cli::BackendChoice::Tracepoint => {
-            loader::BackendChoice::Only(loader::Backend::Tracepoint)
-        }
-    };
-    let mut loaded = loader::load(choice, &filter, &kernel)?;
+    let mut loaded = loader::load(settings.backend, &settings.kernel_filter, &kernel)?;
     // Loading parsed the kernel's BTF twice (ours, then aya's); give that memory back.
     unsafe { libc::malloc_trim(0) };
     let started = Instant::now();
@@ -250,9 +204,11 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
 
     if let Some(why) = &loaded.fallback {
-        eprintln!("portwatch: fexit unavailable ({why}); using the syscall tracepoints");
+        output::status(format_args!(
+            "portwatch: fexit unavailable ({why}); using the syscall tracepoints"
+        ));
     }
-    eprintln!(
+    output::status(format_args!(
         "portwatch: tracing bind() and listen() with the {} backend (attached in {} ms{}). \
          Ctrl-C to stop.",
         loaded.backend,
@@ -262,39 +218,25 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         } else {
             ""
         }
-    );
+    ));
 
-    let color = match args.color {
-        crate::cli::ColorChoice::Always => true,
-        crate::cli::ColorChoice::Never => false,
-        crate::cli::ColorChoice::Auto => {
-            std::io::IsTerminal::is_terminal(&std::io::stdout())
-                && std::env::var_os("NO_COLOR").is_none()
-        }
-    };
     let backend = loaded.backend;
     let mut session = Session {
         ebpf: loaded.ebpf,
-        printer: Printer::new(args.json, color, Clock::now(), netns::current()),
-        filter: UserFilter {
-            comm: args.comm.clone(),
-            proto: args.proto,
-            family: args.family.as_deref().map(
-                |f| {
-                    if f == "6" { Family::Ipv6 } else { Family::Ipv4 }
-                },
-            ),
-        },
+        printer: Printer::new(
+            settings.json,
+            settings.color,
+            Clock::now(),
+            netns::current(),
+        ),
+        filter: settings.filter,
         namespaces: Namespaces::default(),
         facts: FactFinder::new(loaded.tables),
         conflicts: HashMap::new(),
         lookahead: Vec::new(),
-        summary: Summary {
-            backend: backend.to_string(),
-            ..Summary::default()
-        },
+        summary: Summary::new(backend),
         printed: 0,
-        limit: args.count,
+        limit: settings.count,
     };
     session.printer.header()?;
 
@@ -340,15 +282,11 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let (rb, pending) = lost_totals(&lost_map);
     session.summary.lost_ringbuf = rb;
     session.summary.lost_pending = pending;
-    match outcome {
-        // A closed pipe (`| head`) is a normal way to stop reading.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(e).context("writing output"),
-        Ok(()) => {
-            session.printer.summary(&session.summary)?;
-            Ok(())
-        }
-    }
+    outcome.context("writing output")?;
+    session
+        .printer
+        .summary(&session.summary)
+        .context("writing output")
 }
 
 /// Whether the ring buffer holds a record, without consuming it (the next drain reads it).

@@ -2,46 +2,23 @@
 //! portwatch can see, bound-only and TIME_WAIT included; and, with `--addr`, whether a bind
 //! would succeed now and why, by the same rules `trace` explains with.
 
-use std::{
-    io::{self, Write as _},
-    net::IpAddr,
-    os::unix::fs::MetadataExt,
-};
+use std::{io, net::IpAddr, os::unix::fs::MetadataExt};
 
 use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
 
 use crate::{
     cli::WhoArgs,
     event::{Call, Event, Requested},
-    explain::{self, Facts, Holder, HolderReport, Source, Verdict},
-    facts::FactFinder,
+    explain,
+    facts::{self, FactFinder, Facts},
     loader,
     netns::{self, Namespaces},
-    sockets::{Family, Options, Proto, SocketView, State},
+    output::{
+        self,
+        who::{Prediction, WhoReport},
+    },
+    sockets::{Family, Holder, Options, Proto, SocketView, State},
 };
-
-#[derive(Serialize)]
-struct JsonWho<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    port: u16,
-    namespaces: usize,
-    holders: Vec<HolderReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prediction: Option<JsonPrediction<'a>>,
-}
-
-#[derive(Serialize)]
-struct JsonPrediction<'a> {
-    would_succeed: bool,
-    protocol: String,
-    addr: String,
-    port: u16,
-    netns: u32,
-    uid: u32,
-    verdict: &'a Verdict,
-}
 
 pub fn run(args: WhoArgs) -> Result<()> {
     loader::check_privileges("who")?;
@@ -68,140 +45,16 @@ pub fn run(args: WhoArgs) -> Result<()> {
         None => None,
     };
 
-    let mut out = io::stdout().lock();
-    if args.json {
-        let obj = JsonWho {
-            kind: "who",
-            port: args.port,
-            namespaces: namespaces.len(),
-            holders: holders
-                .iter()
-                .map(|h| HolderReport::new(h, None, None))
-                .collect(),
-            prediction: prediction.as_ref().map(|(ev, v)| {
-                let s = ev.socket.as_ref().expect("built with a socket");
-                JsonPrediction {
-                    would_succeed: v.ok,
-                    protocol: s.proto.name(),
-                    addr: ev
-                        .requested
-                        .as_ref()
-                        .map(|r| r.addr.to_string())
-                        .unwrap_or_default(),
-                    port: args.port,
-                    netns: s.netns,
-                    uid: s.uid.unwrap_or(0),
-                    verdict: v,
-                }
-            }),
-        };
-        serde_json::to_writer(&mut out, &obj)?;
-        writeln!(out)?;
-    } else {
-        print_table(&mut out, args.port, namespaces.len(), &holders)?;
-        if let Some((ev, v)) = &prediction {
-            print_prediction(&mut out, ev, v)?;
-        }
-    }
+    let report = WhoReport {
+        port: args.port,
+        namespaces: namespaces.len(),
+        own_netns: netns::current(),
+        holders: &holders,
+        prediction: prediction.as_ref(),
+    };
+    output::who::write(&mut io::stdout().lock(), &report, args.json).context("writing output")?;
     for f in failures {
-        eprintln!("portwatch: warning: {f}");
-    }
-    Ok(())
-}
-
-fn print_table(
-    out: &mut impl io::Write,
-    port: u16,
-    namespaces: usize,
-    holders: &[Holder],
-) -> io::Result<()> {
-    let own = netns::current();
-    if holders.is_empty() {
-        writeln!(
-            out,
-            "Nothing holds port {port} (TCP or UDP) in the {namespaces} network namespace(s) \
-             portwatch can see."
-        )?;
-        return Ok(());
-    }
-    let used: std::collections::HashSet<u32> = holders.iter().map(|h| h.socket.netns).collect();
-    writeln!(
-        out,
-        "port {port}: {} socket(s) in {} of the {namespaces} network namespaces portwatch can \
-         see (its own is {own})",
-        holders.len(),
-        used.len()
-    )?;
-    writeln!(
-        out,
-        "{:<11} {:<6} {:<28} {:<13} {:<28} {:>5}  OWNER",
-        "NETNS", "PROTO", "ADDRESS", "STATE", "OPTIONS", "UID"
-    )?;
-    let mut bound_only = 0;
-    for h in holders {
-        let s = &h.socket;
-        let mut state = s.state_name().to_string();
-        if let Some(ms) = s.tw_left_ms {
-            state = format!("{state} {}s", ms / 1000);
-        }
-        let mut opts = s.options.words(s.family).join(",");
-        if opts.is_empty() {
-            opts = "-".into();
-        }
-        let owner = if h.owners.is_empty() {
-            if s.state.is_time_wait() {
-                "(none: TIME_WAIT)".to_string()
-            } else {
-                "(no process)".to_string()
-            }
-        } else {
-            explain::who(h)
-        };
-        let note = if h.source == Source::FdTable {
-            bound_only += 1;
-            "  *"
-        } else {
-            ""
-        };
-        writeln!(
-            out,
-            "{:<11} {:<6} {:<28} {:<13} {:<28} {:>5}  {owner}{note}",
-            s.netns,
-            s.proto_family(),
-            s.endpoint(),
-            state,
-            opts,
-            s.uid.map_or("-".to_string(), |u| u.to_string()),
-        )?;
-    }
-    if bound_only > 0 {
-        writeln!(
-            out,
-            "* bound but not listening: in no socket table, so `ss -tan` and lsof do not show it; \
-             it still holds the port."
-        )?;
-    }
-    Ok(())
-}
-
-fn print_prediction(out: &mut impl io::Write, ev: &Event, v: &Verdict) -> io::Result<()> {
-    let s = ev.socket.as_ref().expect("built with a socket");
-    let r = ev.requested.as_ref().expect("built with a request");
-    writeln!(
-        out,
-        "\nbind({} {}) as uid {} in netns {}: {}",
-        s.proto_family(),
-        crate::sockets::endpoint(r.addr, r.port),
-        s.uid.unwrap_or(0),
-        s.netns,
-        if v.ok { "would succeed" } else { "would fail" }
-    )?;
-    writeln!(out, "  {}", v.message)?;
-    for d in &v.details {
-        writeln!(out, "  {d}")?;
-    }
-    if let Some(fix) = &v.fix {
-        writeln!(out, "  fix: {fix}")?;
+        output::status(format_args!("portwatch: warning: {f}"));
     }
     Ok(())
 }
@@ -213,7 +66,7 @@ fn predict(
     ebpf: &mut aya::Ebpf,
     ns: &mut Namespaces,
     finder: &mut FactFinder,
-) -> Result<(Event, Verdict)> {
+) -> Result<Prediction> {
     let target = match &args.netns {
         Some(p) => std::fs::metadata(p)
             .with_context(|| format!("--netns {}", p.display()))?
@@ -224,11 +77,7 @@ fn predict(
         ns.remember_path(target, p);
     }
     let (sysctls, local_addrs) = finder.netns_facts(ns, target);
-    let family = if addr.is_ipv4() {
-        Family::Ipv4
-    } else {
-        Family::Ipv6
-    };
+    let family = Family::of(addr);
     let bound_dev_if = match &args.device {
         Some(d) => ns
             .ifindex(target, d)
@@ -266,7 +115,7 @@ fn predict(
     };
     let ev = Event {
         call: Call::Bind,
-        backend: "prediction",
+        backend: None,
         boot_ns: 0,
         pid: std::process::id(),
         tid: 0,
@@ -275,31 +124,34 @@ fn predict(
         cgroup_id: 0,
         fd: None,
         requested: Some(Requested {
-            sa_family: if family == Family::Ipv4 { 2 } else { 10 },
+            sa_family: family.af(),
             addr,
             port: args.port,
             scope_id: 0,
         }),
         ret: 0,
-        socket: Some(socket),
+        socket: Some(socket.clone()),
         kernel_holders: vec![],
         walk: None,
         holders_sent: 0,
     };
     let holders = finder
         .holders(ebpf, ns, target, Some(args.port))
-        .map_err(|e| anyhow::anyhow!("reading the socket tables of netns {target}: {e}"))?;
+        .with_context(|| format!("reading the socket tables of netns {target}"))?;
     let facts = Facts {
         holders: Some(holders),
         sysctls,
         local_addrs,
-        addr_is_local: crate::facts::address_is_local(ns, target, addr),
+        addr_is_local: facts::address_is_local(ns, target, addr),
         // Root may bind privileged ports; anyone else is assumed to lack the capability.
         cap_net_bind_service: Some(uid == 0),
         ..Facts::default()
     };
-    let v = explain::predict(&ev, &facts).context("nothing to predict")?;
-    let mut ev = ev;
-    ev.ret = if v.ok { 0 } else { -1 };
-    Ok((ev, v))
+    let verdict = explain::predict(&ev, &facts).context("nothing to predict")?;
+    Ok(Prediction {
+        socket,
+        addr,
+        port: args.port,
+        verdict,
+    })
 }

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use super::*;
 use crate::{
     event::{Call, Requested},
-    sockets::{Options, Proto},
+    facts::Sysctls,
+    sockets::{Family, Options, Owner, Proto},
 };
 
 fn sock(proto: Proto, addr: &str, port: u16) -> SocketView {
@@ -44,7 +45,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
     }
     Event {
         call: Call::Bind,
-        backend: "test",
+        backend: None,
         boot_ns: 0,
         pid: 42,
         tid: 42,
@@ -53,7 +54,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
         cgroup_id: 0,
         fd: Some(3),
         requested: Some(Requested {
-            sa_family: if s.family == Family::Ipv4 { 2 } else { 10 },
+            sa_family: s.family.af(),
             addr: addr.parse().unwrap(),
             port,
             scope_id: 0,
@@ -112,7 +113,7 @@ fn facts(holders: Vec<Holder>) -> Facts {
 
 const EADDRINUSE: i32 = -libc::EADDRINUSE;
 
-fn check(ev: &Event, f: &Facts, rule: &str, words: &[&str]) -> Verdict {
+fn check(ev: &Event, f: &Facts, rule: Rule, words: &[&str]) -> Verdict {
     let v = explain(ev, f).expect("a verdict");
     assert_eq!(v.rule, rule, "message: {}", v.message);
     for w in words {
@@ -128,14 +129,14 @@ fn the_brief_example_dual_stack_covers_ipv4() {
     let v = check(
         &ev,
         &facts(vec![h]),
-        "dual-stack-covers-ipv4",
+        Rule::DualStackCoversIpv4,
         &[
             "EADDRINUSE: pid 812 (java) holds [::]:8080 dual-stack (IPV6_V6ONLY=0",
             "which covers 0.0.0.0:8080",
         ],
     );
     assert!(v.fix.unwrap().contains("IPV6_V6ONLY=1"));
-    assert_eq!(v.holders[0].owners[0].pid, 812);
+    assert_eq!(v.holders[0].holder.owners[0].pid, 812);
 }
 
 #[test]
@@ -157,7 +158,7 @@ fn a_dual_stack_holder_leads_even_when_it_listens_with_reuseaddr() {
     let v = check(
         &ev,
         &facts(vec![h]),
-        "dual-stack-covers-ipv4",
+        Rule::DualStackCoversIpv4,
         &[
             "which covers 0.0.0.0:8080",
             "never lets a socket bind next to a listening one",
@@ -170,21 +171,21 @@ fn a_dual_stack_holder_leads_even_when_it_listens_with_reuseaddr() {
 fn conflicts() {
     let o = Options::default;
     let ra = || opts(|o| o.reuseaddr = true);
-    let rows: Vec<(&str, Event, Vec<Holder>, &[&str])> = vec![
+    let rows: Vec<(Rule, Event, Vec<Holder>, &[&str])> = vec![
         (
-            "same-address",
+            Rule::SameAddress,
             bind(Proto::Tcp, "127.0.0.1", 80, EADDRINUSE, o()),
             vec![holder(listening(sock(Proto::Tcp, "127.0.0.1", 80)), 9)],
             &["holds 127.0.0.1:80 (listening)", "exactly the address"],
         ),
         (
-            "wildcard-covers-specific",
+            Rule::WildcardCoversSpecific,
             bind(Proto::Tcp, "127.0.0.1", 80, EADDRINUSE, o()),
             vec![holder(listening(sock(Proto::Tcp, "0.0.0.0", 80)), 9)],
             &["wildcard address covers 127.0.0.1:80"],
         ),
         (
-            "specific-blocks-wildcard",
+            Rule::SpecificBlocksWildcard,
             bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, o()),
             vec![holder(sock(Proto::Tcp, "10.0.0.1", 80), 9)],
             &[
@@ -193,19 +194,19 @@ fn conflicts() {
             ],
         ),
         (
-            "ipv4-blocks-dual-stack",
+            Rule::Ipv4BlocksDualStack,
             bind(Proto::Tcp, "::", 80, EADDRINUSE, o()),
             vec![holder(listening(sock(Proto::Tcp, "0.0.0.0", 80)), 9)],
             &["dual-stack (IPV6_V6ONLY=0), so it would take IPv4 too"],
         ),
         (
-            "v4-mapped",
+            Rule::V4Mapped,
             bind(Proto::Tcp, "::ffff:127.0.0.1", 80, EADDRINUSE, o()),
             vec![holder(sock(Proto::Tcp, "127.0.0.1", 80), 9)],
             &["IPv4-mapped"],
         ),
         (
-            "reuseaddr-needs-both",
+            Rule::ReuseaddrNeedsBoth,
             bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, ra()),
             vec![holder(sock(Proto::Tcp, "0.0.0.0", 80), 9)],
             &[
@@ -214,7 +215,7 @@ fn conflicts() {
             ],
         ),
         (
-            "reuseaddr-vs-listen",
+            Rule::ReuseaddrVsListen,
             bind(Proto::Tcp, "0.0.0.0", 80, EADDRINUSE, ra()),
             vec![holder(
                 with(listening(sock(Proto::Tcp, "0.0.0.0", 80)), |o| {
@@ -225,7 +226,7 @@ fn conflicts() {
             &["never lets a socket bind next to a listening one"],
         ),
         (
-            "reuseaddr-needs-both",
+            Rule::ReuseaddrNeedsBoth,
             bind(Proto::Udp, "0.0.0.0", 53, EADDRINUSE, o()),
             vec![holder(
                 with(sock(Proto::Udp, "0.0.0.0", 53), |o| o.reuseaddr = true),
@@ -234,7 +235,7 @@ fn conflicts() {
             &["for UDP, SO_REUSEADDR on both sockets lets them share even the same address"],
         ),
         (
-            "reuseport-needs-both",
+            Rule::ReuseportNeedsBoth,
             bind(
                 Proto::Tcp,
                 "0.0.0.0",
@@ -246,7 +247,7 @@ fn conflicts() {
             &["SO_REUSEPORT shares a port only when every socket on it sets it"],
         ),
         (
-            "reuseport-uid-mismatch",
+            Rule::ReuseportUidMismatch,
             bind(
                 Proto::Tcp,
                 "0.0.0.0",
@@ -267,7 +268,7 @@ fn conflicts() {
             &["as uid 0, and this socket is uid 1000"],
         ),
         (
-            "bindtodevice-unbound",
+            Rule::BindtodeviceUnbound,
             bind(
                 Proto::Tcp,
                 "0.0.0.0",
@@ -310,7 +311,7 @@ fn time_wait_depends_on_the_old_socket_too() {
     let v = check(
         &new_with_reuse,
         &facts(vec![h.clone()]),
-        "time-wait",
+        Rule::TimeWait,
         &[
             "TIME_WAIT for 42 s more",
             "the old socket didn't",
@@ -331,7 +332,7 @@ fn time_wait_depends_on_the_old_socket_too() {
     check(
         &new_without,
         &facts(vec![old_had_it.clone()]),
-        "time-wait",
+        Rule::TimeWait,
         &["this socket doesn't set SO_REUSEADDR"],
     );
 
@@ -345,7 +346,7 @@ fn time_wait_depends_on_the_old_socket_too() {
     check(
         &ok,
         &facts(vec![old_had_it]),
-        "ok-time-wait-reuse",
+        Rule::OkTimeWaitReuse,
         &["TIME_WAIT"],
     );
 }
@@ -372,7 +373,7 @@ fn listen_time_conflict() {
     check(
         &ev,
         &facts(vec![h]),
-        "listen-conflict",
+        Rule::ListenConflict,
         &["EADDRINUSE at listen()", "only one of them may listen"],
     );
 }
@@ -380,21 +381,21 @@ fn listen_time_conflict() {
 #[test]
 fn successes_say_why_they_could_share() {
     let o = Options::default;
-    let rows: Vec<(&str, Event, Vec<Holder>, &str)> = vec![
+    let rows: Vec<(Rule, Event, Vec<Holder>, &str)> = vec![
         (
-            "ok-separate-port-spaces",
+            Rule::OkSeparatePortSpaces,
             bind(Proto::Udp, "0.0.0.0", 80, 0, o()),
             vec![holder(listening(sock(Proto::Tcp, "0.0.0.0", 80)), 9)],
             "UDP and TCP have separate port spaces",
         ),
         (
-            "ok-different-addresses",
+            Rule::OkDifferentAddresses,
             bind(Proto::Tcp, "127.0.0.2", 80, 0, o()),
             vec![holder(sock(Proto::Tcp, "127.0.0.1", 80), 9)],
             "different specific addresses may share a port",
         ),
         (
-            "ok-v6only",
+            Rule::OkV6only,
             bind(Proto::Tcp, "0.0.0.0", 80, 0, o()),
             vec![holder(
                 with(listening(sock(Proto::Tcp, "::", 80)), |o| o.v6only = true),
@@ -403,7 +404,7 @@ fn successes_say_why_they_could_share() {
             "IPv6-only",
         ),
         (
-            "ok-reuseport",
+            Rule::OkReuseport,
             bind(Proto::Tcp, "0.0.0.0", 80, 0, opts(|o| o.reuseport = true)),
             vec![holder(
                 with(listening(sock(Proto::Tcp, "0.0.0.0", 80)), |o| {
@@ -414,7 +415,7 @@ fn successes_say_why_they_could_share() {
             "both set SO_REUSEPORT as uid 1000",
         ),
         (
-            "ok-reuseaddr",
+            Rule::OkReuseaddr,
             bind(Proto::Tcp, "0.0.0.0", 80, 0, opts(|o| o.reuseaddr = true)),
             vec![holder(
                 with(sock(Proto::Tcp, "0.0.0.0", 80), |o| o.reuseaddr = true),
@@ -423,7 +424,7 @@ fn successes_say_why_they_could_share() {
             "both set SO_REUSEADDR",
         ),
         (
-            "ok-udp-reuseaddr",
+            Rule::OkUdpReuseaddr,
             bind(Proto::Udp, "0.0.0.0", 53, 0, opts(|o| o.reuseaddr = true)),
             vec![holder(
                 with(sock(Proto::Udp, "0.0.0.0", 53), |o| o.reuseaddr = true),
@@ -432,7 +433,7 @@ fn successes_say_why_they_could_share() {
             "for UDP allows even the same address",
         ),
         (
-            "ok-different-devices",
+            Rule::OkDifferentDevices,
             bind(Proto::Tcp, "0.0.0.0", 80, 0, opts(|o| o.bound_dev_if = 3)),
             vec![holder(
                 with(sock(Proto::Tcp, "0.0.0.0", 80), |o| o.bound_dev_if = 2),
@@ -441,7 +442,7 @@ fn successes_say_why_they_could_share() {
             "different devices",
         ),
         (
-            "ok-port-free",
+            Rule::OkPortFree,
             bind(Proto::Tcp, "0.0.0.0", 80, 0, o()),
             vec![],
             "nothing else holds tcp port 80",
@@ -456,14 +457,14 @@ fn successes_say_why_they_could_share() {
     let mut elsewhere = sock(Proto::Tcp, "0.0.0.0", 80);
     elsewhere.netns = 99;
     f.other_netns = vec![holder(listening(elsewhere), 9)];
-    check(&ev, &f, "ok-different-netns", &["network namespace 99"]);
+    check(&ev, &f, Rule::OkDifferentNetns, &["network namespace 99"]);
     // bindv6only=1 as the namespace default.
     let mut f = facts(vec![holder(
         with(listening(sock(Proto::Tcp, "::", 80)), |o| o.v6only = true),
         9,
     )]);
     f.sysctls.bindv6only = Some(true);
-    check(&ev, &f, "ok-v6only-by-default", &["net.ipv6.bindv6only=1"]);
+    check(&ev, &f, Rule::OkV6onlyByDefault, &["net.ipv6.bindv6only=1"]);
 }
 
 #[test]
@@ -478,7 +479,7 @@ fn autobind_reuse_shares_a_full_range() {
     check(
         &ev,
         &f,
-        "ok-autobind-reuse",
+        Rule::OkAutobindReuse,
         &["ip_autobind_reuse=1", "pid 9"],
     );
 }
@@ -490,7 +491,7 @@ fn port_zero() {
     check(
         &ev,
         &facts(vec![]),
-        "ok-ephemeral",
+        Rule::OkEphemeral,
         &["picked port 41234", "32768–60999"],
     );
 
@@ -501,7 +502,7 @@ fn port_zero() {
     let v = check(
         &failed,
         &f,
-        "ephemeral-exhausted",
+        Rule::EphemeralExhausted,
         &["40000–40009", "10 of its 10 ports"],
     );
     assert!(v.details.iter().any(|d| d.contains("ip_autobind_reuse=0")));
@@ -509,7 +510,12 @@ fn port_zero() {
     let mut listen = failed.clone();
     listen.call = Call::Listen;
     listen.requested = None;
-    check(&listen, &f, "listen-ephemeral-exhausted", &["never bound"]);
+    check(
+        &listen,
+        &f,
+        Rule::ListenEphemeralExhausted,
+        &["never bound"],
+    );
 }
 
 #[test]
@@ -520,7 +526,7 @@ fn other_errors() {
     let v = check(
         &bind(Proto::Tcp, "0.0.0.0", 80, -libc::EACCES, o()),
         &f,
-        "privileged-port",
+        Rule::PrivilegedPort,
         &[
             "port 80 is below net.ipv4.ip_unprivileged_port_start (1024)",
             "lacks CAP_NET_BIND_SERVICE",
@@ -530,7 +536,7 @@ fn other_errors() {
     check(
         &bind(Proto::Tcp, "0.0.0.0", 8080, -libc::EACCES, o()),
         &f,
-        "eacces-lsm",
+        Rule::EaccesLsm,
         &["security module"],
     );
 
@@ -538,7 +544,7 @@ fn other_errors() {
     check(
         &bind(Proto::Tcp, "192.0.2.1", 80, -libc::EADDRNOTAVAIL, o()),
         &f,
-        "address-not-local",
+        Rule::AddressNotLocal,
         &["192.0.2.1 is not an address", "IP_FREEBIND"],
     );
 
@@ -547,7 +553,7 @@ fn other_errors() {
     check(
         &already,
         &f,
-        "already-bound",
+        Rule::AlreadyBound,
         &["already bound to 0.0.0.0:5555"],
     );
     check(
@@ -559,31 +565,31 @@ fn other_errors() {
             opts(|o| o.v6only = true),
         ),
         &f,
-        "v4-mapped-on-v6only",
+        Rule::V4MappedOnV6only,
         &["IPv6-only"],
     );
     check(
         &bind(Proto::Tcp, "ff02::1", 80, -libc::EINVAL, o()),
         &f,
-        "multicast-on-tcp",
+        Rule::MulticastOnTcp,
         &["multicast"],
     );
     check(
         &bind(Proto::Tcp, "fe80::1", 80, -libc::EINVAL, o()),
         &f,
-        "link-local-needs-scope",
+        Rule::LinkLocalNeedsScope,
         &["link-local"],
     );
     check(
         &bind(Proto::Tcp, "0.0.0.0", 80, -libc::EPERM, o()),
         &f,
-        "bpf-or-lsm-denied",
+        Rule::BpfOrLsmDenied,
         &["not a port conflict"],
     );
     check(
         &bind(Proto::Tcp, "0.0.0.0", 80, -libc::EAFNOSUPPORT, o()),
         &f,
-        "family-mismatch",
+        Rule::FamilyMismatch,
         &["does not match"],
     );
 }
@@ -594,7 +600,7 @@ fn never_guesses_a_holder() {
     check(
         &ev,
         &facts(vec![]),
-        "holder-not-found",
+        Rule::HolderNotFound,
         &["did not find the socket in its way"],
     );
     let mut f = facts(vec![]);
@@ -603,12 +609,12 @@ fn never_guesses_a_holder() {
     check(
         &ev,
         &f,
-        "holder-not-found",
+        Rule::HolderNotFound,
         &["could not look up", "iterators could not load"],
     );
     // A socket that does not conflict is not blamed.
     let udp = holder(sock(Proto::Udp, "0.0.0.0", 80), 9);
-    let v = check(&ev, &facts(vec![udp]), "holder-not-found", &[]);
+    let v = check(&ev, &facts(vec![udp]), Rule::HolderNotFound, &[]);
     assert!(v.holders.is_empty());
 }
 
@@ -621,7 +627,7 @@ fn the_kernels_own_report_leads() {
     let v = check(
         &ev,
         &facts(vec![table, kernel]),
-        "specific-blocks-wildcard",
+        Rule::SpecificBlocksWildcard,
         &["pid 2"],
     );
     assert!(

@@ -1,0 +1,330 @@
+//! The sentences for EADDRINUSE: the socket in the way and the rule that made them clash, or
+//! why there is none to name.
+
+use portwatch_common::walk;
+
+use super::{
+    Attempt, Involved, Rule, Verdict,
+    classify::{clash_rule, overlap_rule},
+    conflict::{Blocker, Overlap, Relation},
+    phrase::{err_name, holder_desc, range_text, seconds, who},
+};
+use crate::{
+    event::Call,
+    facts::Facts,
+    sockets::{Holder, Proto, Source, endpoint},
+};
+
+fn overlap_clause(o: Overlap, at: &Attempt) -> String {
+    let a = at.endpoint();
+    match o {
+        Overlap::Same => "exactly the address and port asked for".to_string(),
+        Overlap::V4Mapped => {
+            format!("the same IPv4 address as {a}, written once as IPv4-mapped IPv6")
+        }
+        Overlap::HolderWildcard => format!("and its wildcard address covers {a}"),
+        Overlap::AskerWildcard => {
+            format!("and the wildcard {a} would cover that specific address")
+        }
+        Overlap::HolderDualStack => format!("which covers {a}"),
+        Overlap::AskerDualStack => {
+            format!("and {a} is dual-stack (IPV6_V6ONLY=0), so it would take IPv4 too")
+        }
+    }
+}
+
+fn overlap_fix(o: Overlap, h: &Holder) -> String {
+    let w = who(h);
+    match o {
+        Overlap::Same | Overlap::V4Mapped => format!(
+            "stop {w} or use another port; to run several servers on one port, set \
+             SO_REUSEPORT on every socket (same user)"
+        ),
+        Overlap::HolderWildcard => format!(
+            "make {w} bind its specific address instead of the wildcard, or use another port"
+        ),
+        Overlap::AskerWildcard => {
+            "bind only the specific addresses you need instead of the wildcard, or use \
+             another port"
+                .to_string()
+        }
+        Overlap::HolderDualStack => format!(
+            "set IPV6_V6ONLY=1 on the [::] socket of {w} (nginx: listen [::]:PORT \
+             ipv6only=on) so IPv4 stays free, or let that one socket serve both"
+        ),
+        Overlap::AskerDualStack => {
+            "set IPV6_V6ONLY=1 on this socket to serve IPv6 only, or stop the IPv4 holder and \
+             let this dual-stack socket serve both"
+                .to_string()
+        }
+    }
+}
+
+/// EADDRINUSE with at least one conflicting holder. The first one leads.
+pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verdict {
+    let (h, o, b) = conflicts[0];
+    let e = err_name(at);
+    let w = who(h);
+    let hd = holder_desc(&h.socket);
+    let udp = matches!(at.side.proto, Proto::Udp | Proto::UdpLite);
+    let rule = clash_rule(o, b);
+    let (message, fix) = match b {
+        Blocker::NoOptions => (
+            format!("{e}: {w} holds {hd}, {}.", overlap_clause(o, at)),
+            overlap_fix(o, h),
+        ),
+        Blocker::ReuseAddrOneSided { asker_has } => {
+            let missing = if asker_has {
+                format!("the socket of {w} doesn't")
+            } else {
+                "this socket doesn't".to_string()
+            };
+            let meaning = if udp {
+                "for UDP, SO_REUSEADDR on both sockets lets them share even the same address"
+            } else {
+                "SO_REUSEADDR lets sockets share a port only when both set it"
+            };
+            (
+                format!(
+                    "{e}: {w} holds {hd}, {}; {meaning}, and {missing}.",
+                    overlap_clause(o, at)
+                ),
+                if asker_has {
+                    format!("set SO_REUSEADDR on the socket of {w} too, before its bind()")
+                } else {
+                    "set SO_REUSEADDR on this socket before bind()".to_string()
+                },
+            )
+        }
+        Blocker::HolderListens => (
+            format!(
+                "{e}: {w} holds {hd}, {}; SO_REUSEADDR never lets a socket bind next to a \
+                 listening one.",
+                overlap_clause(o, at)
+            ),
+            format!(
+                "stop {w} first, or set SO_REUSEPORT on both sockets (same user) to share the \
+                 port"
+            ),
+        ),
+        Blocker::ListenTwice => (
+            format!(
+                "{e}: {w} already listens on {hd}; SO_REUSEADDR let both sockets bind, but \
+                 only one of them may listen."
+            ),
+            "listen on one socket only, or set SO_REUSEPORT on both (same user) so the kernel \
+             spreads connections across them"
+                .to_string(),
+        ),
+        Blocker::TimeWait {
+            asker_reuse,
+            holder_reuse,
+        } => {
+            let peer = h
+                .socket
+                .peer
+                .map(|(a, p)| format!(" with {}", endpoint(a, p)))
+                .unwrap_or_default();
+            let left = h
+                .socket
+                .tw_left_ms
+                .map(|ms| format!(" for {} more", seconds(ms)))
+                .unwrap_or_default();
+            let lacking = match (asker_reuse, holder_reuse) {
+                (false, true) => "this socket doesn't set SO_REUSEADDR".to_string(),
+                (true, false) => "the old socket didn't: the old server's listening socket \
+                                  lacked SO_REUSEADDR, and its connections inherited that"
+                    .to_string(),
+                _ => "neither has it".to_string(),
+            };
+            (
+                format!(
+                    "{e}: a connection of the old server on {}{peer} is still in {}{left} \
+                     (no process owns it); a new bind gets past it only if both it and the new \
+                     socket have SO_REUSEADDR, and {lacking}.",
+                    h.socket.endpoint(),
+                    h.socket.state_name()
+                ),
+                if holder_reuse {
+                    "set SO_REUSEADDR on the server socket before bind()".to_string()
+                } else {
+                    format!(
+                        "set SO_REUSEADDR before bind() in the server (then its next restart \
+                         passes its own TIME_WAIT connections), or wait{}",
+                        h.socket
+                            .tw_left_ms
+                            .map(|ms| format!(" {}", seconds(ms)))
+                            .unwrap_or_default()
+                    )
+                },
+            )
+        }
+        Blocker::ReusePortOneSided { asker_has } => {
+            let missing = if asker_has {
+                format!("the socket of {w} doesn't")
+            } else {
+                "this socket doesn't".to_string()
+            };
+            (
+                format!(
+                    "{e}: {w} holds {hd}, {}; SO_REUSEPORT shares a port only when every socket \
+                     on it sets it, and {missing}.",
+                    overlap_clause(o, at)
+                ),
+                "set SO_REUSEPORT on every socket of the port, before bind(), all as the same \
+                 user"
+                    .to_string(),
+            )
+        }
+        Blocker::ReusePortUid { asker, holder } => {
+            let u = |x: Option<u32>| x.map_or("?".to_string(), |v| v.to_string());
+            (
+                format!(
+                    "{e}: {w} holds {hd} with SO_REUSEPORT as uid {}, and this socket is uid {}; \
+                     SO_REUSEPORT shares a port only between sockets of the same user.",
+                    u(holder),
+                    u(asker)
+                ),
+                "run both as the same user".to_string(),
+            )
+        }
+        Blocker::DeviceVsUnbound {
+            asker_dev,
+            holder_dev,
+        } => {
+            let (bound_side, dev) = if asker_dev != 0 {
+                ("this socket is", at.sock.options.device_name())
+            } else {
+                ("the holder is", h.socket.options.device_name())
+            };
+            let _ = holder_dev;
+            (
+                format!(
+                    "{e}: {w} holds {hd}, {}; {bound_side} bound to device {dev}, but a socket \
+                     bound to no device covers every device, so they clash.",
+                    overlap_clause(o, at)
+                ),
+                "bind both sockets to (different) devices with SO_BINDTODEVICE, or neither"
+                    .to_string(),
+            )
+        }
+    };
+    let mut v = Verdict::new(false, rule, message);
+    v.fix = Some(if rule == overlap_rule(o) {
+        overlap_fix(o, h)
+    } else {
+        fix
+    });
+    for (i, (h, o, b)) in conflicts.iter().enumerate() {
+        let r = clash_rule(*o, *b);
+        v.holders.push(Involved::new(
+            h,
+            r,
+            format!("{}: {}", who(h), holder_desc(&h.socket)),
+        ));
+        if i > 0 && i <= 5 {
+            v.details.push(format!(
+                "also in the way: {} holds {}",
+                who(h),
+                holder_desc(&h.socket)
+            ));
+        }
+    }
+    if conflicts.len() > 6 {
+        v.details
+            .push(format!("and {} more sockets", conflicts.len() - 6));
+    }
+    if h.source == Source::KernelConflictCheck {
+        v.details
+            .push("reported by the kernel's own conflict check".to_string());
+    }
+    v
+}
+
+/// EADDRINUSE, no holder found.
+pub fn holder_not_found(at: &Attempt, f: &Facts, rels: &[(&Holder, Relation)]) -> Verdict {
+    let e = err_name(at);
+    let at_call = at.ev.walk.is_some_and(|w| w & walk::DONE != 0);
+    let why = if f.holders_incomplete {
+        "the list of the port's owners the kernel side read at the call was cut short, and the \
+         one in the way was not among those it sent"
+    } else if at_call {
+        "none of the sockets the kernel had on the port at the call conflicts by the rules \
+         portwatch knows"
+    } else {
+        "portwatch read the tables after the call, and the socket may have closed by then"
+    };
+    let mut v = Verdict::new(
+        false,
+        Rule::HolderNotFound,
+        format!(
+            "{e}: the kernel found {} in use, but portwatch did not find the socket in its way: \
+             {why}.",
+            at.endpoint()
+        ),
+    );
+    if !rels.is_empty() {
+        v.details.push(format!(
+            "{} other socket(s) on port {} now, none of which conflicts",
+            rels.len(),
+            at.port
+        ));
+    }
+    v
+}
+
+pub fn holder_unknown(at: &Attempt, why: Option<&str>) -> Verdict {
+    Verdict::new(
+        false,
+        Rule::HolderNotFound,
+        format!(
+            "{}: {} is in use, but portwatch could not look up who holds it{}.",
+            err_name(at),
+            at.endpoint(),
+            why.map(|w| format!(" ({w})")).unwrap_or_default()
+        ),
+    )
+}
+
+/// Port 0 (or listen() on an unbound socket) with no port left.
+pub fn ephemeral_exhausted(at: &Attempt, f: &Facts) -> Verdict {
+    let e = err_name(at);
+    let rule = if at.ev.call == Call::Listen {
+        Rule::ListenEphemeralExhausted
+    } else {
+        Rule::EphemeralExhausted
+    };
+    let what = if at.ev.call == Call::Listen {
+        "listen() on a socket that was never bound picks a free port like bind() to port 0, and"
+    } else {
+        "port 0 asks the kernel to pick a free port, and"
+    };
+    let (range, size) = range_text(f).unwrap_or(("the ephemeral port range".into(), 0));
+    let used = match (f.ephemeral_ports_in_use, size) {
+        (Some(0), _) => "; the sockets that held its ports closed before portwatch looked".into(),
+        (Some(u), s) if s > 0 => format!(": {u} of its {s} ports are held by sockets"),
+        _ => String::new(),
+    };
+    let mut v = Verdict::new(
+        false,
+        rule,
+        format!("{e}: {what} none is left in {range}{used}."),
+    );
+    if let Some(reuse) = f.sysctls.ip_autobind_reuse {
+        v.details.push(format!(
+            "net.ipv4.ip_autobind_reuse={} ({})",
+            u8::from(reuse),
+            if reuse {
+                "ports held by SO_REUSEADDR sockets were tried too"
+            } else {
+                "with 1, ports held by SO_REUSEADDR sockets could be shared as a last resort"
+            }
+        ));
+    }
+    v.fix = Some(
+        "widen net.ipv4.ip_local_port_range, close sockets you no longer need, or bind a fixed \
+         port"
+            .to_string(),
+    );
+    v
+}

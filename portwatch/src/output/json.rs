@@ -1,0 +1,350 @@
+//! Every JSON wire type portwatch writes, and nothing else: what `trace --json` prints (one
+//! object per line: `bind`/`listen`, `lost`, `summary`) and what `who --json` prints (one `who`
+//! object). The README's JSON section describes these types; field names and order here are
+//! the schema. Each type borrows from the value it shows and is built just before it is written.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
+
+use serde::Serialize;
+
+use super::{Clock, Summary, rfc3339, who::Prediction};
+use crate::{
+    errno,
+    event::Event,
+    explain::{Involved, Verdict},
+    sockets::{Family, Holder, Owner, OwnerStatus, SocketView, endpoint},
+};
+
+/// Writes `value` as one line of JSON.
+pub fn write_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+/// One bind() or listen() and its explanation (`"type": "bind"` or `"listen"`).
+#[derive(Serialize)]
+pub struct JsonEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    backend: Option<&'static str>,
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    comm: &'a str,
+    netns: Option<u32>,
+    cgroup_id: u64,
+    fd: Option<i32>,
+    family: Option<&'static str>,
+    protocol: Option<String>,
+    requested: Option<JsonRequested>,
+    bound: Option<JsonAddr>,
+    ok: bool,
+    result: i32,
+    errno: Option<String>,
+    state: Option<&'static str>,
+    sock_ino: Option<u64>,
+    sk_uid: Option<u32>,
+    options: Option<JsonOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explain: Option<JsonVerdict<'a>>,
+}
+
+impl<'a> JsonEvent<'a> {
+    pub fn new(ev: &'a Event, verdict: Option<&'a Verdict>, clock: &Clock) -> Self {
+        let sock = ev.socket.as_ref();
+        JsonEvent {
+            kind: ev.call.as_str(),
+            time: rfc3339(clock.unix_ns(ev.boot_ns)),
+            backend: ev.backend.map(|b| b.name()),
+            pid: ev.pid,
+            tid: ev.tid,
+            uid: ev.uid,
+            comm: &ev.comm,
+            netns: ev.netns(),
+            cgroup_id: ev.cgroup_id,
+            fd: ev.fd,
+            family: sock.map(|s| s.family.name()),
+            protocol: sock.map(|s| s.proto.name()),
+            requested: ev.requested.as_ref().map(|r| JsonRequested {
+                addr: r.addr.to_string(),
+                port: r.port,
+                scope_id: r.scope_id,
+            }),
+            bound: sock.filter(|s| s.port != 0).map(|s| JsonAddr {
+                addr: s.addr.to_string(),
+                port: s.port,
+            }),
+            ok: ev.ok(),
+            result: ev.ret,
+            errno: ev.errno().map(errno::name),
+            state: sock.map(SocketView::state_name),
+            sock_ino: sock.map(|s| s.ino),
+            sk_uid: sock.and_then(|s| s.uid),
+            options: sock.map(JsonOptions::of),
+            explain: verdict.map(JsonVerdict::of),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonAddr {
+    addr: String,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct JsonRequested {
+    addr: String,
+    port: u16,
+    scope_id: u32,
+}
+
+/// The options that decide whether sockets may share a port.
+#[derive(Serialize)]
+struct JsonOptions {
+    reuseaddr: bool,
+    reuseport: bool,
+    /// null for IPv4 sockets, where it does not apply.
+    v6only: Option<bool>,
+    freebind: bool,
+    transparent: bool,
+    bind_address_no_port: bool,
+    bound_device: Option<String>,
+    bound_ifindex: u32,
+}
+
+impl JsonOptions {
+    fn of(s: &SocketView) -> Self {
+        let o = &s.options;
+        JsonOptions {
+            reuseaddr: o.reuseaddr,
+            reuseport: o.reuseport,
+            v6only: (s.family == Family::Ipv6).then_some(o.v6only),
+            freebind: o.freebind,
+            transparent: o.transparent,
+            bind_address_no_port: o.bind_address_no_port,
+            bound_device: (o.bound_dev_if != 0).then(|| o.device_name()),
+            bound_ifindex: o.bound_dev_if,
+        }
+    }
+}
+
+/// An explanation (`explain` in an event, `verdict` in a prediction).
+#[derive(Serialize)]
+struct JsonVerdict<'a> {
+    /// Stable id of the deciding rule (listed in the README).
+    rule: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "is_empty")]
+    details: &'a [String],
+    fix: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    holders: Vec<JsonHolder<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shares_with: Vec<JsonHolder<'a>>,
+}
+
+impl<'a> JsonVerdict<'a> {
+    fn of(v: &'a Verdict) -> Self {
+        let involved = |list: &'a [Involved]| {
+            list.iter()
+                .map(|i| JsonHolder::of(&i.holder, Some(i)))
+                .collect()
+        };
+        JsonVerdict {
+            rule: v.rule.id(),
+            message: &v.message,
+            details: &v.details,
+            fix: v.fix.as_deref(),
+            holders: involved(&v.holders),
+            shares_with: involved(&v.shares_with),
+        }
+    }
+}
+
+fn is_empty(list: &&[String]) -> bool {
+    list.is_empty()
+}
+
+/// A socket on the port, its owners, and (in an explanation) how it relates to the call.
+#[derive(Serialize)]
+struct JsonHolder<'a> {
+    protocol: String,
+    family: &'static str,
+    addr: String,
+    port: u16,
+    state: &'static str,
+    options: JsonOptions,
+    uid: Option<u32>,
+    netns: u32,
+    sock_ino: Option<u64>,
+    owners: Vec<JsonOwner<'a>>,
+    /// For TIME_WAIT: milliseconds until the kernel drops it.
+    time_wait_left_ms: Option<u64>,
+    peer: Option<String>,
+    source: &'static str,
+    /// `live`, `in-kernel`, `no-process`, `closed` or `unknown` (see the README).
+    owner_status: &'static str,
+    /// For `closed`: the process portwatch saw bind it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bound_by: Option<JsonOwner<'a>>,
+    /// The rule relating this socket to the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<&'a str>,
+}
+
+impl<'a> JsonHolder<'a> {
+    fn of(h: &'a Holder, involved: Option<&'a Involved>) -> Self {
+        let s = &h.socket;
+        JsonHolder {
+            protocol: s.proto.name(),
+            family: s.family.name(),
+            addr: s.addr.to_string(),
+            port: s.port,
+            state: s.state_name(),
+            options: JsonOptions::of(s),
+            uid: s.uid,
+            netns: s.netns,
+            sock_ino: (s.ino != 0).then_some(s.ino),
+            owners: h.owners.iter().map(JsonOwner::of).collect(),
+            time_wait_left_ms: s.tw_left_ms,
+            peer: s.peer.map(|(a, p)| endpoint(a, p)),
+            source: h.source.name(),
+            owner_status: h.status.name(),
+            bound_by: match &h.status {
+                OwnerStatus::Closed { bound_by } => Some(JsonOwner::of(bound_by)),
+                _ => None,
+            },
+            rule: involved.map(|i| i.rule.id()),
+            why: involved.map(|i| i.why.as_str()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonOwner<'a> {
+    pid: u32,
+    comm: &'a str,
+    fd: i32,
+}
+
+impl<'a> JsonOwner<'a> {
+    fn of(o: &'a Owner) -> Self {
+        JsonOwner {
+            pid: o.pid,
+            comm: &o.comm,
+            fd: o.fd,
+        }
+    }
+}
+
+/// Events the kernel dropped (`"type": "lost"`). The keys come in this order (type last) for
+/// the output to stay as it has been.
+#[derive(Serialize)]
+pub struct JsonLost {
+    lost: u64,
+    total_lost: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl JsonLost {
+    pub fn new(lost: u64, total_lost: u64) -> Self {
+        JsonLost {
+            lost,
+            total_lost,
+            kind: "lost",
+        }
+    }
+}
+
+/// The closing summary of a trace (`"type": "summary"`).
+#[derive(Serialize)]
+pub struct JsonSummary<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    backend: &'static str,
+    events: u64,
+    binds: u64,
+    listens: u64,
+    failed: u64,
+    by_errno: &'a BTreeMap<String, u64>,
+    lost: u64,
+    seconds: f64,
+}
+
+impl<'a> From<&'a Summary> for JsonSummary<'a> {
+    fn from(s: &'a Summary) -> Self {
+        JsonSummary {
+            kind: "summary",
+            backend: s.backend.name(),
+            events: s.events,
+            binds: s.binds,
+            listens: s.listens,
+            failed: s.by_errno.values().sum(),
+            by_errno: &s.by_errno,
+            lost: s.lost(),
+            seconds: (s.seconds * 1000.0).round() / 1000.0,
+        }
+    }
+}
+
+/// `who --json`: everything on the port, and the prediction if one was asked for.
+#[derive(Serialize)]
+pub struct JsonWho<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    port: u16,
+    namespaces: usize,
+    holders: Vec<JsonHolder<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prediction: Option<JsonPrediction<'a>>,
+}
+
+impl<'a> JsonWho<'a> {
+    pub fn new(
+        port: u16,
+        namespaces: usize,
+        holders: &'a [Holder],
+        prediction: Option<&'a Prediction>,
+    ) -> Self {
+        JsonWho {
+            kind: "who",
+            port,
+            namespaces,
+            holders: holders.iter().map(|h| JsonHolder::of(h, None)).collect(),
+            prediction: prediction.map(JsonPrediction::of),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonPrediction<'a> {
+    would_succeed: bool,
+    protocol: String,
+    addr: String,
+    port: u16,
+    netns: u32,
+    uid: u32,
+    verdict: JsonVerdict<'a>,
+}
+
+impl<'a> JsonPrediction<'a> {
+    fn of(p: &'a Prediction) -> Self {
+        JsonPrediction {
+            would_succeed: p.verdict.ok,
+            protocol: p.socket.proto.name(),
+            addr: p.addr.to_string(),
+            port: p.port,
+            netns: p.socket.netns,
+            uid: p.socket.uid.unwrap_or(0),
+            verdict: JsonVerdict::of(&p.verdict),
+        }
+    }
+}

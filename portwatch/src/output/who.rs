@@ -1,0 +1,150 @@
+//! `who`'s renderer: the table of sockets on a port and the predicted bind, for people or as
+//! one JSON object ([`super::json::JsonWho`]).
+
+use std::{
+    collections::HashSet,
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use super::json::{self, JsonWho};
+use crate::{
+    explain::{self, Verdict},
+    sockets::{Holder, SocketView, Source, endpoint},
+};
+
+/// A bind `who --addr` imagined, and what the rules say it would do now.
+pub struct Prediction {
+    /// The socket as it would be before the bind: family, protocol, options, netns, uid.
+    pub socket: SocketView,
+    /// The address and port the bind asks for.
+    pub addr: IpAddr,
+    pub port: u16,
+    pub verdict: Verdict,
+}
+
+/// What `who` found: every socket on `port` in the `namespaces` it could see.
+pub struct WhoReport<'a> {
+    pub port: u16,
+    pub namespaces: usize,
+    /// portwatch's own network namespace (named in the table's heading).
+    pub own_netns: u32,
+    pub holders: &'a [Holder],
+    pub prediction: Option<&'a Prediction>,
+}
+
+/// Writes the report: one JSON object, or the table and the prediction for people.
+pub fn write(out: &mut impl Write, report: &WhoReport, json: bool) -> io::Result<()> {
+    if json {
+        let obj = JsonWho::new(
+            report.port,
+            report.namespaces,
+            report.holders,
+            report.prediction,
+        );
+        json::write_line(out, &obj)?;
+    } else {
+        table(out, report)?;
+        if let Some(p) = report.prediction {
+            prediction(out, p)?;
+        }
+    }
+    out.flush()
+}
+
+fn table(out: &mut impl Write, report: &WhoReport) -> io::Result<()> {
+    let WhoReport {
+        port,
+        namespaces,
+        own_netns,
+        holders,
+        ..
+    } = *report;
+    if holders.is_empty() {
+        writeln!(
+            out,
+            "Nothing holds port {port} (TCP or UDP) in the {namespaces} network namespace(s) \
+             portwatch can see."
+        )?;
+        return Ok(());
+    }
+    let used: HashSet<u32> = holders.iter().map(|h| h.socket.netns).collect();
+    writeln!(
+        out,
+        "port {port}: {} socket(s) in {} of the {namespaces} network namespaces portwatch can \
+         see (its own is {own_netns})",
+        holders.len(),
+        used.len()
+    )?;
+    writeln!(
+        out,
+        "{:<11} {:<6} {:<28} {:<13} {:<28} {:>5}  OWNER",
+        "NETNS", "PROTO", "ADDRESS", "STATE", "OPTIONS", "UID"
+    )?;
+    let mut bound_only = 0;
+    for h in holders {
+        let s = &h.socket;
+        let mut state = s.state_name().to_string();
+        if let Some(ms) = s.tw_left_ms {
+            state = format!("{state} {}s", ms / 1000);
+        }
+        let mut opts = s.options.words(s.family).join(",");
+        if opts.is_empty() {
+            opts = "-".into();
+        }
+        let owner = if h.owners.is_empty() {
+            if s.state.is_time_wait() {
+                "(none: TIME_WAIT)".to_string()
+            } else {
+                "(no process)".to_string()
+            }
+        } else {
+            explain::who(h)
+        };
+        let note = if h.source == Source::FdTable {
+            bound_only += 1;
+            "  *"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "{:<11} {:<6} {:<28} {:<13} {:<28} {:>5}  {owner}{note}",
+            s.netns,
+            s.proto_family(),
+            s.endpoint(),
+            state,
+            opts,
+            s.uid.map_or("-".to_string(), |u| u.to_string()),
+        )?;
+    }
+    if bound_only > 0 {
+        writeln!(
+            out,
+            "* bound but not listening: in no socket table, so `ss -tan` and lsof do not show it; \
+             it still holds the port."
+        )?;
+    }
+    Ok(())
+}
+
+fn prediction(out: &mut impl Write, p: &Prediction) -> io::Result<()> {
+    let v = &p.verdict;
+    writeln!(
+        out,
+        "\nbind({} {}) as uid {} in netns {}: {}",
+        p.socket.proto_family(),
+        endpoint(p.addr, p.port),
+        p.socket.uid.unwrap_or(0),
+        p.socket.netns,
+        if v.ok { "would succeed" } else { "would fail" }
+    )?;
+    writeln!(out, "  {}", v.message)?;
+    for d in &v.details {
+        writeln!(out, "  {d}")?;
+    }
+    if let Some(fix) = &v.fix {
+        writeln!(out, "  fix: {fix}")?;
+    }
+    Ok(())
+}
