@@ -19,7 +19,7 @@ use crate::{
     event::{Event, KernelHolder},
     netns::Namespaces,
     procfs,
-    sockets::{Holder, Owner, OwnerStatus, SocketView, Source},
+    sockets::{Holder, Owner, OwnerStatus, Proto, SocketView, Source},
     sockinfo::{self, Inspected},
     tables::{self, TablesError},
 };
@@ -54,7 +54,7 @@ pub struct FactFinder {
     /// Port → namespaces where a bind or listen on it succeeded while tracing. A successful
     /// bind is compared with those other namespaces only ("different netns never conflict"):
     /// every table walk covers a whole hash table, too costly to do for every namespace.
-    bound_ports: HashMap<u16, Vec<u32>>,
+    bound_ports: HashMap<u16, Vec<(u32, Proto)>>,
 }
 
 /// How many other namespaces a successful bind is compared against.
@@ -232,7 +232,7 @@ impl FactFinder {
         };
         self.note_bound(ev, sock);
         let netns = sock.netns;
-        match table_lookup(ev) {
+        match self.table_lookup(ev) {
             TableLookup::Nothing => {}
             TableLookup::EphemeralRange => {
                 if self.netns_facts(ns, netns).0.ip_local_port_range.is_some() {
@@ -268,7 +268,7 @@ impl FactFinder {
     ) {
         self.note_bound(ev, sock);
         let netns = sock.netns;
-        match table_lookup(ev) {
+        match self.table_lookup(ev) {
             TableLookup::Nothing => {}
             TableLookup::EphemeralRange => {
                 facts.ephemeral_ports_in_use =
@@ -391,11 +391,11 @@ impl FactFinder {
                 },
             );
         }
-        let netns = sock.netns;
-        if ev.ok() && netns != 0 && sock.port != 0 {
+        let key = (sock.netns, sock.proto);
+        if ev.ok() && sock.netns != 0 && sock.port != 0 {
             let seen = self.bound_ports.entry(sock.port).or_default();
-            if !seen.contains(&netns) {
-                seen.push(netns);
+            if !seen.contains(&key) {
+                seen.push(key);
                 if seen.len() > MAX_OTHER_NETNS {
                     seen.remove(0);
                 }
@@ -439,10 +439,60 @@ impl FactFinder {
 
     /// The namespaces other than `netns` where `port` was bound while tracing.
     fn other_namespaces(&self, netns: u32, port: u16) -> Vec<u32> {
-        self.bound_ports
+        let mut out: Vec<u32> = self
+            .bound_ports
             .get(&port)
-            .map(|seen| seen.iter().copied().filter(|&n| n != netns).collect())
-            .unwrap_or_default()
+            .map(|seen| {
+                seen.iter()
+                    .map(|&(n, _)| n)
+                    .filter(|&n| n != netns)
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.dedup();
+        out
+    }
+
+    /// Whether a socket of another port space (UDP next to TCP) was bound on `port` in `netns`
+    /// while tracing: only then is a success worth a table walk after the fact, since the
+    /// kernel side read the call's own port space at the call. Without this, a storm of
+    /// successful binds on ever-new ports (port 0) cost a whole table walk each.
+    fn other_space_bound(&self, netns: u32, port: u16, proto: Proto) -> bool {
+        self.bound_ports.get(&port).is_some_and(|seen| {
+            seen.iter()
+                .any(|&(n, p)| n == netns && !p.shares_ports_with(proto))
+        })
+    }
+
+    /// The table lookups an event's facts need. [`FactFinder::prefetch`] and
+    /// [`FactFinder::gather`] both follow it, so that the second finds what the first read.
+    fn table_lookup(&self, ev: &Event) -> TableLookup {
+        if !needs_holders(ev) {
+            return TableLookup::Nothing;
+        }
+        let port = ev.port();
+        let port_zero =
+            port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
+        if port_zero && !ev.ok() {
+            return TableLookup::EphemeralRange;
+        }
+        let other_netns = ev.ok() && {
+            let netns = ev.netns().unwrap_or(0);
+            !self.other_namespaces(netns, port).is_empty()
+        };
+        // A failure is explained from the kernel's list alone; a success also looks at the
+        // other protocol's sockets on the port, when one was seen there.
+        let tables = !walked(ev)
+            || (ev.ok()
+                && ev
+                    .socket
+                    .as_ref()
+                    .is_some_and(|s| self.other_space_bound(s.netns, port, s.proto)));
+        TableLookup::Port {
+            port,
+            other_netns,
+            tables,
+        }
     }
 }
 
@@ -459,25 +509,6 @@ enum TableLookup {
         other_netns: bool,
         tables: bool,
     },
-}
-
-fn table_lookup(ev: &Event) -> TableLookup {
-    if !needs_holders(ev) {
-        return TableLookup::Nothing;
-    }
-    let port = ev.port();
-    let port_zero = port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
-    if port_zero && !ev.ok() {
-        TableLookup::EphemeralRange
-    } else {
-        TableLookup::Port {
-            port,
-            other_netns: ev.ok(),
-            // A failure is explained from the kernel's list alone; a success also looks at the
-            // other protocol's sockets on the port.
-            tables: !walked(ev) || ev.ok(),
-        }
-    }
 }
 
 /// Whether explaining this call needs the port's holders (they cost a table walk): a success

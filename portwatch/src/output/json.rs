@@ -276,6 +276,8 @@ pub struct JsonSummary<'a> {
     failed: u64,
     by_errno: &'a BTreeMap<String, u64>,
     lost: u64,
+    /// Events waiting in the ring buffer when portwatch was stopped, dropped unexplained.
+    unexplained_at_exit: u64,
     seconds: f64,
 }
 
@@ -289,7 +291,8 @@ impl<'a> From<&'a Summary> for JsonSummary<'a> {
             listens: s.listens,
             failed: s.by_errno.values().sum(),
             by_errno: &s.by_errno,
-            lost: s.lost(),
+            lost: s.lost,
+            unexplained_at_exit: s.unexplained_at_exit,
             seconds: (s.seconds * 1000.0).round() / 1000.0,
         }
     }
