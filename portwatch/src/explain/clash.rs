@@ -215,6 +215,33 @@ pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verd
     } else {
         fix
     });
+    // A device on one side only does not keep them apart; say so when another rule led.
+    let (asker_dev, holder_dev) = (at.side.dev, h.socket.options.bound_dev_if);
+    if !matches!(b, Blocker::DeviceVsUnbound { .. }) && (asker_dev == 0) != (holder_dev == 0) {
+        let (bound, unbound) = if asker_dev != 0 {
+            ("this socket is", format!("the socket of {w}"))
+        } else {
+            ("the socket of the holder is", "this socket".to_string())
+        };
+        v.details.push(format!(
+            "{bound} bound to a device (SO_BINDTODEVICE), but {unbound} is bound to none, and a \
+             socket bound to no device covers every device: the device does not keep them apart"
+        ));
+    }
+    // The caller holds the port itself: a reload, or a server that opened it twice.
+    if h.owners.iter().any(|o| o.pid == at.ev.pid) {
+        v.details.push(format!(
+            "pid {} ({}) is itself among the holders: it already has this port open, as a \
+             server does while it reloads or restarts in place",
+            at.ev.pid, at.ev.comm
+        ));
+        v.fix = Some(
+            "reuse the socket the process already holds (e.g. nginx keeps its listening \
+             sockets across a reload when the address stays the same), close it before binding \
+             the new address, or set SO_REUSEPORT on both sockets"
+                .to_string(),
+        );
+    }
     for (i, (h, o, b)) in conflicts.iter().enumerate() {
         let r = clash_rule(*o, *b);
         v.holders.push(Involved::new(

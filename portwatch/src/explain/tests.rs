@@ -636,3 +636,67 @@ fn the_kernels_own_report_leads() {
             .any(|d| d.contains("kernel's own conflict check"))
     );
 }
+
+#[test]
+fn ipv6_loopback_and_ipv4_loopback_are_just_different_addresses() {
+    // Issue 8: "[::1]:6379 is IPv6-only, so it does not clash with 127.0.0.1:6379" gave the
+    // wrong reason: the two never overlap, v6-only or not.
+    let ev = bind(Proto::Tcp, "::1", 6379, 0, Options::default());
+    let h = holder(listening(sock(Proto::Tcp, "127.0.0.1", 6379)), 9);
+    let v = check(
+        &ev,
+        &facts(vec![h]),
+        Rule::OkDifferentAddresses,
+        &["different specific addresses"],
+    );
+    assert!(!v.message.contains("IPv6-only"), "{}", v.message);
+}
+
+#[test]
+fn a_device_on_one_side_only_is_named_when_another_rule_leads() {
+    let ev = bind(
+        Proto::Tcp,
+        "0.0.0.0",
+        8080,
+        EADDRINUSE,
+        opts(|o| {
+            o.reuseaddr = true;
+            o.bound_dev_if = 1;
+        }),
+    );
+    let h = holder(
+        with(listening(sock(Proto::Tcp, "0.0.0.0", 8080)), |o| {
+            o.reuseaddr = true
+        }),
+        9,
+    );
+    let v = check(&ev, &facts(vec![h]), Rule::ReuseaddrVsListen, &[]);
+    assert!(
+        v.details
+            .iter()
+            .any(|d| d.contains("a socket bound to no device covers every device")),
+        "{:?}",
+        v.details
+    );
+}
+
+#[test]
+fn a_process_blocked_by_its_own_socket_is_told_so() {
+    // nginx reloading from 127.0.0.1:8080 to *:8080: the master itself holds the old socket.
+    let ev = bind(Proto::Tcp, "0.0.0.0", 8080, EADDRINUSE, Options::default());
+    let h = holder(listening(sock(Proto::Tcp, "127.0.0.1", 8080)), 42);
+    let v = check(&ev, &facts(vec![h]), Rule::SpecificBlocksWildcard, &[]);
+    assert!(
+        v.details
+            .iter()
+            .any(|d| d.contains("is itself among the holders")),
+        "{:?}",
+        v.details
+    );
+    let fix = v.fix.unwrap_or_default();
+    assert!(!fix.contains("stop pid"), "{fix}");
+    assert!(
+        fix.contains("reuse the socket the process already holds"),
+        "{fix}"
+    );
+}
