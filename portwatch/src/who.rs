@@ -17,6 +17,7 @@ use crate::{
         self,
         who::{Prediction, WhoReport},
     },
+    procfs,
     sockets::{Family, Holder, Options, Proto, SocketView, State},
 };
 
@@ -40,8 +41,17 @@ pub fn run(args: WhoArgs) -> Result<()> {
     }
     holders.sort_by_key(|h| (h.socket.netns, h.socket.proto.name(), h.socket.state.0));
 
+    // Bound-but-not-listening sockets are found only through the processes' fd tables.
+    let blind = (!procfs::sees_all_processes()).then_some(BLIND);
     let prediction = match args.addr {
-        Some(addr) => Some(predict(&args, addr, &mut ebpf, &mut ns, &mut finder)?),
+        Some(addr) => Some(predict(
+            &args,
+            addr,
+            &mut ebpf,
+            &mut ns,
+            &mut finder,
+            blind,
+        )?),
         None => None,
     };
 
@@ -51,6 +61,7 @@ pub fn run(args: WhoArgs) -> Result<()> {
         own_netns: netns::current(),
         holders: &holders,
         prediction: prediction.as_ref(),
+        blind,
     };
     output::who::write(&mut io::stdout().lock(), &report, args.json).context("writing output")?;
     for f in failures {
@@ -66,6 +77,7 @@ fn predict(
     ebpf: &mut aya::Ebpf,
     ns: &mut Namespaces,
     finder: &mut FactFinder,
+    blind: Option<&'static str>,
 ) -> Result<Prediction> {
     let target = match &args.netns {
         Some(p) => std::fs::metadata(p)
@@ -153,5 +165,11 @@ fn predict(
         addr,
         port: args.port,
         verdict,
+        cannot_tell: blind,
     })
 }
+
+/// What portwatch cannot see without the capabilities to read every process's fd table.
+const BLIND: &str = "without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH portwatch cannot read other \
+                     processes' open files, so a socket that is bound but not listening (in no \
+                     socket table) may hold the port unseen";

@@ -306,6 +306,8 @@ pub struct JsonWho<'a> {
     port: u16,
     namespaces: usize,
     holders: Vec<JsonHolder<'a>>,
+    /// Why `holders` may be incomplete (null when portwatch could see every process's files).
+    incomplete_because: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prediction: Option<JsonPrediction<'a>>,
 }
@@ -316,12 +318,14 @@ impl<'a> JsonWho<'a> {
         namespaces: usize,
         holders: &'a [Holder],
         prediction: Option<&'a Prediction>,
+        blind: Option<&'static str>,
     ) -> Self {
         JsonWho {
             kind: "who",
             port,
             namespaces,
             holders: holders.iter().map(|h| JsonHolder::of(h, None)).collect(),
+            incomplete_because: blind,
             prediction: prediction.map(JsonPrediction::of),
         }
     }
@@ -329,25 +333,31 @@ impl<'a> JsonWho<'a> {
 
 #[derive(Serialize)]
 struct JsonPrediction<'a> {
-    would_succeed: bool,
+    /// null: portwatch cannot tell (see `cannot_tell_because`).
+    would_succeed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cannot_tell_because: Option<&'static str>,
     protocol: String,
     addr: String,
     port: u16,
     netns: u32,
     uid: u32,
-    verdict: JsonVerdict<'a>,
+    /// The rules' verdict; left out when portwatch cannot tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdict: Option<JsonVerdict<'a>>,
 }
 
 impl<'a> JsonPrediction<'a> {
     fn of(p: &'a Prediction) -> Self {
         JsonPrediction {
-            would_succeed: p.verdict.ok,
+            would_succeed: p.would_succeed(),
+            cannot_tell_because: p.cannot_tell.filter(|_| p.would_succeed().is_none()),
             protocol: p.socket.proto.name(),
             addr: p.addr.to_string(),
             port: p.port,
             netns: p.socket.netns,
             uid: p.socket.uid.unwrap_or(0),
-            verdict: JsonVerdict::of(&p.verdict),
+            verdict: p.would_succeed().map(|_| JsonVerdict::of(&p.verdict)),
         }
     }
 }

@@ -19,7 +19,65 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario::shared("who_finds_bound_only_holder", who_bound_only),
         Scenario::shared("who_sees_what_ss_misses", who_vs_ss).host_only(),
         Scenario::shared("who_predicts_what_the_kernel_does", who_predicts),
+        // setpriv (util-linux) is on the host, not in the VM's busybox.
+        Scenario::shared("who_without_ptrace_cannot_tell", who_without_ptrace).host_only(),
     ]
+}
+
+/// Issue 8: run with fewer privileges, `who` used to say "Nothing holds port P" and "would
+/// succeed" while a bound-only socket it could not see held the port. As uid 65534 with
+/// CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN and CAP_NET_ADMIN but neither CAP_SYS_PTRACE nor
+/// CAP_DAC_READ_SEARCH, it must say it cannot tell, and why; as root, that the bind fails.
+fn who_without_ptrace(cx: &Ctx, _pw: &Portwatch, ns: &Netns) -> Result<()> {
+    let mut h = Holder::spawn(ns, "pw-holder")?;
+    h.bind_ok(&SockSpec::tcp("127.0.0.1:8080"))?;
+    let path = ns.path();
+    let args = ["8080", "--addr", "0.0.0.0", "--netns", path.as_str()];
+    let caps = "+bpf,+perfmon,+sys_admin,+net_admin";
+    // nsenter (as root) puts it in the namespace: uid 65534 may not open another process's
+    // /proc/PID/ns/net.
+    let out = Command::new("nsenter")
+        .arg(format!("--net={path}"))
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .args([
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+        ])
+        .arg(&cx.pw.exe)
+        .arg("who")
+        .args(&args[..3])
+        .arg("--json")
+        .output()
+        .context("running portwatch who through nsenter and setpriv")?;
+    ensure!(
+        out.status.success(),
+        "portwatch who as uid 65534 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let low: Value = serde_json::from_slice(&out.stdout).context("parsing who --json")?;
+    check::fields_of(&low, &[("prediction.would_succeed", Value::Null)])?;
+    let why = lookup(&low, "prediction.cannot_tell_because");
+    ensure!(
+        why.as_str().is_some_and(|w| w.contains("CAP_SYS_PTRACE")),
+        "want the reason it cannot tell, got {why}"
+    );
+    ensure!(
+        lookup(&low, "incomplete_because").is_string(),
+        "the holder list must say it may be incomplete: {low}"
+    );
+    let root = who(cx, &args)?;
+    check::fields_of(
+        &root,
+        &[
+            ("prediction.would_succeed", json!(false)),
+            ("prediction.verdict.rule", json!("specific-blocks-wildcard")),
+        ],
+    )
 }
 
 fn who(cx: &Ctx, args: &[&str]) -> Result<Value> {
