@@ -271,6 +271,8 @@ pub struct KernelLayout {
     /// 1 in `offset` when sockets hang off bind2 buckets (6.8+), 0 when off the bind bucket.
     pub tb_has_bhash2: Field,
     pub icsk_bind_hash: Field,
+    /// `inet_connection_sock.icsk_bind2_hash` (6.1+; size 0 before).
+    pub icsk_bind2_hash: Field,
     pub udp_table_hash: Field,
     pub udp_table_mask: Field,
     /// `sizeof(struct udp_hslot)`, in `offset`.

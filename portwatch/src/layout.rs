@@ -181,6 +181,9 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
             0,
         ),
         icsk_bind_hash: r.field("inet_connection_sock", "icsk_bind_hash")?,
+        icsk_bind2_hash: r
+            .optional("inet_connection_sock", "icsk_bind2_hash")?
+            .unwrap_or_default(),
         udp_table_hash: r.field("udp_table", "hash")?,
         udp_table_mask: r.field("udp_table", "mask")?,
         udp_hslot_size: r.size("udp_hslot")?,
