@@ -66,7 +66,8 @@ pub struct Results {
     pub sweep: Vec<SweepStep>,
     pub overflow: SweepStep,
     pub attach: Vec<AttachSample>,
-    pub vm: Option<Result<GuestResults, String>>,
+    /// One run per VM kernel (empty when not run).
+    pub vm: Vec<Result<GuestResults, String>>,
     pub vm_requested: bool,
     pub foreign_before: Vec<String>,
     pub foreign_after: Vec<String>,
@@ -567,10 +568,16 @@ fn sweep_table(steps: &[SweepStep]) -> String {
 }
 
 fn vm_section(r: &Results, out: &mut String) {
-    let Some(vm) = &r.vm else {
+    if r.vm.is_empty() {
         out.push_str("Not run (`--no-vm`).\n");
         return;
-    };
+    }
+    for vm in &r.vm {
+        vm_kernel(vm, out);
+    }
+}
+
+fn vm_kernel(vm: &Result<GuestResults, String>, out: &mut String) {
     let g = match vm {
         Ok(g) => g,
         Err(e) => {
@@ -578,6 +585,7 @@ fn vm_section(r: &Results, out: &mut String) {
             return;
         }
     };
+    let _ = writeln!(out, "### {}\n", g.kernel);
     let _ = writeln!(
         out,
         "Kernel {} under QEMU TCG, {} vCPU shared by the bind loop and portwatch; {} rounds × {} binds; \
@@ -910,16 +918,24 @@ impl Results {
             p.push("peak RSS: not measured".into());
         }
         if self.vm_requested {
-            match &self.vm {
-                Some(Ok(g)) => {
-                    for t in VM_CONFIGS {
-                        if of(&g.measurements, t).len() < g.rounds {
-                            p.push(format!("VM: {} not measured every round", t.label()));
+            if self.vm.is_empty() {
+                p.push("VM: not run".into());
+            }
+            for vm in &self.vm {
+                match vm {
+                    Ok(g) => {
+                        for t in VM_CONFIGS {
+                            if of(&g.measurements, t).len() < g.rounds {
+                                p.push(format!(
+                                    "VM {}: {} not measured every round",
+                                    g.kernel,
+                                    t.label()
+                                ));
+                            }
                         }
                     }
+                    Err(e) => p.push(format!("VM: {e}")),
                 }
-                Some(Err(e)) => p.push(format!("VM: {e}")),
-                None => p.push("VM: not run".into()),
             }
         }
         p
