@@ -17,7 +17,6 @@ use crate::{
         self,
         who::{Prediction, WhoReport},
     },
-    procfs,
     sockets::{Family, Holder, Options, Proto, SocketView, State},
 };
 
@@ -42,7 +41,7 @@ pub fn run(args: WhoArgs) -> Result<()> {
     holders.sort_by_key(|h| (h.socket.netns, h.socket.proto.name(), h.socket.state.0));
 
     // Bound-but-not-listening sockets are found only through the processes' fd tables.
-    let blind = (!procfs::sees_all_processes()).then_some(BLIND);
+    let blind = (!finder.sees_every_socket(&mut ebpf)).then_some(BLIND);
     let prediction = match args.addr {
         Some(addr) => Some(predict(
             &args,
@@ -169,7 +168,9 @@ fn predict(
     })
 }
 
-/// What portwatch cannot see without the capabilities to read every process's fd table.
-const BLIND: &str = "without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH portwatch cannot read other \
+/// What portwatch cannot see without the task-file iterator and without the capabilities to
+/// read every process's fd table.
+const BLIND: &str = "the kernel's task-file iterator is not available, and without \
+                     CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH portwatch cannot read other \
                      processes' open files, so a socket that is bound but not listening (in no \
                      socket table) may hold the port unseen";

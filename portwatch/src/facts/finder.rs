@@ -21,7 +21,7 @@ use crate::{
     procfs,
     sockets::{Holder, Owner, OwnerStatus, Proto, SocketView, Source},
     sockinfo::{self, Inspected},
-    tables::{self, TablesError},
+    tables::{self, TablesError, TaskFile},
 };
 
 /// Why holders could not be looked up. Shared: one failed lookup is cached for the batch and
@@ -47,6 +47,9 @@ pub struct FactFinder {
     /// Per-drain caches.
     holders: HashMap<(u32, u16), Result<Vec<Holder>, HoldersError>>,
     owners: Option<HashMap<u64, Vec<Owner>>>,
+    task_files: Option<Vec<TaskFile>>,
+    /// False once the task-file iterator failed: /proc is read instead from then on.
+    task_files_work: bool,
     netns_facts: HashMap<u32, (Sysctls, Option<Vec<IpAddr>>)>,
     /// Who bound each socket portwatch saw bound: names the owner of a holder that has been
     /// closed since.
@@ -68,6 +71,8 @@ impl FactFinder {
             known: HashMap::new(),
             holders: HashMap::new(),
             owners: None,
+            task_files: None,
+            task_files_work: true,
             netns_facts: HashMap::new(),
             bound_ports: HashMap::new(),
             binders: Binders::default(),
@@ -78,11 +83,52 @@ impl FactFinder {
     pub fn new_batch(&mut self) {
         self.holders.clear();
         self.owners = None;
+        self.task_files = None;
         self.netns_facts.clear();
     }
 
-    fn owners(&mut self) -> &HashMap<u64, Vec<Owner>> {
-        self.owners.get_or_insert_with(procfs::socket_owners)
+    /// Socket inode → the processes that hold it, read once per batch: from the kernel's fd
+    /// tables through the task-file iterator when it loaded (it also lists the bound-only
+    /// sockets, see [`FactFinder::task_files`]), else by reading /proc/*/fd as `ss -p` does.
+    fn owners(&mut self, ebpf: &mut Ebpf) -> &HashMap<u64, Vec<Owner>> {
+        if self.owners.is_none() {
+            let owners = match self.task_files(ebpf) {
+                Some(files) => {
+                    let mut m: HashMap<u64, Vec<Owner>> = HashMap::new();
+                    for f in files {
+                        if f.socket.ino != 0 {
+                            m.entry(f.socket.ino).or_default().push(f.owner.clone());
+                        }
+                    }
+                    m
+                }
+                None => procfs::socket_owners(),
+            };
+            self.owners = Some(owners);
+        }
+        self.owners.get_or_insert_with(HashMap::new)
+    }
+
+    /// Whether every socket a process holds can be seen: through the task-file iterator, or
+    /// (without it) by reading every process's fd table, which needs CAP_SYS_PTRACE and
+    /// CAP_DAC_READ_SEARCH. When not, a bound-but-not-listening socket may be missed.
+    pub fn sees_every_socket(&mut self, ebpf: &mut Ebpf) -> bool {
+        self.task_files(ebpf).is_some() || procfs::sees_all_processes()
+    }
+
+    /// Every TCP and UDP socket that a process holds, from the task-file iterator, read once
+    /// per batch. None when the iterator is not available (then /proc and pidfd_getfd serve).
+    fn task_files(&mut self, ebpf: &mut Ebpf) -> Option<&[TaskFile]> {
+        if self.task_files.is_none() && self.task_files_work {
+            match tables::read_task_files(ebpf, None) {
+                Ok(files) => self.task_files = Some(files),
+                Err(e) => {
+                    log::debug!("task-file iterator unavailable ({e}); reading /proc instead");
+                    self.task_files_work = false;
+                }
+            }
+        }
+        self.task_files.as_deref()
     }
 
     /// Every socket on `port` in `netns` (or on all ports for None), with owners.
@@ -127,7 +173,7 @@ impl FactFinder {
             .filter(|&i| i != 0)
             .collect();
         let mut out: Vec<Holder> = Vec::with_capacity(in_tables.len());
-        let owners = self.owners().clone();
+        let owners = self.owners(ebpf).clone();
         for mut s in in_tables {
             if s.options.bound_dev_if != 0 {
                 s.options.device = ns.ifname(s.netns, s.options.bound_dev_if);
@@ -140,7 +186,37 @@ impl FactFinder {
                 source: Source::SocketTable,
             });
         }
-        // Sockets in no table: bound but not listening. Ask each candidate directly.
+        // Sockets in no table: bound but not listening. The task-file iterator lists them with
+        // their state, from the kernel, without touching anyone's fd.
+        if let Some(files) = self.task_files(ebpf) {
+            let mut bound_only: HashMap<u64, Holder> = HashMap::new();
+            for f in files {
+                let s = &f.socket;
+                let in_port = port.is_none_or(|p| p == s.port);
+                if s.netns != netns || !in_port || s.port == 0 || seen.contains(&s.ino) {
+                    continue;
+                }
+                bound_only
+                    .entry(s.ino)
+                    .or_insert_with(|| Holder {
+                        socket: s.clone(),
+                        owners: Vec::new(),
+                        source: Source::FdTable,
+                        status: OwnerStatus::Live,
+                    })
+                    .owners
+                    .push(f.owner.clone());
+            }
+            for (_, mut h) in bound_only {
+                if h.socket.options.bound_dev_if != 0 {
+                    h.socket.options.device =
+                        ns.ifname(h.socket.netns, h.socket.options.bound_dev_if);
+                }
+                out.push(h);
+            }
+            return Ok(out);
+        }
+        // Without the iterator: ask each candidate directly (pidfd_getfd + getsockname).
         for (&ino, who) in &owners {
             if seen.contains(&ino) {
                 continue;
@@ -280,7 +356,7 @@ impl FactFinder {
                 tables,
             } => {
                 if walked(ev) {
-                    self.kernel_facts(ns, ev, facts);
+                    self.kernel_facts(ebpf, ns, ev, facts);
                     // The kernel read the call's own port space; a success is also explained
                     // by the other protocol's sockets on the port (separate port spaces).
                     if tables
@@ -298,7 +374,7 @@ impl FactFinder {
                     match self.holders(ebpf, ns, netns, Some(port)) {
                         Ok(mut h) => {
                             let reported: Vec<_> = ev.kernel_holders.iter().collect();
-                            self.mark_kernel_reported(&mut h, &reported);
+                            self.mark_kernel_reported(ebpf, &mut h, &reported);
                             facts.holders = Some(h);
                         }
                         Err(e) => facts.holders_unavailable = Some(e.to_string()),
@@ -314,7 +390,13 @@ impl FactFinder {
     /// Holders as the kernel had them at the call: the whole evidence, in the caller's
     /// namespace by construction. Owners are looked up now; one that is gone is named from
     /// what portwatch saw bind it.
-    fn kernel_facts(&mut self, ns: &mut Namespaces, ev: &Event, facts: &mut Facts) {
+    fn kernel_facts(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ns: &mut Namespaces,
+        ev: &Event,
+        facts: &mut Facts,
+    ) {
         let walked: Vec<&KernelHolder> = ev
             .kernel_holders
             .iter()
@@ -331,7 +413,10 @@ impl FactFinder {
                 socket.options.device = ns.ifname(socket.netns, socket.options.bound_dev_if);
             }
             let owners = if wanted && socket.ino != 0 {
-                self.owners().get(&socket.ino).cloned().unwrap_or_default()
+                self.owners(ebpf)
+                    .get(&socket.ino)
+                    .cloned()
+                    .unwrap_or_default()
             } else {
                 Vec::new()
             };
@@ -348,13 +433,18 @@ impl FactFinder {
             .iter()
             .filter(|h| h.is_conflict_check())
             .collect();
-        self.mark_kernel_reported(&mut holders, &checked);
+        self.mark_kernel_reported(ebpf, &mut holders, &checked);
         facts.holders = Some(holders);
     }
 
     /// Holders the kernel's conflict check named (fexit) lead the list; a named socket that has
     /// already left the tables is added as the kernel reported it.
-    fn mark_kernel_reported(&mut self, holders: &mut Vec<Holder>, reported: &[&KernelHolder]) {
+    fn mark_kernel_reported(
+        &mut self,
+        ebpf: &mut Ebpf,
+        holders: &mut Vec<Holder>,
+        reported: &[&KernelHolder],
+    ) {
         for k in reported {
             let r = &k.socket;
             let same = |h: &Holder| {
@@ -367,7 +457,7 @@ impl FactFinder {
             if let Some(h) = holders.iter_mut().find(|h| same(h)) {
                 h.source = Source::KernelConflictCheck;
             } else {
-                let owners = self.owners().get(&r.ino).cloned().unwrap_or_default();
+                let owners = self.owners(ebpf).get(&r.ino).cloned().unwrap_or_default();
                 holders.push(Holder {
                     status: self.binders.status(r, &owners, k.flags),
                     socket: r.clone(),
