@@ -18,6 +18,7 @@ mod sockinfo;
 mod tables;
 mod trace;
 mod who;
+mod workload;
 
 use std::io::{self, Write as _};
 
