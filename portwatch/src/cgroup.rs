@@ -13,7 +13,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::workload::{self, Kind, Workload};
+use crate::{
+    sockets::Holder,
+    workload::{self, Kind, Workload},
+};
 
 /// Directories looked at, at most, to find a cgroup by id.
 const MAX_DIRS: usize = 20_000;
@@ -119,6 +122,24 @@ pub fn path_of_pid(pid: u32) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The workload of a process, now. None when it is gone.
+pub fn workload_of_pid(pid: u32) -> Option<Workload> {
+    path_of_pid(pid).map(|p| named(Workload::parse(&p)))
+}
+
+/// Names the workload of every owner of `holders` (each pid read once).
+pub fn name_owners<'a>(holders: impl IntoIterator<Item = &'a mut Holder>) {
+    let mut known: HashMap<u32, Option<Workload>> = HashMap::new();
+    for h in holders {
+        for o in &mut h.owners {
+            o.workload = known
+                .entry(o.pid)
+                .or_insert_with(|| workload_of_pid(o.pid))
+                .clone();
+        }
+    }
+}
+
 /// How many cgroup ids [`Workloads`] remembers. Past that, the oldest half is forgotten.
 const MAX_NAMED: usize = 8192;
 
@@ -148,11 +169,6 @@ impl Workloads {
             }
         }
         self.paths.get(&id).map(|p| named(Workload::parse(p)))
-    }
-
-    /// The workload of a process, now. None when it is gone.
-    pub fn of_pid(&self, pid: u32) -> Option<Workload> {
-        path_of_pid(pid).map(|p| named(Workload::parse(&p)))
     }
 
     fn rewalk(&mut self) {

@@ -6,7 +6,10 @@ use portwatch_common::{
     AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, HolderRecord, flags, holder, record,
 };
 
-use crate::sockets::{Family, Options, Proto, SocketView, State};
+use crate::{
+    sockets::{Family, Options, Proto, SocketView, State},
+    workload::Workload,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
@@ -47,6 +50,9 @@ pub struct Event {
     pub uid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    /// What `cgroup_id` names (unit, container, pod), filled in by the trace; None when it
+    /// was not looked up or not found.
+    pub workload: Option<Workload>,
     pub fd: Option<i32>,
     /// What was asked for (bind only; None when it could not be read).
     pub requested: Option<Requested>,
@@ -185,6 +191,7 @@ fn decode_call(raw: &BindEvent) -> Event {
         uid: raw.uid,
         comm: comm_str(&raw.comm),
         cgroup_id: raw.cgroup_id,
+        workload: None,
         fd: (raw.fd >= 0).then_some(raw.fd),
         requested,
         ret: raw.ret,

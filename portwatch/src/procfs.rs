@@ -54,7 +54,12 @@ pub fn socket_owners() -> HashMap<u64, Vec<Owner>> {
             let comm = name
                 .get_or_insert_with(|| comm(pid).unwrap_or_default())
                 .clone();
-            owners.entry(ino).or_default().push(Owner { pid, comm, fd });
+            owners.entry(ino).or_default().push(Owner {
+                pid,
+                comm,
+                fd,
+                workload: None,
+            });
         }
     }
     owners

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use portwatch_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, opt, tcp_state};
 
+use crate::workload::Workload;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Ipv4,
@@ -294,6 +296,8 @@ pub struct Owner {
     pub comm: String,
     /// The fd number in that process.
     pub fd: i32,
+    /// The cgroup it runs in and what that says (unit, container, pod); None when not read.
+    pub workload: Option<Workload>,
 }
 
 /// Where portwatch learned about a holder.

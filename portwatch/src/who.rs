@@ -38,6 +38,7 @@ pub fn run(args: WhoArgs) -> Result<()> {
     if holders.is_empty() && !failures.is_empty() && failures.len() == namespaces.len() {
         bail!("could not read any socket table: {}", failures.join("; "));
     }
+    crate::cgroup::name_owners(&mut holders);
     holders.sort_by_key(|h| (h.socket.netns, h.socket.proto.name(), h.socket.state.0));
 
     let prediction = match args.addr {
@@ -122,6 +123,7 @@ fn predict(
         uid,
         comm: "portwatch".into(),
         cgroup_id: 0,
+        workload: None,
         fd: None,
         requested: Some(Requested {
             sa_family: family.af(),

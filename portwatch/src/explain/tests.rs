@@ -52,6 +52,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
         uid: 1000,
         comm: "server".into(),
         cgroup_id: 0,
+        workload: None,
         fd: Some(3),
         requested: Some(Requested {
             sa_family: s.family.af(),
@@ -75,6 +76,7 @@ fn holder(s: SocketView, pid: u32) -> Holder {
             pid,
             comm: "java".into(),
             fd: 5,
+            workload: None,
         }],
         source: Source::SocketTable,
     }

@@ -219,6 +219,13 @@ impl FactFinder {
             facts.cgroup_bind_programs = crate::cgroup::bind_programs(ev.cgroup_id);
         }
         self.table_facts(ebpf, ns, ev, sock, &mut facts);
+        crate::cgroup::name_owners(
+            facts
+                .holders
+                .iter_mut()
+                .flatten()
+                .chain(&mut facts.other_netns),
+        );
         facts
     }
 
@@ -388,6 +395,7 @@ impl FactFinder {
                     pid: ev.pid,
                     comm: ev.comm.clone(),
                     fd: ev.fd.unwrap_or(-1),
+                    workload: ev.workload.clone(),
                 },
             );
         }
