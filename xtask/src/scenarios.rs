@@ -29,6 +29,7 @@ pub mod sock;
 mod trace;
 pub mod vanish;
 mod who;
+mod workload;
 
 use std::{
     fs::File,
@@ -164,6 +165,7 @@ pub fn all() -> Vec<Scenario> {
     let mut v = trace::scenarios();
     v.extend(explain::scenarios());
     v.extend(who::scenarios());
+    v.extend(workload::scenarios());
     v
 }
 
