@@ -281,7 +281,28 @@ fn explain_in_use(at: &Attempt, facts: &Facts) -> Verdict {
             h.socket.state.is_time_wait(),
         )
     });
-    clash::conflict(at, &conflicts)
+    let mut v = clash::conflict(at, &conflicts);
+    let (lead, _, _) = conflicts[0];
+    if outbound(lead, holders, &facts.sysctls) {
+        clash::outbound_took_port(&mut v, at, lead, facts);
+    }
+    v
+}
+
+/// A connection (to a peer) whose local port lies in the ephemeral range, with no socket
+/// listening on that port that it could have been accepted from: the kernel gave it that port
+/// for an outgoing connection. SYN_SENT is outgoing by nature.
+fn outbound(h: &Holder, holders: &[Holder], sysctls: &crate::facts::Sysctls) -> bool {
+    let s = &h.socket;
+    let connected =
+        s.state == State::ESTABLISHED || s.state == State::SYN_SENT || s.state.is_time_wait();
+    connected
+        && s.peer.is_some()
+        && sysctls.in_ephemeral_range(s.port)
+        && (s.state == State::SYN_SENT
+            || !holders
+                .iter()
+                .any(|o| o.socket.port == s.port && o.socket.state.is_listen()))
 }
 
 fn explain_success(at: &Attempt, facts: &Facts) -> Verdict {
@@ -308,7 +329,9 @@ fn explain_success(at: &Attempt, facts: &Facts) -> Verdict {
         .collect();
     let mut others = others;
     others.sort_by_key(|(_, c)| coexist_rank(*c));
-    success::success(at, facts, &others)
+    let mut v = success::success(at, facts, &others);
+    success::note_ephemeral_risk(&mut v, at, facts);
+    v
 }
 
 /// Which reason for sharing a port leads the explanation: options someone set on purpose

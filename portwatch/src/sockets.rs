@@ -107,6 +107,7 @@ impl State {
     pub const TIME_WAIT: State = State(tcp_state::TIME_WAIT);
     pub const CLOSE: State = State(tcp_state::CLOSE);
     pub const LISTEN: State = State(tcp_state::LISTEN);
+    pub const SYN_SENT: State = State(tcp_state::SYN_SENT);
 
     /// A TIME_WAIT sock that stands for FIN_WAIT2: the server closed, the peer has not. The
     /// kernel keeps it as a timewait sock (same bind rules as TIME_WAIT), but it is not one.

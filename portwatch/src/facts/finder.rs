@@ -579,6 +579,7 @@ fn read_sysctls() -> Sysctls {
         ipv6_ip_nonlocal_bind: sysctl_bool("net/ipv6/ip_nonlocal_bind"),
         bindv6only: sysctl_bool("net/ipv6/bindv6only"),
         ip_autobind_reuse: sysctl_bool("net/ipv4/ip_autobind_reuse"),
+        ip_local_reserved_ports: sysctl("net/ipv4/ip_local_reserved_ports"),
     }
 }
 
