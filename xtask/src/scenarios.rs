@@ -24,6 +24,7 @@ pub mod check;
 mod explain;
 pub mod holder;
 pub mod netns;
+mod outbound;
 pub mod portwatch;
 pub mod sock;
 mod trace;
@@ -166,6 +167,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(explain::scenarios());
     v.extend(who::scenarios());
     v.extend(workload::scenarios());
+    v.extend(outbound::scenarios());
     v
 }
 
