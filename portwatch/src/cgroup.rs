@@ -11,6 +11,7 @@ use std::{
         unix::{ffi::OsStringExt, fs::MetadataExt},
     },
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use crate::{
@@ -150,6 +151,8 @@ const MAX_NAMED: usize = 8192;
 pub struct Workloads {
     /// Cgroup id → path relative to the v2 mount, in the order they were learned.
     paths: HashMap<u64, String>,
+    /// Cgroup id → what its path says, once an event asked (pods' names read once).
+    named: HashMap<u64, Arc<Workload>>,
     order: VecDeque<u64>,
     /// Ids a walk did not find. Cgroup ids are never reused and an event's cgroup existed
     /// when the event was made, so one that a walk after it did not find is gone for good.
@@ -158,7 +161,7 @@ pub struct Workloads {
 
 impl Workloads {
     /// The workload of cgroup `id` (an event's `cgroup_id`). None for 0 or an id not found.
-    pub fn of_id(&mut self, id: u64) -> Option<Workload> {
+    pub fn of_id(&mut self, id: u64) -> Option<Arc<Workload>> {
         if id == 0 {
             return None;
         }
@@ -168,7 +171,12 @@ impl Workloads {
                 self.missing.insert(id);
             }
         }
-        self.paths.get(&id).map(|p| named(Workload::parse(p)))
+        if let Some(w) = self.named.get(&id) {
+            return Some(w.clone());
+        }
+        let w = Arc::new(named(Workload::parse(self.paths.get(&id)?)));
+        self.named.insert(id, w.clone());
+        Some(w)
     }
 
     fn rewalk(&mut self) {
@@ -190,6 +198,7 @@ impl Workloads {
         if self.paths.len() > MAX_NAMED {
             for ino in self.order.drain(..MAX_NAMED / 2) {
                 self.paths.remove(&ino);
+                self.named.remove(&ino);
             }
         }
     }
@@ -334,7 +343,7 @@ mod tests {
         let dir = root.join(mine.trim_start_matches('/'));
         let id = std::fs::metadata(&dir).unwrap().ino();
         let mut w = Workloads::default();
-        assert_eq!(w.of_id(id).map(|w| w.path), Some(mine));
+        assert_eq!(w.of_id(id).map(|w| w.path.clone()), Some(mine));
         assert_eq!(w.of_id(0), None);
     }
 }

@@ -1,6 +1,9 @@
 //! Turns the raw records from the ring buffer into typed values.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use portwatch_common::{
     AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, HolderRecord, flags, holder, record,
@@ -52,7 +55,7 @@ pub struct Event {
     pub cgroup_id: u64,
     /// What `cgroup_id` names (unit, container, pod), filled in by the trace; None when it
     /// was not looked up or not found.
-    pub workload: Option<Workload>,
+    pub workload: Option<Arc<Workload>>,
     pub fd: Option<i32>,
     /// What was asked for (bind only; None when it could not be read).
     pub requested: Option<Requested>,

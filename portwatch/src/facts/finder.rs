@@ -395,7 +395,7 @@ impl FactFinder {
                     pid: ev.pid,
                     comm: ev.comm.clone(),
                     fd: ev.fd.unwrap_or(-1),
-                    workload: ev.workload.clone(),
+                    workload: ev.workload.as_deref().cloned(),
                 },
             );
         }

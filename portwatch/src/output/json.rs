@@ -69,7 +69,7 @@ impl<'a> JsonEvent<'a> {
             comm: &ev.comm,
             netns: ev.netns(),
             cgroup_id: ev.cgroup_id,
-            workload: ev.workload.as_ref().map(JsonWorkload::of),
+            workload: ev.workload.as_deref().map(JsonWorkload::of),
             fd: ev.fd,
             family: sock.map(|s| s.family.name()),
             protocol: sock.map(|s| s.proto.name()),
