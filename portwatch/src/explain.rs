@@ -169,6 +169,7 @@ pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
     let at = Attempt::new(ev)?;
     let mut v = decide(&at, ev, facts);
     note_gone_owners(&mut v);
+    note_forwards(&mut v);
     Some(v)
 }
 
@@ -185,6 +186,21 @@ fn note_gone_owners(v: &mut Verdict) {
             );
             if !v.details.contains(&line) {
                 v.details.push(line);
+            }
+        }
+    }
+}
+
+/// A holder owned by a docker-proxy: which container it publishes the port for, or that the
+/// container is gone.
+fn note_forwards(v: &mut Verdict) {
+    for inv in v.holders.iter().chain(&v.shares_with) {
+        for o in &inv.holder.owners {
+            if let Some(f) = &o.forward {
+                let line = f.sentence(o.pid);
+                if !v.details.contains(&line) {
+                    v.details.push(line);
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 mod btf;
 mod cgroup;
 mod cli;
+mod docker_proxy;
 mod errno;
 mod event;
 mod explain;

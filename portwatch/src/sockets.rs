@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use portwatch_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, opt, tcp_state};
 
-use crate::workload::Workload;
+use crate::{docker_proxy::Forward, workload::Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -299,6 +299,8 @@ pub struct Owner {
     pub fd: i32,
     /// The cgroup it runs in and what that says (unit, container, pod); None when not read.
     pub workload: Option<Workload>,
+    /// For a docker-proxy: where it forwards, and the container found there.
+    pub forward: Option<Box<Forward>>,
 }
 
 /// Where portwatch learned about a holder.

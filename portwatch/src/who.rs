@@ -39,6 +39,7 @@ pub fn run(args: WhoArgs) -> Result<()> {
         bail!("could not read any socket table: {}", failures.join("; "));
     }
     crate::cgroup::name_owners(&mut holders);
+    finder.follow_proxies(&mut ns, &mut holders);
     holders.sort_by_key(|h| (h.socket.netns, h.socket.proto.name(), h.socket.state.0));
 
     let prediction = match args.addr {

@@ -77,6 +77,7 @@ fn holder(s: SocketView, pid: u32) -> Holder {
             comm: "java".into(),
             fd: 5,
             workload: None,
+            forward: None,
         }],
         source: Source::SocketTable,
     }

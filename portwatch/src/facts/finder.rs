@@ -16,6 +16,7 @@ use portwatch_common::walk;
 
 use super::{Facts, Sysctls};
 use crate::{
+    docker_proxy::{self, DockerProxy, Forward},
     event::{Event, KernelHolder},
     netns::Namespaces,
     procfs,
@@ -226,7 +227,44 @@ impl FactFinder {
                 .flatten()
                 .chain(&mut facts.other_netns),
         );
+        self.follow_proxies(ns, facts.holders.iter_mut().flatten());
         facts
+    }
+
+    /// For every owner that is a docker-proxy: where its arguments say it forwards, which
+    /// network namespace has that container address now (none: the container is gone), and the
+    /// workload of a process in it.
+    pub fn follow_proxies<'a>(
+        &mut self,
+        ns: &mut Namespaces,
+        holders: impl IntoIterator<Item = &'a mut Holder>,
+    ) {
+        for h in holders {
+            for o in &mut h.owners {
+                if o.comm != docker_proxy::COMM {
+                    continue;
+                }
+                let Some(proxy) = DockerProxy::parse(&procfs::cmdline(o.pid)) else {
+                    continue;
+                };
+                let container_netns = ns.discover().into_iter().find(|&n| {
+                    self.netns_facts(ns, n)
+                        .1
+                        .is_some_and(|addrs| addrs.contains(&proxy.container_ip))
+                });
+                let proxy_pid = o.pid;
+                let container = container_netns.and_then(|n| {
+                    procfs::pids()
+                        .filter(|&p| p != proxy_pid && procfs::netns_of(p) == Some(u64::from(n)))
+                        .find_map(|p| crate::cgroup::workload_of_pid(p).filter(|w| !w.is_root()))
+                });
+                o.forward = Some(Box::new(Forward {
+                    proxy,
+                    container_netns,
+                    container,
+                }));
+            }
+        }
     }
 
     /// Reads now what [`FactFinder::gather`] will need from the socket and fd tables for `ev`,
@@ -396,6 +434,7 @@ impl FactFinder {
                     comm: ev.comm.clone(),
                     fd: ev.fd.unwrap_or(-1),
                     workload: ev.workload.as_deref().cloned(),
+                    forward: None,
                 },
             );
         }

@@ -238,6 +238,23 @@ struct JsonOwner<'a> {
     fd: i32,
     /// The process's cgroup and what it is; null when not read (the process is gone).
     workload: Option<JsonWorkload<'a>>,
+    /// For a docker-proxy: where it forwards (left out for other processes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    docker_proxy: Option<JsonForward<'a>>,
+}
+
+/// A docker-proxy's target, and the container found there.
+#[derive(Serialize)]
+struct JsonForward<'a> {
+    proto: &'a str,
+    host_ip: Option<String>,
+    host_port: u16,
+    container_ip: String,
+    container_port: u16,
+    /// The network namespace that has `container_ip` now; null: none (a stale proxy).
+    container_netns: Option<u32>,
+    /// The workload of a process in that namespace, when one was found.
+    container: Option<JsonWorkload<'a>>,
 }
 
 impl<'a> JsonOwner<'a> {
@@ -247,6 +264,15 @@ impl<'a> JsonOwner<'a> {
             comm: &o.comm,
             fd: o.fd,
             workload: o.workload.as_ref().map(JsonWorkload::of),
+            docker_proxy: o.forward.as_deref().map(|f| JsonForward {
+                proto: &f.proxy.proto,
+                host_ip: f.proxy.host_ip.map(|a| a.to_string()),
+                host_port: f.proxy.host_port,
+                container_ip: f.proxy.container_ip.to_string(),
+                container_port: f.proxy.container_port,
+                container_netns: f.container_netns,
+                container: f.container.as_ref().map(JsonWorkload::of),
+            }),
         }
     }
 }

@@ -117,6 +117,11 @@ fn table(out: &mut impl Write, report: &WhoReport) -> io::Result<()> {
             opts,
             s.uid.map_or("-".to_string(), |u| u.to_string()),
         )?;
+        for o in &h.owners {
+            if let Some(f) = &o.forward {
+                writeln!(out, "{:<11} ↳ {}", "", f.sentence(o.pid))?;
+            }
+        }
     }
     if bound_only > 0 {
         writeln!(
