@@ -63,10 +63,7 @@ impl Forward {
     /// One sentence about where the proxy forwards, and whether that container is there.
     pub fn sentence(&self, pid: u32) -> String {
         let p = &self.proxy;
-        let host = endpoint(
-            p.host_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-            p.host_port,
-        );
+        let host = endpoint(p.host_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])), p.host_port);
         match (self.container_netns, &self.container) {
             (Some(_), Some(w)) if !w.is_root() => format!(
                 "pid {pid} (docker-proxy) publishes {} {host} for the container at {} ({})",
@@ -115,7 +112,10 @@ mod tests {
         .unwrap();
         assert_eq!(p.proto, "udp");
         assert_eq!(p.target(), "[fd00::2]:5353");
-        assert_eq!(DockerProxy::parse(&args("docker-proxy -host-port 80")), None);
+        assert_eq!(
+            DockerProxy::parse(&args("docker-proxy -host-port 80")),
+            None
+        );
     }
 
     #[test]
@@ -130,6 +130,9 @@ mod tests {
             container: None,
         };
         let s = f.sentence(7);
-        assert!(s.contains("172.17.0.2:80") && s.contains("stale holder"), "{s}");
+        assert!(
+            s.contains("172.17.0.2:80") && s.contains("stale holder"),
+            "{s}"
+        );
     }
 }

@@ -34,7 +34,9 @@ pub fn cmdline(pid: u32) -> Vec<String> {
 /// The inode of a process's network namespace.
 pub fn netns_of(pid: u32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino())
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// Whether `pid` has capability number `cap` in its effective set (None: process gone).

@@ -138,9 +138,11 @@ fn predict(
         walk: None,
         holders_sent: 0,
     };
-    let holders = finder
+    let mut holders = finder
         .holders(ebpf, ns, target, Some(args.port))
         .with_context(|| format!("reading the socket tables of netns {target}"))?;
+    crate::cgroup::name_owners(&mut holders);
+    finder.follow_proxies(ns, &mut holders);
     let facts = Facts {
         holders: Some(holders),
         sysctls,

@@ -2,17 +2,28 @@
 //! like each runtime's, made under the host's v2 mount for the test (inside a directory of the
 //! runner's own, so nothing real is touched) and removed afterwards, in a real conflict.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use super::{
-    Ctx, Scenario, check, holder::Holder, netns::Netns, portwatch::Portwatch, sock::SockSpec,
+    Ctx, Scenario, check,
+    holder::Holder,
+    netns::{self, Netns},
+    portwatch::Portwatch,
+    sock::SockSpec,
 };
 
 pub fn scenarios() -> Vec<Scenario> {
-    vec![Scenario::shared("workload_docker_holder_blocks_pod", docker_blocks_pod).host_only()]
+    vec![
+        Scenario::shared("workload_docker_holder_blocks_pod", docker_blocks_pod).host_only(),
+        Scenario::shared("workload_docker_proxy_names_its_container", docker_proxy).host_only(),
+    ]
 }
 
 /// The cgroup v2 mount point, from mountinfo (`/sys/fs/cgroup/unified` on hybrid hosts).
@@ -186,4 +197,143 @@ fn docker_blocks_pod(_cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         "the sentence should name the container by its short id: {message}"
     );
     Ok(())
+}
+
+/// A process that is not docker-proxy but is named like it (a python3 reached through a link
+/// called `docker-proxy`, so its comm is `docker-proxy`), with docker-proxy's arguments,
+/// listening on `host_port` in `ns`. Killed on drop.
+struct FakeProxy {
+    child: std::process::Child,
+    _dir: PathBuf,
+}
+
+impl FakeProxy {
+    fn start(ns: &Netns, host_port: u16, container: &str) -> Result<Self> {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import os,sys; print(os.path.realpath(sys.executable))",
+            ])
+            .output()
+            .context("running python3")?;
+        let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let dir = std::env::temp_dir().join(format!("pw-proxy-{}-{host_port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let link = dir.join("docker-proxy");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&python, &link)?;
+        let script = format!(
+            "import socket,time\n\
+             s=socket.socket(); s.bind(('0.0.0.0',{host_port})); s.listen()\n\
+             print('ready',flush=True)\n\
+             time.sleep(60)"
+        );
+        let port = host_port.to_string();
+        let mut cmd = Command::new(&link);
+        cmd.args([
+            "-c",
+            &script,
+            "-proto",
+            "tcp",
+            "-host-ip",
+            "0.0.0.0",
+            "-host-port",
+        ])
+        .arg(&port)
+        .args(["-container-ip", container, "-container-port", "80"])
+        .stdout(Stdio::piped());
+        ns.enter_on_spawn(&mut cmd)?;
+        let mut child = cmd.spawn().context("starting the fake docker-proxy")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("its stdout")?).read_line(&mut line)?;
+        ensure!(
+            line.trim() == "ready",
+            "the fake docker-proxy did not start: {line:?}"
+        );
+        Ok(FakeProxy { child, _dir: dir })
+    }
+}
+
+impl Drop for FakeProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+/// A docker-proxy whose container address is in another namespace, where a process in a
+/// Docker-shaped cgroup runs: the verdict names that container. One whose address no namespace
+/// has: the verdict calls it stale.
+fn docker_proxy(_cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    let run = std::process::id();
+    let addr = format!("172.31.{}.{}", run % 250, 2 + run / 250 % 250);
+    let cg = Cgroups::new(&format!("pw-test-{run}-proxy.slice"))?;
+    let id = container_id(3);
+    netns::in_new_netns("pw-container", |cns| {
+        let mut ip = Command::new("ip");
+        ip.args(["addr", "add", &format!("{addr}/32"), "dev", "lo"]);
+        cns.enter_on_spawn(&mut ip)?;
+        ensure!(ip.status()?.success(), "ip addr add {addr} failed");
+        let app = Holder::spawn(cns, "pw-app")?;
+        cg.put(&format!("system.slice/docker-{id}.scope"), app.pid)?;
+
+        let live = FakeProxy::start(ns, 8095, &addr)?;
+        let stale = FakeProxy::start(ns, 8096, "172.30.255.254")?;
+        let mut web = Holder::spawn(ns, "pw-web")?;
+        for (port, proxy, want) in [
+            (
+                8095,
+                &live,
+                format!("for the container at {addr}:80 (docker {})", &id[..12]),
+            ),
+            (
+                8096,
+                &stale,
+                "the container is gone and this proxy is a stale holder".into(),
+            ),
+        ] {
+            let b = web.bind_fails(&SockSpec::tcp(&format!("0.0.0.0:{port}")), libc::EADDRINUSE)?;
+            let ev = pw.wait_call(ns, "bind", web.pid, b.ino)?;
+            let container_netns = if port == 8095 {
+                json!(cns.inode())
+            } else {
+                json!(null)
+            };
+            check::fields(
+                &ev,
+                &[
+                    ("explain.holders.0.owners.0.pid", json!(proxy.child.id())),
+                    ("explain.holders.0.owners.0.comm", json!("docker-proxy")),
+                    (
+                        "explain.holders.0.owners.0.docker_proxy.host_port",
+                        json!(port),
+                    ),
+                    (
+                        "explain.holders.0.owners.0.docker_proxy.container_port",
+                        json!(80),
+                    ),
+                    (
+                        "explain.holders.0.owners.0.docker_proxy.container_netns",
+                        container_netns,
+                    ),
+                ],
+            )?;
+            if port == 8095 {
+                check::fields(
+                    &ev,
+                    &[(
+                        "explain.holders.0.owners.0.docker_proxy.container.container_id",
+                        json!(id),
+                    )],
+                )?;
+            }
+            let details = ev.0["explain"]["details"].to_string();
+            ensure!(
+                details.contains(&want),
+                "want {want:?} in the details: {details}"
+            );
+        }
+        Ok(())
+    })
 }
