@@ -120,11 +120,14 @@ impl PodLogs {
 
 impl Drop for PodLogs {
     fn drop(&mut self) {
+        // The log directories themselves only if empty: something else may have used them.
         for p in self.made.iter().rev() {
-            let _ = if p.is_dir() {
+            let _ = if !p.is_dir() {
+                std::fs::remove_file(p)
+            } else if p.starts_with("/var/log/pods/") {
                 std::fs::remove_dir_all(p)
             } else {
-                std::fs::remove_file(p)
+                std::fs::remove_dir(p)
             };
         }
     }
