@@ -170,6 +170,7 @@ pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
     let mut v = decide(&at, ev, facts);
     note_gone_owners(&mut v);
     note_forwards(&mut v);
+    note_socket_units(&mut v, facts);
     Some(v)
 }
 
@@ -202,6 +203,68 @@ fn note_forwards(v: &mut Verdict) {
                     v.details.push(line);
                 }
             }
+        }
+    }
+}
+
+/// A holder owned by systemd: a socket unit holds the port for a service it starts on
+/// demand. Which unit, when a unit file names the port; with `ReusePort=yes` against another
+/// user, that the uid rule is what blocks.
+fn note_socket_units(v: &mut Verdict, facts: &Facts) {
+    let Some(units) = &facts.socket_units else {
+        return;
+    };
+    let Some((inv, o)) = v.holders.iter().chain(&v.shares_with).find_map(|inv| {
+        inv.holder
+            .owners
+            .iter()
+            .find(|o| crate::socket_units::is_systemd(o.pid, &o.comm))
+            .map(|o| (inv, o))
+    }) else {
+        return;
+    };
+    let port = inv.holder.socket.port;
+    let mut lines = Vec::new();
+    if units.is_empty() {
+        lines.push(format!(
+            "pid {} ({}) is systemd: a socket unit holds port {port} (socket activation: \
+             systemd listens and starts the service on the first connection), but no .socket \
+             file under /etc/systemd, /run/systemd or /lib/systemd names that port",
+            o.pid, o.comm
+        ));
+    } else {
+        let names: Vec<String> = units
+            .iter()
+            .map(|u| format!("{} ({})", u.name, u.listen))
+            .collect();
+        lines.push(format!(
+            "pid {} ({}) is systemd: socket unit {} holds port {port} (socket activation: \
+             systemd listens and starts the service on the first connection); stop it with \
+             systemctl stop {} or let that service have the port",
+            o.pid,
+            o.comm,
+            names.join(", "),
+            units[0].name
+        ));
+        if inv.rule == Rule::ReuseportUidMismatch
+            && let Some(u) = units.iter().find(|u| u.reuse_port)
+        {
+            lines.push(format!(
+                "{} sets ReusePort=yes, but the socket belongs to systemd's user (uid {}), and \
+                 SO_REUSEPORT shares a port only between sockets of the same user: run the \
+                 service as that user, or take the socket from the unit (sd_listen_fds) \
+                 instead of binding it again",
+                u.name,
+                inv.holder
+                    .socket
+                    .uid
+                    .map_or("?".to_string(), |u| u.to_string())
+            ));
+        }
+    }
+    for line in lines {
+        if !v.details.contains(&line) {
+            v.details.push(line);
         }
     }
 }

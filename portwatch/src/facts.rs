@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 pub use finder::{FactFinder, address_is_local};
 
-use crate::sockets::Holder;
+use crate::{socket_units::SocketUnit, sockets::Holder};
 
 /// The namespace's settings that change the rules. Read, never assumed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -88,6 +88,9 @@ pub struct Facts {
     pub cap_net_bind_service: Option<bool>,
     /// Distinct ports in the ephemeral range held by TCP or UDP sockets (for port 0 failures).
     pub ephemeral_ports_in_use: Option<u32>,
+    /// The `.socket` units that name the call's port, looked up when systemd owns a holder
+    /// (socket activation); None when not looked up.
+    pub socket_units: Option<Vec<SocketUnit>>,
     /// Names of BPF programs attached to the caller's cgroup for bind (for EPERM).
     pub cgroup_bind_programs: Vec<String>,
 }

@@ -14,6 +14,7 @@ mod netns;
 mod output;
 mod procfs;
 mod settings;
+mod socket_units;
 mod sockets;
 mod sockinfo;
 mod tables;

@@ -144,6 +144,7 @@ fn predict(
     crate::cgroup::name_owners(&mut holders);
     finder.follow_proxies(ns, &mut holders);
     let facts = Facts {
+        socket_units: facts::finder::socket_units_for(&holders, args.port),
         holders: Some(holders),
         sysctls,
         local_addrs,

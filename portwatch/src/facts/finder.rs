@@ -20,6 +20,7 @@ use crate::{
     event::{Event, KernelHolder},
     netns::Namespaces,
     procfs,
+    socket_units::{self, SocketUnit},
     sockets::{Holder, Owner, OwnerStatus, SocketView, Source},
     sockinfo::{self, Inspected},
     tables::{self, TablesError},
@@ -228,6 +229,8 @@ impl FactFinder {
                 .chain(&mut facts.other_netns),
         );
         self.follow_proxies(ns, facts.holders.iter_mut().flatten());
+        facts.socket_units =
+            socket_units_for(facts.holders.as_deref().unwrap_or_default(), ev.port());
         facts
     }
 
@@ -539,6 +542,15 @@ fn needs_holders(ev: &Event) -> bool {
 /// Whether the kernel side read the call's port's owners at the call.
 fn walked(ev: &Event) -> bool {
     ev.walk.is_some_and(|w| w & walk::DONE != 0)
+}
+
+/// The socket units naming `port`, when systemd owns one of `holders` (socket activation).
+pub fn socket_units_for(holders: &[Holder], port: u16) -> Option<Vec<SocketUnit>> {
+    holders
+        .iter()
+        .flat_map(|h| &h.owners)
+        .any(|o| socket_units::is_systemd(o.pid, &o.comm))
+        .then(|| socket_units::find(port))
 }
 
 /// Who bound the sockets portwatch saw bound, by socket inode. Bounded: the oldest are

@@ -23,6 +23,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::shared("workload_docker_holder_blocks_pod", docker_blocks_pod).host_only(),
         Scenario::shared("workload_docker_proxy_names_its_container", docker_proxy).host_only(),
+        Scenario::shared("workload_systemd_socket_unit", socket_unit).host_only(),
     ]
 }
 
@@ -339,4 +340,48 @@ fn docker_proxy(_cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// A unit file that names a port, removed on drop.
+struct UnitFile(PathBuf);
+
+impl Drop for UnitFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A process pretending to be systemd (its comm starts with `systemd`) holds a port that a
+/// `.socket` unit file under /etc/systemd/system names: the verdict says socket activation
+/// and names the unit.
+fn socket_unit(_cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    let name = format!("pw-test-{}.socket", std::process::id());
+    let path = PathBuf::from("/etc/systemd/system").join(&name);
+    std::fs::create_dir_all("/etc/systemd/system")?;
+    std::fs::write(
+        &path,
+        "[Unit]\nDescription=portwatch test\n\n[Socket]\nListenStream=0.0.0.0:8097\n\
+         ReusePort=yes\n",
+    )?;
+    let _unit = UnitFile(path);
+    let mut systemd = Holder::spawn(ns, "systemd-pwtest")?;
+    systemd.bind_ok(&SockSpec::tcp("0.0.0.0:8097").listening())?;
+    let mut web = Holder::spawn(ns, "pw-web")?;
+    let b = web.bind_fails(&SockSpec::tcp("0.0.0.0:8097"), libc::EADDRINUSE)?;
+    let ev = pw.wait_call(ns, "bind", web.pid, b.ino)?;
+    check::fields(
+        &ev,
+        &[
+            ("explain.holders.0.owners.0.pid", json!(systemd.pid)),
+            ("explain.holders.0.owners.0.comm", json!("systemd-pwtest")),
+        ],
+    )?;
+    let details = ev.0["explain"]["details"].to_string();
+    let want = format!("socket unit {name} (ListenStream=0.0.0.0:8097) holds port 8097");
+    ensure!(
+        details.contains(&want),
+        "want {want:?} in the details: {details}"
+    );
+    ensure!(details.contains("socket activation"), "{details}");
+    Ok(())
 }
