@@ -28,7 +28,7 @@ pub fn scenarios() -> Vec<Scenario> {
 }
 
 /// The cgroup v2 mount point, from mountinfo (`/sys/fs/cgroup/unified` on hybrid hosts).
-fn v2_root() -> Result<PathBuf> {
+pub fn v2_root() -> Result<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     mountinfo
         .lines()
