@@ -3,6 +3,7 @@
 mod btf;
 mod cgroup;
 mod cli;
+mod docker_proxy;
 mod errno;
 mod event;
 mod explain;
@@ -13,11 +14,13 @@ mod netns;
 mod output;
 mod procfs;
 mod settings;
+mod socket_units;
 mod sockets;
 mod sockinfo;
 mod tables;
 mod trace;
 mod who;
+mod workload;
 
 use std::io::{self, Write as _};
 

@@ -205,6 +205,9 @@ impl Printer {
                 details.push(format!("netns {}", sock.netns));
             }
         }
+        if let Some(w) = ev.workload.as_ref().filter(|w| !w.is_root()) {
+            details.push(w.label());
+        }
         let line = format!(
             "{:<15} {:>7} {:<15} {:<6} {:<5} {:<27} {} {}",
             time_of_day(self.clock.unix_ns(ev.boot_ns)),

@@ -136,6 +136,8 @@ pub fn read_task_files(ebpf: &mut Ebpf, port: Option<u16>) -> Result<Vec<TaskFil
                     pid: r.tgid,
                     comm: comm_str(&r.comm),
                     fd: r.fd as i32,
+                    workload: None,
+                    forward: None,
                 },
                 socket: decode_holder(&r.sock, now).socket,
             }

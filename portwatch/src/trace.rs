@@ -29,6 +29,7 @@ use tokio::{
 };
 
 use crate::{
+    cgroup::Workloads,
     event::{self, Event, KernelHolder, Record},
     explain,
     facts::FactFinder,
@@ -47,6 +48,8 @@ pub struct Session {
     filter: EventFilter,
     namespaces: Namespaces,
     facts: FactFinder,
+    /// Names the callers' cgroups.
+    workloads: Workloads,
     /// Holders the kernel side sent, waiting for their thread's event, which follows them.
     conflicts: HashMap<u32, Vec<KernelHolder>>,
     /// Records read ahead while the tables were read; they open the next pass.
@@ -151,8 +154,10 @@ impl Session {
         Ok(())
     }
 
-    /// Adds what the kernel side cannot know: interface names in the socket's namespace.
+    /// Adds what the kernel side cannot know: interface names in the socket's namespace, what
+    /// the caller's cgroup is.
     fn enrich(&mut self, ev: &mut Event) {
+        ev.workload = self.workloads.of_id(ev.cgroup_id);
         if let Some(sock) = ev.socket.as_mut() {
             self.namespaces.note(sock.netns, ev.pid, ev.tid);
             if sock.options.bound_dev_if != 0 {
@@ -270,6 +275,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         filter: settings.filter,
         namespaces: Namespaces::default(),
         facts: FactFinder::new(loaded.tables),
+        workloads: Workloads::default(),
         conflicts: HashMap::new(),
         lookahead: Vec::new(),
         summary: Summary::new(backend),

@@ -38,6 +38,8 @@ pub fn run(args: WhoArgs) -> Result<()> {
     if holders.is_empty() && !failures.is_empty() && failures.len() == namespaces.len() {
         bail!("could not read any socket table: {}", failures.join("; "));
     }
+    crate::cgroup::name_owners(&mut holders);
+    finder.follow_proxies(&mut ns, &mut holders);
     holders.sort_by_key(|h| (h.socket.netns, h.socket.proto.name(), h.socket.state.0));
 
     // Bound-but-not-listening sockets are found only through the processes' fd tables.
@@ -133,6 +135,7 @@ fn predict(
         uid,
         comm: "portwatch".into(),
         cgroup_id: 0,
+        workload: None,
         fd: None,
         requested: Some(Requested {
             sa_family: family.af(),
@@ -146,10 +149,13 @@ fn predict(
         walk: None,
         holders_sent: 0,
     };
-    let holders = finder
+    let mut holders = finder
         .holders(ebpf, ns, target, Some(args.port))
         .with_context(|| format!("reading the socket tables of netns {target}"))?;
+    crate::cgroup::name_owners(&mut holders);
+    finder.follow_proxies(ns, &mut holders);
     let facts = Facts {
+        socket_units: facts::finder::socket_units_for(&holders, args.port),
         holders: Some(holders),
         sysctls,
         local_addrs,

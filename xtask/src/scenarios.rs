@@ -24,11 +24,13 @@ pub mod check;
 mod explain;
 pub mod holder;
 pub mod netns;
+mod outbound;
 pub mod portwatch;
 pub mod sock;
 mod trace;
 pub mod vanish;
 mod who;
+mod workload;
 
 use std::{
     fs::File,
@@ -164,6 +166,8 @@ pub fn all() -> Vec<Scenario> {
     let mut v = trace::scenarios();
     v.extend(explain::scenarios());
     v.extend(who::scenarios());
+    v.extend(workload::scenarios());
+    v.extend(outbound::scenarios());
     v
 }
 

@@ -355,3 +355,45 @@ pub fn ephemeral_exhausted(at: &Attempt, f: &Facts) -> Verdict {
     );
     v
 }
+
+/// The socket in the way is a connection whose local port the kernel picked from the
+/// ephemeral range: it leads the verdict, and what the sharing rules say stays as a detail.
+pub fn outbound_took_port(v: &mut Verdict, at: &Attempt, h: &Holder, f: &Facts) {
+    let s = &h.socket;
+    let e = err_name(at);
+    let peer = s
+        .peer
+        .map(|(a, p)| format!(" to {}", endpoint(a, p)))
+        .unwrap_or_default();
+    let range = range_text(f)
+        .map(|(r, _)| r)
+        .unwrap_or_else(|| "net.ipv4.ip_local_port_range".to_string());
+    let whose = if h.owners.is_empty() && s.state.is_time_wait() {
+        format!("a connection in {} (no process owns it)", s.state_name())
+    } else {
+        format!("a connection of {}", who(h))
+    };
+    let previous = std::mem::replace(
+        &mut v.message,
+        format!(
+            "{e}: port {} is the local port of {whose}, {}{peer} ({}); the port lies in the \
+             ephemeral range ({range}), from which the kernel picks the local port of outgoing \
+             connections, so it handed this one out while the port was free.",
+            s.port,
+            s.endpoint(),
+            s.state_name(),
+        ),
+    );
+    v.details.insert(0, previous);
+    v.rule = Rule::OutboundTookPort;
+    if let Some(first) = v.holders.first_mut() {
+        first.rule = Rule::OutboundTookPort;
+    }
+    v.fix = Some(format!(
+        "reserve the port so the kernel never hands it out: sysctl -w \
+         net.ipv4.ip_local_reserved_ports={} (keep it in /etc/sysctl.d; add to any ports \
+         already listed), or move the server out of the range ({range}); then close the \
+         connection or wait for it to end",
+        at.port
+    ));
+}

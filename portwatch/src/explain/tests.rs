@@ -52,6 +52,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
         uid: 1000,
         comm: "server".into(),
         cgroup_id: 0,
+        workload: None,
         fd: Some(3),
         requested: Some(Requested {
             sa_family: s.family.af(),
@@ -75,6 +76,8 @@ fn holder(s: SocketView, pid: u32) -> Holder {
             pid,
             comm: "java".into(),
             fd: 5,
+            workload: None,
+            forward: None,
         }],
         source: Source::SocketTable,
     }
@@ -106,6 +109,7 @@ fn facts(holders: Vec<Holder>) -> Facts {
             ipv6_ip_nonlocal_bind: Some(false),
             bindv6only: Some(false),
             ip_autobind_reuse: Some(false),
+            ip_local_reserved_ports: Some(String::new()),
         },
         ..Facts::default()
     }
@@ -699,4 +703,68 @@ fn a_process_blocked_by_its_own_socket_is_told_so() {
         fix.contains("reuse the socket the process already holds"),
         "{fix}"
     );
+}
+
+#[test]
+fn outbound_connection_took_the_port() {
+    let mut conn = sock(Proto::Tcp, "10.0.0.5", 40000);
+    conn.state = State::ESTABLISHED;
+    conn.peer = Some(("10.0.0.9".parse().unwrap(), 5432));
+    let ev = bind(Proto::Tcp, "0.0.0.0", 40000, EADDRINUSE, Options::default());
+    let v = check(
+        &ev,
+        &facts(vec![holder(conn.clone(), 77)]),
+        Rule::OutboundTookPort,
+        &[
+            "local port of a connection of pid 77 (java)",
+            "10.0.0.9:5432",
+            "32768–60999",
+        ],
+    );
+    assert!(
+        v.fix
+            .as_deref()
+            .unwrap()
+            .contains("ip_local_reserved_ports=40000")
+    );
+    assert_eq!(v.holders[0].rule, Rule::OutboundTookPort);
+    // Outside the range it is an ordinary clash.
+    let mut low = conn.clone();
+    low.port = 8080;
+    let ev = bind(Proto::Tcp, "0.0.0.0", 8080, EADDRINUSE, Options::default());
+    check(
+        &ev,
+        &facts(vec![holder(low, 77)]),
+        Rule::SpecificBlocksWildcard,
+        &[],
+    );
+    // A listener on the port: the connection may be one it accepted; no claim.
+    let ev = bind(Proto::Tcp, "0.0.0.0", 40000, EADDRINUSE, Options::default());
+    let v = explain(
+        &ev,
+        &facts(vec![
+            holder(conn, 77),
+            holder(listening(sock(Proto::Tcp, "10.0.0.5", 40000)), 78),
+        ]),
+    )
+    .unwrap();
+    assert_ne!(v.rule, Rule::OutboundTookPort);
+}
+
+#[test]
+fn server_in_the_ephemeral_range_gets_a_note() {
+    let ev = bind(Proto::Tcp, "0.0.0.0", 40000, 0, Options::default());
+    let v = explain(&ev, &facts(vec![])).unwrap();
+    assert!(
+        v.details
+            .iter()
+            .any(|d| d.contains("ephemeral range") && d.contains("ip_local_reserved_ports=40000")),
+        "{:?}",
+        v.details
+    );
+    let mut f = facts(vec![]);
+    f.sysctls.ip_local_reserved_ports = Some("40000".into());
+    assert!(explain(&ev, &f).unwrap().details.is_empty());
+    let ev = bind(Proto::Tcp, "0.0.0.0", 8080, 0, Options::default());
+    assert!(explain(&ev, &facts(vec![])).unwrap().details.is_empty());
 }

@@ -16,9 +16,11 @@ use portwatch_common::walk;
 
 use super::{Facts, Sysctls};
 use crate::{
+    docker_proxy::{self, DockerProxy, Forward},
     event::{Event, KernelHolder},
     netns::Namespaces,
     procfs,
+    socket_units::{self, SocketUnit},
     sockets::{Holder, Owner, OwnerStatus, Proto, SocketView, Source},
     sockinfo::{self, Inspected},
     tables::{self, TablesError, TaskFile},
@@ -295,7 +297,53 @@ impl FactFinder {
             facts.cgroup_bind_programs = crate::cgroup::bind_programs(ev.cgroup_id);
         }
         self.table_facts(ebpf, ns, ev, sock, &mut facts);
+        crate::cgroup::name_owners(
+            facts
+                .holders
+                .iter_mut()
+                .flatten()
+                .chain(&mut facts.other_netns),
+        );
+        self.follow_proxies(ns, facts.holders.iter_mut().flatten());
+        facts.socket_units =
+            socket_units_for(facts.holders.as_deref().unwrap_or_default(), ev.port());
         facts
+    }
+
+    /// For every owner that is a docker-proxy: where its arguments say it forwards, which
+    /// network namespace has that container address now (none: the container is gone), and the
+    /// workload of a process in it.
+    pub fn follow_proxies<'a>(
+        &mut self,
+        ns: &mut Namespaces,
+        holders: impl IntoIterator<Item = &'a mut Holder>,
+    ) {
+        for h in holders {
+            for o in &mut h.owners {
+                if o.comm != docker_proxy::COMM {
+                    continue;
+                }
+                let Some(proxy) = DockerProxy::parse(&procfs::cmdline(o.pid)) else {
+                    continue;
+                };
+                let container_netns = ns.discover().into_iter().find(|&n| {
+                    self.netns_facts(ns, n)
+                        .1
+                        .is_some_and(|addrs| addrs.contains(&proxy.container_ip))
+                });
+                let proxy_pid = o.pid;
+                let container = container_netns.and_then(|n| {
+                    procfs::pids()
+                        .filter(|&p| p != proxy_pid && procfs::netns_of(p) == Some(u64::from(n)))
+                        .find_map(|p| crate::cgroup::workload_of_pid(p).filter(|w| !w.is_root()))
+                });
+                o.forward = Some(Box::new(Forward {
+                    proxy,
+                    container_netns,
+                    container,
+                }));
+            }
+        }
     }
 
     /// Reads now what [`FactFinder::gather`] will need from the socket and fd tables for `ev`,
@@ -478,6 +526,8 @@ impl FactFinder {
                     pid: ev.pid,
                     comm: ev.comm.clone(),
                     fd: ev.fd.unwrap_or(-1),
+                    workload: ev.workload.as_deref().cloned(),
+                    forward: None,
                 },
             );
         }
@@ -615,6 +665,15 @@ fn walked(ev: &Event) -> bool {
     ev.walk.is_some_and(|w| w & walk::DONE != 0)
 }
 
+/// The socket units naming `port`, when systemd owns one of `holders` (socket activation).
+pub fn socket_units_for(holders: &[Holder], port: u16) -> Option<Vec<SocketUnit>> {
+    holders
+        .iter()
+        .flat_map(|h| &h.owners)
+        .any(|o| socket_units::is_systemd(o.pid, &o.comm))
+        .then(|| socket_units::find(port))
+}
+
 /// Who bound the sockets portwatch saw bound, by socket inode. Bounded: the oldest are
 /// forgotten first, so a week of churn holds no more than an hour of it.
 #[derive(Default)]
@@ -692,6 +751,7 @@ fn read_sysctls() -> Sysctls {
         ipv6_ip_nonlocal_bind: sysctl_bool("net/ipv6/ip_nonlocal_bind"),
         bindv6only: sysctl_bool("net/ipv6/bindv6only"),
         ip_autobind_reuse: sysctl_bool("net/ipv4/ip_autobind_reuse"),
+        ip_local_reserved_ports: sysctl("net/ipv4/ip_local_reserved_ports"),
     }
 }
 

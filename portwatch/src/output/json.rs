@@ -16,6 +16,7 @@ use crate::{
     event::Event,
     explain::{Involved, Verdict},
     sockets::{Family, Holder, Owner, OwnerStatus, SocketView, endpoint},
+    workload::{Kind, Workload},
 };
 
 /// Writes `value` as one line of JSON.
@@ -37,6 +38,8 @@ pub struct JsonEvent<'a> {
     comm: &'a str,
     netns: Option<u32>,
     cgroup_id: u64,
+    /// What the cgroup is: null when it was not found.
+    workload: Option<JsonWorkload<'a>>,
     fd: Option<i32>,
     family: Option<&'static str>,
     protocol: Option<String>,
@@ -66,6 +69,7 @@ impl<'a> JsonEvent<'a> {
             comm: &ev.comm,
             netns: ev.netns(),
             cgroup_id: ev.cgroup_id,
+            workload: ev.workload.as_deref().map(JsonWorkload::of),
             fd: ev.fd,
             family: sock.map(|s| s.family.name()),
             protocol: sock.map(|s| s.proto.name()),
@@ -232,6 +236,25 @@ struct JsonOwner<'a> {
     pid: u32,
     comm: &'a str,
     fd: i32,
+    /// The process's cgroup and what it is; null when not read (the process is gone).
+    workload: Option<JsonWorkload<'a>>,
+    /// For a docker-proxy: where it forwards (left out for other processes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    docker_proxy: Option<JsonForward<'a>>,
+}
+
+/// A docker-proxy's target, and the container found there.
+#[derive(Serialize)]
+struct JsonForward<'a> {
+    proto: &'a str,
+    host_ip: Option<String>,
+    host_port: u16,
+    container_ip: String,
+    container_port: u16,
+    /// The network namespace that has `container_ip` now; null: none (a stale proxy).
+    container_netns: Option<u32>,
+    /// The workload of a process in that namespace, when one was found.
+    container: Option<JsonWorkload<'a>>,
 }
 
 impl<'a> JsonOwner<'a> {
@@ -240,6 +263,95 @@ impl<'a> JsonOwner<'a> {
             pid: o.pid,
             comm: &o.comm,
             fd: o.fd,
+            workload: o.workload.as_ref().map(JsonWorkload::of),
+            docker_proxy: o.forward.as_deref().map(|f| JsonForward {
+                proto: &f.proxy.proto,
+                host_ip: f.proxy.host_ip.map(|a| a.to_string()),
+                host_port: f.proxy.host_port,
+                container_ip: f.proxy.container_ip.to_string(),
+                container_port: f.proxy.container_port,
+                container_netns: f.container_netns,
+                container: f.container.as_ref().map(JsonWorkload::of),
+            }),
+        }
+    }
+}
+
+/// A cgroup and what its path says runs there. Keys that do not apply are left out; ids are
+/// whole (64 hex digits).
+#[derive(Serialize, Default)]
+struct JsonWorkload<'a> {
+    /// The cgroup v2 path.
+    cgroup: &'a str,
+    /// `systemd`, `docker`, `podman`, `kubernetes`, `lxc`; null when the path has no known shape.
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    /// The user manager's uid: systemd user units, rootless Podman.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qos: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_name: Option<&'a str>,
+    /// An LXC container's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+impl<'a> JsonWorkload<'a> {
+    fn of(w: &'a Workload) -> Self {
+        let base = JsonWorkload {
+            cgroup: &w.path,
+            kind: w.kind.as_ref().map(Kind::name),
+            ..JsonWorkload::default()
+        };
+        match &w.kind {
+            None => base,
+            Some(Kind::Systemd { unit, user }) => JsonWorkload {
+                unit: Some(unit),
+                user_uid: *user,
+                ..base
+            },
+            Some(Kind::Docker { id }) => JsonWorkload {
+                container_id: Some(id),
+                ..base
+            },
+            Some(Kind::Podman { id, user }) => JsonWorkload {
+                container_id: Some(id),
+                user_uid: *user,
+                ..base
+            },
+            Some(Kind::Lxc { name }) => JsonWorkload {
+                name: Some(name),
+                ..base
+            },
+            Some(Kind::Kubernetes {
+                pod_uid,
+                qos,
+                runtime,
+                container_id,
+                names,
+            }) => JsonWorkload {
+                pod_uid: Some(pod_uid),
+                qos: Some(qos.name()),
+                runtime: *runtime,
+                container_id: container_id.as_deref(),
+                pod_namespace: names.as_ref().map(|n| n.namespace.as_str()),
+                pod_name: names.as_ref().map(|n| n.pod.as_str()),
+                container_name: names.as_ref().and_then(|n| n.container.as_deref()),
+                ..base
+            },
         }
     }
 }

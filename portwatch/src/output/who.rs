@@ -140,6 +140,11 @@ fn table(out: &mut impl Write, report: &WhoReport) -> io::Result<()> {
             opts,
             s.uid.map_or("-".to_string(), |u| u.to_string()),
         )?;
+        for o in &h.owners {
+            if let Some(f) = &o.forward {
+                writeln!(out, "{:<11} ↳ {}", "", f.sentence(o.pid))?;
+            }
+        }
     }
     if let Some(why) = report.blind {
         writeln!(out, "This list may be incomplete: {why}.")?;
