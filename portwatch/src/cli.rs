@@ -164,6 +164,16 @@ pub struct TraceArgs {
     /// Exit after this many events have been printed.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (and /healthz) while tracing.
+    /// The metrics are listed in the README; their labels never hold a pid, an address or a
+    /// process name. Use a loopback address unless the network is trusted.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Print no event lines (status lines still go to stderr). For a metrics-only agent.
+    #[arg(long, conflicts_with = "json")]
+    pub quiet: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

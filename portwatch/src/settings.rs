@@ -24,6 +24,10 @@ pub struct TraceSettings {
     pub color: bool,
     /// Exit after this many events have been printed.
     pub count: Option<u64>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// No event lines.
+    pub quiet: bool,
 }
 
 impl TraceSettings {
@@ -32,7 +36,7 @@ impl TraceSettings {
             backend: backend_choice(args.backend),
             kernel_filter: KernelFilter {
                 pid: args.pid,
-                ports: args.ports,
+                ports: args.ports.clone(),
                 failed_only: args.failed,
             },
             filter: EventFilter {
@@ -55,6 +59,8 @@ impl TraceSettings {
                 }
             },
             count: args.count,
+            metrics: args.metrics,
+            quiet: args.quiet,
         }
     }
 }

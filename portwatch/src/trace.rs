@@ -7,6 +7,7 @@
 use std::{
     collections::HashMap,
     io,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -27,6 +28,7 @@ use crate::{
     explain,
     facts::FactFinder,
     loader,
+    metrics::{self, Metrics},
     netns::{self, Namespaces},
     output::{self, Clock, Printer, Summary},
     settings::{EventFilter, TraceSettings},
@@ -48,6 +50,10 @@ pub struct Session {
     summary: Summary,
     printed: u64,
     limit: Option<u64>,
+    /// `--metrics`: counted here, served by [`metrics::server`].
+    metrics: Option<Arc<Metrics>>,
+    /// `--quiet`: count and explain, print no event lines.
+    quiet: bool,
 }
 
 /// Records taken from the ring buffer per pass. A pass is explained as a unit: one socket
@@ -131,7 +137,12 @@ impl Session {
             facts.other_netns.retain(|h| !younger(h.socket.ino));
             self.summary.count(&ev);
             let verdict = explain::explain(&ev, &facts);
-            self.printer.event(&ev, verdict.as_ref())?;
+            if let Some(m) = &self.metrics {
+                m.record(&ev, verdict.as_ref());
+            }
+            if !self.quiet {
+                self.printer.event(&ev, verdict.as_ref())?;
+            }
             self.printed += 1;
             if self.done() {
                 break;
@@ -221,6 +232,15 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     ));
 
     let backend = loaded.backend;
+    let metrics = match settings.metrics {
+        Some(addr) => {
+            let m = Arc::new(Metrics::new(backend, &settings.kernel_filter.ports));
+            let at = metrics::server::start(addr, Arc::clone(&m)).await?;
+            output::status(format_args!("portwatch: metrics at http://{at}/metrics"));
+            Some(m)
+        }
+        None => None,
+    };
     let mut session = Session {
         ebpf: loaded.ebpf,
         printer: Printer::new(
@@ -237,8 +257,12 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         summary: Summary::new(backend),
         printed: 0,
         limit: settings.count,
+        metrics,
+        quiet: settings.quiet,
     };
-    session.printer.header()?;
+    if !session.quiet {
+        session.printer.header()?;
+    }
 
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -316,6 +340,9 @@ fn report_lost(map: &aya::maps::Map, session: &mut Session, reported: &mut u64) 
     let (rb, pending) = lost_totals(map);
     let total = rb + pending;
     if total > *reported {
+        if let Some(m) = &session.metrics {
+            m.lost(total - *reported);
+        }
         session.printer.lost(total - *reported, total)?;
         *reported = total;
     }
