@@ -214,6 +214,16 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
+    // Served before the ready line, so whoever waits for that line can scrape at once.
+    let metrics = match settings.metrics {
+        Some(addr) => {
+            let m = Arc::new(Metrics::new(loaded.backend, &settings.kernel_filter.ports));
+            let at = metrics::server::start(addr, Arc::clone(&m)).await?;
+            output::status(format_args!("portwatch: metrics at http://{at}/metrics"));
+            Some(m)
+        }
+        None => None,
+    };
     if let Some(why) = &loaded.fallback {
         output::status(format_args!(
             "portwatch: fexit unavailable ({why}); using the syscall tracepoints"
@@ -232,15 +242,6 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     ));
 
     let backend = loaded.backend;
-    let metrics = match settings.metrics {
-        Some(addr) => {
-            let m = Arc::new(Metrics::new(backend, &settings.kernel_filter.ports));
-            let at = metrics::server::start(addr, Arc::clone(&m)).await?;
-            output::status(format_args!("portwatch: metrics at http://{at}/metrics"));
-            Some(m)
-        }
-        None => None,
-    };
     let mut session = Session {
         ebpf: loaded.ebpf,
         printer: Printer::new(
