@@ -171,8 +171,22 @@ pub struct TraceArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Append event lines to FILE instead of stdout, each line whole (a log shipper tailing
+    /// it never sees half a line). SIGHUP reopens FILE (after logrotate moved it).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+
+    /// Rotate FILE before it grows past SIZE bytes (K, M, G suffixes): FILE becomes FILE.1,
+    /// FILE.1 becomes FILE.2, and so on.
+    #[arg(long, value_name = "SIZE", requires = "output", value_parser = crate::output::file::parse_size)]
+    pub output_max_size: Option<u64>,
+
+    /// How many rotated files to keep (FILE.1 ... FILE.N); older ones are deleted.
+    #[arg(long, value_name = "N", default_value_t = 5, requires = "output")]
+    pub output_keep: u32,
+
     /// Print no event lines (status lines still go to stderr). For a metrics-only agent.
-    #[arg(long, conflicts_with = "json")]
+    #[arg(long, conflicts_with_all = ["json", "output"])]
     pub quiet: bool,
 }
 

@@ -30,7 +30,10 @@ use crate::{
     loader,
     metrics::{self, Metrics},
     netns::{self, Namespaces},
-    output::{self, Clock, Printer, Summary},
+    output::{
+        self, Clock, Printer, Summary,
+        file::{LineFile, Sink},
+    },
     settings::{EventFilter, TraceSettings},
 };
 
@@ -213,6 +216,18 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut printer = Printer::new(
+        settings.json,
+        settings.color,
+        Clock::now(),
+        netns::current(),
+    );
+    if let Some(target) = &settings.output {
+        let file = LineFile::open(target.clone())
+            .with_context(|| format!("--output: opening {}", target.path.display()))?;
+        printer = printer.writing_to(Sink::File(file));
+    }
 
     // Served before the ready line, so whoever waits for that line can scrape at once.
     let metrics = match settings.metrics {
@@ -244,12 +259,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     let backend = loaded.backend;
     let mut session = Session {
         ebpf: loaded.ebpf,
-        printer: Printer::new(
-            settings.json,
-            settings.color,
-            Clock::now(),
-            netns::current(),
-        ),
+        printer,
         filter: settings.filter,
         namespaces: Namespaces::default(),
         facts: FactFinder::new(loaded.tables),
@@ -284,6 +294,11 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                if let Err(e) = session.printer.reopen() {
+                    output::status(format_args!("portwatch: warning: SIGHUP: reopening the output file: {e}"));
+                }
+            }
         }
         if outcome.is_err() {
             break;
