@@ -27,6 +27,7 @@ pub mod holder;
 mod metrics;
 pub mod netns;
 pub mod portwatch;
+mod privilege;
 pub mod prometheus;
 pub mod sock;
 mod trace;
@@ -168,6 +169,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(explain::scenarios());
     v.extend(who::scenarios());
     v.extend(metrics::scenarios());
+    v.extend(privilege::scenarios());
     v
 }
 
