@@ -87,6 +87,23 @@ impl LineFile {
         Ok(())
     }
 
+    /// Writes the pending line at `range`, rotating first if it would not fit.
+    fn write_line(&mut self, range: std::ops::Range<usize>) -> io::Result<()> {
+        let len = range.len() as u64;
+        if self
+            .target
+            .max_size
+            .is_some_and(|max| self.size > 0 && self.size + len > max)
+        {
+            self.rotate()?;
+        }
+        // One write(2) for the line: a regular file takes it whole (a short write only
+        // happens when the disk is full, and then write_all's retry is all we can do).
+        self.file.write_all(&self.pending[range])?;
+        self.size += len;
+        Ok(())
+    }
+
     /// Hands every complete pending line to the kernel, one write(2) each; a partial last
     /// line stays pending until its newline comes.
     fn commit_lines(&mut self) -> io::Result<()> {
@@ -94,34 +111,21 @@ impl LineFile {
             return Ok(());
         };
         let mut start = 0;
-        let mut result = Ok(());
-        while start <= end {
+        let result = loop {
+            if start > end {
+                break Ok(());
+            }
             let stop = start
                 + self.pending[start..=end]
                     .iter()
                     .position(|&b| b == b'\n')
                     .unwrap_or(end - start)
                 + 1;
-            let len = (stop - start) as u64;
-            if self
-                .target
-                .max_size
-                .is_some_and(|max| self.size > 0 && self.size + len > max)
-            {
-                if let Err(e) = self.rotate() {
-                    result = Err(e);
-                    break;
-                }
+            if let Err(e) = self.write_line(start..stop) {
+                break Err(e);
             }
-            // One write(2) for the line: a regular file takes it whole (a short write only
-            // happens when the disk is full, and then write_all's retry is all we can do).
-            if let Err(e) = self.file.write_all(&self.pending[start..stop]) {
-                result = Err(e);
-                break;
-            }
-            self.size += len;
             start = stop;
-        }
+        };
         self.pending.drain(..start);
         result
     }
