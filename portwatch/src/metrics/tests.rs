@@ -1,23 +1,15 @@
 //! The exposition for a fixed sequence of events, byte for byte: what Prometheus scrapes.
 
-use std::net::IpAddr;
-
 use portwatch_common::Backend;
 
 use super::*;
 use crate::{
     event::Requested,
-    explain::{Rule, Verdict},
-    sockets::{Family, Options, SocketView, State},
+    explain::{self, Rule, Verdict},
 };
 
 fn call(call: Call, proto: Proto, addr: &str, port: u16, ret: i32) -> Event {
-    let addr: IpAddr = addr.parse().unwrap();
-    let family = if addr.is_ipv4() {
-        Family::Ipv4
-    } else {
-        Family::Ipv6
-    };
+    let socket = explain::tests::sock(proto, addr, port);
     Event {
         call,
         backend: Some(Backend::Tracepoint),
@@ -29,25 +21,13 @@ fn call(call: Call, proto: Proto, addr: &str, port: u16, ret: i32) -> Event {
         cgroup_id: 77,
         fd: Some(3),
         requested: (call == Call::Bind).then_some(Requested {
-            sa_family: family.af(),
-            addr,
+            sa_family: socket.family.af(),
+            addr: socket.addr,
             port,
             scope_id: 0,
         }),
         ret,
-        socket: Some(SocketView {
-            family,
-            proto,
-            addr,
-            port,
-            state: State::CLOSE,
-            options: Options::default(),
-            uid: Some(1000),
-            netns: 1,
-            ino: 9,
-            peer: None,
-            tw_left_ms: None,
-        }),
+        socket: Some(socket),
         kernel_holders: vec![],
         walk: None,
         holders_sent: 0,
