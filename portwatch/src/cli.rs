@@ -168,6 +168,30 @@ pub struct TraceArgs {
     /// Exit after this many events have been printed.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (and /healthz) while tracing.
+    /// The metrics are listed in the README; their labels never hold a pid, an address or a
+    /// process name. Use a loopback address unless the network is trusted.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Append event lines to FILE instead of stdout, each line whole (a log shipper tailing
+    /// it never sees half a line). SIGHUP reopens FILE (after logrotate moved it).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+
+    /// Rotate FILE before it grows past SIZE bytes (K, M, G suffixes): FILE becomes FILE.1,
+    /// FILE.1 becomes FILE.2, and so on.
+    #[arg(long, value_name = "SIZE", requires = "output", value_parser = crate::output::file::parse_size)]
+    pub output_max_size: Option<u64>,
+
+    /// How many rotated files to keep (FILE.1 ... FILE.N); older ones are deleted.
+    #[arg(long, value_name = "N", default_value_t = 5, requires = "output")]
+    pub output_keep: u32,
+
+    /// Print no event lines (status lines still go to stderr). For a metrics-only agent.
+    #[arg(long, conflicts_with_all = ["json", "output"])]
+    pub quiet: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,15 @@
 
 /// The symbolic name of an errno value (positive), e.g. 98 → "EADDRINUSE".
 pub fn name(errno: i32) -> String {
-    let known = match errno {
+    match known_name(errno) {
+        Some(known) => known.to_string(),
+        None => format!("E{errno}"),
+    }
+}
+
+/// The symbolic name of an errno value portwatch knows, or None.
+pub fn known_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
         libc::EPERM => "EPERM",
         libc::ENOENT => "ENOENT",
         libc::EINTR => "EINTR",
@@ -27,9 +35,8 @@ pub fn name(errno: i32) -> String {
         libc::EISCONN => "EISCONN",
         libc::ENOTCONN => "ENOTCONN",
         libc::ENOPROTOOPT => "ENOPROTOOPT",
-        _ => return format!("E{errno}"),
-    };
-    known.to_string()
+        _ => return None,
+    })
 }
 
 /// The C library's description, e.g. "Address already in use".

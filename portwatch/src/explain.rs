@@ -428,4 +428,4 @@ fn coexist_rank(c: Coexist) -> u8 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -34,11 +34,18 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error(
-        "portwatch {0} loads eBPF programs, which needs root, or the capabilities CAP_BPF and \
-         CAP_PERFMON (with CAP_SYS_PTRACE to name socket owners).\n  fix: run it with sudo: \
-         sudo portwatch {0}"
+        "portwatch {command} loads eBPF programs, which needs root or the capabilities CAP_BPF \
+         and CAP_PERFMON; missing: {missing} (the README's \"Least privilege\" lists what \
+         else each command uses).\n  fix: run it with sudo: sudo portwatch {command}, or \
+         grant {missing}"
     )]
-    NotPrivileged(String),
+    NotPrivileged { command: String, missing: String },
+    #[error(
+        "{TRACEFS} is readable by root only, and the tracepoint backend reads its event \
+         formats there; without root that needs CAP_DAC_READ_SEARCH.\n  fix: add \
+         CAP_DAC_READ_SEARCH (AmbientCapabilities= in a systemd unit), or run as root"
+    )]
+    TracefsDenied,
     #[error(
         "this kernel has no BTF ({path} is missing), which portwatch needs to find kernel \
          struct offsets.\n  fix: use a kernel built with CONFIG_DEBUG_INFO_BTF=y (the default \
@@ -138,10 +145,17 @@ pub fn check_privileges(command: &str) -> Result<(), LoadError> {
         .unwrap_or(0);
     let has = |cap: u32| eff & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        Ok(())
-    } else {
-        Err(LoadError::NotPrivileged(command.to_string()))
+        return Ok(());
     }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    Err(LoadError::NotPrivileged {
+        command: command.to_string(),
+        missing: missing.join(" and "),
+    })
 }
 
 pub fn kernel_info() -> Result<KernelInfo, LoadError> {
@@ -201,8 +215,13 @@ fn parse_version(release: &str) -> Option<(u32, u32)> {
 /// so this must run before the first tracepoint attach.
 fn ensure_tracefs() -> Result<(), LoadError> {
     let events = Path::new(TRACEFS).join("events");
-    if events.exists() {
-        return Ok(());
+    match std::fs::metadata(&events) {
+        Ok(_) => return Ok(()),
+        // Mounted, but mode 0700 root: not something a mount would fix.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(LoadError::TracefsDenied);
+        }
+        Err(_) => {}
     }
     let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
     let fstype = c"tracefs";

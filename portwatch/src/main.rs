@@ -10,6 +10,7 @@ mod explain;
 mod facts;
 mod layout;
 mod loader;
+mod metrics;
 mod netns;
 mod output;
 mod procfs;

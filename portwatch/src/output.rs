@@ -2,6 +2,7 @@
 //! one object per line, its wire types all in [`json`]. `trace`'s renderer is here, `who`'s in
 //! [`who`]; status lines (warnings, the summary) go to stderr through [`status`].
 
+pub mod file;
 pub mod json;
 pub mod who;
 
@@ -125,7 +126,7 @@ pub struct Printer {
     style: Style,
     clock: Clock,
     own_netns: u32,
-    out: io::BufWriter<io::Stdout>,
+    out: file::Sink,
 }
 
 const HEADER: [&str; 8] = [
@@ -148,8 +149,20 @@ impl Printer {
             style: Style { on: color },
             clock,
             own_netns,
-            out: io::BufWriter::with_capacity(1 << 16, io::stdout()),
+            out: file::Sink::stdout(),
         }
+    }
+
+    /// Event lines go to `sink` instead of stdout (`--output`).
+    pub fn writing_to(mut self, sink: file::Sink) -> Self {
+        self.out = sink;
+        self
+    }
+
+    /// SIGHUP: reopen the output file.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.out.reopen()
     }
 
     pub fn header(&mut self) -> io::Result<()> {

@@ -10,6 +10,7 @@ use crate::{
     cli::{BackendArg, ColorChoice, FamilyArg, ProtoArg, TraceArgs},
     event::Event,
     loader::{BackendChoice, KernelFilter},
+    output::file::FileTarget,
     sockets::{Family, Proto},
 };
 
@@ -24,6 +25,12 @@ pub struct TraceSettings {
     pub color: bool,
     /// Exit after this many events have been printed.
     pub count: Option<u64>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// No event lines.
+    pub quiet: bool,
+    /// `--output`: event lines to this file, rotated.
+    pub output: Option<FileTarget>,
 }
 
 impl TraceSettings {
@@ -32,7 +39,7 @@ impl TraceSettings {
             backend: backend_choice(args.backend),
             kernel_filter: KernelFilter {
                 pid: args.pid,
-                ports: args.ports,
+                ports: args.ports.clone(),
                 failed_only: args.failed,
             },
             filter: EventFilter {
@@ -51,10 +58,19 @@ impl TraceSettings {
                 ColorChoice::Always => true,
                 ColorChoice::Never => false,
                 ColorChoice::Auto => {
-                    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+                    args.output.is_none()
+                        && std::io::stdout().is_terminal()
+                        && std::env::var_os("NO_COLOR").is_none()
                 }
             },
             count: args.count,
+            metrics: args.metrics,
+            quiet: args.quiet,
+            output: args.output.map(|path| FileTarget {
+                path,
+                max_size: args.output_max_size,
+                keep: args.output_keep,
+            }),
         }
     }
 }

@@ -13,6 +13,7 @@
 use std::{
     collections::HashMap,
     io,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -34,8 +35,12 @@ use crate::{
     explain,
     facts::FactFinder,
     loader,
+    metrics::{self, Metrics},
     netns::{self, Namespaces},
-    output::{self, Clock, Printer, Summary},
+    output::{
+        self, Clock, Printer, Summary,
+        file::{LineFile, Sink},
+    },
     settings::{EventFilter, TraceSettings},
 };
 
@@ -60,6 +65,10 @@ pub struct Session {
     /// The kernel side's per-CPU counters of dropped events, and how many were reported.
     lost_map: aya::maps::Map,
     reported_lost: u64,
+    /// `--metrics`: counted here, served by [`metrics::server`].
+    metrics: Option<Arc<Metrics>>,
+    /// `--quiet`: count and explain, print no event lines.
+    quiet: bool,
 }
 
 /// Records taken from the ring buffer per pass. A pass is explained as a unit: one socket
@@ -145,7 +154,12 @@ impl Session {
             facts.other_netns.retain(|h| !younger(h.socket.ino));
             self.summary.count(&ev);
             let verdict = explain::explain(&ev, &facts);
-            self.printer.event(&ev, verdict.as_ref())?;
+            if let Some(m) = &self.metrics {
+                m.record(&ev, verdict.as_ref());
+            }
+            if !self.quiet {
+                self.printer.event(&ev, verdict.as_ref())?;
+            }
             self.printed += 1;
             if self.done() {
                 break;
@@ -196,6 +210,9 @@ impl Session {
     fn report_lost(&mut self) -> io::Result<()> {
         let total = lost_total(&self.lost_map);
         if total > self.reported_lost {
+            if let Some(m) = &self.metrics {
+                m.lost(total - self.reported_lost);
+            }
             self.printer.lost(total - self.reported_lost, total)?;
             self.reported_lost = total;
         }
@@ -245,7 +262,29 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut printer = Printer::new(
+        settings.json,
+        settings.color,
+        Clock::now(),
+        netns::current(),
+    );
+    if let Some(target) = &settings.output {
+        let file = LineFile::open(target.clone())
+            .with_context(|| format!("--output: opening {}", target.path.display()))?;
+        printer = printer.writing_to(Sink::File(file));
+    }
 
+    // Served before the ready line, so whoever waits for that line can scrape at once.
+    let metrics = match settings.metrics {
+        Some(addr) => {
+            let m = Arc::new(Metrics::new(loaded.backend, &settings.kernel_filter.ports));
+            let at = metrics::server::start(addr, Arc::clone(&m)).await?;
+            output::status(format_args!("portwatch: metrics at http://{at}/metrics"));
+            Some(m)
+        }
+        None => None,
+    };
     if let Some(why) = &loaded.fallback {
         output::status(format_args!(
             "portwatch: fexit unavailable ({why}); using the syscall tracepoints"
@@ -266,12 +305,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     let backend = loaded.backend;
     let mut session = Session {
         ebpf: loaded.ebpf,
-        printer: Printer::new(
-            settings.json,
-            settings.color,
-            Clock::now(),
-            netns::current(),
-        ),
+        printer,
         filter: settings.filter,
         namespaces: Namespaces::default(),
         facts: FactFinder::new(loaded.tables),
@@ -283,8 +317,12 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         limit: settings.count,
         lost_map,
         reported_lost: 0,
+        metrics,
+        quiet: settings.quiet,
     };
-    session.printer.header()?;
+    if !session.quiet {
+        session.printer.header()?;
+    }
 
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -304,6 +342,11 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                if let Err(e) = session.printer.reopen() {
+                    output::status(format_args!("portwatch: warning: SIGHUP: reopening the output file: {e}"));
+                }
+            }
         }
         if outcome.is_err() {
             break;

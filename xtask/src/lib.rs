@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cmd;
+pub mod deploy;
 pub mod run;
 pub mod scenarios;
 pub mod setup;

@@ -13,7 +13,8 @@
 //! - [`portwatch`]: portwatch as a child, waiting for the events a scenario caused;
 //! - [`check`]: field-by-field assertions on portwatch's JSON;
 //! - [`cgroup_deny`]: a cgroup BPF program that makes bind() fail with EPERM;
-//! - [`vanish`]: holders that exit right after another process's call.
+//! - [`vanish`]: holders that exit right after another process's call;
+//! - [`prometheus`]: Debian's Prometheus and promtool, fetched once and run by hand.
 //!
 //! A scenario is a name plus a body of one of three kinds (see [`Body`]). Most share one
 //! portwatch per backend, because starting one is slow under emulation; filter tests and
@@ -23,9 +24,12 @@ pub mod cgroup_deny;
 pub mod check;
 mod explain;
 pub mod holder;
+mod metrics;
 pub mod netns;
 mod outbound;
 pub mod portwatch;
+mod privilege;
+pub mod prometheus;
 pub mod sock;
 mod trace;
 pub mod vanish;
@@ -168,6 +172,8 @@ pub fn all() -> Vec<Scenario> {
     v.extend(who::scenarios());
     v.extend(workload::scenarios());
     v.extend(outbound::scenarios());
+    v.extend(metrics::scenarios());
+    v.extend(privilege::scenarios());
     v
 }
 

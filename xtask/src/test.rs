@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     bench,
     cmd::{self, workspace_root},
-    run, scenarios,
+    deploy, run, scenarios,
     scenarios::Outcome,
     setup, vm,
 };
@@ -111,6 +111,12 @@ pub fn main(args: TestArgs) -> Result<()> {
     let bin = suite.stage("release build", |_| run::build_release());
     match bin {
         Some(bin) => {
+            if !args.only_vm
+                && (args.filter.is_empty()
+                    || args.filter.iter().any(|f| "deploy".contains(f.as_str())))
+            {
+                suite.stage("deploy manifests", |_| deploy::check(&bin));
+            }
             if !args.only_vm {
                 suite.stage("scenarios on this host", |s| {
                     host_scenarios(s, &bin, &args.filter)

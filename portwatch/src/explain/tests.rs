@@ -10,7 +10,8 @@ use crate::{
     sockets::{Family, Options, Owner, Proto},
 };
 
-fn sock(proto: Proto, addr: &str, port: u16) -> SocketView {
+/// A closed socket on `addr:port` (uid 1000, netns 7); other tests build on it too.
+pub(crate) fn sock(proto: Proto, addr: &str, port: u16) -> SocketView {
     let addr: IpAddr = addr.parse().unwrap();
     SocketView {
         family: if addr.is_ipv4() {

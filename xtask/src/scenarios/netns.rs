@@ -228,6 +228,22 @@ impl RootNs {
     pub fn enter_on_spawn(&self, cmd: &mut Command) {
         join_before_exec(cmd, self.0.as_raw_fd());
     }
+
+    /// Runs `f` on a thread of its own in this namespace: to reach what portwatch serves on
+    /// its loopback (`--metrics`), and to start programs that must live there with it.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: an open nsfs file; setns moves only this thread.
+                if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error()).context("setns to the root namespace");
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow!("a thread in the root namespace panicked"))?
+        })
+    }
 }
 
 /// Makes `cmd`'s child join the network namespace `ns` (an open nsfs file) between fork and

@@ -193,7 +193,20 @@ impl Portwatch {
 
     /// Starts portwatch with exactly `args` and waits for the ready line.
     pub fn start_args(cfg: &Config, args: Vec<String>) -> Result<Portwatch> {
-        let mut cmd = Command::new(&cfg.exe);
+        Self::start_wrapped(cfg, &[], args)
+    }
+
+    /// As [`Portwatch::start_args`], through `wrapper` (a program and its arguments that
+    /// exec portwatch, such as setpriv dropping to a user with some capabilities).
+    pub fn start_wrapped(cfg: &Config, wrapper: &[&str], args: Vec<String>) -> Result<Portwatch> {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&cfg.exe);
+                c
+            }
+            None => Command::new(&cfg.exe),
+        };
         cmd.args(&args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
