@@ -74,8 +74,11 @@ fn a_tailer_sees_every_line_whole_through_rotations() {
 
     let tail_path = path.clone();
     let tail_done = Arc::clone(&done);
+    // Opened before the writer starts, as a shipper already tailing the file would be: a
+    // tailer thread that opened it late would start after the first rotations.
+    let first = File::open(&path).unwrap();
     let tailer = std::thread::spawn(move || {
-        let mut file = File::open(&tail_path).unwrap();
+        let mut file = first;
         let mut text = Vec::new();
         let mut torn = Vec::new();
         let mut files = 1;
