@@ -3,6 +3,7 @@
 mod btf;
 mod cgroup;
 mod cli;
+mod demo;
 mod errno;
 mod event;
 mod explain;
@@ -54,6 +55,7 @@ fn main() {
         match cli.command {
             Command::Trace(args) => trace::run(TraceSettings::resolve(args)).await,
             Command::Who(args) => who::run(args),
+            Command::Demo(args) => demo::run(args),
         }
     });
     match result {

@@ -34,6 +34,7 @@ impl TraceSettings {
                 pid: args.pid,
                 ports: args.ports,
                 failed_only: args.failed,
+                include_self: false,
             },
             filter: EventFilter {
                 comm: args.comm,

@@ -35,9 +35,25 @@ use crate::{
 /// How often the ring buffer is drained when the kernel has not woken us.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-pub struct Session {
+/// Where a session's explained events go: the trace's [`Printer`], or the demo's collector.
+pub trait Sink {
+    fn event(&mut self, ev: &Event, verdict: Option<&explain::Verdict>) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+impl Sink for Printer {
+    fn event(&mut self, ev: &Event, verdict: Option<&explain::Verdict>) -> io::Result<()> {
+        Printer::event(self, ev, verdict)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Printer::flush(self)
+    }
+}
+
+/// The event path shared by `trace` and `demo`: ring records in, explained events out to `P`.
+pub struct Session<P: Sink = Printer> {
     ebpf: Ebpf,
-    printer: Printer,
+    printer: P,
     filter: EventFilter,
     namespaces: Namespaces,
     facts: FactFinder,
@@ -81,7 +97,40 @@ fn take(ring: &mut RingBuf<MapData>, into: &mut Vec<Record>, max: usize) {
     }
 }
 
-impl Session {
+impl<P: Sink> Session<P> {
+    /// A session over a loaded object whose ring and lost-counter maps were taken out.
+    pub fn new(
+        ebpf: Ebpf,
+        tables: Result<(), crate::tables::TablesError>,
+        printer: P,
+        filter: EventFilter,
+        limit: Option<u64>,
+        backend: portwatch_common::Backend,
+    ) -> Self {
+        Session {
+            ebpf,
+            printer,
+            filter,
+            namespaces: Namespaces::default(),
+            facts: FactFinder::new(tables),
+            conflicts: HashMap::new(),
+            lookahead: Vec::new(),
+            summary: Summary::new(backend),
+            printed: 0,
+            limit,
+        }
+    }
+
+    /// Where the explained events went.
+    pub fn sink(&mut self) -> &mut P {
+        &mut self.printer
+    }
+
+    /// Detaches the programs (the object is unloaded when the session is dropped).
+    pub fn detach(&mut self) {
+        loader::detach(&mut self.ebpf);
+    }
+
     /// Handles one pass of records.
     ///
     /// The socket tables are read after the calls happened, so a socket in them may be younger
@@ -156,9 +205,19 @@ impl Session {
         self.limit.is_some_and(|n| self.printed >= n)
     }
 
+    /// Handles everything still in the ring. Call it once nothing produces any more (after
+    /// [`Session::detach`]), or right after the calls whose events are wanted: the kernel side
+    /// has written a call's event before the call returns.
+    pub fn drain_rest(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        while !self.done() && (!self.lookahead.is_empty() || ring_has_data(ring)) {
+            self.drain(ring)?;
+        }
+        Ok(())
+    }
+
     /// Handles what the ring holds, a bounded amount at a time so that signals and the timer
     /// are served between passes even under a flood.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         for _ in 0..MAX_PASSES_PER_DRAIN {
             let mut batch = std::mem::take(&mut self.lookahead);
             take(ring, &mut batch, BATCH);
@@ -179,6 +238,14 @@ impl Session {
     }
 }
 
+/// The ring buffer and the lost-events counters, taken out of a loaded object.
+pub fn take_ring(ebpf: &mut Ebpf) -> Result<(RingBuf<MapData>, aya::maps::Map)> {
+    let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?)
+        .context("opening the ring buffer")?;
+    let lost = ebpf.take_map(maps::LOST).context("LOST map missing")?;
+    Ok((ring, lost))
+}
+
 pub async fn run(settings: TraceSettings) -> Result<()> {
     loader::check_privileges("trace")?;
     let kernel = loader::kernel_info()?;
@@ -186,17 +253,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     // Loading parsed the kernel's BTF twice (ours, then aya's); give that memory back.
     unsafe { libc::malloc_trim(0) };
     let started = Instant::now();
-    let ring = RingBuf::try_from(
-        loaded
-            .ebpf
-            .take_map(maps::EVENTS)
-            .context("EVENTS map missing")?,
-    )
-    .context("opening the ring buffer")?;
-    let lost_map = loaded
-        .ebpf
-        .take_map(maps::LOST)
-        .context("LOST map missing")?;
+    let (ring, lost_map) = take_ring(&mut loaded.ebpf)?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole life.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
@@ -221,23 +278,20 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     ));
 
     let backend = loaded.backend;
-    let mut session = Session {
-        ebpf: loaded.ebpf,
-        printer: Printer::new(
-            settings.json,
-            settings.color,
-            Clock::now(),
-            netns::current(),
-        ),
-        filter: settings.filter,
-        namespaces: Namespaces::default(),
-        facts: FactFinder::new(loaded.tables),
-        conflicts: HashMap::new(),
-        lookahead: Vec::new(),
-        summary: Summary::new(backend),
-        printed: 0,
-        limit: settings.count,
-    };
+    let printer = Printer::new(
+        settings.json,
+        settings.color,
+        Clock::now(),
+        netns::current(),
+    );
+    let mut session = Session::new(
+        loaded.ebpf,
+        loaded.tables,
+        printer,
+        settings.filter,
+        settings.count,
+        backend,
+    );
     session.printer.header()?;
 
     let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -266,14 +320,10 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     }
 
     // Detach before the last drain: nothing new arrives, nothing already written is lost.
-    loader::detach(&mut session.ebpf);
+    session.detach();
     let mut ring = ring.into_inner();
-    // Nothing produces any more, so this ends.
-    while outcome.is_ok()
-        && !session.done()
-        && (!session.lookahead.is_empty() || ring_has_data(&mut ring))
-    {
-        outcome = session.drain(&mut ring);
+    if outcome.is_ok() {
+        outcome = session.drain_rest(&mut ring);
     }
     if outcome.is_ok() {
         outcome = report_lost(&lost_map, &mut session, &mut reported_lost);
