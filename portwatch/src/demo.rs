@@ -187,6 +187,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         } else {
             Ok(None)
         };
+        if args.quiz && !args.json && lab::interrupted() {
+            // Interrupted at the prompt: end the line, reveal nothing.
+            let _ = writeln!(out);
+            break;
+        }
         let shown = shown.and_then(|pred| {
             if args.json {
                 json_out::write_line(&mut out, &report.json(pred))
@@ -318,6 +323,16 @@ fn narrate(out: &mut impl io::Write, r: &Report, quizzed: bool) -> io::Result<()
         writeln!(out, "   error   the experiment could not finish: {e}")?;
     }
     writeln!(out, "   result  {} (observed on this kernel)", r.result())?;
+    if let (Some((ev, _)), Some(c)) = (&r.traced, r.caller)
+        && ev.ret != c.result.map_or_else(|e| -e, |()| 0)
+    {
+        writeln!(
+            out,
+            "   note    the traced call returned {}, the syscall here returned {}",
+            result_name(ev.errno().map_or(Ok(()), Err)),
+            r.result()
+        )?;
+    }
     match &r.traced {
         Some((_, Some(v))) => {
             writeln!(out, "   rule    {}", v.rule)?;

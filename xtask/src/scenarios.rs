@@ -21,6 +21,7 @@
 
 pub mod cgroup_deny;
 pub mod check;
+mod demo;
 mod explain;
 pub mod holder;
 pub mod netns;
@@ -164,6 +165,7 @@ pub fn all() -> Vec<Scenario> {
     let mut v = trace::scenarios();
     v.extend(explain::scenarios());
     v.extend(who::scenarios());
+    v.extend(demo::scenarios());
     v
 }
 

@@ -37,6 +37,9 @@ pub struct Trial {
     clients: Vec<OwnedFd>,
     children: Vec<Child>,
     namespaces: Vec<Scratch>,
+    /// Sysctls to put back when the experiment is over (after its events were explained:
+    /// the explanation reads them).
+    sysctls: Vec<(&'static str, String)>,
 }
 
 impl Trial {
@@ -117,6 +120,11 @@ impl Drop for Trial {
         self.clients.clear();
         self.socks.clear();
         self.namespaces.clear();
+        for (name, value) in self.sysctls.drain(..) {
+            if let Err(e) = lab::set_sysctl(name, &value) {
+                log::warn!("putting {name} back to {value} in the scratch namespace: {e}");
+            }
+        }
     }
 }
 
@@ -226,13 +234,13 @@ pub const ALL: &[Experiment] = &[
             const NAME: &str = "net/ipv6/bindv6only";
             let before = lab::read_sysctl(NAME)?;
             lab::set_sysctl(NAME, "1")?;
+            t.sysctls.push((NAME, before.clone()));
             t.observations.push(format!(
                 "net.ipv6.bindv6only in the scratch namespace: {before} -> {}",
                 lab::read_sysctl(NAME)?
             ));
             t.open(Spec::tcp("0.0.0.0", p).listening());
             t.open(Spec::tcp("::", p).listening());
-            lab::set_sysctl(NAME, &before)?;
             Ok(())
         },
     },
@@ -421,4 +429,25 @@ fn restart(t: &mut Trial, port: u16, old_reuseaddr: bool, new_reuseaddr: bool) -
     }
     t.open(new);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::ALL;
+
+    /// `--only` and the JSON `experiment` field go by id: each names one experiment.
+    #[test]
+    fn ids_are_unique_and_plain() {
+        let ids: BTreeSet<&str> = ALL.iter().map(|e| e.id).collect();
+        assert_eq!(ids.len(), ALL.len());
+        for id in ids {
+            assert!(
+                id.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '-' || c.is_ascii_digit()),
+                "{id}"
+            );
+        }
+    }
 }
