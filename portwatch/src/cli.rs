@@ -80,6 +80,42 @@ sudo portwatch who 8080 --addr 0.0.0.0 --reuseaddr\n  \
 sudo portwatch who 53 --addr 127.0.0.1 --udp --netns /run/netns/blue --json"
     )]
     Who(WhoArgs),
+    /// Can two programs use the same port? Try it on this kernel, and see why.
+    #[command(
+        long_about = "Can two programs use the same port? Try it on this kernel, and see why.\n\n\
+Runs small experiments with real sockets in a scratch network namespace (TCP next to UDP, \
+two addresses, wildcard vs specific, IPv6 dual-stack vs IPv4, SO_REUSEADDR, SO_REUSEPORT, a \
+server restart with connections in TIME_WAIT, another namespace) while portwatch traces \
+them, and shows for each the question, the sockets, the result this kernel gave, and \
+portwatch's explanation. Needs the same privileges as trace; leaves no namespace, socket, \
+sysctl change or BPF program behind, also when interrupted.",
+        after_help = "Examples:\n  \
+sudo portwatch demo\n  \
+sudo portwatch demo --quiz                     predict each result first (y/n), keep score\n  \
+sudo portwatch demo --only reuseport-other-user --json"
+    )]
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Ask for a prediction (y/n on stdin: will the last call succeed?) before each result,
+    /// and keep score.
+    #[arg(long)]
+    pub quiz: bool,
+
+    /// Run only the experiment with this id (see --list).
+    #[arg(long, value_name = "NAME")]
+    pub only: Option<String>,
+
+    /// List the experiments and exit.
+    #[arg(long)]
+    pub list: bool,
+
+    /// One JSON object per experiment (experiment, question, sockets, result, rule,
+    /// explanation).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

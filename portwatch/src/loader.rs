@@ -88,6 +88,9 @@ pub struct KernelFilter {
     pub pid: Option<u32>,
     pub ports: Vec<u16>,
     pub failed_only: bool,
+    /// Trace portwatch's own calls too (`demo`, whose experiments are its own sockets). Off
+    /// for `trace`: its probe binds must not trace themselves.
+    pub include_self: bool,
 }
 
 pub struct Loaded {
@@ -354,7 +357,11 @@ pub fn load(
 fn settings(filter: &KernelFilter, tp_exit_ret: Option<u32>) -> Settings {
     Settings {
         filter_pid: filter.pid.unwrap_or(0),
-        self_pid: std::process::id(),
+        self_pid: if filter.include_self {
+            0
+        } else {
+            std::process::id()
+        },
         wakeup_bytes: WAKEUP_BYTES,
         tp_exit_ret: tp_exit_ret.unwrap_or(TP_EXIT_RET_DEFAULT),
         nr_bind: libc::SYS_bind as u32,

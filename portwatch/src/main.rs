@@ -3,6 +3,7 @@
 mod btf;
 mod cgroup;
 mod cli;
+mod demo;
 mod docker_proxy;
 mod errno;
 mod event;
@@ -58,6 +59,7 @@ fn main() {
         match cli.command {
             Command::Trace(args) => trace::run(TraceSettings::resolve(args)).await,
             Command::Who(args) => who::run(args),
+            Command::Demo(args) => demo::run(args),
         }
     });
     match result {

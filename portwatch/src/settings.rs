@@ -41,6 +41,7 @@ impl TraceSettings {
                 pid: args.pid,
                 ports: args.ports.clone(),
                 failed_only: args.failed,
+                include_self: false,
             },
             filter: EventFilter {
                 comm: args.comm,

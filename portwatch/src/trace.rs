@@ -47,9 +47,30 @@ use crate::{
 /// How often the ring buffer is drained when the kernel has not woken us.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-pub struct Session {
+/// Where a session's explained events go: the trace's [`Printer`], or the demo's collector.
+pub trait EventSink {
+    fn event(&mut self, ev: &Event, verdict: Option<&explain::Verdict>) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+    /// `new` more events were lost in the kernel (`total` in all).
+    fn lost(&mut self, new: u64, total: u64) -> io::Result<()>;
+}
+
+impl EventSink for Printer {
+    fn event(&mut self, ev: &Event, verdict: Option<&explain::Verdict>) -> io::Result<()> {
+        Printer::event(self, ev, verdict)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Printer::flush(self)
+    }
+    fn lost(&mut self, new: u64, total: u64) -> io::Result<()> {
+        Printer::lost(self, new, total)
+    }
+}
+
+/// The event path shared by `trace` and `demo`: ring records in, explained events out to `P`.
+pub struct Session<P: EventSink = Printer> {
     ebpf: Ebpf,
-    printer: Printer,
+    printer: P,
     filter: EventFilter,
     namespaces: Namespaces,
     facts: FactFinder,
@@ -104,7 +125,47 @@ fn take(ring: &mut RingBuf<MapData>, into: &mut Vec<Record>, max: usize) {
     }
 }
 
-impl Session {
+impl<P: EventSink> Session<P> {
+    /// A session over a loaded object whose ring and lost-counter maps were taken out
+    /// ([`take_ring`]).
+    pub fn new(
+        ebpf: Ebpf,
+        tables: Result<(), crate::tables::TablesError>,
+        printer: P,
+        filter: EventFilter,
+        limit: Option<u64>,
+        backend: portwatch_common::Backend,
+        lost_map: aya::maps::Map,
+    ) -> Self {
+        Session {
+            ebpf,
+            printer,
+            filter,
+            namespaces: Namespaces::default(),
+            facts: FactFinder::new(tables),
+            workloads: Workloads::default(),
+            conflicts: HashMap::new(),
+            lookahead: Vec::new(),
+            summary: Summary::new(backend),
+            printed: 0,
+            limit,
+            lost_map,
+            reported_lost: 0,
+            metrics: None,
+            quiet: false,
+        }
+    }
+
+    /// Where the explained events went.
+    pub fn sink(&mut self) -> &mut P {
+        &mut self.printer
+    }
+
+    /// Detaches the programs (the object is unloaded when the session is dropped).
+    pub fn detach(&mut self) {
+        loader::detach(&mut self.ebpf);
+    }
+
     /// Handles one pass of records.
     ///
     /// The socket tables are read after the calls happened, so a socket in them may be younger
@@ -186,10 +247,20 @@ impl Session {
         self.limit.is_some_and(|n| self.printed >= n)
     }
 
+    /// Handles everything still in the ring. Call it once nothing produces any more (after
+    /// [`Session::detach`]), or right after the calls whose events are wanted: the kernel side
+    /// has written a call's event before the call returns.
+    pub fn drain_rest(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        while !self.done() && (!self.lookahead.is_empty() || ring_has_data(ring)) {
+            self.drain(ring, Instant::now() + DRAIN_SLICE)?;
+        }
+        Ok(())
+    }
+
     /// Handles what the ring holds, pass by pass, until it is empty or `until`: signals, the
     /// timer and the lost-event check are served between drains even under a flood. Losses
     /// are checked after every pass, so a warning follows a loss within a pass.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, until: Instant) -> io::Result<()> {
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, until: Instant) -> io::Result<()> {
         loop {
             let mut batch = std::mem::take(&mut self.lookahead);
             take(ring, &mut batch, BATCH);
@@ -239,6 +310,14 @@ impl Session {
     }
 }
 
+/// The ring buffer and the lost-events counters, taken out of a loaded object.
+pub fn take_ring(ebpf: &mut Ebpf) -> Result<(RingBuf<MapData>, aya::maps::Map)> {
+    let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?)
+        .context("opening the ring buffer")?;
+    let lost = ebpf.take_map(maps::LOST).context("LOST map missing")?;
+    Ok((ring, lost))
+}
+
 pub async fn run(settings: TraceSettings) -> Result<()> {
     loader::check_privileges("trace")?;
     let kernel = loader::kernel_info()?;
@@ -246,17 +325,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     // Loading parsed the kernel's BTF twice (ours, then aya's); give that memory back.
     unsafe { libc::malloc_trim(0) };
     let started = Instant::now();
-    let ring = RingBuf::try_from(
-        loaded
-            .ebpf
-            .take_map(maps::EVENTS)
-            .context("EVENTS map missing")?,
-    )
-    .context("opening the ring buffer")?;
-    let lost_map = loaded
-        .ebpf
-        .take_map(maps::LOST)
-        .context("LOST map missing")?;
+    let (ring, lost_map) = take_ring(&mut loaded.ebpf)?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its whole life.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
@@ -303,23 +372,17 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     ));
 
     let backend = loaded.backend;
-    let mut session = Session {
-        ebpf: loaded.ebpf,
+    let mut session = Session::new(
+        loaded.ebpf,
+        loaded.tables,
         printer,
-        filter: settings.filter,
-        namespaces: Namespaces::default(),
-        facts: FactFinder::new(loaded.tables),
-        workloads: Workloads::default(),
-        conflicts: HashMap::new(),
-        lookahead: Vec::new(),
-        summary: Summary::new(backend),
-        printed: 0,
-        limit: settings.count,
+        settings.filter,
+        settings.count,
+        backend,
         lost_map,
-        reported_lost: 0,
-        metrics,
-        quiet: settings.quiet,
-    };
+    );
+    session.metrics = metrics;
+    session.quiet = settings.quiet;
     if !session.quiet {
         session.printer.header()?;
     }
@@ -356,7 +419,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     restore_default_signals();
 
     // Detach before the last drain: nothing new arrives, nothing already written is lost.
-    loader::detach(&mut session.ebpf);
+    session.detach();
     let mut ring = ring.into_inner();
     let grace = Instant::now() + EXIT_GRACE;
     while outcome.is_ok()

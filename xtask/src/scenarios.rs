@@ -22,6 +22,7 @@
 
 pub mod cgroup_deny;
 pub mod check;
+mod demo;
 mod explain;
 pub mod holder;
 mod metrics;
@@ -174,6 +175,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(outbound::scenarios());
     v.extend(metrics::scenarios());
     v.extend(privilege::scenarios());
+    v.extend(demo::scenarios());
     v
 }
 

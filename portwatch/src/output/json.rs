@@ -473,3 +473,31 @@ impl<'a> JsonPrediction<'a> {
         }
     }
 }
+
+/// One experiment of `portwatch demo --json`: what was asked, the sockets made (with each
+/// call's observed result), the reported call's result, and portwatch's rule and explanation
+/// of its traced event.
+#[derive(Serialize)]
+pub struct JsonDemo<'a> {
+    pub experiment: &'a str,
+    pub question: &'a str,
+    pub sockets: &'a [String],
+    /// `ok` or the errno name, as the syscall returned it.
+    pub result: String,
+    /// The rule id of portwatch's verdict on the traced call (null: no traced event).
+    pub rule: Option<&'static str>,
+    pub explanation: Option<String>,
+    /// What else the experiment saw (how connections were spread, sysctl values).
+    pub observations: &'a [String],
+    /// Where Linux differs from the BSD behaviour most write-ups describe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bsd: Option<&'a str>,
+    /// Why the experiment could not finish, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    /// `--quiz`: the reader's prediction that the call succeeds, and whether it was right.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_ok: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correct: Option<bool>,
+}

@@ -1,0 +1,366 @@
+//! `portwatch demo`: "can two programs use the same port?", answered by doing it on this
+//! kernel. Each experiment makes real sockets in a scratch network namespace while
+//! portwatch's own tracer (the trace session: loader, ring, FactFinder, explain) watches, and
+//! the demo narrates the question, the sockets, the result the kernel gave, and portwatch's
+//! explanation of the traced call.
+//!
+//! Nothing is left behind: the namespace has no name and lives only through handles and
+//! sockets of this process, children die with it, and the BPF programs are attached through
+//! file descriptors (no pins), so the kernel removes all of it when portwatch exits, whether
+//! it finishes, is interrupted (SIGINT/SIGTERM: the experiment in progress is abandoned and
+//! cleaned up) or is killed.
+
+mod experiments;
+mod lab;
+
+use std::io::{self, Write as _};
+
+use anyhow::{Context as _, Result, bail};
+
+use self::{
+    experiments::{ALL, Caller, Experiment, Trial},
+    lab::result_name,
+};
+use crate::{
+    cli::DemoArgs,
+    event::Event,
+    explain::Verdict,
+    loader::{self, BackendChoice, KernelFilter},
+    output::{
+        self,
+        json::{self as json_out, JsonDemo},
+    },
+    settings::EventFilter,
+    trace::{self, EventSink, Session},
+};
+
+/// The first experiment's port; experiment i uses FIRST_PORT + i, so that one experiment's
+/// TIME_WAIT connections never meet another's sockets.
+const FIRST_PORT: u16 = 47300;
+
+/// Collects the traced events, with their verdicts, for the demo to pick from.
+#[derive(Default)]
+struct Collected(Vec<(Event, Option<Verdict>)>);
+
+impl EventSink for Collected {
+    fn event(&mut self, ev: &Event, verdict: Option<&Verdict>) -> io::Result<()> {
+        self.0.push((ev.clone(), verdict.cloned()));
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// The demo reads the ring right after each experiment's calls; a loss shows as an
+    /// experiment without its traced event, which the narration says.
+    fn lost(&mut self, _new: u64, _total: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One experiment's report.
+pub struct Report<'a> {
+    pub experiment: &'a Experiment,
+    pub trial: Trial,
+    /// The reported call and its result, as the syscall returned it.
+    pub caller: Option<Caller>,
+    /// The traced event of that call, and portwatch's verdict on it.
+    pub traced: Option<(Event, Option<Verdict>)>,
+    /// What the experiment could not do (set-up failures), if anything.
+    pub error: Option<String>,
+}
+
+impl Report<'_> {
+    pub fn result(&self) -> String {
+        self.caller
+            .map(|c| result_name(c.result))
+            .unwrap_or_else(|| "not-run".into())
+    }
+    pub fn rule(&self) -> Option<&'static str> {
+        self.traced
+            .as_ref()
+            .and_then(|(_, v)| v.as_ref())
+            .map(|v| v.rule.id())
+    }
+    fn json(&self, predicted_ok: Option<bool>) -> JsonDemo<'_> {
+        JsonDemo {
+            experiment: self.experiment.id,
+            question: self.experiment.question,
+            sockets: &self.trial.sockets,
+            result: self.result(),
+            rule: self.rule(),
+            explanation: self.explanation(),
+            observations: &self.trial.observations,
+            bsd: self.experiment.bsd,
+            error: self.error.as_deref(),
+            predicted_ok,
+            correct: predicted_ok
+                .zip(self.caller)
+                .map(|(p, c)| p == c.result.is_ok()),
+        }
+    }
+
+    pub fn explanation(&self) -> Option<String> {
+        match &self.traced {
+            Some((_, Some(v))) => Some(v.message.clone()),
+            Some((_, None)) => Some("portwatch had nothing to say about this call".into()),
+            None => None,
+        }
+    }
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    let chosen: Vec<(usize, &Experiment)> = ALL
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| args.only.as_deref().is_none_or(|o| o == e.id))
+        .collect();
+    if let Some(o) = &args.only
+        && chosen.is_empty()
+    {
+        bail!("no experiment is called {o:?}; `portwatch demo --list` names them");
+    }
+    if args.list {
+        let mut out = io::stdout().lock();
+        for e in ALL {
+            writeln!(out, "{:<24} {}", e.id, e.question)?;
+        }
+        return Ok(());
+    }
+    loader::check_privileges("demo")?;
+    lab::catch_signals().context("catching SIGINT and SIGTERM")?;
+    let kernel = loader::kernel_info()?;
+    let ports: Vec<u16> = chosen.iter().map(|(i, _)| port_of(*i)).collect();
+    let mut loaded = loader::load(
+        BackendChoice::Auto,
+        &KernelFilter {
+            pid: None,
+            ports,
+            failed_only: false,
+            include_self: true,
+        },
+        &kernel,
+    )?;
+    let (mut ring, lost) = trace::take_ring(&mut loaded.ebpf)?;
+    let host = std::fs::File::open("/proc/thread-self/ns/net").context("opening our netns")?;
+    let scratch = lab::new_netns().context("creating the scratch network namespace")?;
+    if !args.json {
+        output::status(format_args!(
+            "portwatch demo: scratch network namespace net:[{}], tracing with the {} backend",
+            scratch.inode, loaded.backend
+        ));
+    }
+    let mut session = Session::new(
+        loaded.ebpf,
+        loaded.tables,
+        Collected::default(),
+        EventFilter {
+            comm: None,
+            proto: None,
+            family: None,
+        },
+        None,
+        loaded.backend,
+        lost,
+    );
+    let mut score = (0usize, 0usize);
+    let mut out = io::stdout().lock();
+    let mut outcome: io::Result<()> = Ok(());
+    for (i, e) in chosen {
+        if lab::interrupted() {
+            break;
+        }
+        let port = port_of(i);
+        let mut trial = Trial::default();
+        let error = (e.run)(&mut trial, port).err().map(|e| e.to_string());
+        // The kernel side wrote each call's event before the call returned.
+        if let Err(e) = session.drain_rest(&mut ring) {
+            outcome = Err(e);
+            break;
+        }
+        let caller = trial.last;
+        let traced = caller.and_then(|c| pick(&mut session.sink().0, c, port));
+        session.sink().0.clear();
+        let report = Report {
+            experiment: e,
+            trial,
+            caller,
+            traced,
+            error,
+        };
+        let shown = if args.quiz {
+            narrate_question(&mut out, &report, args.json)
+                .and_then(|()| quiz(&mut out, &report, &mut score, args.json))
+        } else {
+            Ok(None)
+        };
+        if args.quiz && !args.json && lab::interrupted() {
+            // Interrupted at the prompt: end the line, reveal nothing.
+            let _ = writeln!(out);
+            break;
+        }
+        let shown = shown.and_then(|pred| {
+            if args.json {
+                json_out::write_line(&mut out, &report.json(pred))
+            } else {
+                narrate(&mut out, &report, args.quiz)
+            }
+        });
+        if let Err(e) = shown {
+            outcome = Err(e);
+            break;
+        }
+        // Dropping the report closes the experiment's sockets and kills its children.
+    }
+    session.detach();
+    drop(session);
+    lab::enter(&host).context("returning to our network namespace")?;
+    drop(scratch);
+    outcome?;
+    if lab::interrupted() {
+        output::status(format_args!(
+            "portwatch demo: interrupted; the scratch namespace, its sockets and the tracer are \
+             gone"
+        ));
+        std::process::exit(130);
+    }
+    if args.quiz {
+        let line = format!("Score: {}/{}", score.0, score.1);
+        if args.json {
+            output::status(format_args!("{line}"));
+        } else {
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+fn port_of(index: usize) -> u16 {
+    FIRST_PORT + index as u16
+}
+
+/// The traced event of the reported call: the last one on `port` by the caller's process with
+/// the same call.
+fn pick(
+    events: &mut Vec<(Event, Option<Verdict>)>,
+    c: Caller,
+    port: u16,
+) -> Option<(Event, Option<Verdict>)> {
+    let at = events
+        .iter()
+        .rposition(|(ev, _)| ev.pid == c.pid && ev.call == c.call && ev.port() == port)?;
+    Some(events.swap_remove(at))
+}
+
+fn narrate_question(out: &mut impl io::Write, r: &Report, json: bool) -> io::Result<()> {
+    if json {
+        return Ok(());
+    }
+    writeln!(out, "== {}: {}", r.experiment.id, r.experiment.question)?;
+    for s in &r.trial.sockets {
+        writeln!(out, "   socket  {s}")?;
+    }
+    Ok(())
+}
+
+/// Asks for a prediction (y: the last call succeeds, n: it fails) and scores it. Returns the
+/// prediction (None at end of input or without one).
+fn quiz(
+    out: &mut impl io::Write,
+    r: &Report,
+    score: &mut (usize, usize),
+    json: bool,
+) -> io::Result<Option<bool>> {
+    if !json {
+        write!(out, "   Will the last call succeed? [y/n] ")?;
+        out.flush()?;
+    }
+    let Some(line) = read_line()? else {
+        return Ok(None);
+    };
+    let prediction = match line.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" | "ok" => true,
+        "n" | "no" | "fail" => false,
+        _ => return Ok(None),
+    };
+    if let Some(c) = r.caller {
+        score.1 += 1;
+        if prediction == c.result.is_ok() {
+            score.0 += 1;
+        }
+    }
+    Ok(Some(prediction))
+}
+
+/// One line from stdin, read without buffering ahead (the next answer stays for the next
+/// question) and given up on SIGINT.
+fn read_line() -> io::Result<Option<String>> {
+    let mut line = Vec::new();
+    loop {
+        if lab::interrupted() {
+            return Ok(None);
+        }
+        let mut b = [0u8; 1];
+        let n = unsafe { libc::read(0, b.as_mut_ptr() as *mut libc::c_void, 1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok((!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned()));
+        }
+        if b[0] == b'\n' {
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+        }
+        line.push(b[0]);
+    }
+}
+
+fn narrate(out: &mut impl io::Write, r: &Report, quizzed: bool) -> io::Result<()> {
+    if !quizzed {
+        narrate_question(out, r, false)?;
+    }
+    for o in &r.trial.observations {
+        writeln!(out, "   seen    {o}")?;
+    }
+    if let Some(e) = &r.error {
+        writeln!(out, "   error   the experiment could not finish: {e}")?;
+    }
+    writeln!(out, "   result  {} (observed on this kernel)", r.result())?;
+    if let (Some((ev, _)), Some(c)) = (&r.traced, r.caller)
+        && ev.ret != c.result.map_or_else(|e| -e, |()| 0)
+    {
+        writeln!(
+            out,
+            "   note    the traced call returned {}, the syscall here returned {}",
+            result_name(ev.errno().map_or(Ok(()), Err)),
+            r.result()
+        )?;
+    }
+    match &r.traced {
+        Some((_, Some(v))) => {
+            writeln!(out, "   rule    {}", v.rule)?;
+            writeln!(out, "   why     {}", v.message)?;
+            for d in &v.details {
+                writeln!(out, "           {d}")?;
+            }
+            if let Some(f) = &v.fix {
+                writeln!(out, "   fix     {f}")?;
+            }
+        }
+        Some((_, None)) => writeln!(
+            out,
+            "   why     portwatch had nothing to say about this call"
+        )?,
+        None => writeln!(
+            out,
+            "   why     the tracer did not deliver this call's event"
+        )?,
+    }
+    if let Some(n) = r.experiment.bsd {
+        writeln!(out, "   BSD     {n}")?;
+    }
+    writeln!(out)
+}
