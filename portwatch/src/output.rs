@@ -3,6 +3,7 @@
 //! [`who`]; status lines (warnings, the summary) go to stderr through [`status`].
 
 pub mod json;
+pub mod terminal;
 pub mod who;
 
 use std::{
@@ -14,6 +15,7 @@ use std::{
 
 use json::{JsonEvent, JsonLost, JsonSummary};
 use portwatch_common::Backend;
+use terminal::safe;
 
 use crate::{
     errno,
@@ -209,12 +211,12 @@ impl Printer {
             "{:<15} {:>7} {:<15} {:<6} {:<5} {:<27} {} {}",
             time_of_day(self.clock.unix_ns(ev.boot_ns)),
             ev.pid,
-            ev.comm,
+            safe(&ev.comm),
             ev.call.as_str(),
             proto,
             address,
             pad(&result, result_len, 13),
-            s.dim(&details.join(" ")),
+            s.dim(&safe(&details.join(" "))),
         );
         writeln!(self.out, "{}", line.trim_end())?;
         if let Some(v) = verdict {
@@ -223,12 +225,13 @@ impl Printer {
             } else {
                 s.yellow("↳")
             };
-            writeln!(self.out, "    {mark} {}", v.message)?;
+            // The explanation quotes names (comm, interfaces, cgroup paths): made safe whole.
+            writeln!(self.out, "    {mark} {}", safe(&v.message))?;
             for line in &v.details {
-                writeln!(self.out, "      {}", s.dim(line))?;
+                writeln!(self.out, "      {}", s.dim(&safe(line)))?;
             }
             if let Some(fix) = &v.fix {
-                writeln!(self.out, "      {} {fix}", s.yellow("fix:"))?;
+                writeln!(self.out, "      {} {}", s.yellow("fix:"), safe(fix))?;
             }
         }
         Ok(())

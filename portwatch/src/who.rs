@@ -54,7 +54,10 @@ pub fn run(args: WhoArgs) -> Result<()> {
     };
     output::who::write(&mut io::stdout().lock(), &report, args.json).context("writing output")?;
     for f in failures {
-        output::status(format_args!("portwatch: warning: {f}"));
+        output::status(format_args!(
+            "portwatch: warning: {}",
+            output::terminal::safe(&f)
+        ));
     }
     Ok(())
 }

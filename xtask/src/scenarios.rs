@@ -22,6 +22,7 @@
 pub mod cgroup_deny;
 pub mod check;
 mod explain;
+mod hardening;
 pub mod holder;
 pub mod netns;
 pub mod portwatch;
@@ -164,6 +165,7 @@ pub fn all() -> Vec<Scenario> {
     let mut v = trace::scenarios();
     v.extend(explain::scenarios());
     v.extend(who::scenarios());
+    v.extend(hardening::scenarios());
     v
 }
 

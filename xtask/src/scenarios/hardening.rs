@@ -1,0 +1,141 @@
+//! Scenarios for hostile and mistaken input: a process name made of escape sequences, flags
+//! that cannot mean what they say, paths that are not namespaces. What a user sees must stay
+//! theirs: no foreign escape sequence reaches the terminal, and a mistake gets one clear line
+//! and a non-zero exit, never a panic or a silent run.
+
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+
+use super::{Ctx, Scenario, holder::Holder, netns::Netns, portwatch::Portwatch, sock::SockSpec};
+
+const EADDRINUSE: i32 = libc::EADDRINUSE;
+
+pub fn scenarios() -> Vec<Scenario> {
+    vec![Scenario::alone(
+        "hostile_comm_is_escaped",
+        hostile_comm_is_escaped,
+    )]
+}
+
+/// A process name with a CSI color, an OSC window title ended by a bell, and a newline
+/// followed by a forged line (15 bytes, the most a comm holds).
+const HOSTILE_COMM: &str = "\x1b[1m\x07\nFORGED\x1b]0";
+/// How the human output must show it.
+const HOSTILE_SHOWN: &str = r"\x1b[1m\x07\nFORGED\x1b]0";
+
+/// A holder named [`HOSTILE_COMM`] binds, then fails to bind the same port: `trace`'s COMM
+/// column and its explanation ("held by pid N (...)"), and `who`'s OWNER column, show the name
+/// escaped, and nothing of it reaches the terminal raw.
+fn hostile_comm_is_escaped(cx: &Ctx, ns: &Netns) -> Result<()> {
+    let mut h = Holder::spawn(ns, HOSTILE_COMM)?;
+    ensure!(
+        h.comm == HOSTILE_COMM,
+        "set-up: the holder's comm is {:?}, not the hostile name",
+        h.comm
+    );
+    let pid = h.pid.to_string();
+    let pw = Portwatch::start_args(
+        &cx.pw,
+        [
+            "trace",
+            "--backend",
+            &cx.pw.backend,
+            "--color",
+            "never",
+            "--pid",
+            &pid,
+        ]
+        .map(String::from)
+        .to_vec(),
+    )?;
+    let spec = SockSpec::tcp("127.0.0.1:45100").listening();
+    h.bind_ok(&spec)?;
+    h.bind_fails(&SockSpec::tcp("127.0.0.1:45100"), EADDRINUSE)?;
+    let deadline = Instant::now() + cx.pw.timeout(10.0);
+    let lines = loop {
+        let lines = pw.stdout();
+        let explained = lines
+            .iter()
+            .any(|l| l.contains('↳') && l.contains(HOSTILE_SHOWN));
+        if explained || Instant::now() >= deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let st = pw.stop()?;
+    let show = |lines: &[String]| format!("stdout:\n  {}", lines.join("\n  "));
+    let calls = lines
+        .iter()
+        .filter(|l| l.split_whitespace().any(|w| w == pid))
+        .count();
+    ensure!(
+        calls >= 2
+            && lines
+                .iter()
+                .any(|l| l.contains('↳') && l.contains(HOSTILE_SHOWN)),
+        "want the holder's calls and an explanation naming it escaped; {}",
+        show(&lines)
+    );
+    no_raw_name(&lines).with_context(|| show(&lines))?;
+    ensure!(st.status.success(), "exit {}\n{}", st.status, st.describe());
+
+    let out = run(cx, &["who", "45100"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<String> = stdout.lines().map(String::from).collect();
+    ensure!(
+        out.status.success() && lines.iter().any(|l| l.contains(HOSTILE_SHOWN)),
+        "who does not show the holder's name escaped: exit {}; {}",
+        out.status,
+        show(&lines)
+    );
+    no_raw_name(&lines).with_context(|| show(&lines))
+}
+
+/// No escape character, no bell, no forged line: the name reached the output escaped only.
+fn no_raw_name(lines: &[String]) -> Result<()> {
+    ensure!(
+        !lines.iter().any(|l| l.contains(['\x1b', '\x07'])),
+        "an escape sequence or a bell from the name reached the output"
+    );
+    ensure!(
+        !lines.iter().any(|l| l.starts_with("FORGED")),
+        "the newline in the name forged a line"
+    );
+    Ok(())
+}
+
+/// Runs portwatch with `args` (in the runner's namespace) and waits, at most 10 s.
+pub fn run(cx: &Ctx, args: &[&str]) -> Result<Output> {
+    let mut cmd = Command::new(&cx.pw.exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("running portwatch {}", args.join(" ")))?;
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    let deadline = Instant::now() + cx.pw.timeout(10.0);
+    while !waiter.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !waiter.is_finished() {
+        // SAFETY: our child, not yet reaped (the waiter thread still waits for it).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        let _ = waiter.join();
+        anyhow::bail!(
+            "portwatch {} was still running after {:.0?}",
+            args.join(" "),
+            cx.pw.timeout(10.0)
+        );
+    }
+    waiter
+        .join()
+        .map_err(|_| anyhow::anyhow!("waiter panicked"))?
+        .context("waiting for portwatch")
+}
