@@ -52,7 +52,7 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Trace(args) => trace::run(TraceSettings::resolve(args)).await,
+            Command::Trace(args) => trace::run(TraceSettings::resolve(args)?).await,
             Command::Who(args) => who::run(args),
         }
     });

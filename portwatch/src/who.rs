@@ -2,7 +2,7 @@
 //! portwatch can see, bound-only and TIME_WAIT included; and, with `--addr`, whether a bind
 //! would succeed now and why, by the same rules `trace` explains with.
 
-use std::{io, net::IpAddr, os::unix::fs::MetadataExt};
+use std::{io, net::IpAddr};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -71,14 +71,13 @@ fn predict(
     finder: &mut FactFinder,
 ) -> Result<Prediction> {
     let target = match &args.netns {
-        Some(p) => std::fs::metadata(p)
-            .with_context(|| format!("--netns {}", p.display()))?
-            .ino() as u32,
+        Some(p) => {
+            let (ino, handle) = netns::open_path(p).context("--netns")?;
+            ns.remember(ino, handle);
+            ino
+        }
         None => netns::current(),
     };
-    if let Some(p) = &args.netns {
-        ns.remember_path(target, p);
-    }
     let (sysctls, local_addrs) = finder.netns_facts(ns, target);
     let family = Family::of(addr);
     let bound_dev_if = match &args.device {
