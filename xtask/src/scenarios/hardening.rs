@@ -15,10 +15,10 @@ use super::{Ctx, Scenario, holder::Holder, netns::Netns, portwatch::Portwatch, s
 const EADDRINUSE: i32 = libc::EADDRINUSE;
 
 pub fn scenarios() -> Vec<Scenario> {
-    vec![Scenario::alone(
-        "hostile_comm_is_escaped",
-        hostile_comm_is_escaped,
-    )]
+    vec![
+        Scenario::alone("hostile_comm_is_escaped", hostile_comm_is_escaped),
+        Scenario::alone("bad_input_one_line", bad_input_one_line),
+    ]
 }
 
 /// A process name with a CSI color, an OSC window title ended by a bell, and a newline
@@ -105,6 +105,84 @@ fn no_raw_name(lines: &[String]) -> Result<()> {
         !lines.iter().any(|l| l.starts_with("FORGED")),
         "the newline in the name forged a line"
     );
+    Ok(())
+}
+
+/// Each mistake ends portwatch at once with a non-zero exit and one line that names the flag,
+/// nothing on stdout, no panic: before, `--pid` of no process traced forever, a FIFO given as
+/// `--netns` hung, and a regular file was "a namespace that is gone".
+fn bad_input_one_line(cx: &Ctx, ns: &Netns) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("pw-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).context("scratch dir")?;
+    let fifo = dir.join("fifo");
+    let file = dir.join("file");
+    std::fs::write(&file, b"not a namespace").context("scratch file")?;
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a NUL-terminated path.
+    ensure!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0,
+        "mkfifo: {}",
+        std::io::Error::last_os_error()
+    );
+    let (fifo, file) = (fifo.display().to_string(), file.display().to_string());
+    let netns_path = ns.path();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["trace", "--pid", "0"], "0 is not a process id"),
+        (vec!["who", "0"], "no socket holds port 0"),
+        (vec!["trace", "--count", "0"], "1 or more"),
+        (
+            vec!["trace", "--comm", "a-sixteen-bytes!"],
+            "could never match",
+        ),
+        (vec!["trace", "--pid", "999999999"], "no such process"),
+        (
+            vec!["trace", "--netns", &file],
+            "not a network namespace (a regular file)",
+        ),
+        (
+            vec!["who", "80", "--addr", "127.0.0.1", "--netns", &fifo],
+            "not a network namespace (a FIFO)",
+        ),
+        (
+            vec!["who", "80", "--addr", "127.0.0.1", "--netns", &file],
+            "not a network namespace (a regular file)",
+        ),
+        (
+            vec!["trace", "--cgroup", "/etc"],
+            "not a cgroup v2 directory",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (args, want) in &cases {
+        let out = run(cx, args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or("");
+        let ok = !out.status.success()
+            && out.status.code().is_some()
+            && out.stdout.is_empty()
+            && first.contains(want)
+            && !stderr.contains("panicked");
+        if !ok {
+            failures.push(format!(
+                "portwatch {}: exit {}, stderr {stderr:?}; want a first line with {want:?}",
+                args.join(" "),
+                out.status
+            ));
+        }
+    }
+    // A real namespace path is taken.
+    let out = run(
+        cx,
+        &["who", "80", "--addr", "127.0.0.1", "--netns", &netns_path],
+    )?;
+    if !out.status.success() {
+        failures.push(format!(
+            "who --netns {netns_path} (a real namespace) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
 
