@@ -8,6 +8,7 @@ mod event;
 mod explain;
 mod facts;
 mod layout;
+mod limits;
 mod loader;
 mod netns;
 mod output;
@@ -43,6 +44,10 @@ fn main() {
         )
         .format_target(false)
         .init();
+    match limits::raise_open_files() {
+        Ok(n) => log::debug!("open-files limit: {n}"),
+        Err(e) => log::debug!("raising the open-files limit: {e}"),
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -13,6 +13,7 @@ use std::{
         unix::fs::{FileTypeExt as _, MetadataExt},
     },
     path::Path,
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use log::debug;
@@ -44,6 +45,29 @@ pub fn current() -> u32 {
         .unwrap_or(0)
 }
 
+/// Set once opening a namespace failed for want of file descriptors (EMFILE, ENFILE): then a
+/// namespace that cannot be entered is not "gone", and the error says so.
+static OUT_OF_FILES: AtomicBool = AtomicBool::new(false);
+
+/// Whether opening a namespace has failed for want of file descriptors.
+pub fn ran_out_of_files() -> bool {
+    OUT_OF_FILES.load(Ordering::Relaxed)
+}
+
+/// Opens a namespace file for a handle, noting when the open-files limit was the reason it
+/// failed.
+fn open_handle(path: &Path) -> Option<File> {
+    match File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            if e.raw_os_error().is_some_and(crate::limits::is_out_of_files) {
+                OUT_OF_FILES.store(true, Ordering::Relaxed);
+            }
+            None
+        }
+    }
+}
+
 fn inode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.ino() as u32)
 }
@@ -61,7 +85,7 @@ impl Namespaces {
             format!("/proc/{pid}/ns/net"),
         ] {
             if inode_of(Path::new(&path)) == Some(ino)
-                && let Ok(f) = File::open(&path)
+                && let Some(f) = open_handle(Path::new(&path))
             {
                 self.insert(ino, f);
                 return;
@@ -125,7 +149,7 @@ impl Namespaces {
                 continue;
             }
             if !self.handles.contains_key(&ino)
-                && let Ok(f) = File::open(&p)
+                && let Some(f) = open_handle(&p)
             {
                 self.insert(ino, f);
             }
@@ -228,14 +252,14 @@ fn find_namespace(ino: u32) -> Option<File> {
     if let Ok(dir) = std::fs::read_dir("/run/netns") {
         for entry in dir.flatten() {
             if inode_of(&entry.path()) == Some(ino) {
-                return File::open(entry.path()).ok();
+                return open_handle(&entry.path());
             }
         }
     }
     for pid in crate::procfs::pids() {
         let path = format!("/proc/{pid}/ns/net");
         if inode_of(Path::new(&path)) == Some(ino) {
-            return File::open(path).ok();
+            return open_handle(Path::new(&path));
         }
     }
     for pid in crate::procfs::pids() {
@@ -245,7 +269,7 @@ fn find_namespace(ino: u32) -> Option<File> {
         for t in tasks.flatten() {
             let path = t.path().join("ns/net");
             if inode_of(&path) == Some(ino) {
-                return File::open(path).ok();
+                return open_handle(&path);
             }
         }
     }

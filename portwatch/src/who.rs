@@ -2,7 +2,7 @@
 //! portwatch can see, bound-only and TIME_WAIT included; and, with `--addr`, whether a bind
 //! would succeed now and why, by the same rules `trace` explains with.
 
-use std::{io, net::IpAddr};
+use std::{collections::BTreeMap, io, net::IpAddr};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -28,15 +28,18 @@ pub fn run(args: WhoArgs) -> Result<()> {
     let mut finder = FactFinder::new(Ok(()));
     let namespaces = ns.discover();
     let mut holders: Vec<Holder> = Vec::new();
-    let mut failures = Vec::new();
+    let mut failures = Failures::default();
     for &n in &namespaces {
         match finder.holders(&mut ebpf, &mut ns, n, Some(args.port)) {
             Ok(h) => holders.extend(h),
-            Err(e) => failures.push(format!("netns {n}: {e}")),
+            Err(e) => failures.add(n, e.to_string()),
         }
     }
-    if holders.is_empty() && !failures.is_empty() && failures.len() == namespaces.len() {
-        bail!("could not read any socket table: {}", failures.join("; "));
+    if holders.is_empty() && failures.count == namespaces.len() && failures.count > 0 {
+        bail!(
+            "could not read any socket table: {}",
+            failures.lines().join("; ")
+        );
     }
     holders.sort_by_key(|h| (h.socket.netns, h.socket.proto.name(), h.socket.state.0));
 
@@ -53,13 +56,67 @@ pub fn run(args: WhoArgs) -> Result<()> {
         prediction: prediction.as_ref(),
     };
     output::who::write(&mut io::stdout().lock(), &report, args.json).context("writing output")?;
-    for f in failures {
+    for f in failures.lines() {
         output::status(format_args!(
             "portwatch: warning: {}",
             output::terminal::safe(&f)
         ));
     }
     Ok(())
+}
+
+/// Namespaces whose tables could not be read, grouped by reason: one cause shared by hundreds
+/// of namespaces (the open-files limit) is one line, not hundreds.
+#[derive(Default)]
+struct Failures {
+    by_reason: BTreeMap<String, Vec<u32>>,
+    count: usize,
+}
+
+impl Failures {
+    fn add(&mut self, netns: u32, reason: String) {
+        self.by_reason.entry(reason).or_default().push(netns);
+        self.count += 1;
+    }
+
+    /// "netns 4026531840: reason", or "3 namespaces (4026531840, ...): reason".
+    fn lines(&self) -> Vec<String> {
+        self.by_reason
+            .iter()
+            .map(|(reason, ns)| match ns.as_slice() {
+                [one] => format!("netns {one}: {reason}"),
+                many => {
+                    let shown: Vec<String> = many.iter().take(3).map(u32::to_string).collect();
+                    let more = if many.len() > 3 { ", ..." } else { "" };
+                    format!(
+                        "{} namespaces ({}{more}): {reason}",
+                        many.len(),
+                        shown.join(", ")
+                    )
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 300 namespaces failing for one reason make one line.
+    #[test]
+    fn one_reason_shared_by_many_namespaces_is_one_line() {
+        let mut f = Failures::default();
+        for n in 0..300 {
+            f.add(4_026_531_840 + n, "too many open files (EMFILE)".into());
+        }
+        f.add(7, "network namespace 7 is gone or cannot be entered".into());
+        let lines = f.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.iter().any(|l| l
+            == "300 namespaces (4026531840, 4026531841, 4026531842, ...): too many open files (EMFILE)"));
+        assert_eq!(f.count, 301);
+    }
 }
 
 /// Builds the bind described on the command line and runs the rules on it.

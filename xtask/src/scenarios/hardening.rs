@@ -4,13 +4,20 @@
 //! and a non-zero exit, never a panic or a silent run.
 
 use std::{
+    os::unix::process::CommandExt as _,
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, ensure};
 
-use super::{Ctx, Scenario, holder::Holder, netns::Netns, portwatch::Portwatch, sock::SockSpec};
+use super::{
+    Ctx, Scenario,
+    holder::Holder,
+    netns::{Named, Netns},
+    portwatch::Portwatch,
+    sock::SockSpec,
+};
 
 const EADDRINUSE: i32 = libc::EADDRINUSE;
 
@@ -18,6 +25,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::alone("hostile_comm_is_escaped", hostile_comm_is_escaped),
         Scenario::alone("bad_input_one_line", bad_input_one_line),
+        Scenario::alone("few_open_files_named_once", few_open_files_named_once).host_only(),
     ]
 }
 
@@ -186,9 +194,66 @@ fn bad_input_one_line(cx: &Ctx, ns: &Netns) -> Result<()> {
     Ok(())
 }
 
+/// With 40 more namespaces than usual: a soft open-files limit of 32 under a high hard one
+/// is raised, and `who` reads every namespace; with the hard limit at 32 too, the cause is
+/// named once (EMFILE, the limit, the fix) in a short error, not repeated per namespace.
+/// Before, the first case failed, and the second printed "bpf_link_create failed" per
+/// namespace without naming EMFILE.
+fn few_open_files_named_once(cx: &Ctx, _ns: &Netns) -> Result<()> {
+    let named: Vec<Named> = (0..40)
+        .map(|i| Named::add(&format!("pw-fd-{}-{i}", std::process::id())))
+        .collect::<Result<_>>()?;
+    let raised = run_limited(cx, &["who", "80"], 32, 4096)?;
+    let stderr = String::from_utf8_lossy(&raised.stderr);
+    let stdout = String::from_utf8_lossy(&raised.stdout);
+    ensure!(
+        raised.status.success() && stderr.is_empty() && stdout.contains("network namespace"),
+        "soft limit 32, hard 4096: want the limit raised and every namespace read; exit {}, \
+         stdout {stdout:?}, stderr {stderr:?}",
+        raised.status
+    );
+    let capped = run_limited(cx, &["who", "80"], 32, 32)?;
+    let stderr = String::from_utf8_lossy(&capped.stderr);
+    let naming = stderr.lines().filter(|l| l.contains("EMFILE")).count();
+    ensure!(
+        naming == 1 && stderr.len() < 600 && stderr.contains("limit is 32"),
+        "hard limit 32: want one line naming EMFILE and the limit, under 600 bytes; exit {}, \
+         stderr ({} bytes) {stderr:?}",
+        capped.status,
+        stderr.len()
+    );
+    for n in named {
+        n.delete()?;
+    }
+    Ok(())
+}
+
+/// [`run`], with RLIMIT_NOFILE set to `soft` and `hard` for portwatch.
+fn run_limited(cx: &Ctx, args: &[&str], soft: u64, hard: u64) -> Result<Output> {
+    let mut cmd = Command::new(&cx.pw.exe);
+    // SAFETY: setrlimit is async-signal-safe, and the struct is copied into the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    wait_output(cx, cmd, args)
+}
+
 /// Runs portwatch with `args` (in the runner's namespace) and waits, at most 10 s.
 pub fn run(cx: &Ctx, args: &[&str]) -> Result<Output> {
-    let mut cmd = Command::new(&cx.pw.exe);
+    wait_output(cx, Command::new(&cx.pw.exe), args)
+}
+
+/// Runs `cmd` (portwatch) with `args` and waits, at most 10 s.
+fn wait_output(cx: &Ctx, mut cmd: Command, args: &[&str]) -> Result<Output> {
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
