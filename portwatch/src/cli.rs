@@ -269,8 +269,6 @@ pub enum ColorChoice {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
-
     use super::*;
 
     fn trace(args: &[&str]) -> Result<TraceArgs, clap::Error> {

@@ -42,16 +42,6 @@ pub fn describe(errno: i32) -> String {
         .to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn names() {
-        assert_eq!(super::name(98), "EADDRINUSE");
-        assert_eq!(super::name(4095), "E4095");
-        assert_eq!(super::describe(98), "Address already in use");
-    }
-}
-
 /// An error and its causes, joined with ": " (aya puts the errno in the innermost one).
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -77,4 +67,14 @@ pub fn os_errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         cur = inner.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names() {
+        assert_eq!(super::name(98), "EADDRINUSE");
+        assert_eq!(super::name(4095), "E4095");
+        assert_eq!(super::describe(98), "Address already in use");
+    }
 }

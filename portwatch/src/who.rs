@@ -99,26 +99,6 @@ impl Failures {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// 300 namespaces failing for one reason make one line.
-    #[test]
-    fn one_reason_shared_by_many_namespaces_is_one_line() {
-        let mut f = Failures::default();
-        for n in 0..300 {
-            f.add(4_026_531_840 + n, "too many open files (EMFILE)".into());
-        }
-        f.add(7, "network namespace 7 is gone or cannot be entered".into());
-        let lines = f.lines();
-        assert_eq!(lines.len(), 2, "{lines:?}");
-        assert!(lines.iter().any(|l| l
-            == "300 namespaces (4026531840, 4026531841, 4026531842, ...): too many open files (EMFILE)"));
-        assert_eq!(f.count, 301);
-    }
-}
-
 /// Builds the bind described on the command line and runs the rules on it.
 fn predict(
     args: &WhoArgs,
@@ -213,4 +193,24 @@ fn predict(
         port: args.port,
         verdict,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 300 namespaces failing for one reason make one line.
+    #[test]
+    fn one_reason_shared_by_many_namespaces_is_one_line() {
+        let mut f = Failures::default();
+        for n in 0..300 {
+            f.add(4_026_531_840 + n, "too many open files (EMFILE)".into());
+        }
+        f.add(7, "network namespace 7 is gone or cannot be entered".into());
+        let lines = f.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.iter().any(|l| l
+            == "300 namespaces (4026531840, 4026531841, 4026531842, ...): too many open files (EMFILE)"));
+        assert_eq!(f.count, 301);
+    }
 }
