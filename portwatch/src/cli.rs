@@ -77,6 +77,17 @@ sudo portwatch who 8080 --addr 0.0.0.0 --reuseaddr\n  \
 sudo portwatch who 53 --addr 127.0.0.1 --udp --netns /run/netns/blue --json"
     )]
     Who(WhoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    #[command(after_help = "Install (see the README):\n  \
+portwatch completions bash > /usr/share/bash-completion/completions/portwatch\n  \
+portwatch completions zsh > /usr/local/share/zsh/site-functions/_portwatch\n  \
+portwatch completions fish > /usr/share/fish/vendor_completions.d/portwatch.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: portwatch man > /usr/local/share/man/man1/portwatch.1
+    Man,
 }
 
 #[derive(Args, Debug, Clone)]

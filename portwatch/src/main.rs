@@ -3,6 +3,7 @@
 mod btf;
 mod cgroup;
 mod cli;
+mod docs;
 mod errno;
 mod event;
 mod explain;
@@ -31,6 +32,18 @@ use crate::{
 
 fn main() {
     let cli = Cli::parse();
+    let docs = match &cli.command {
+        Command::Completions { shell } => Some(docs::completions(*shell, &mut io::stdout())),
+        Command::Man => Some(docs::man(&mut io::stdout())),
+        _ => None,
+    };
+    match docs {
+        Some(Err(e)) if e.kind() != io::ErrorKind::BrokenPipe => {
+            fail(&anyhow::Error::new(e).context("writing output"))
+        }
+        Some(_) => return,
+        None => {}
+    }
     // -v is about portwatch's own steps; aya's relocation chatter stays at warnings.
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Warn)
@@ -59,6 +72,7 @@ fn main() {
         match cli.command {
             Command::Trace(args) => trace::run(TraceSettings::resolve(args)?).await,
             Command::Who(args) => who::run(args),
+            Command::Completions { .. } | Command::Man => Ok(()),
         }
     });
     match result {
