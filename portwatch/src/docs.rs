@@ -57,7 +57,7 @@ mod tests {
             let mut out = Vec::new();
             completions(shell, &mut out).expect("generate");
             let text = String::from_utf8(out).expect("utf-8");
-            for word in ["trace", "who", "--port", "--pid", "--failed", "--netns"] {
+            for word in ["trace", "who", "port", "pid", "failed", "netns", "comm"] {
                 assert!(text.contains(word), "{shell}: no {word}");
             }
         }
