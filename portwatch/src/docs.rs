@@ -75,7 +75,7 @@ mod tests {
         for word in [
             ".SH \"PORTWATCH TRACE\"",
             ".SH \"PORTWATCH WHO\"",
-            "bind_address_no_port",
+            "SO_REUSEPORT",
         ] {
             assert!(text.contains(word), "no {word}");
         }
