@@ -20,6 +20,8 @@ use log::debug;
 
 /// Namespace handles kept open at most; each pins its namespace in memory.
 const MAX_HANDLES: usize = 256;
+/// Interface names remembered at most (namespaces and interfaces come and go).
+const MAX_IFNAMES: usize = 4096;
 
 pub struct Namespaces {
     /// portwatch's own namespace, where no thread switch is needed.
@@ -178,6 +180,9 @@ impl Namespaces {
             return cached.clone();
         }
         let name = self.run_in(ino, || if_indextoname(ifindex)).flatten();
+        if self.ifnames.len() >= MAX_IFNAMES {
+            self.ifnames.clear();
+        }
         self.ifnames.insert((ino, ifindex), name.clone());
         name
     }

@@ -41,8 +41,12 @@ pub struct Session {
     filter: EventFilter,
     namespaces: Namespaces,
     facts: FactFinder,
-    /// Holders the kernel side sent, waiting for their thread's event, which follows them.
-    conflicts: HashMap<u32, Vec<KernelHolder>>,
+    /// Holders the kernel side sent, waiting for their thread's event, which follows them,
+    /// with the pass they came in. A thread's event comes in the same pass or the next; one
+    /// that never comes (lost, or the thread died) is dropped after that.
+    conflicts: HashMap<u32, (u64, Vec<KernelHolder>)>,
+    /// Passes handled so far.
+    passes: u64,
     /// Records read ahead while the tables were read; they open the next pass.
     lookahead: Vec<Record>,
     summary: Summary,
@@ -89,6 +93,9 @@ impl Session {
     /// socket bound later in the same pass, and a socket bound by a record that arrived while
     /// the tables were being read (the look-ahead, which starts the next pass).
     fn handle_batch(&mut self, batch: Vec<Record>, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        self.passes += 1;
+        let pass = self.passes;
+        self.conflicts.retain(|_, (at, _)| *at + 1 >= pass);
         let bound_at = bound_in(&batch);
         // First the tables, for every call of the pass; the facts of each call are gathered
         // from them (cached) when it is explained, so a pass holds its records and no more.
@@ -97,14 +104,19 @@ impl Session {
         for (i, r) in batch.iter_mut().enumerate() {
             match r {
                 Record::Holder { tid, holder } => {
-                    let list = self.conflicts.entry(*tid).or_default();
+                    let (at, list) = self.conflicts.entry(*tid).or_default();
+                    *at = pass;
                     // The kernel side sends at most MAX_HOLDERS, plus the conflict check's.
                     if list.len() < 2 * usize::from(portwatch_common::MAX_HOLDERS) {
                         list.push(holder.clone());
                     }
                 }
                 Record::Call(ev) => {
-                    ev.kernel_holders = self.conflicts.remove(&ev.tid).unwrap_or_default();
+                    ev.kernel_holders = self
+                        .conflicts
+                        .remove(&ev.tid)
+                        .map(|(_, list)| list)
+                        .unwrap_or_default();
                     if !self.filter.keeps(ev) {
                         continue;
                     }
@@ -233,6 +245,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         namespaces: Namespaces::default(),
         facts: FactFinder::new(loaded.tables),
         conflicts: HashMap::new(),
+        passes: 0,
         lookahead: Vec::new(),
         summary: Summary::new(backend),
         printed: 0,

@@ -43,6 +43,7 @@ enum Known {
 pub struct FactFinder {
     /// Whether the socket table iterators loaded, and why not.
     tables: Result<(), HoldersError>,
+    /// Sockets (by inode) held by some process now: at most as many as are open.
     known: HashMap<u64, Known>,
     /// Per-drain caches.
     holders: HashMap<(u32, u16), Result<Vec<Holder>, HoldersError>>,
@@ -140,6 +141,9 @@ impl FactFinder {
                 source: Source::SocketTable,
             });
         }
+        // What is known of sockets no process holds any more is of no use: they are gone.
+        // This keeps the cache as large as the machine's open sockets, however many churn.
+        self.known.retain(|ino, _| owners.contains_key(ino));
         // Sockets in no table: bound but not listening. Ask each candidate directly.
         for (&ino, who) in &owners {
             if seen.contains(&ino) {

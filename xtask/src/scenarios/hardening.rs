@@ -6,6 +6,7 @@
 use std::{
     os::unix::process::CommandExt as _,
     process::{Command, Output, Stdio},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -26,6 +27,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario::alone("hostile_comm_is_escaped", hostile_comm_is_escaped),
         Scenario::alone("bad_input_one_line", bad_input_one_line),
         Scenario::alone("few_open_files_named_once", few_open_files_named_once).host_only(),
+        Scenario::alone("soak_memory_stays_flat", soak_memory_stays_flat).host_only(),
     ]
 }
 
@@ -226,6 +228,110 @@ fn few_open_files_named_once(cx: &Ctx, _ns: &Netns) -> Result<()> {
         n.delete()?;
     }
     Ok(())
+}
+
+/// Seconds [`soak_memory_stays_flat`] watches memory once the caches are full: short in the
+/// suite, longer with `PW_SOAK_SECS=3600` in the runner's environment.
+const SOAK_SECS_DEFAULT: u64 = 20;
+/// Successful binds after which the largest cache (who bound each socket, 65536 entries) is
+/// full, with a margin.
+const SOAK_WARM_BINDS: u64 = 80_000;
+
+/// Churn that once grew portwatch without bound (17.8 -> 50.5 MB in 3 minutes): one process
+/// replaces a bound socket every 200 µs while another makes an EADDRINUSE on the port every
+/// 50 ms, all traced and explained. Every cache has a bound, so once the largest is full
+/// (after [`SOAK_WARM_BINDS`] binds), RSS stays within a margin of where it was then.
+fn soak_memory_stays_flat(cx: &Ctx, ns: &Netns) -> Result<()> {
+    let secs: u64 = std::env::var("PW_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SOAK_SECS_DEFAULT)
+        .max(5);
+    let mut cmd = Command::new(&cx.pw.exe);
+    cmd.args([
+        "trace",
+        "--json",
+        "--backend",
+        &cx.pw.backend,
+        "--port",
+        "45200",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    cx.pw.root_ns.enter_on_spawn(&mut cmd);
+    let mut child = cmd.spawn().context("starting portwatch")?;
+    let pid = child.id() as i32;
+    let stderr = child.stderr.take().context("stderr")?;
+    let ready = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .any(|l| l.starts_with(super::portwatch::READY_PREFIX));
+    let result = (|| -> Result<()> {
+        ensure!(ready, "portwatch ended before it was ready");
+        let mut owner = Holder::spawn(ns, "pw-soak-owner")?;
+        let mut asker = Holder::spawn(ns, "pw-soak-asker")?;
+        let spec = SockSpec::tcp("127.0.0.1:45200");
+        let stop = AtomicBool::new(false);
+        let binds = AtomicU64::new(0);
+        let rss = || crate::bench::proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+        std::thread::scope(|s| -> Result<()> {
+            let owning = s.spawn(|| -> Result<()> {
+                while !stop.load(Ordering::Relaxed) {
+                    let c =
+                        owner.bind_loop(&spec, 2000, Duration::from_micros(200), Duration::ZERO)?;
+                    binds.fetch_add(u64::from(c.binds - c.failed), Ordering::Relaxed);
+                }
+                Ok(())
+            });
+            let asking = s.spawn(|| -> Result<()> {
+                while !stop.load(Ordering::Relaxed) {
+                    asker.bind_loop(&spec, 20, Duration::ZERO, Duration::from_millis(50))?;
+                }
+                Ok(())
+            });
+            let checked = (|| -> Result<()> {
+                let warm_limit = Instant::now() + cx.pw.timeout(120.0);
+                let mut warming = Vec::new();
+                while binds.load(Ordering::Relaxed) < SOAK_WARM_BINDS {
+                    ensure!(
+                        Instant::now() < warm_limit && !owning.is_finished(),
+                        "set-up: only {} binds in {:.0?}",
+                        binds.load(Ordering::Relaxed),
+                        cx.pw.timeout(120.0)
+                    );
+                    std::thread::sleep(Duration::from_secs(1));
+                    warming.push(rss());
+                }
+                let settled = rss();
+                let allowed = settled + settled / 10 + 2048;
+                let mut samples = Vec::new();
+                for _ in 0..secs {
+                    std::thread::sleep(Duration::from_secs(1));
+                    samples.push(rss());
+                }
+                let peak = samples.iter().copied().max().unwrap_or(0);
+                ensure!(
+                    settled > 0 && peak <= allowed,
+                    "RSS grew: {settled} KiB once the caches were full, then up to {peak} KiB \
+                     (allowed {allowed}); KiB per second while warming: {warming:?}, after: \
+                     {samples:?}"
+                );
+                Ok(())
+            })();
+            stop.store(true, Ordering::Relaxed);
+            owning
+                .join()
+                .map_err(|_| anyhow::anyhow!("owner thread panicked"))??;
+            asking
+                .join()
+                .map_err(|_| anyhow::anyhow!("asker thread panicked"))??;
+            checked
+        })
+    })();
+    // SAFETY: our child; SIGINT makes it detach and exit.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let _ = child.wait();
+    result
 }
 
 /// [`run`], with RLIMIT_NOFILE set to `soft` and `hard` for portwatch.
