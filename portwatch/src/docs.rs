@@ -10,7 +10,11 @@ use crate::cli::Cli;
 /// `portwatch completions SHELL`: the completion script for `shell`.
 pub fn completions(shell: clap_complete::Shell, out: &mut impl Write) -> io::Result<()> {
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "portwatch", out);
+    // clap_complete panics when its writer fails (a full disk, a closed pipe): it writes to
+    // memory, and the errors of the one real write are ours to report.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "portwatch", &mut script);
+    out.write_all(&script)?;
     out.flush()
 }
 
@@ -79,5 +83,25 @@ mod tests {
         ] {
             assert!(text.contains(word), "no {word}");
         }
+    }
+
+    /// A writer that is always full, as stdout on /dev/full.
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Before: clap_complete panicked on the failed write.
+    #[test]
+    fn a_full_disk_is_an_error_not_a_panic() {
+        let err = completions(clap_complete::Shell::Bash, &mut Full).expect_err("disk full");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert!(man(&mut Full).is_err());
     }
 }

@@ -39,7 +39,7 @@ fn main() {
     };
     match docs {
         Some(Err(e)) if e.kind() != io::ErrorKind::BrokenPipe => {
-            fail(&anyhow::Error::new(e).context("writing output"))
+            fail(&anyhow::Error::new(e).context("writing to stdout"))
         }
         Some(_) => return,
         None => {}

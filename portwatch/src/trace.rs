@@ -251,7 +251,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         printed: 0,
         limit: settings.count,
     };
-    session.printer.header()?;
+    session.printer.header().context("writing to stdout")?;
 
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -295,11 +295,11 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     let (rb, pending) = lost_totals(&lost_map);
     session.summary.lost_ringbuf = rb;
     session.summary.lost_pending = pending;
-    outcome.context("writing output")?;
+    outcome.context("writing to stdout")?;
     session
         .printer
         .summary(&session.summary)
-        .context("writing output")
+        .context("writing to stdout")
 }
 
 /// Whether the ring buffer holds a record, without consuming it (the next drain reads it).

@@ -55,7 +55,8 @@ pub fn run(args: WhoArgs) -> Result<()> {
         holders: &holders,
         prediction: prediction.as_ref(),
     };
-    output::who::write(&mut io::stdout().lock(), &report, args.json).context("writing output")?;
+    output::who::write(&mut io::stdout().lock(), &report, args.json)
+        .context("writing to stdout")?;
     for f in failures.lines() {
         output::status(format_args!(
             "portwatch: warning: {}",

@@ -180,6 +180,24 @@ fn bad_input_one_line(cx: &Ctx, ns: &Netns) -> Result<()> {
             ));
         }
     }
+    // A full disk: the error says what failed; a generated script fails the same way.
+    for args in [&["who", "80"][..], &["completions", "bash"], &["man"]] {
+        let mut cmd = Command::new(&cx.pw.exe);
+        cmd.stdout(std::fs::File::create("/dev/full").context("/dev/full")?);
+        let out = wait_output(cx, cmd, args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(1)
+            || !stderr.starts_with("portwatch: error: writing to stdout: No space left")
+            || stderr.lines().count() != 1
+        {
+            failures.push(format!(
+                "portwatch {} > /dev/full: exit {}, stderr {stderr:?}; want one line saying \
+                 writing to stdout failed",
+                args.join(" "),
+                out.status
+            ));
+        }
+    }
     // A real namespace path is taken.
     let out = run(
         cx,
@@ -337,6 +355,7 @@ fn soak_memory_stays_flat(cx: &Ctx, ns: &Netns) -> Result<()> {
 /// [`run`], with RLIMIT_NOFILE set to `soft` and `hard` for portwatch.
 fn run_limited(cx: &Ctx, args: &[&str], soft: u64, hard: u64) -> Result<Output> {
     let mut cmd = Command::new(&cx.pw.exe);
+    cmd.stdout(Stdio::piped());
     // SAFETY: setrlimit is async-signal-safe, and the struct is copied into the closure.
     unsafe {
         cmd.pre_exec(move || {
@@ -355,15 +374,15 @@ fn run_limited(cx: &Ctx, args: &[&str], soft: u64, hard: u64) -> Result<Output> 
 
 /// Runs portwatch with `args` (in the runner's namespace) and waits, at most 10 s.
 pub fn run(cx: &Ctx, args: &[&str]) -> Result<Output> {
-    wait_output(cx, Command::new(&cx.pw.exe), args)
+    let mut cmd = Command::new(&cx.pw.exe);
+    cmd.stdout(Stdio::piped());
+    wait_output(cx, cmd, args)
 }
 
 /// Runs `cmd` (portwatch) with `args` and waits, at most 10 s.
+/// Stdout goes where `cmd` says (the callers pipe it, or send it to /dev/full).
 fn wait_output(cx: &Ctx, mut cmd: Command, args: &[&str]) -> Result<Output> {
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
     let child = cmd
         .spawn()
         .with_context(|| format!("running portwatch {}", args.join(" ")))?;
