@@ -96,9 +96,10 @@ pub struct WhoArgs {
     #[arg(value_parser = port_arg)]
     pub port: u16,
 
-    /// Predict a bind to this address on PORT (0.0.0.0, ::, 127.0.0.1, ::ffff:10.0.0.1...).
-    #[arg(long, value_name = "ADDR")]
-    pub addr: Option<std::net::IpAddr>,
+    /// Predict a bind to this address on PORT (0.0.0.0, ::, 127.0.0.1, ::ffff:10.0.0.1,
+    /// fe80::1%eth0...). An IPv6 link-local address takes its interface as %NAME or %INDEX.
+    #[arg(long, value_name = "ADDR", value_parser = addr_arg)]
+    pub addr: Option<ScopedAddr>,
 
     /// The predicted bind is UDP (default TCP).
     #[arg(long, requires = "addr")]
@@ -200,6 +201,30 @@ pub struct TraceArgs {
     /// Exit after this many events have been printed (at least 1).
     #[arg(long, value_name = "N", value_parser = count_arg)]
     pub count: Option<u64>,
+}
+
+/// `who --addr`: an address, with the scope (interface) an IPv6 address may carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopedAddr {
+    pub addr: std::net::IpAddr,
+    /// After `%`: an interface name or index, as in `fe80::1%eth0`.
+    pub scope: Option<String>,
+}
+
+fn addr_arg(s: &str) -> Result<ScopedAddr, String> {
+    let (addr, scope) = match s.split_once('%') {
+        Some((a, scope)) => (a, Some(scope)),
+        None => (s, None),
+    };
+    let addr: std::net::IpAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    match scope {
+        Some("") => Err("nothing after %: give an interface, as in fe80::1%eth0".into()),
+        Some(_) if addr.is_ipv4() => Err("an IPv4 address has no %scope".into()),
+        _ => Ok(ScopedAddr {
+            addr,
+            scope: scope.map(str::to_string),
+        }),
+    }
 }
 
 /// `--pid`: a process id. 0 is none (the kernel side would read it as "no filter").
@@ -315,6 +340,23 @@ mod tests {
                 .as_deref(),
             Some("fifteen-bytes-x")
         );
+    }
+
+    #[test]
+    fn who_addr_takes_a_scope() {
+        let who = |addr: &str| {
+            let cli = Cli::try_parse_from(["portwatch", "who", "80", "--addr", addr])?;
+            match cli.command {
+                Command::Who(w) => Ok(w.addr.expect("an address")),
+                _ => panic!("not who"),
+            }
+        };
+        let a = who("fe80::1%lo").expect("fe80::1%lo");
+        assert_eq!(a.addr, "fe80::1".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(a.scope.as_deref(), Some("lo"));
+        assert_eq!(who("::1").expect("::1").scope, None);
+        assert!(who("127.0.0.1%lo").is_err());
+        assert!(who("fe80::1%").is_err());
     }
 
     /// bcc's bindsnoop: -p PID, -P PORT, -x failed only, -t timestamps; -j for JSON.

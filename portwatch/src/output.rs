@@ -19,7 +19,7 @@ use terminal::safe;
 
 use crate::{
     errno,
-    event::{Call, Event},
+    event::{Call, Event, Requested},
     explain::Verdict,
     sockets::{SocketView, endpoint},
 };
@@ -182,7 +182,7 @@ impl Printer {
             .map(SocketView::proto_family)
             .unwrap_or_else(|| "?".into());
         let address = match (ev.call, &ev.requested, sock) {
-            (Call::Bind, Some(r), _) => requested_endpoint(r.addr, r.port, r.scope_id),
+            (Call::Bind, Some(r), _) => requested_endpoint(r),
             (Call::Bind, None, _) => "(unreadable)".to_string(),
             (Call::Listen, _, Some(s)) => s.endpoint(),
             (Call::Listen, _, None) => "?".to_string(),
@@ -281,10 +281,15 @@ impl Printer {
     }
 }
 
-fn requested_endpoint(addr: IpAddr, port: u16, scope_id: u32) -> String {
-    match addr {
-        IpAddr::V6(a) if scope_id != 0 => format!("[{a}%{scope_id}]:{port}"),
-        _ => endpoint(addr, port),
+/// The address asked for, with its scope as `ip` and `ping` write it: `[fe80::1%eth0]:80`
+/// (the index where the name is unknown).
+fn requested_endpoint(r: &Requested) -> String {
+    match r.addr {
+        IpAddr::V6(a) if r.scope_id != 0 => match &r.scope_name {
+            Some(name) => format!("[{a}%{}]:{}", safe(name), r.port),
+            None => format!("[{a}%{}]:{}", r.scope_id, r.port),
+        },
+        _ => endpoint(r.addr, r.port),
     }
 }
 

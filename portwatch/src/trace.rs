@@ -154,6 +154,12 @@ impl Session {
 
     /// Adds what the kernel side cannot know: interface names in the socket's namespace.
     fn enrich(&mut self, ev: &mut Event) {
+        if let (Some(r), Some(sock)) = (ev.requested.as_mut(), ev.socket.as_ref())
+            && r.scope_id != 0
+        {
+            self.namespaces.note(sock.netns, ev.pid, ev.tid);
+            r.scope_name = self.namespaces.ifname(sock.netns, r.scope_id);
+        }
         if let Some(sock) = ev.socket.as_mut() {
             self.namespaces.note(sock.netns, ev.pid, ev.tid);
             if sock.options.bound_dev_if != 0 {

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, io, net::IpAddr};
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    cli::WhoArgs,
+    cli::{ScopedAddr, WhoArgs},
     event::{Call, Event, Requested},
     explain,
     facts::{self, FactFinder, Facts},
@@ -43,7 +43,7 @@ pub fn run(args: WhoArgs) -> Result<()> {
     }
     holders.sort_by_key(|h| (h.socket.netns, h.socket.proto.name(), h.socket.state.0));
 
-    let prediction = match args.addr {
+    let prediction = match &args.addr {
         Some(addr) => Some(predict(&args, addr, &mut ebpf, &mut ns, &mut finder)?),
         None => None,
     };
@@ -64,6 +64,11 @@ pub fn run(args: WhoArgs) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// fe80::/10, the addresses whose scope names an interface.
+fn link_local(addr: IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 /// Namespaces whose tables could not be read, grouped by reason: one cause shared by hundreds
@@ -103,7 +108,7 @@ impl Failures {
 /// Builds the bind described on the command line and runs the rules on it.
 fn predict(
     args: &WhoArgs,
-    addr: IpAddr,
+    asked: &ScopedAddr,
     ebpf: &mut aya::Ebpf,
     ns: &mut Namespaces,
     finder: &mut FactFinder,
@@ -116,13 +121,35 @@ fn predict(
         }
         None => netns::current(),
     };
+    let addr = asked.addr;
     let (sysctls, local_addrs) = finder.netns_facts(ns, target);
     let family = Family::of(addr);
-    let bound_dev_if = match &args.device {
-        Some(d) => ns
-            .ifindex(target, d)
-            .with_context(|| format!("no interface {d} in netns {target}"))?,
-        None => 0,
+    let mut interface = |name: &str| {
+        name.parse::<u32>()
+            .ok()
+            .or_else(|| ns.ifindex(target, name))
+            .with_context(|| format!("no interface {name} in netns {target}"))
+    };
+    let device_index = args.device.as_deref().map(&mut interface).transpose()?;
+    // The kernel takes sin6_scope_id only for a link-local address, and binds the socket to
+    // that interface; it refuses one that differs from SO_BINDTODEVICE.
+    let scope_id = match &asked.scope {
+        Some(s) if link_local(addr) => interface(s)?,
+        _ => 0,
+    };
+    if scope_id != 0 && device_index.is_some_and(|d| d != scope_id) {
+        bail!(
+            "--addr {addr}%{} and --device {} are different interfaces: the kernel refuses \
+             such a bind (EINVAL)",
+            asked.scope.as_deref().unwrap_or_default(),
+            args.device.as_deref().unwrap_or_default()
+        );
+    }
+    let bound_dev_if = device_index.unwrap_or(scope_id);
+    let device = match &args.device {
+        Some(d) => Some(d.clone()),
+        None if bound_dev_if != 0 => ns.ifname(target, bound_dev_if),
+        None => None,
     };
     let uid = args.uid.unwrap_or_else(|| unsafe { libc::getuid() });
     let v6only = family == Family::Ipv6 && (args.v6only || sysctls.bindv6only == Some(true));
@@ -132,7 +159,7 @@ fn predict(
         reuseport: args.reuseport,
         v6only,
         bound_dev_if,
-        device: args.device.clone(),
+        device,
         ..Options::default()
     };
     let proto = if args.udp { Proto::Udp } else { Proto::Tcp };
@@ -167,7 +194,10 @@ fn predict(
             sa_family: family.af(),
             addr,
             port: args.port,
-            scope_id: 0,
+            scope_id,
+            scope_name: (scope_id != 0)
+                .then(|| socket.options.device.clone())
+                .flatten(),
         }),
         ret: 0,
         socket: Some(socket.clone()),
@@ -182,7 +212,7 @@ fn predict(
         holders: Some(holders),
         sysctls,
         local_addrs,
-        addr_is_local: facts::address_is_local(ns, target, addr),
+        addr_is_local: facts::address_is_local(ns, target, addr, scope_id),
         // Root may bind privileged ports; anyone else is assumed to lack the capability.
         cap_net_bind_service: Some(uid == 0),
         ..Facts::default()

@@ -58,6 +58,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
             addr: addr.parse().unwrap(),
             port,
             scope_id: 0,
+            scope_name: None,
         }),
         ret,
         socket: Some(s),

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, ensure};
 use super::{
     Ctx, Scenario,
     holder::Holder,
-    netns::{Named, Netns},
+    netns::{Named, Netns, ip},
     portwatch::Portwatch,
     sock::SockSpec,
 };
@@ -28,6 +28,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario::alone("bad_input_one_line", bad_input_one_line),
         Scenario::alone("few_open_files_named_once", few_open_files_named_once).host_only(),
         Scenario::alone("soak_memory_stays_flat", soak_memory_stays_flat).host_only(),
+        Scenario::alone("link_local_scope", link_local_scope).host_only(),
     ]
 }
 
@@ -246,6 +247,76 @@ fn few_open_files_named_once(cx: &Ctx, _ns: &Netns) -> Result<()> {
         n.delete()?;
     }
     Ok(())
+}
+
+/// A namespace with fe80::1 on lo (lo is the one interface every machine can have in a new
+/// namespace). `who --addr fe80::1%lo` takes the scope and agrees with the kernel (fe80::1 is
+/// there, fe80::2 is not); a bind to `[fe80::1%lo]` shows in `trace` as `%lo`, not as the
+/// interface's index. Before, `--addr` refused any `%`.
+fn link_local_scope(cx: &Ctx, _ns: &Netns) -> Result<()> {
+    let named = Named::add(&format!("pw-scope-{}", std::process::id()))?;
+    let ns = &named.ns;
+    ip(
+        Some(ns),
+        &["addr", "add", "fe80::1/64", "dev", "lo", "nodad"],
+    )?;
+    let path = ns.path();
+    for (addr, succeeds) in [("fe80::1%lo", true), ("fe80::2%lo", false)] {
+        let out = run(cx, &["who", "45300", "--addr", addr, "--netns", &path])?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let want = if succeeds {
+            "would succeed"
+        } else {
+            "would fail"
+        };
+        ensure!(
+            out.status.success() && stdout.contains(want),
+            "who --addr {addr}: want {want:?}; exit {}, stdout {stdout:?}, stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pw = Portwatch::start_args(
+        &cx.pw,
+        ["trace", "--backend", &cx.pw.backend, "--port", "45300"]
+            .map(String::from)
+            .to_vec(),
+    )?;
+    // A process in the namespace binds, then stays a moment so that its namespace can be
+    // entered to name the interface.
+    let script = "import socket,time\n\
+                  s=socket.socket(socket.AF_INET6)\n\
+                  s.bind(('fe80::1',45300,0,socket.if_nametoindex('lo')))\n\
+                  time.sleep(2)\n";
+    let bound = Command::new("ip")
+        .args(["netns", "exec", &named_name(ns), "python3", "-c", script])
+        .output()
+        .context("running python3 in the namespace")?;
+    ensure!(
+        bound.status.success(),
+        "set-up: the bind failed: {}",
+        String::from_utf8_lossy(&bound.stderr)
+    );
+    let deadline = Instant::now() + cx.pw.timeout(10.0);
+    let lines = loop {
+        let lines = pw.stdout();
+        if lines.iter().any(|l| l.contains("[fe80::1")) || Instant::now() >= deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    pw.stop()?;
+    ensure!(
+        lines.iter().any(|l| l.contains("[fe80::1%lo]:45300")),
+        "want the bind shown as [fe80::1%lo]:45300; stdout:\n  {}",
+        lines.join("\n  ")
+    );
+    named.delete()
+}
+
+/// The `ip netns` name of a namespace under /run/netns.
+fn named_name(ns: &Netns) -> String {
+    ns.path().rsplit('/').next().unwrap_or_default().to_string()
 }
 
 /// Seconds [`soak_memory_stays_flat`] watches memory once the caches are full: short in the
