@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn who_addr_takes_a_scope() {
-        let who = |addr: &str| {
+        let who = |addr: &str| -> Result<ScopedAddr, clap::Error> {
             let cli = Cli::try_parse_from(["portwatch", "who", "80", "--addr", addr])?;
             match cli.command {
                 Command::Who(w) => Ok(w.addr.expect("an address")),
