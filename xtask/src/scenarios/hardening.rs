@@ -29,6 +29,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario::alone("few_open_files_named_once", few_open_files_named_once).host_only(),
         Scenario::alone("soak_memory_stays_flat", soak_memory_stays_flat).host_only(),
         Scenario::alone("link_local_scope", link_local_scope).host_only(),
+        Scenario::alone("filter_uid_and_netns", filter_uid_and_netns),
     ]
 }
 
@@ -317,6 +318,41 @@ fn link_local_scope(cx: &Ctx, _ns: &Netns) -> Result<()> {
 /// The `ip netns` name of a namespace under /run/netns.
 fn named_name(ns: &Netns) -> String {
     ns.path().rsplit('/').next().unwrap_or_default().to_string()
+}
+
+/// `--uid` keeps only that user's calls, `--netns PATH` only the calls in that namespace; the
+/// others happen on the same traced port at the same time and must not show.
+fn filter_uid_and_netns(cx: &Ctx, ns: &Netns) -> Result<()> {
+    let pw = Portwatch::start(&cx.pw, &["--uid", "65534", "--port", "45400"])?;
+    let mut root = Holder::spawn(ns, "pw-root")?;
+    let mut nobody = Holder::spawn_as(ns, "pw-nobody", 65534)?;
+    root.bind_ok(&SockSpec::tcp("127.0.0.1:45400"))?;
+    let b = nobody.bind_ok(&SockSpec::tcp("127.0.0.2:45400"))?;
+    pw.wait_call(ns, "bind", nobody.pid, b.ino)?;
+    let st = pw.stop()?;
+    let pids: Vec<Option<u64>> = st.events().map(|e| e.pid()).collect();
+    ensure!(
+        pids.iter().all(|p| *p == Some(nobody.pid.into())),
+        "--uid 65534 let through calls of other processes (pids {pids:?}; root's is {})",
+        root.pid
+    );
+
+    let path = ns.path();
+    let pw = Portwatch::start(&cx.pw, &["--netns", &path, "--port", "45401"])?;
+    // The runner's main thread stays in the namespace it started in.
+    let runner_ns = format!("/proc/{}/ns/net", std::process::id());
+    let mut outside = Holder::spawn_at(&runner_ns, "pw-outside")?;
+    let mut inside = Holder::spawn(ns, "pw-inside")?;
+    outside.bind_ok(&SockSpec::tcp("127.0.0.1:45401"))?;
+    let b = inside.bind_ok(&SockSpec::tcp("127.0.0.1:45401"))?;
+    pw.wait_call(ns, "bind", inside.pid, b.ino)?;
+    let st = pw.stop()?;
+    let netns: Vec<Option<u64>> = st.events().map(|e| e.netns()).collect();
+    ensure!(
+        netns.iter().all(|n| *n == Some(ns.inode())),
+        "--netns {path} let through calls in other namespaces: {netns:?}"
+    );
+    Ok(())
 }
 
 /// Seconds [`soak_memory_stays_flat`] watches memory once the caches are full: short in the
