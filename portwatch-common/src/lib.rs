@@ -243,6 +243,12 @@ pub struct KernelLayout {
     // who owns a port: the kernel's bind table (TCP) and UDP hash
     /// `socket.file`: null for a socket the kernel opened for itself.
     pub socket_file: Field,
+    // task_file iterator: is this file a socket, and whose
+    pub file_inode: Field,
+    pub inode_mode: Field,
+    pub task_tgid: Field,
+    /// `task_struct.comm`: 16 bytes at this offset.
+    pub task_comm: Field,
     /// `sock_common.skc_bind_node`: links a socket (TIME_WAIT too) into its bind bucket.
     pub sk_bind_node: Field,
     /// `sock_common.skc_node`: links a UDP socket into its hash slot.
@@ -271,6 +277,8 @@ pub struct KernelLayout {
     /// 1 in `offset` when sockets hang off bind2 buckets (6.8+), 0 when off the bind bucket.
     pub tb_has_bhash2: Field,
     pub icsk_bind_hash: Field,
+    /// `inet_connection_sock.icsk_bind2_hash` (6.1+; size 0 before).
+    pub icsk_bind2_hash: Field,
     pub udp_table_hash: Field,
     pub udp_table_mask: Field,
     /// `sizeof(struct udp_hslot)`, in `offset`.
@@ -374,6 +382,19 @@ pub struct HolderRecord {
     pub jiffies_now: u64,
 }
 
+/// One open socket file of a process, from the iter/task_file program: who holds which
+/// socket, read from the kernel's own fd tables (no fd is duplicated, no /proc walked).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskFileRecord {
+    /// The process (thread group) holding the file.
+    pub tgid: u32,
+    pub fd: u32,
+    pub comm: [u8; COMM_LEN],
+    /// The socket, as a holder record (`tid` 0).
+    pub sock: HolderRecord,
+}
+
 /// Settings user space writes once, before load, into the kernel side's read-only global
 /// `SETTINGS`. The verifier sees them as constants and drops the branches a setting turns off.
 #[repr(C)]
@@ -408,5 +429,6 @@ mod pod {
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::Field {}
     unsafe impl aya::Pod for super::HolderRecord {}
+    unsafe impl aya::Pod for super::TaskFileRecord {}
     unsafe impl aya::Pod for super::Settings {}
 }

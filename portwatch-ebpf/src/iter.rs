@@ -9,11 +9,14 @@
 //! aya-ebpf has no `#[iter]` macro, so the section name and context layout are spelled out.
 
 use aya_ebpf::{helpers::generated::bpf_seq_write, macros::map, maps::Array};
-use portwatch_common::{HolderRecord, IPPROTO_TCP, IPPROTO_UDP, ITER_ALL_PORTS, tcp_state};
+use portwatch_common::{
+    AF_INET, AF_INET6, COMM_LEN, HolderRecord, IPPROTO_TCP, IPPROTO_UDP, ITER_ALL_PORTS,
+    TaskFileRecord, tcp_state,
+};
 
 use crate::{
     holders::describe,
-    kernel::{Sock, read_u64},
+    kernel::{LAYOUT, Sock, global, probe_kernel, read_bytes, read_field, read_u64},
 };
 
 /// [0]: the port to dump, or [`ITER_ALL_PORTS`]. Set by user space before each read.
@@ -34,6 +37,80 @@ pub struct IterCtx {
     meta: *const IterMeta,
     sk: *const u8,
     uid: u32,
+}
+
+/// `struct bpf_iter__task_file`.
+#[repr(C)]
+pub struct TaskFileCtx {
+    meta: *const IterMeta,
+    task: *const u8,
+    fd: u32,
+    file: *const u8,
+}
+
+const S_IFMT: u64 = 0o170000;
+const S_IFSOCK: u64 = 0o140000;
+
+/// Every open file of every process: the TCP and UDP sockets among them (on `ITER_PORT[0]`,
+/// or all), each with its holder. This is how portwatch names a socket's owners without
+/// reading /proc or duplicating anyone's fd, and finds sockets that are bound but not
+/// listening (in no socket table).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub extern "C" fn iter_task_file(ctx: *const TaskFileCtx) -> i32 {
+    task_file(ctx);
+    0
+}
+
+#[inline(always)]
+fn task_file(ctx: *const TaskFileCtx) {
+    let meta = unsafe { core::ptr::read_volatile(&raw const (*ctx).meta) };
+    let seq = unsafe { core::ptr::read_volatile(&raw const (*meta).seq) };
+    let task = read_u64(ctx as u64 + 8);
+    let fd = read_bytes(ctx as u64 + 16, 4) as u32;
+    let file = read_u64(ctx as u64 + 24);
+    if file == 0 || task == 0 {
+        return;
+    }
+    let inode = read_field(file, &LAYOUT.file_inode);
+    if read_field(inode, &LAYOUT.inode_mode) & S_IFMT != S_IFSOCK {
+        return;
+    }
+    let socket = read_field(file, &LAYOUT.file_private_data);
+    let Some(sock) = Sock::from_socket(socket) else {
+        return;
+    };
+    let family = sock.family();
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    let want = ITER_PORT.get(0).copied().unwrap_or(ITER_ALL_PORTS);
+    if want != ITER_ALL_PORTS && u32::from(sock.num()) != want {
+        return;
+    }
+    let protocol = sock.body().protocol;
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return;
+    }
+    let mut rec = TaskFileRecord {
+        tgid: read_field(task, &LAYOUT.task_tgid) as u32,
+        fd,
+        ..TaskFileRecord::default()
+    };
+    let comm = global(&LAYOUT.task_comm);
+    if comm.size != 0
+        && let Some(c) = probe_kernel::<[u8; COMM_LEN]>(task + u64::from(comm.offset))
+    {
+        rec.comm = c;
+    }
+    describe(&raw mut rec.sock, &sock, protocol, sock.netns(), 0, 0);
+    unsafe {
+        bpf_seq_write(
+            seq,
+            (&raw const rec).cast(),
+            core::mem::size_of::<TaskFileRecord>() as u32,
+        );
+    }
 }
 
 #[unsafe(no_mangle)]

@@ -13,7 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 portwatch watches every bind() and listen() on this machine with eBPF and explains each \
 result in plain words: which socket is in the way of an \"Address already in use\", which \
 kernel rule made them clash, and what to change. It also finds sockets that are bound but \
-not listening, which ss, lsof and fuser do not show.",
+not listening, which lsof and fuser do not show, nor ss before iproute2 6.8 on kernels before \
+6.8 (since then `ss -tB` lists TCP ones, without owners and without saying what a bind \
+would do).",
     after_help = "Examples:\n  \
 sudo portwatch trace --port 8080          watch every bind and listen on port 8080\n  \
 sudo portwatch trace --failed --json      every failure, one JSON object per line\n  \
@@ -67,8 +69,10 @@ The short flags are bcc's (bindsnoop): -p PID, -P PORT, -x (failed only), -j (JS
 succeed.\n\n\
 Lists TCP and UDP sockets on PORT in every network namespace portwatch can see: listening, \
 connected, TIME_WAIT (with the time left and its SO_REUSEADDR bit, which decides whether a \
-restarted server can bind), and sockets that are bound but not listening, which ss and lsof \
-do not show. Each comes with its options, uid and owning processes.\n\n\
+restarted server can bind), and sockets that are bound but not listening, which lsof and \
+`ss -tan` do not show (`ss -tB` lists TCP ones on kernels and iproute2 6.8 and later, without \
+owners). Each comes with its options, uid, owning processes and their workload (systemd \
+unit, container, pod).\n\n\
 With --addr, portwatch also says whether a bind to ADDR:PORT with the given options would \
 succeed right now, and why, by the same rules `trace` uses to explain real binds.",
         after_help = "Examples:\n  \

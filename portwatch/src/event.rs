@@ -1,12 +1,18 @@
 //! Turns the raw records from the ring buffer into typed values.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use portwatch_common::{
     AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, HolderRecord, flags, holder, record,
 };
 
-use crate::sockets::{Family, Options, Proto, SocketView, State};
+use crate::{
+    sockets::{Family, Options, Proto, SocketView, State},
+    workload::Workload,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
@@ -50,6 +56,9 @@ pub struct Event {
     pub uid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    /// What `cgroup_id` names (unit, container, pod), filled in by the trace; None when it
+    /// was not looked up or not found.
+    pub workload: Option<Arc<Workload>>,
     pub fd: Option<i32>,
     /// What was asked for (bind only; None when it could not be read).
     pub requested: Option<Requested>,
@@ -189,6 +198,7 @@ fn decode_call(raw: &BindEvent) -> Event {
         uid: raw.uid,
         comm: comm_str(&raw.comm),
         cgroup_id: raw.cgroup_id,
+        workload: None,
         fd: (raw.fd >= 0).then_some(raw.fd),
         requested,
         ret: raw.ret,

@@ -173,6 +173,8 @@ pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
     }
     let mut v = decide(&at, ev, facts);
     note_gone_owners(&mut v);
+    note_forwards(&mut v);
+    note_socket_units(&mut v, facts);
     Some(v)
 }
 
@@ -190,6 +192,83 @@ fn note_gone_owners(v: &mut Verdict) {
             if !v.details.contains(&line) {
                 v.details.push(line);
             }
+        }
+    }
+}
+
+/// A holder owned by a docker-proxy: which container it publishes the port for, or that the
+/// container is gone.
+fn note_forwards(v: &mut Verdict) {
+    for inv in v.holders.iter().chain(&v.shares_with) {
+        for o in &inv.holder.owners {
+            if let Some(f) = &o.forward {
+                let line = f.sentence(o.pid);
+                if !v.details.contains(&line) {
+                    v.details.push(line);
+                }
+            }
+        }
+    }
+}
+
+/// A holder owned by systemd: a socket unit holds the port for a service it starts on
+/// demand. Which unit, when a unit file names the port; with `ReusePort=yes` against another
+/// user, that the uid rule is what blocks.
+fn note_socket_units(v: &mut Verdict, facts: &Facts) {
+    let Some(units) = &facts.socket_units else {
+        return;
+    };
+    let Some((inv, o)) = v.holders.iter().chain(&v.shares_with).find_map(|inv| {
+        inv.holder
+            .owners
+            .iter()
+            .find(|o| crate::socket_units::is_systemd(o.pid, &o.comm))
+            .map(|o| (inv, o))
+    }) else {
+        return;
+    };
+    let port = inv.holder.socket.port;
+    let mut lines = Vec::new();
+    if units.is_empty() {
+        lines.push(format!(
+            "pid {} ({}) is systemd: a socket unit holds port {port} (socket activation: \
+             systemd listens and starts the service on the first connection), but no .socket \
+             file under /etc/systemd, /run/systemd or /lib/systemd names that port",
+            o.pid, o.comm
+        ));
+    } else {
+        let names: Vec<String> = units
+            .iter()
+            .map(|u| format!("{} ({})", u.name, u.listen))
+            .collect();
+        lines.push(format!(
+            "pid {} ({}) is systemd: socket unit {} holds port {port} (socket activation: \
+             systemd listens and starts the service on the first connection); stop it with \
+             systemctl stop {} or let that service have the port",
+            o.pid,
+            o.comm,
+            names.join(", "),
+            units[0].name
+        ));
+        if inv.rule == Rule::ReuseportUidMismatch
+            && let Some(u) = units.iter().find(|u| u.reuse_port)
+        {
+            lines.push(format!(
+                "{} sets ReusePort=yes, but the socket belongs to systemd's user (uid {}), and \
+                 SO_REUSEPORT shares a port only between sockets of the same user: run the \
+                 service as that user, or take the socket from the unit (sd_listen_fds) \
+                 instead of binding it again",
+                u.name,
+                inv.holder
+                    .socket
+                    .uid
+                    .map_or("?".to_string(), |u| u.to_string())
+            ));
+        }
+    }
+    for line in lines {
+        if !v.details.contains(&line) {
+            v.details.push(line);
         }
     }
 }
@@ -285,7 +364,28 @@ fn explain_in_use(at: &Attempt, facts: &Facts) -> Verdict {
             h.socket.state.is_time_wait(),
         )
     });
-    clash::conflict(at, &conflicts)
+    let mut v = clash::conflict(at, &conflicts);
+    let (lead, _, _) = conflicts[0];
+    if outbound(lead, holders, &facts.sysctls) {
+        clash::outbound_took_port(&mut v, at, lead, facts);
+    }
+    v
+}
+
+/// A connection (to a peer) whose local port lies in the ephemeral range, with no socket
+/// listening on that port that it could have been accepted from: the kernel gave it that port
+/// for an outgoing connection. SYN_SENT is outgoing by nature.
+fn outbound(h: &Holder, holders: &[Holder], sysctls: &crate::facts::Sysctls) -> bool {
+    let s = &h.socket;
+    let connected =
+        s.state == State::ESTABLISHED || s.state == State::SYN_SENT || s.state.is_time_wait();
+    connected
+        && s.peer.is_some()
+        && sysctls.in_ephemeral_range(s.port)
+        && (s.state == State::SYN_SENT
+            || !holders
+                .iter()
+                .any(|o| o.socket.port == s.port && o.socket.state.is_listen()))
 }
 
 fn explain_success(at: &Attempt, facts: &Facts) -> Verdict {
@@ -312,7 +412,9 @@ fn explain_success(at: &Attempt, facts: &Facts) -> Verdict {
         .collect();
     let mut others = others;
     others.sort_by_key(|(_, c)| coexist_rank(*c));
-    success::success(at, facts, &others)
+    let mut v = success::success(at, facts, &others);
+    success::note_ephemeral_risk(&mut v, at, facts);
+    v
 }
 
 /// Which reason for sharing a port leads the explanation: options someone set on purpose

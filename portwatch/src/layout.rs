@@ -150,6 +150,10 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
         regs_dx: r.field("pt_regs", "dx")?,
         regs_orig_ax: r.field("pt_regs", "orig_ax")?,
         socket_file: r.field("socket", "file")?,
+        file_inode: r.field("file", "f_inode")?,
+        inode_mode: r.field("inode", "i_mode")?,
+        task_tgid: r.field("task_struct", "tgid")?,
+        task_comm: r.field("task_struct", "comm")?,
         sk_bind_node: r.embedded("sock_common", "skc_bind_node")?,
         sk_node: r.embedded("sock_common", "skc_node")?,
         sk_prot: r.field("sock_common", "skc_prot")?,
@@ -181,6 +185,9 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
             0,
         ),
         icsk_bind_hash: r.field("inet_connection_sock", "icsk_bind_hash")?,
+        icsk_bind2_hash: r
+            .optional("inet_connection_sock", "icsk_bind2_hash")?
+            .unwrap_or_default(),
         udp_table_hash: r.field("udp_table", "hash")?,
         udp_table_mask: r.field("udp_table", "mask")?,
         udp_hslot_size: r.size("udp_hslot")?,

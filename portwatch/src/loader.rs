@@ -477,6 +477,9 @@ fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo, btf: &aya::Btf) -> Result<
             .map_err(|e| format!("{prog}: {e}"))?;
         p.load(func, btf)
             .map_err(|e| describe_load_error(func, &e))?;
+        if let Some(n) = p.info().ok().and_then(|i| i.verified_instruction_count()) {
+            debug!("{prog}: the verifier processed {n} instructions");
+        }
         p.attach()
             .map_err(|e| format!("attaching to {func}: {e}"))?;
     }
@@ -554,6 +557,9 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
             .map_err(|e| format!("{name}: {e}"))?;
         p.load()
             .map_err(|e| format!("loading {name}: {}", crate::errno::chain(&e)))?;
+        if let Some(n) = p.info().ok().and_then(|i| i.verified_instruction_count()) {
+            debug!("{name}: the verifier processed {n} instructions");
+        }
         p.attach("syscalls", name)
             .map_err(|e| format!("attaching to syscalls/{name}: {}", crate::errno::chain(&e)))?;
     }

@@ -3,6 +3,7 @@
 mod btf;
 mod cgroup;
 mod cli;
+mod docker_proxy;
 mod docs;
 mod errno;
 mod event;
@@ -15,11 +16,13 @@ mod netns;
 mod output;
 mod procfs;
 mod settings;
+mod socket_units;
 mod sockets;
 mod sockinfo;
 mod tables;
 mod trace;
 mod who;
+mod workload;
 
 use std::io::{self, Write as _};
 

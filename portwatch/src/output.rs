@@ -207,6 +207,9 @@ impl Printer {
                 details.push(format!("netns {}", sock.netns));
             }
         }
+        if let Some(w) = ev.workload.as_ref().filter(|w| !w.is_root()) {
+            details.push(w.label());
+        }
         let line = format!(
             "{:<15} {:>7} {:<15} {:<6} {:<5} {:<27} {} {}",
             time_of_day(self.clock.unix_ns(ev.boot_ns)),
@@ -265,13 +268,21 @@ impl Printer {
                 .join(", ")
         };
         status(format_args!(
-            "portwatch: {} event{} ({} bind, {} listen) in {:.1}s; failures: {failures}; lost: {}",
+            "portwatch: {} event{} ({} bind, {} listen) in {:.1}s; failures: {failures}; lost: {}{}",
             sum.events,
             if sum.events == 1 { "" } else { "s" },
             sum.binds,
             sum.listens,
             sum.seconds,
-            sum.lost()
+            sum.lost,
+            if sum.unexplained_at_exit > 0 {
+                format!(
+                    "; {} more were waiting and were dropped unexplained at exit",
+                    sum.unexplained_at_exit
+                )
+            } else {
+                String::new()
+            }
         ));
         Ok(())
     }
@@ -299,8 +310,11 @@ pub struct Summary {
     pub binds: u64,
     pub listens: u64,
     pub by_errno: BTreeMap<String, u64>,
-    pub lost_ringbuf: u64,
-    pub lost_pending: u64,
+    /// Events the kernel dropped because the ring buffer was full.
+    pub lost: u64,
+    /// Events that reached the ring buffer but were not explained because portwatch was told
+    /// to stop (it exits within a second whatever the backlog).
+    pub unexplained_at_exit: u64,
     pub seconds: f64,
     pub backend: Backend,
 }
@@ -312,8 +326,8 @@ impl Summary {
             binds: 0,
             listens: 0,
             by_errno: BTreeMap::new(),
-            lost_ringbuf: 0,
-            lost_pending: 0,
+            lost: 0,
+            unexplained_at_exit: 0,
             seconds: 0.0,
             backend,
         }
@@ -328,10 +342,6 @@ impl Summary {
         if let Some(e) = ev.errno() {
             *self.by_errno.entry(errno::name(e)).or_default() += 1;
         }
-    }
-
-    pub fn lost(&self) -> u64 {
-        self.lost_ringbuf + self.lost_pending
     }
 }
 

@@ -24,6 +24,26 @@ pub fn comm(pid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
+/// A process's arguments, argv[0] first (empty when it is gone or a kernel thread).
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The inode of a process's network namespace.
+pub fn netns_of(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
 /// Whether `pid` has capability number `cap` in its effective set (None: process gone).
 pub fn has_cap(pid: u32, cap: u32) -> Option<bool> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -59,7 +79,13 @@ pub fn socket_owners() -> HashMap<u64, Vec<Owner>> {
             let comm = name
                 .get_or_insert_with(|| comm(pid).unwrap_or_default())
                 .clone();
-            owners.entry(ino).or_default().push(Owner { pid, comm, fd });
+            owners.entry(ino).or_default().push(Owner {
+                pid,
+                comm,
+                fd,
+                workload: None,
+                forward: None,
+            });
         }
     }
     owners

@@ -193,6 +193,7 @@ mod tests {
             uid: 0,
             comm: "worker-1".into(),
             cgroup_id: 0,
+            workload: None,
             fd: None,
             requested: None,
             ret: 0,

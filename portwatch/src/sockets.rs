@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use portwatch_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, opt, tcp_state};
 
+use crate::{docker_proxy::Forward, workload::Workload};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Ipv4,
@@ -119,6 +121,7 @@ impl State {
     pub const TIME_WAIT: State = State(tcp_state::TIME_WAIT);
     pub const CLOSE: State = State(tcp_state::CLOSE);
     pub const LISTEN: State = State(tcp_state::LISTEN);
+    pub const SYN_SENT: State = State(tcp_state::SYN_SENT);
 
     /// A TIME_WAIT sock that stands for FIN_WAIT2: the server closed, the peer has not. The
     /// kernel keeps it as a timewait sock (same bind rules as TIME_WAIT), but it is not one.
@@ -308,6 +311,10 @@ pub struct Owner {
     pub comm: String,
     /// The fd number in that process.
     pub fd: i32,
+    /// The cgroup it runs in and what that says (unit, container, pod); None when not read.
+    pub workload: Option<Workload>,
+    /// For a docker-proxy: where it forwards, and the container found there.
+    pub forward: Option<Box<Forward>>,
 }
 
 /// Where portwatch learned about a holder.

@@ -13,16 +13,19 @@ use aya::{
     maps::{Array, MapData, MapError},
     programs::{Iter, ProgramError, links::LinkError},
 };
-use portwatch_common::{HolderRecord, ITER_ALL_PORTS, maps};
+use portwatch_common::{HolderRecord, ITER_ALL_PORTS, TaskFileRecord, maps};
 use thiserror::Error;
 
 use crate::{
-    event::{decode_holder, monotonic_ns},
+    event::{comm_str, decode_holder, monotonic_ns},
     netns::Namespaces,
-    sockets::SocketView,
+    sockets::{Owner, SocketView},
 };
 
 const PROGRAMS: [(&str, &str); 2] = [("iter_tcp", "tcp"), ("iter_udp", "udp")];
+/// Every process's open socket files: owners without /proc, bound-only sockets without
+/// duplicating anyone's fd. Optional: without it, /proc and pidfd_getfd serve instead.
+const TASK_FILES: (&str, &str) = ("iter_task_file", "task_file");
 
 /// Why the socket tables could not be read. The text of each variant is what a user reads
 /// in an explanation ("could not look up who holds it (...)"), so it carries its cause inline.
@@ -88,6 +91,7 @@ impl TablesError {
 pub fn btf_functions() -> impl Iterator<Item = String> {
     PROGRAMS
         .iter()
+        .chain([&TASK_FILES])
         .map(|(_, target)| format!("bpf_iter_{target}"))
 }
 
@@ -101,14 +105,80 @@ fn iter_program<'e>(
         .map_err(|detail| TablesError::Program { program, detail })
 }
 
-/// Loads the two iterator programs (once per process).
+/// Loads the iterator programs (once per process). The socket table ones must load; the
+/// task-file one may not (its failure is logged, and [`read_task_files`] then says so).
 pub fn load_iterators(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), TablesError> {
     for (name, target) in PROGRAMS {
         iter_program(ebpf, name)?
             .load(target, btf)
             .map_err(|detail| TablesError::Load { target, detail })?;
     }
+    let (name, target) = TASK_FILES;
+    if let Err(e) = iter_program(ebpf, name).and_then(|p| {
+        p.load(target, btf)
+            .map_err(|detail| TablesError::Load { target, detail })
+    }) {
+        log::debug!("no task-file iterator ({e}); owners come from /proc");
+    }
     Ok(())
+}
+
+/// One socket a process holds, from the task-file iterator.
+#[derive(Clone, Debug)]
+pub struct TaskFile {
+    pub owner: Owner,
+    pub socket: SocketView,
+}
+
+/// Every TCP and UDP socket that a process holds, on `port` (all for None), with its holder,
+/// from the kernel's fd tables: every network namespace at once (the socket says its own),
+/// no fd duplicated, nothing read from /proc.
+pub fn read_task_files(ebpf: &mut Ebpf, port: Option<u16>) -> Result<Vec<TaskFile>, TablesError> {
+    set_port(ebpf, port)?;
+    let (name, _) = TASK_FILES;
+    let p = iter_program(ebpf, name)?;
+    let id = p.attach().map_err(|detail| TablesError::Attach {
+        program: name,
+        detail,
+    })?;
+    let link = p.take_link(id).map_err(|detail| TablesError::Program {
+        program: name,
+        detail,
+    })?;
+    let mut bytes = Vec::new();
+    link.into_file()
+        .map_err(TablesError::Create)?
+        .read_to_end(&mut bytes)
+        .map_err(TablesError::Read)?;
+    let now = monotonic_ns();
+    Ok(bytes
+        .chunks_exact(size_of::<TaskFileRecord>())
+        .map(|c| {
+            // SAFETY: exact-size chunk of plain integers.
+            let r: TaskFileRecord = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
+            TaskFile {
+                owner: Owner {
+                    pid: r.tgid,
+                    comm: comm_str(&r.comm),
+                    fd: r.fd as i32,
+                    workload: None,
+                    forward: None,
+                },
+                socket: decode_holder(&r.sock, now).socket,
+            }
+        })
+        .collect())
+}
+
+/// Sets the port the iterators dump.
+fn set_port(ebpf: &mut Ebpf, port: Option<u16>) -> Result<(), TablesError> {
+    let mut cfg: Array<&mut MapData, u32> = Array::try_from(
+        ebpf.map_mut(maps::ITER_PORT)
+            .ok_or(TablesError::PortMapMissing)?,
+    )
+    .map_err(TablesError::PortMap)?;
+    cfg.set(0, &port.map_or(ITER_ALL_PORTS, u32::from), 0)
+        .map_err(TablesError::SetPort)
 }
 
 /// Every TCP and UDP socket on `port` (all ports for None) in namespace `netns`.
@@ -127,15 +197,7 @@ fn read_tables(
     netns: u32,
     port: Option<u16>,
 ) -> Result<Vec<SocketView>, TablesError> {
-    {
-        let mut cfg: Array<&mut MapData, u32> = Array::try_from(
-            ebpf.map_mut(maps::ITER_PORT)
-                .ok_or(TablesError::PortMapMissing)?,
-        )
-        .map_err(TablesError::PortMap)?;
-        cfg.set(0, &port.map_or(ITER_ALL_PORTS, u32::from), 0)
-            .map_err(TablesError::SetPort)?;
-    }
+    set_port(ebpf, port)?;
     let mut links = Vec::new();
     for (name, _) in PROGRAMS {
         let p = iter_program(ebpf, name)?;

@@ -1,8 +1,14 @@
 //! `portwatch trace`: the live loop. Reads the ring buffer, decodes, explains, prints, counts.
 //!
 //! The kernel side only wakes us once a quarter of the ring is full (a wakeup costs more than
-//! the rest of the event path together), so we also drain on a short timer. On exit we detach
-//! first, then drain what is left, so the last events before Ctrl-C are not lost.
+//! the rest of the event path together), so we also drain on a short timer. A drain runs for
+//! at most [`DRAIN_SLICE`], so signals, the timer and the lost-event check are served every
+//! ~100 ms even under a flood.
+//!
+//! On Ctrl-C or SIGTERM we detach first, then explain what is left for at most
+//! [`EXIT_GRACE`]; whatever still waits after that is counted and dropped, and the summary
+//! says how many. A second signal ends the process at once (the first one restores the
+//! default action); the kernel detaches the programs when their file descriptors close.
 
 use std::{
     collections::HashMap,
@@ -23,6 +29,7 @@ use tokio::{
 };
 
 use crate::{
+    cgroup::Workloads,
     event::{self, Event, KernelHolder, Record},
     explain,
     facts::FactFinder,
@@ -41,6 +48,8 @@ pub struct Session {
     filter: EventFilter,
     namespaces: Namespaces,
     facts: FactFinder,
+    /// Names the callers' cgroups.
+    workloads: Workloads,
     /// Holders the kernel side sent, waiting for their thread's event, which follows them,
     /// with the pass they came in. A thread's event comes in the same pass or the next; one
     /// that never comes (lost, or the thread died) is dropped after that.
@@ -52,13 +61,18 @@ pub struct Session {
     summary: Summary,
     printed: u64,
     limit: Option<u64>,
+    /// The kernel side's per-CPU counters of dropped events, and how many were reported.
+    lost_map: aya::maps::Map,
+    reported_lost: u64,
 }
 
 /// Records taken from the ring buffer per pass. A pass is explained as a unit: one socket
 /// table lookup per port serves all its events. It also bounds the memory a flood can take.
-const BATCH: usize = 16384;
-/// Passes per wakeup before going back to the event loop (to serve signals and the timer).
-const MAX_PASSES_PER_DRAIN: usize = 16;
+const BATCH: usize = 4096;
+/// How long one drain may run before the event loop gets its turn (signals, timer, losses).
+const DRAIN_SLICE: Duration = Duration::from_millis(100);
+/// How long the last events are explained after a stop signal.
+const EXIT_GRACE: Duration = Duration::from_millis(600);
 
 /// Socket inodes that a successful call in `records` bound, with the position of the first.
 fn bound_in(records: &[Record]) -> HashMap<u64, usize> {
@@ -152,7 +166,8 @@ impl Session {
         Ok(())
     }
 
-    /// Adds what the kernel side cannot know: interface names in the socket's namespace.
+    /// Adds what the kernel side cannot know: interface names in the socket's namespace, what
+    /// the caller's cgroup is.
     fn enrich(&mut self, ev: &mut Event) {
         if let (Some(r), Some(sock)) = (ev.requested.as_mut(), ev.socket.as_ref())
             && r.scope_id != 0
@@ -160,6 +175,7 @@ impl Session {
             self.namespaces.note(sock.netns, ev.pid, ev.tid);
             r.scope_name = self.namespaces.ifname(sock.netns, r.scope_id);
         }
+        ev.workload = self.workloads.of_id(ev.cgroup_id);
         if let Some(sock) = ev.socket.as_mut() {
             self.namespaces.note(sock.netns, ev.pid, ev.tid);
             if sock.options.bound_dev_if != 0 {
@@ -174,10 +190,11 @@ impl Session {
         self.limit.is_some_and(|n| self.printed >= n)
     }
 
-    /// Handles what the ring holds, a bounded amount at a time so that signals and the timer
-    /// are served between passes even under a flood.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
-        for _ in 0..MAX_PASSES_PER_DRAIN {
+    /// Handles what the ring holds, pass by pass, until it is empty or `until`: signals, the
+    /// timer and the lost-event check are served between drains even under a flood. Losses
+    /// are checked after every pass, so a warning follows a loss within a pass.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, until: Instant) -> io::Result<()> {
+        loop {
             let mut batch = std::mem::take(&mut self.lookahead);
             take(ring, &mut batch, BATCH);
             if batch.is_empty() || self.done() {
@@ -185,15 +202,41 @@ impl Session {
             }
             self.facts.new_batch();
             self.handle_batch(batch, ring)?;
-            // Another pass right away only when a full batch is already waiting (a backlog).
-            // Each pass walks the socket tables (the whole TCP hash, ~3 ms); passes run back to
-            // back on a partial batch would shrink to a few hundred events each and spend most
-            // of the CPU on walks, so a partial batch waits for the next wakeup or tick.
-            if self.lookahead.len() < BATCH {
+            self.report_lost()?;
+            if Instant::now() >= until {
                 break;
             }
         }
         self.printer.flush()
+    }
+
+    /// Reports events the kernel dropped since the last report.
+    fn report_lost(&mut self) -> io::Result<()> {
+        let total = lost_total(&self.lost_map);
+        if total > self.reported_lost {
+            self.printer.lost(total - self.reported_lost, total)?;
+            self.reported_lost = total;
+        }
+        Ok(())
+    }
+
+    /// Counts and drops what still waits (records not yet explained): after a stop signal,
+    /// once the grace period is over. Holder records are not events and are not counted.
+    fn drop_rest(&mut self, ring: &mut RingBuf<MapData>) -> u64 {
+        let mut dropped = self
+            .lookahead
+            .drain(..)
+            .filter(|r| matches!(r, Record::Call(_)))
+            .count() as u64;
+        while let Some(item) = ring.next() {
+            if matches!(
+                item.first(),
+                Some(&portwatch_common::record::BIND | &portwatch_common::record::LISTEN)
+            ) {
+                dropped += 1;
+            }
+        }
+        dropped
     }
 }
 
@@ -250,30 +293,32 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         filter: settings.filter,
         namespaces: Namespaces::default(),
         facts: FactFinder::new(loaded.tables),
+        workloads: Workloads::default(),
         conflicts: HashMap::new(),
         passes: 0,
         lookahead: Vec::new(),
         summary: Summary::new(backend),
         printed: 0,
         limit: settings.count,
+        lost_map,
+        reported_lost: 0,
     };
     session.printer.header().context("writing to stdout")?;
 
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported_lost = 0u64;
     let mut outcome: io::Result<()> = Ok(());
     while !session.done() {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                outcome = session.drain(guard.get_inner_mut());
+                outcome = session.drain(guard.get_inner_mut(), Instant::now() + DRAIN_SLICE);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                outcome = session.drain(ring.get_mut());
+                outcome = session.drain(ring.get_mut(), Instant::now() + DRAIN_SLICE);
                 if outcome.is_ok() {
-                    outcome = report_lost(&lost_map, &mut session, &mut reported_lost);
+                    outcome = session.report_lost();
                 }
             }
             _ = sigint.recv() => break,
@@ -283,24 +328,28 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
             break;
         }
     }
+    // A second Ctrl-C or SIGTERM from here on ends the process at once.
+    restore_default_signals();
 
     // Detach before the last drain: nothing new arrives, nothing already written is lost.
     loader::detach(&mut session.ebpf);
     let mut ring = ring.into_inner();
-    // Nothing produces any more, so this ends.
+    let grace = Instant::now() + EXIT_GRACE;
     while outcome.is_ok()
         && !session.done()
+        && Instant::now() < grace
         && (!session.lookahead.is_empty() || ring_has_data(&mut ring))
     {
-        outcome = session.drain(&mut ring);
+        outcome = session.drain(&mut ring, grace);
+    }
+    if !session.done() {
+        session.summary.unexplained_at_exit = session.drop_rest(&mut ring);
     }
     if outcome.is_ok() {
-        outcome = report_lost(&lost_map, &mut session, &mut reported_lost);
+        outcome = session.report_lost();
     }
     session.summary.seconds = started.elapsed().as_secs_f64();
-    let (rb, pending) = lost_totals(&lost_map);
-    session.summary.lost_ringbuf = rb;
-    session.summary.lost_pending = pending;
+    session.summary.lost = lost_total(&session.lost_map);
     outcome.context("writing to stdout")?;
     session
         .printer
@@ -319,24 +368,21 @@ fn ring_has_data(ring: &mut RingBuf<MapData>) -> bool {
     unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
 }
 
-fn lost_totals(map: &aya::maps::Map) -> (u64, u64) {
+/// Events the kernel side dropped so far, summed over CPUs.
+fn lost_total(map: &aya::maps::Map) -> u64 {
     let Ok(arr) = aya::maps::PerCpuArray::<_, u64>::try_from(map) else {
-        return (0, 0);
+        return 0;
     };
-    let sum = |i: u32| {
-        arr.get(&i, 0)
-            .map(|v| v.iter().copied().sum::<u64>())
-            .unwrap_or(0)
-    };
-    (sum(0), sum(1))
+    arr.get(&portwatch_common::lost::RINGBUF, 0)
+        .map(|v| v.iter().copied().sum::<u64>())
+        .unwrap_or(0)
 }
 
-fn report_lost(map: &aya::maps::Map, session: &mut Session, reported: &mut u64) -> io::Result<()> {
-    let (rb, pending) = lost_totals(map);
-    let total = rb + pending;
-    if total > *reported {
-        session.printer.lost(total - *reported, total)?;
-        *reported = total;
+/// Gives SIGINT and SIGTERM back their default action: after the first one, a second ends
+/// the process at once instead of waiting for the last explanations.
+fn restore_default_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: resetting a disposition to SIG_DFL has no preconditions.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
-    Ok(())
 }

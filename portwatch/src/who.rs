@@ -41,10 +41,21 @@ pub fn run(args: WhoArgs) -> Result<()> {
             failures.lines().join("; ")
         );
     }
+    crate::cgroup::name_owners(&mut holders);
+    finder.follow_proxies(&mut ns, &mut holders);
     holders.sort_by_key(|h| (h.socket.netns, h.socket.proto.name(), h.socket.state.0));
 
+    // Bound-but-not-listening sockets are found only through the processes' fd tables.
+    let blind = (!finder.sees_every_socket(&mut ebpf)).then_some(BLIND);
     let prediction = match &args.addr {
-        Some(addr) => Some(predict(&args, addr, &mut ebpf, &mut ns, &mut finder)?),
+        Some(addr) => Some(predict(
+            &args,
+            addr,
+            &mut ebpf,
+            &mut ns,
+            &mut finder,
+            blind,
+        )?),
         None => None,
     };
 
@@ -54,6 +65,7 @@ pub fn run(args: WhoArgs) -> Result<()> {
         own_netns: netns::current(),
         holders: &holders,
         prediction: prediction.as_ref(),
+        blind,
     };
     output::who::write(&mut io::stdout().lock(), &report, args.json)
         .context("writing to stdout")?;
@@ -112,6 +124,7 @@ fn predict(
     ebpf: &mut aya::Ebpf,
     ns: &mut Namespaces,
     finder: &mut FactFinder,
+    blind: Option<&'static str>,
 ) -> Result<Prediction> {
     let target = match &args.netns {
         Some(p) => {
@@ -189,6 +202,7 @@ fn predict(
         uid,
         comm: "portwatch".into(),
         cgroup_id: 0,
+        workload: None,
         fd: None,
         requested: Some(Requested {
             sa_family: family.af(),
@@ -205,10 +219,13 @@ fn predict(
         walk: None,
         holders_sent: 0,
     };
-    let holders = finder
+    let mut holders = finder
         .holders(ebpf, ns, target, Some(args.port))
         .with_context(|| format!("reading the socket tables of netns {target}"))?;
+    crate::cgroup::name_owners(&mut holders);
+    finder.follow_proxies(ns, &mut holders);
     let facts = Facts {
+        socket_units: facts::finder::socket_units_for(&holders, args.port),
         holders: Some(holders),
         sysctls,
         local_addrs,
@@ -223,8 +240,16 @@ fn predict(
         addr,
         port: args.port,
         verdict,
+        cannot_tell: blind,
     })
 }
+
+/// What portwatch cannot see without the task-file iterator and without the capabilities to
+/// read every process's fd table.
+const BLIND: &str = "the kernel's task-file iterator is not available, and without \
+                     CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH portwatch cannot read other \
+                     processes' open files, so a socket that is bound but not listening (in no \
+                     socket table) may hold the port unseen";
 
 #[cfg(test)]
 mod tests {

@@ -367,13 +367,22 @@ fn execute(s: &Settings) -> Result<Results> {
     };
     drop(worker);
 
-    let vm = s.vm.as_ref().map(|v| {
-        eprintln!(
-            "bench: TCG VM, fexit vs tracepoint ({} rounds × {} binds)",
-            v.rounds, v.binds
-        );
-        guest::run_vm(&tools, &bindloop, v).map_err(|e| format!("{e:#}"))
-    });
+    // Every kernel the suite's VM stage runs: fexit on 6.1 and on a 6.6+ kernel.
+    let vm: Vec<Result<guest::GuestResults, String>> = match &s.vm {
+        None => Vec::new(),
+        Some(v) => crate::vm::Distro::ALL
+            .into_iter()
+            .map(|d| {
+                eprintln!(
+                    "bench: TCG VM {}, fexit vs tracepoint ({} rounds × {} binds)",
+                    d.label(),
+                    v.rounds,
+                    v.binds
+                );
+                guest::run_vm(&tools, &bindloop, v, d).map_err(|e| format!("{}: {e:#}", d.label()))
+            })
+            .collect(),
+    };
 
     Ok(Results {
         machine: report::Machine::here(),

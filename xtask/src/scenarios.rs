@@ -25,11 +25,13 @@ mod explain;
 mod hardening;
 pub mod holder;
 pub mod netns;
+mod outbound;
 pub mod portwatch;
 pub mod sock;
 mod trace;
 pub mod vanish;
 mod who;
+mod workload;
 
 use std::{
     fs::File,
@@ -165,6 +167,8 @@ pub fn all() -> Vec<Scenario> {
     let mut v = trace::scenarios();
     v.extend(explain::scenarios());
     v.extend(who::scenarios());
+    v.extend(workload::scenarios());
+    v.extend(outbound::scenarios());
     v.extend(hardening::scenarios());
     v
 }

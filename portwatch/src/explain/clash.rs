@@ -215,6 +215,33 @@ pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verd
     } else {
         fix
     });
+    // A device on one side only does not keep them apart; say so when another rule led.
+    let (asker_dev, holder_dev) = (at.side.dev, h.socket.options.bound_dev_if);
+    if !matches!(b, Blocker::DeviceVsUnbound { .. }) && (asker_dev == 0) != (holder_dev == 0) {
+        let (bound, unbound) = if asker_dev != 0 {
+            ("this socket is", format!("the socket of {w}"))
+        } else {
+            ("the socket of the holder is", "this socket".to_string())
+        };
+        v.details.push(format!(
+            "{bound} bound to a device (SO_BINDTODEVICE), but {unbound} is bound to none, and a \
+             socket bound to no device covers every device: the device does not keep them apart"
+        ));
+    }
+    // The caller holds the port itself: a reload, or a server that opened it twice.
+    if h.owners.iter().any(|o| o.pid == at.ev.pid) {
+        v.details.push(format!(
+            "pid {} ({}) is itself among the holders: it already has this port open, as a \
+             server does while it reloads or restarts in place",
+            at.ev.pid, at.ev.comm
+        ));
+        v.fix = Some(
+            "reuse the socket the process already holds (e.g. nginx keeps its listening \
+             sockets across a reload when the address stays the same), close it before binding \
+             the new address, or set SO_REUSEPORT on both sockets"
+                .to_string(),
+        );
+    }
     for (i, (h, o, b)) in conflicts.iter().enumerate() {
         let r = clash_rule(*o, *b);
         v.holders.push(Involved::new(
@@ -327,4 +354,46 @@ pub fn ephemeral_exhausted(at: &Attempt, f: &Facts) -> Verdict {
             .to_string(),
     );
     v
+}
+
+/// The socket in the way is a connection whose local port the kernel picked from the
+/// ephemeral range: it leads the verdict, and what the sharing rules say stays as a detail.
+pub fn outbound_took_port(v: &mut Verdict, at: &Attempt, h: &Holder, f: &Facts) {
+    let s = &h.socket;
+    let e = err_name(at);
+    let peer = s
+        .peer
+        .map(|(a, p)| format!(" to {}", endpoint(a, p)))
+        .unwrap_or_default();
+    let range = range_text(f)
+        .map(|(r, _)| r)
+        .unwrap_or_else(|| "net.ipv4.ip_local_port_range".to_string());
+    let whose = if h.owners.is_empty() && s.state.is_time_wait() {
+        format!("a connection in {} (no process owns it)", s.state_name())
+    } else {
+        format!("a connection of {}", who(h))
+    };
+    let previous = std::mem::replace(
+        &mut v.message,
+        format!(
+            "{e}: port {} is the local port of {whose}, {}{peer} ({}); the port lies in the \
+             ephemeral range ({range}), from which the kernel picks the local port of outgoing \
+             connections, so it handed this one out while the port was free.",
+            s.port,
+            s.endpoint(),
+            s.state_name(),
+        ),
+    );
+    v.details.insert(0, previous);
+    v.rule = Rule::OutboundTookPort;
+    if let Some(first) = v.holders.first_mut() {
+        first.rule = Rule::OutboundTookPort;
+    }
+    v.fix = Some(format!(
+        "reserve the port so the kernel never hands it out: sysctl -w \
+         net.ipv4.ip_local_reserved_ports={} (keep it in /etc/sysctl.d; add to any ports \
+         already listed), or move the server out of the range ({range}); then close the \
+         connection or wait for it to end",
+        at.port
+    ));
 }

@@ -211,7 +211,11 @@ fn classify(asker: &Side, holder: &Side) -> Overlap {
 
 /// Why two non-overlapping addresses don't clash.
 fn apart(asker: &Side, holder: &Side) -> Coexist {
-    let v4_vs_v6only = |v4: &Side, v6: &Side| v4.is_ipv4ish() && v6.v6only && v6.v6().is_some();
+    // IPV6_V6ONLY is the reason only where a wildcard is involved: two specific addresses of
+    // different families (::1 and 127.0.0.1) never overlap, v6-only or not.
+    let v4_vs_v6only = |v4: &Side, v6: &Side| {
+        v4.is_ipv4ish() && v6.v6only && v6.v6().is_some() && (v4.is_wildcard() || v6.is_wildcard())
+    };
     if v4_vs_v6only(asker, holder) {
         Coexist::V6Only {
             holder_is_v6only: true,
@@ -501,6 +505,13 @@ mod tests {
                 ok(C::V6Only {
                     holder_is_v6only: true,
                 }),
+            ),
+            (
+                "::1 and 127.0.0.1 are different addresses, v6-only or not",
+                tcp("::1"),
+                tcp("127.0.0.1"),
+                Call::Bind,
+                ok(C::DifferentAddresses),
             ),
             (
                 "v4-mapped equals IPv4",

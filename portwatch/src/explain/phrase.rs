@@ -8,7 +8,7 @@ use crate::{
     errno,
     event::Call,
     facts::Facts,
-    sockets::{Holder, OwnerStatus, Proto, SocketView, State},
+    sockets::{Holder, Owner, OwnerStatus, Proto, SocketView, State},
 };
 
 pub fn err_name(at: &Attempt) -> String {
@@ -30,7 +30,12 @@ pub fn who(h: &Holder) -> String {
             ),
             // The same words as for a live owner: the sentence is about the call, and at the
             // call this process held it. That it has let go since is said in the details.
-            OwnerStatus::Closed { bound_by } => format!("pid {} ({})", bound_by.pid, bound_by.comm),
+            OwnerStatus::Closed { bound_by } => format!(
+                "pid {} ({}{})",
+                bound_by.pid,
+                bound_by.comm,
+                workload_words(bound_by)
+            ),
             OwnerStatus::Unknown { why } => {
                 format!("socket inode {} (no owner found: {why})", h.socket.ino)
             }
@@ -50,6 +55,7 @@ pub fn who(h: &Holder) -> String {
     pids.sort_unstable();
     pids.dedup();
     let comm = &h.owners[0].comm;
+    let workload = workload_words(&h.owners[0]);
     let list = pids
         .iter()
         .take(4)
@@ -62,10 +68,19 @@ pub fn who(h: &Holder) -> String {
         String::new()
     };
     if pids.len() == 1 {
-        format!("pid {list} ({comm})")
+        format!("pid {list} ({comm}{workload})")
     } else {
-        format!("pids {list}{more} ({comm})")
+        format!("pids {list}{more} ({comm}{workload})")
     }
+}
+
+/// ", docker 3f4e5a6b7c8d": where a process runs, when it is not the root cgroup.
+fn workload_words(o: &Owner) -> String {
+    o.workload
+        .as_ref()
+        .filter(|w| !w.is_root())
+        .map(|w| format!(", {}", w.label()))
+        .unwrap_or_default()
 }
 
 /// "[::]:8080 dual-stack (IPV6_V6ONLY=0, listening)", "udp 0.0.0.0:53 (SO_REUSEADDR)".

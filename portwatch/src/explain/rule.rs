@@ -51,6 +51,9 @@ rules! {
     ListenConflict => "listen-conflict",
     /// A TIME_WAIT connection holds the port.
     TimeWait => "time-wait",
+    /// A connection holds the port as its local port, in the ephemeral range: the kernel
+    /// handed it to an outgoing connection.
+    OutboundTookPort => "outbound-took-port",
     /// SO_REUSEPORT on one side only.
     ReuseportNeedsBoth => "reuseport-needs-both",
     /// SO_REUSEPORT on both, different users.

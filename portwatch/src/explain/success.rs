@@ -13,6 +13,30 @@ use crate::{
     sockets::{Holder, Proto},
 };
 
+/// A server on a port in the ephemeral range: while it is down, the kernel may give that port
+/// to an outgoing connection, and its next bind then fails. A note, not a failure; none for
+/// port 0 (that is what the range is for) or a port already reserved.
+pub fn note_ephemeral_risk(v: &mut Verdict, at: &Attempt, f: &Facts) {
+    let asked_zero =
+        at.ev.call == Call::Bind && at.ev.requested.as_ref().is_some_and(|r| r.port == 0);
+    if asked_zero
+        || at.port == 0
+        || !f.sysctls.in_ephemeral_range(at.port)
+        || f.sysctls.reserved(at.port) == Some(true)
+    {
+        return;
+    }
+    let Some((range, _)) = range_text(f) else {
+        return;
+    };
+    v.details.push(format!(
+        "port {} lies in the ephemeral range ({range}): while nothing holds it, the kernel may \
+         give it to an outgoing connection as its local port, and a bind to it then fails \
+         with EADDRINUSE; reserve it: sysctl -w net.ipv4.ip_local_reserved_ports={}",
+        at.port, at.port
+    ));
+}
+
 pub fn success(at: &Attempt, f: &Facts, others: &[(&Holder, Coexist)]) -> Verdict {
     let ep = at.endpoint();
     let port_zero = at.asked_port_zero()

@@ -52,6 +52,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
         uid: 1000,
         comm: "server".into(),
         cgroup_id: 0,
+        workload: None,
         fd: Some(3),
         requested: Some(Requested {
             sa_family: s.family.af(),
@@ -76,6 +77,8 @@ fn holder(s: SocketView, pid: u32) -> Holder {
             pid,
             comm: "java".into(),
             fd: 5,
+            workload: None,
+            forward: None,
         }],
         source: Source::SocketTable,
     }
@@ -107,6 +110,7 @@ fn facts(holders: Vec<Holder>) -> Facts {
             ipv6_ip_nonlocal_bind: Some(false),
             bindv6only: Some(false),
             ip_autobind_reuse: Some(false),
+            ip_local_reserved_ports: Some(String::new()),
         },
         ..Facts::default()
     }
@@ -649,4 +653,132 @@ fn raw_sockets_are_left_out_of_port_rules() {
         }
         assert!(explain(&ev, &Facts::default()).is_none(), "ret {ret}");
     }
+}
+
+#[test]
+fn ipv6_loopback_and_ipv4_loopback_are_just_different_addresses() {
+    // Issue 8: "[::1]:6379 is IPv6-only, so it does not clash with 127.0.0.1:6379" gave the
+    // wrong reason: the two never overlap, v6-only or not.
+    let ev = bind(Proto::Tcp, "::1", 6379, 0, Options::default());
+    let h = holder(listening(sock(Proto::Tcp, "127.0.0.1", 6379)), 9);
+    let v = check(
+        &ev,
+        &facts(vec![h]),
+        Rule::OkDifferentAddresses,
+        &["different specific addresses"],
+    );
+    assert!(!v.message.contains("IPv6-only"), "{}", v.message);
+}
+
+#[test]
+fn a_device_on_one_side_only_is_named_when_another_rule_leads() {
+    let ev = bind(
+        Proto::Tcp,
+        "0.0.0.0",
+        8080,
+        EADDRINUSE,
+        opts(|o| {
+            o.reuseaddr = true;
+            o.bound_dev_if = 1;
+        }),
+    );
+    let h = holder(
+        with(listening(sock(Proto::Tcp, "0.0.0.0", 8080)), |o| {
+            o.reuseaddr = true
+        }),
+        9,
+    );
+    let v = check(&ev, &facts(vec![h]), Rule::ReuseaddrVsListen, &[]);
+    assert!(
+        v.details
+            .iter()
+            .any(|d| d.contains("a socket bound to no device covers every device")),
+        "{:?}",
+        v.details
+    );
+}
+
+#[test]
+fn a_process_blocked_by_its_own_socket_is_told_so() {
+    // nginx reloading from 127.0.0.1:8080 to *:8080: the master itself holds the old socket.
+    let ev = bind(Proto::Tcp, "0.0.0.0", 8080, EADDRINUSE, Options::default());
+    let h = holder(listening(sock(Proto::Tcp, "127.0.0.1", 8080)), 42);
+    let v = check(&ev, &facts(vec![h]), Rule::SpecificBlocksWildcard, &[]);
+    assert!(
+        v.details
+            .iter()
+            .any(|d| d.contains("is itself among the holders")),
+        "{:?}",
+        v.details
+    );
+    let fix = v.fix.unwrap_or_default();
+    assert!(!fix.contains("stop pid"), "{fix}");
+    assert!(
+        fix.contains("reuse the socket the process already holds"),
+        "{fix}"
+    );
+}
+
+#[test]
+fn outbound_connection_took_the_port() {
+    let mut conn = sock(Proto::Tcp, "10.0.0.5", 40000);
+    conn.state = State::ESTABLISHED;
+    conn.peer = Some(("10.0.0.9".parse().unwrap(), 5432));
+    let ev = bind(Proto::Tcp, "0.0.0.0", 40000, EADDRINUSE, Options::default());
+    let v = check(
+        &ev,
+        &facts(vec![holder(conn.clone(), 77)]),
+        Rule::OutboundTookPort,
+        &[
+            "local port of a connection of pid 77 (java)",
+            "10.0.0.9:5432",
+            "32768–60999",
+        ],
+    );
+    assert!(
+        v.fix
+            .as_deref()
+            .unwrap()
+            .contains("ip_local_reserved_ports=40000")
+    );
+    assert_eq!(v.holders[0].rule, Rule::OutboundTookPort);
+    // Outside the range it is an ordinary clash.
+    let mut low = conn.clone();
+    low.port = 8080;
+    let ev = bind(Proto::Tcp, "0.0.0.0", 8080, EADDRINUSE, Options::default());
+    check(
+        &ev,
+        &facts(vec![holder(low, 77)]),
+        Rule::SpecificBlocksWildcard,
+        &[],
+    );
+    // A listener on the port: the connection may be one it accepted; no claim.
+    let ev = bind(Proto::Tcp, "0.0.0.0", 40000, EADDRINUSE, Options::default());
+    let v = explain(
+        &ev,
+        &facts(vec![
+            holder(conn, 77),
+            holder(listening(sock(Proto::Tcp, "10.0.0.5", 40000)), 78),
+        ]),
+    )
+    .unwrap();
+    assert_ne!(v.rule, Rule::OutboundTookPort);
+}
+
+#[test]
+fn server_in_the_ephemeral_range_gets_a_note() {
+    let ev = bind(Proto::Tcp, "0.0.0.0", 40000, 0, Options::default());
+    let v = explain(&ev, &facts(vec![])).unwrap();
+    assert!(
+        v.details
+            .iter()
+            .any(|d| d.contains("ephemeral range") && d.contains("ip_local_reserved_ports=40000")),
+        "{:?}",
+        v.details
+    );
+    let mut f = facts(vec![]);
+    f.sysctls.ip_local_reserved_ports = Some("40000".into());
+    assert!(explain(&ev, &f).unwrap().details.is_empty());
+    let ev = bind(Proto::Tcp, "0.0.0.0", 8080, 0, Options::default());
+    assert!(explain(&ev, &facts(vec![])).unwrap().details.is_empty());
 }

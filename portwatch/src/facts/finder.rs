@@ -16,12 +16,14 @@ use portwatch_common::walk;
 
 use super::{Facts, Sysctls};
 use crate::{
+    docker_proxy::{self, DockerProxy, Forward},
     event::{Event, KernelHolder},
     netns::Namespaces,
     procfs,
-    sockets::{Holder, Owner, OwnerStatus, SocketView, Source},
+    socket_units::{self, SocketUnit},
+    sockets::{Holder, Owner, OwnerStatus, Proto, SocketView, Source},
     sockinfo::{self, Inspected},
-    tables::{self, TablesError},
+    tables::{self, TablesError, TaskFile},
 };
 
 /// Why holders could not be looked up. Shared: one failed lookup is cached for the batch and
@@ -48,6 +50,9 @@ pub struct FactFinder {
     /// Per-drain caches.
     holders: HashMap<(u32, u16), Result<Vec<Holder>, HoldersError>>,
     owners: Option<HashMap<u64, Vec<Owner>>>,
+    task_files: Option<Vec<TaskFile>>,
+    /// False once the task-file iterator failed: /proc is read instead from then on.
+    task_files_work: bool,
     netns_facts: HashMap<u32, (Sysctls, Option<Vec<IpAddr>>)>,
     /// Who bound each socket portwatch saw bound: names the owner of a holder that has been
     /// closed since.
@@ -55,7 +60,7 @@ pub struct FactFinder {
     /// Port → namespaces where a bind or listen on it succeeded while tracing. A successful
     /// bind is compared with those other namespaces only ("different netns never conflict"):
     /// every table walk covers a whole hash table, too costly to do for every namespace.
-    bound_ports: HashMap<u16, Vec<u32>>,
+    bound_ports: HashMap<u16, Vec<(u32, Proto)>>,
 }
 
 /// How many other namespaces a successful bind is compared against.
@@ -69,6 +74,8 @@ impl FactFinder {
             known: HashMap::new(),
             holders: HashMap::new(),
             owners: None,
+            task_files: None,
+            task_files_work: true,
             netns_facts: HashMap::new(),
             bound_ports: HashMap::new(),
             binders: Binders::default(),
@@ -79,11 +86,52 @@ impl FactFinder {
     pub fn new_batch(&mut self) {
         self.holders.clear();
         self.owners = None;
+        self.task_files = None;
         self.netns_facts.clear();
     }
 
-    fn owners(&mut self) -> &HashMap<u64, Vec<Owner>> {
-        self.owners.get_or_insert_with(procfs::socket_owners)
+    /// Socket inode → the processes that hold it, read once per batch: from the kernel's fd
+    /// tables through the task-file iterator when it loaded (it also lists the bound-only
+    /// sockets, see [`FactFinder::task_files`]), else by reading /proc/*/fd as `ss -p` does.
+    fn owners(&mut self, ebpf: &mut Ebpf) -> &HashMap<u64, Vec<Owner>> {
+        if self.owners.is_none() {
+            let owners = match self.task_files(ebpf) {
+                Some(files) => {
+                    let mut m: HashMap<u64, Vec<Owner>> = HashMap::new();
+                    for f in files {
+                        if f.socket.ino != 0 {
+                            m.entry(f.socket.ino).or_default().push(f.owner.clone());
+                        }
+                    }
+                    m
+                }
+                None => procfs::socket_owners(),
+            };
+            self.owners = Some(owners);
+        }
+        self.owners.get_or_insert_with(HashMap::new)
+    }
+
+    /// Whether every socket a process holds can be seen: through the task-file iterator, or
+    /// (without it) by reading every process's fd table, which needs CAP_SYS_PTRACE and
+    /// CAP_DAC_READ_SEARCH. When not, a bound-but-not-listening socket may be missed.
+    pub fn sees_every_socket(&mut self, ebpf: &mut Ebpf) -> bool {
+        self.task_files(ebpf).is_some() || procfs::sees_all_processes()
+    }
+
+    /// Every TCP and UDP socket that a process holds, from the task-file iterator, read once
+    /// per batch. None when the iterator is not available (then /proc and pidfd_getfd serve).
+    fn task_files(&mut self, ebpf: &mut Ebpf) -> Option<&[TaskFile]> {
+        if self.task_files.is_none() && self.task_files_work {
+            match tables::read_task_files(ebpf, None) {
+                Ok(files) => self.task_files = Some(files),
+                Err(e) => {
+                    log::debug!("task-file iterator unavailable ({e}); reading /proc instead");
+                    self.task_files_work = false;
+                }
+            }
+        }
+        self.task_files.as_deref()
     }
 
     /// Every socket on `port` in `netns` (or on all ports for None), with owners.
@@ -128,7 +176,7 @@ impl FactFinder {
             .filter(|&i| i != 0)
             .collect();
         let mut out: Vec<Holder> = Vec::with_capacity(in_tables.len());
-        let owners = self.owners().clone();
+        let owners = self.owners(ebpf).clone();
         for mut s in in_tables {
             if s.options.bound_dev_if != 0 {
                 s.options.device = ns.ifname(s.netns, s.options.bound_dev_if);
@@ -145,6 +193,37 @@ impl FactFinder {
         // This keeps the cache as large as the machine's open sockets, however many churn.
         self.known.retain(|ino, _| owners.contains_key(ino));
         // Sockets in no table: bound but not listening. Ask each candidate directly.
+        // Sockets in no table: bound but not listening. The task-file iterator lists them with
+        // their state, from the kernel, without touching anyone's fd.
+        if let Some(files) = self.task_files(ebpf) {
+            let mut bound_only: HashMap<u64, Holder> = HashMap::new();
+            for f in files {
+                let s = &f.socket;
+                let in_port = port.is_none_or(|p| p == s.port);
+                if s.netns != netns || !in_port || s.port == 0 || seen.contains(&s.ino) {
+                    continue;
+                }
+                bound_only
+                    .entry(s.ino)
+                    .or_insert_with(|| Holder {
+                        socket: s.clone(),
+                        owners: Vec::new(),
+                        source: Source::FdTable,
+                        status: OwnerStatus::Live,
+                    })
+                    .owners
+                    .push(f.owner.clone());
+            }
+            for (_, mut h) in bound_only {
+                if h.socket.options.bound_dev_if != 0 {
+                    h.socket.options.device =
+                        ns.ifname(h.socket.netns, h.socket.options.bound_dev_if);
+                }
+                out.push(h);
+            }
+            return Ok(out);
+        }
+        // Without the iterator: ask each candidate directly (pidfd_getfd + getsockname).
         for (&ino, who) in &owners {
             if seen.contains(&ino) {
                 continue;
@@ -223,7 +302,53 @@ impl FactFinder {
             facts.cgroup_bind_programs = crate::cgroup::bind_programs(ev.cgroup_id);
         }
         self.table_facts(ebpf, ns, ev, sock, &mut facts);
+        crate::cgroup::name_owners(
+            facts
+                .holders
+                .iter_mut()
+                .flatten()
+                .chain(&mut facts.other_netns),
+        );
+        self.follow_proxies(ns, facts.holders.iter_mut().flatten());
+        facts.socket_units =
+            socket_units_for(facts.holders.as_deref().unwrap_or_default(), ev.port());
         facts
+    }
+
+    /// For every owner that is a docker-proxy: where its arguments say it forwards, which
+    /// network namespace has that container address now (none: the container is gone), and the
+    /// workload of a process in it.
+    pub fn follow_proxies<'a>(
+        &mut self,
+        ns: &mut Namespaces,
+        holders: impl IntoIterator<Item = &'a mut Holder>,
+    ) {
+        for h in holders {
+            for o in &mut h.owners {
+                if o.comm != docker_proxy::COMM {
+                    continue;
+                }
+                let Some(proxy) = DockerProxy::parse(&procfs::cmdline(o.pid)) else {
+                    continue;
+                };
+                let container_netns = ns.discover().into_iter().find(|&n| {
+                    self.netns_facts(ns, n)
+                        .1
+                        .is_some_and(|addrs| addrs.contains(&proxy.container_ip))
+                });
+                let proxy_pid = o.pid;
+                let container = container_netns.and_then(|n| {
+                    procfs::pids()
+                        .filter(|&p| p != proxy_pid && procfs::netns_of(p) == Some(u64::from(n)))
+                        .find_map(|p| crate::cgroup::workload_of_pid(p).filter(|w| !w.is_root()))
+                });
+                o.forward = Some(Box::new(Forward {
+                    proxy,
+                    container_netns,
+                    container,
+                }));
+            }
+        }
     }
 
     /// Reads now what [`FactFinder::gather`] will need from the socket and fd tables for `ev`,
@@ -236,7 +361,7 @@ impl FactFinder {
         };
         self.note_bound(ev, sock);
         let netns = sock.netns;
-        match table_lookup(ev) {
+        match self.table_lookup(ev) {
             TableLookup::Nothing => {}
             TableLookup::EphemeralRange => {
                 if self.netns_facts(ns, netns).0.ip_local_port_range.is_some() {
@@ -272,7 +397,7 @@ impl FactFinder {
     ) {
         self.note_bound(ev, sock);
         let netns = sock.netns;
-        match table_lookup(ev) {
+        match self.table_lookup(ev) {
             TableLookup::Nothing => {}
             TableLookup::EphemeralRange => {
                 facts.ephemeral_ports_in_use =
@@ -284,7 +409,7 @@ impl FactFinder {
                 tables,
             } => {
                 if walked(ev) {
-                    self.kernel_facts(ns, ev, facts);
+                    self.kernel_facts(ebpf, ns, ev, facts);
                     // The kernel read the call's own port space; a success is also explained
                     // by the other protocol's sockets on the port (separate port spaces).
                     if tables
@@ -302,7 +427,7 @@ impl FactFinder {
                     match self.holders(ebpf, ns, netns, Some(port)) {
                         Ok(mut h) => {
                             let reported: Vec<_> = ev.kernel_holders.iter().collect();
-                            self.mark_kernel_reported(&mut h, &reported);
+                            self.mark_kernel_reported(ebpf, &mut h, &reported);
                             facts.holders = Some(h);
                         }
                         Err(e) => facts.holders_unavailable = Some(e.to_string()),
@@ -318,7 +443,13 @@ impl FactFinder {
     /// Holders as the kernel had them at the call: the whole evidence, in the caller's
     /// namespace by construction. Owners are looked up now; one that is gone is named from
     /// what portwatch saw bind it.
-    fn kernel_facts(&mut self, ns: &mut Namespaces, ev: &Event, facts: &mut Facts) {
+    fn kernel_facts(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ns: &mut Namespaces,
+        ev: &Event,
+        facts: &mut Facts,
+    ) {
         let walked: Vec<&KernelHolder> = ev
             .kernel_holders
             .iter()
@@ -335,7 +466,10 @@ impl FactFinder {
                 socket.options.device = ns.ifname(socket.netns, socket.options.bound_dev_if);
             }
             let owners = if wanted && socket.ino != 0 {
-                self.owners().get(&socket.ino).cloned().unwrap_or_default()
+                self.owners(ebpf)
+                    .get(&socket.ino)
+                    .cloned()
+                    .unwrap_or_default()
             } else {
                 Vec::new()
             };
@@ -352,13 +486,18 @@ impl FactFinder {
             .iter()
             .filter(|h| h.is_conflict_check())
             .collect();
-        self.mark_kernel_reported(&mut holders, &checked);
+        self.mark_kernel_reported(ebpf, &mut holders, &checked);
         facts.holders = Some(holders);
     }
 
     /// Holders the kernel's conflict check named (fexit) lead the list; a named socket that has
     /// already left the tables is added as the kernel reported it.
-    fn mark_kernel_reported(&mut self, holders: &mut Vec<Holder>, reported: &[&KernelHolder]) {
+    fn mark_kernel_reported(
+        &mut self,
+        ebpf: &mut Ebpf,
+        holders: &mut Vec<Holder>,
+        reported: &[&KernelHolder],
+    ) {
         for k in reported {
             let r = &k.socket;
             let same = |h: &Holder| {
@@ -371,7 +510,7 @@ impl FactFinder {
             if let Some(h) = holders.iter_mut().find(|h| same(h)) {
                 h.source = Source::KernelConflictCheck;
             } else {
-                let owners = self.owners().get(&r.ino).cloned().unwrap_or_default();
+                let owners = self.owners(ebpf).get(&r.ino).cloned().unwrap_or_default();
                 holders.push(Holder {
                     status: self.binders.status(r, &owners, k.flags),
                     socket: r.clone(),
@@ -392,14 +531,16 @@ impl FactFinder {
                     pid: ev.pid,
                     comm: ev.comm.clone(),
                     fd: ev.fd.unwrap_or(-1),
+                    workload: ev.workload.as_deref().cloned(),
+                    forward: None,
                 },
             );
         }
-        let netns = sock.netns;
-        if ev.ok() && netns != 0 && sock.port != 0 {
+        let key = (sock.netns, sock.proto);
+        if ev.ok() && sock.netns != 0 && sock.port != 0 {
             let seen = self.bound_ports.entry(sock.port).or_default();
-            if !seen.contains(&netns) {
-                seen.push(netns);
+            if !seen.contains(&key) {
+                seen.push(key);
                 if seen.len() > MAX_OTHER_NETNS {
                     seen.remove(0);
                 }
@@ -443,10 +584,60 @@ impl FactFinder {
 
     /// The namespaces other than `netns` where `port` was bound while tracing.
     fn other_namespaces(&self, netns: u32, port: u16) -> Vec<u32> {
-        self.bound_ports
+        let mut out: Vec<u32> = self
+            .bound_ports
             .get(&port)
-            .map(|seen| seen.iter().copied().filter(|&n| n != netns).collect())
-            .unwrap_or_default()
+            .map(|seen| {
+                seen.iter()
+                    .map(|&(n, _)| n)
+                    .filter(|&n| n != netns)
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.dedup();
+        out
+    }
+
+    /// Whether a socket of another port space (UDP next to TCP) was bound on `port` in `netns`
+    /// while tracing: only then is a success worth a table walk after the fact, since the
+    /// kernel side read the call's own port space at the call. Without this, a storm of
+    /// successful binds on ever-new ports (port 0) cost a whole table walk each.
+    fn other_space_bound(&self, netns: u32, port: u16, proto: Proto) -> bool {
+        self.bound_ports.get(&port).is_some_and(|seen| {
+            seen.iter()
+                .any(|&(n, p)| n == netns && !p.shares_ports_with(proto))
+        })
+    }
+
+    /// The table lookups an event's facts need. [`FactFinder::prefetch`] and
+    /// [`FactFinder::gather`] both follow it, so that the second finds what the first read.
+    fn table_lookup(&self, ev: &Event) -> TableLookup {
+        if !needs_holders(ev) {
+            return TableLookup::Nothing;
+        }
+        let port = ev.port();
+        let port_zero =
+            port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
+        if port_zero && !ev.ok() {
+            return TableLookup::EphemeralRange;
+        }
+        let other_netns = ev.ok() && {
+            let netns = ev.netns().unwrap_or(0);
+            !self.other_namespaces(netns, port).is_empty()
+        };
+        // A failure is explained from the kernel's list alone; a success also looks at the
+        // other protocol's sockets on the port, when one was seen there.
+        let tables = !walked(ev)
+            || (ev.ok()
+                && ev
+                    .socket
+                    .as_ref()
+                    .is_some_and(|s| self.other_space_bound(s.netns, port, s.proto)));
+        TableLookup::Port {
+            port,
+            other_netns,
+            tables,
+        }
     }
 }
 
@@ -465,25 +656,6 @@ enum TableLookup {
     },
 }
 
-fn table_lookup(ev: &Event) -> TableLookup {
-    if !needs_holders(ev) {
-        return TableLookup::Nothing;
-    }
-    let port = ev.port();
-    let port_zero = port == 0 || (!ev.ok() && ev.requested.as_ref().is_some_and(|r| r.port == 0));
-    if port_zero && !ev.ok() {
-        TableLookup::EphemeralRange
-    } else {
-        TableLookup::Port {
-            port,
-            other_netns: ev.ok(),
-            // A failure is explained from the kernel's list alone; a success also looks at the
-            // other protocol's sockets on the port.
-            tables: !walked(ev) || ev.ok(),
-        }
-    }
-}
-
 /// Whether explaining this call needs the port's holders (they cost a table walk): a success
 /// on a port (what it shares the port with) and EADDRINUSE (what is in the way).
 fn needs_holders(ev: &Event) -> bool {
@@ -496,6 +668,15 @@ fn needs_holders(ev: &Event) -> bool {
 /// Whether the kernel side read the call's port's owners at the call.
 fn walked(ev: &Event) -> bool {
     ev.walk.is_some_and(|w| w & walk::DONE != 0)
+}
+
+/// The socket units naming `port`, when systemd owns one of `holders` (socket activation).
+pub fn socket_units_for(holders: &[Holder], port: u16) -> Option<Vec<SocketUnit>> {
+    holders
+        .iter()
+        .flat_map(|h| &h.owners)
+        .any(|o| socket_units::is_systemd(o.pid, &o.comm))
+        .then(|| socket_units::find(port))
 }
 
 /// Who bound the sockets portwatch saw bound, by socket inode. Bounded: the oldest are
@@ -575,6 +756,7 @@ fn read_sysctls() -> Sysctls {
         ipv6_ip_nonlocal_bind: sysctl_bool("net/ipv6/ip_nonlocal_bind"),
         bindv6only: sysctl_bool("net/ipv6/bindv6only"),
         ip_autobind_reuse: sysctl_bool("net/ipv4/ip_autobind_reuse"),
+        ip_local_reserved_ports: sysctl("net/ipv4/ip_local_reserved_ports"),
     }
 }
 

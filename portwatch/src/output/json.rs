@@ -16,6 +16,7 @@ use crate::{
     event::Event,
     explain::{Involved, Verdict},
     sockets::{Family, Holder, Owner, OwnerStatus, SocketView, endpoint},
+    workload::{Kind, Workload},
 };
 
 /// Writes `value` as one line of JSON.
@@ -37,6 +38,8 @@ pub struct JsonEvent<'a> {
     comm: &'a str,
     netns: Option<u32>,
     cgroup_id: u64,
+    /// What the cgroup is: null when it was not found.
+    workload: Option<JsonWorkload<'a>>,
     fd: Option<i32>,
     family: Option<&'static str>,
     protocol: Option<String>,
@@ -66,6 +69,7 @@ impl<'a> JsonEvent<'a> {
             comm: &ev.comm,
             netns: ev.netns(),
             cgroup_id: ev.cgroup_id,
+            workload: ev.workload.as_deref().map(JsonWorkload::of),
             fd: ev.fd,
             family: sock.map(|s| s.family.name()),
             protocol: sock.map(|s| s.proto.name()),
@@ -232,6 +236,25 @@ struct JsonOwner<'a> {
     pid: u32,
     comm: &'a str,
     fd: i32,
+    /// The process's cgroup and what it is; null when not read (the process is gone).
+    workload: Option<JsonWorkload<'a>>,
+    /// For a docker-proxy: where it forwards (left out for other processes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    docker_proxy: Option<JsonForward<'a>>,
+}
+
+/// A docker-proxy's target, and the container found there.
+#[derive(Serialize)]
+struct JsonForward<'a> {
+    proto: &'a str,
+    host_ip: Option<String>,
+    host_port: u16,
+    container_ip: String,
+    container_port: u16,
+    /// The network namespace that has `container_ip` now; null: none (a stale proxy).
+    container_netns: Option<u32>,
+    /// The workload of a process in that namespace, when one was found.
+    container: Option<JsonWorkload<'a>>,
 }
 
 impl<'a> JsonOwner<'a> {
@@ -240,6 +263,95 @@ impl<'a> JsonOwner<'a> {
             pid: o.pid,
             comm: &o.comm,
             fd: o.fd,
+            workload: o.workload.as_ref().map(JsonWorkload::of),
+            docker_proxy: o.forward.as_deref().map(|f| JsonForward {
+                proto: &f.proxy.proto,
+                host_ip: f.proxy.host_ip.map(|a| a.to_string()),
+                host_port: f.proxy.host_port,
+                container_ip: f.proxy.container_ip.to_string(),
+                container_port: f.proxy.container_port,
+                container_netns: f.container_netns,
+                container: f.container.as_ref().map(JsonWorkload::of),
+            }),
+        }
+    }
+}
+
+/// A cgroup and what its path says runs there. Keys that do not apply are left out; ids are
+/// whole (64 hex digits).
+#[derive(Serialize, Default)]
+struct JsonWorkload<'a> {
+    /// The cgroup v2 path.
+    cgroup: &'a str,
+    /// `systemd`, `docker`, `podman`, `kubernetes`, `lxc`; null when the path has no known shape.
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    /// The user manager's uid: systemd user units, rootless Podman.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qos: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_name: Option<&'a str>,
+    /// An LXC container's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+impl<'a> JsonWorkload<'a> {
+    fn of(w: &'a Workload) -> Self {
+        let base = JsonWorkload {
+            cgroup: &w.path,
+            kind: w.kind.as_ref().map(Kind::name),
+            ..JsonWorkload::default()
+        };
+        match &w.kind {
+            None => base,
+            Some(Kind::Systemd { unit, user }) => JsonWorkload {
+                unit: Some(unit),
+                user_uid: *user,
+                ..base
+            },
+            Some(Kind::Docker { id }) => JsonWorkload {
+                container_id: Some(id),
+                ..base
+            },
+            Some(Kind::Podman { id, user }) => JsonWorkload {
+                container_id: Some(id),
+                user_uid: *user,
+                ..base
+            },
+            Some(Kind::Lxc { name }) => JsonWorkload {
+                name: Some(name),
+                ..base
+            },
+            Some(Kind::Kubernetes {
+                pod_uid,
+                qos,
+                runtime,
+                container_id,
+                names,
+            }) => JsonWorkload {
+                pod_uid: Some(pod_uid),
+                qos: Some(qos.name()),
+                runtime: *runtime,
+                container_id: container_id.as_deref(),
+                pod_namespace: names.as_ref().map(|n| n.namespace.as_str()),
+                pod_name: names.as_ref().map(|n| n.pod.as_str()),
+                container_name: names.as_ref().and_then(|n| n.container.as_deref()),
+                ..base
+            },
         }
     }
 }
@@ -276,6 +388,8 @@ pub struct JsonSummary<'a> {
     failed: u64,
     by_errno: &'a BTreeMap<String, u64>,
     lost: u64,
+    /// Events waiting in the ring buffer when portwatch was stopped, dropped unexplained.
+    unexplained_at_exit: u64,
     seconds: f64,
 }
 
@@ -289,7 +403,8 @@ impl<'a> From<&'a Summary> for JsonSummary<'a> {
             listens: s.listens,
             failed: s.by_errno.values().sum(),
             by_errno: &s.by_errno,
-            lost: s.lost(),
+            lost: s.lost,
+            unexplained_at_exit: s.unexplained_at_exit,
             seconds: (s.seconds * 1000.0).round() / 1000.0,
         }
     }
@@ -303,6 +418,8 @@ pub struct JsonWho<'a> {
     port: u16,
     namespaces: usize,
     holders: Vec<JsonHolder<'a>>,
+    /// Why `holders` may be incomplete (null when portwatch could see every process's files).
+    incomplete_because: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prediction: Option<JsonPrediction<'a>>,
 }
@@ -313,12 +430,14 @@ impl<'a> JsonWho<'a> {
         namespaces: usize,
         holders: &'a [Holder],
         prediction: Option<&'a Prediction>,
+        blind: Option<&'static str>,
     ) -> Self {
         JsonWho {
             kind: "who",
             port,
             namespaces,
             holders: holders.iter().map(|h| JsonHolder::of(h, None)).collect(),
+            incomplete_because: blind,
             prediction: prediction.map(JsonPrediction::of),
         }
     }
@@ -326,25 +445,31 @@ impl<'a> JsonWho<'a> {
 
 #[derive(Serialize)]
 struct JsonPrediction<'a> {
-    would_succeed: bool,
+    /// null: portwatch cannot tell (see `cannot_tell_because`).
+    would_succeed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cannot_tell_because: Option<&'static str>,
     protocol: String,
     addr: String,
     port: u16,
     netns: u32,
     uid: u32,
-    verdict: JsonVerdict<'a>,
+    /// The rules' verdict; left out when portwatch cannot tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdict: Option<JsonVerdict<'a>>,
 }
 
 impl<'a> JsonPrediction<'a> {
     fn of(p: &'a Prediction) -> Self {
         JsonPrediction {
-            would_succeed: p.verdict.ok,
+            would_succeed: p.would_succeed(),
+            cannot_tell_because: p.cannot_tell.filter(|_| p.would_succeed().is_none()),
             protocol: p.socket.proto.name(),
             addr: p.addr.to_string(),
             port: p.port,
             netns: p.socket.netns,
             uid: p.socket.uid.unwrap_or(0),
-            verdict: JsonVerdict::of(&p.verdict),
+            verdict: p.would_succeed().map(|_| JsonVerdict::of(&p.verdict)),
         }
     }
 }

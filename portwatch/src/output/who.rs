@@ -24,6 +24,19 @@ pub struct Prediction {
     pub addr: IpAddr,
     pub port: u16,
     pub verdict: Verdict,
+    /// Why a success cannot be promised: a socket portwatch could not see may be in the way.
+    /// Set only when the rules found nothing in the way.
+    pub cannot_tell: Option<&'static str>,
+}
+
+impl Prediction {
+    /// Some(true/false), or None when portwatch cannot tell.
+    pub fn would_succeed(&self) -> Option<bool> {
+        match (self.verdict.ok, self.cannot_tell) {
+            (true, Some(_)) => None,
+            (ok, _) => Some(ok),
+        }
+    }
 }
 
 /// What `who` found: every socket on `port` in the `namespaces` it could see.
@@ -34,6 +47,8 @@ pub struct WhoReport<'a> {
     pub own_netns: u32,
     pub holders: &'a [Holder],
     pub prediction: Option<&'a Prediction>,
+    /// Why the list may be incomplete (bound-only sockets of processes portwatch cannot see).
+    pub blind: Option<&'static str>,
 }
 
 /// Writes the report: one JSON object, or the table and the prediction for people.
@@ -44,6 +59,7 @@ pub fn write(out: &mut impl Write, report: &WhoReport, json: bool) -> io::Result
             report.namespaces,
             report.holders,
             report.prediction,
+            report.blind,
         );
         json::write_line(out, &obj)?;
     } else {
@@ -64,11 +80,18 @@ fn table(out: &mut impl Write, report: &WhoReport) -> io::Result<()> {
         ..
     } = *report;
     if holders.is_empty() {
-        writeln!(
-            out,
-            "Nothing holds port {port} (TCP or UDP) in the {namespaces} network namespace(s) \
-             portwatch can see."
-        )?;
+        match report.blind {
+            None => writeln!(
+                out,
+                "Nothing holds port {port} (TCP or UDP) in the {namespaces} network namespace(s) \
+                 portwatch can see."
+            )?,
+            Some(why) => writeln!(
+                out,
+                "No socket on port {port} that portwatch can see in the {namespaces} network \
+                 namespace(s) it can see; {why}."
+            )?,
+        }
         return Ok(());
     }
     let used: HashSet<u32> = holders.iter().map(|h| h.socket.netns).collect();
@@ -121,6 +144,14 @@ fn table(out: &mut impl Write, report: &WhoReport) -> io::Result<()> {
             s.uid.map_or("-".to_string(), |u| u.to_string()),
             safe(&owner),
         )?;
+        for o in &h.owners {
+            if let Some(f) = &o.forward {
+                writeln!(out, "{:<11} ↳ {}", "", safe(&f.sentence(o.pid)))?;
+            }
+        }
+    }
+    if let Some(why) = report.blind {
+        writeln!(out, "This list may be incomplete: {why}.")?;
     }
     if bound_only > 0 {
         writeln!(
@@ -141,8 +172,20 @@ fn prediction(out: &mut impl Write, p: &Prediction) -> io::Result<()> {
         endpoint(p.addr, p.port),
         p.socket.uid.unwrap_or(0),
         p.socket.netns,
-        if v.ok { "would succeed" } else { "would fail" }
+        match p.would_succeed() {
+            Some(true) => "would succeed",
+            Some(false) => "would fail",
+            None => "cannot tell",
+        }
     )?;
+    if let Some(why) = p.cannot_tell.filter(|_| p.would_succeed().is_none()) {
+        // The rules' "ok" would claim more than was seen: say only what is known.
+        writeln!(
+            out,
+            "  portwatch found nothing in the way, but it cannot promise success: {why}."
+        )?;
+        return Ok(());
+    }
     writeln!(out, "  {}", safe(&v.message))?;
     for d in &v.details {
         writeln!(out, "  {}", safe(d))?;
@@ -186,6 +229,8 @@ mod tests {
                 pid: 42,
                 comm: "\x1b[31mRED\x1b]0;pwn\x07\nFORGED".into(),
                 fd: 3,
+                workload: None,
+                forward: None,
             }],
             source: Source::SocketTable,
             status: OwnerStatus::Live,
@@ -197,6 +242,7 @@ mod tests {
             own_netns: 1,
             holders: &holders,
             prediction: None,
+            blind: None,
         };
         let mut out = Vec::new();
         write(&mut out, &report, false).expect("write to a Vec");

@@ -127,11 +127,13 @@ pub fn main(a: GuestArgs) -> Result<()> {
 }
 
 /// Boots the VM with the bench inside and returns what it measured.
-pub fn run_vm(tools: &Tools, bindloop: &Path, v: &VmSettings) -> Result<GuestResults> {
-    let kernel = vm::ensure_kernel(
-        &crate::cmd::workspace_root().join("vm-cache"),
-        vm::Distro::Debian12,
-    )?;
+pub fn run_vm(
+    tools: &Tools,
+    bindloop: &Path,
+    v: &VmSettings,
+    distro: vm::Distro,
+) -> Result<GuestResults> {
+    let kernel = vm::ensure_kernel(&crate::cmd::workspace_root().join("vm-cache"), distro)?;
     let xtask = guest_copy_of_xtask(&tools.scratch)?;
     let guest = vm::Guest {
         files: vec![

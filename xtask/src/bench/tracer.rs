@@ -136,6 +136,10 @@ pub struct TracerStats {
     pub json_lost: Option<u64>,
     /// `lost` in portwatch's final JSON summary record.
     pub json_summary_lost: Option<u64>,
+    /// `unexplained_at_exit` in that record: events still waiting when it was stopped, which
+    /// it counted and dropped to exit within a second.
+    #[serde(default)]
+    pub unexplained_at_exit: Option<u64>,
     /// utime + stime from attached to idle after the workload, seconds.
     pub cpu_s: f64,
     /// VmHWM just before the stop signal, KiB.
@@ -311,8 +315,20 @@ impl Running {
     /// Waits until the tracer has caught up (CPU time and output file both still for
     /// `quiet`, at most `cap`), then stops it with SIGINT and gathers its figures.
     /// `workers` (pids) pick the bench's own events out of the output.
-    pub fn stop(mut self, workers: &[u32]) -> Result<TracerStats> {
-        self.wait_idle(Duration::from_millis(250), Duration::from_secs(20));
+    pub fn stop(self, workers: &[u32]) -> Result<TracerStats> {
+        self.stop_with(workers, true)
+    }
+
+    /// Sends SIGINT at once, without waiting for the tracer to catch up: `stop_ms` is then how
+    /// long it takes to exit with a backlog (portwatch promises under a second).
+    pub fn stop_at_once(self, workers: &[u32]) -> Result<TracerStats> {
+        self.stop_with(workers, false)
+    }
+
+    fn stop_with(mut self, workers: &[u32], wait_idle: bool) -> Result<TracerStats> {
+        if wait_idle {
+            self.wait_idle(Duration::from_millis(250), Duration::from_secs(20));
+        }
         let cpu = proc_cpu_s(self.pid).unwrap_or(self.cpu_at_ready);
         let hwm_kib = proc_status_kib(self.pid, "VmHWM:").unwrap_or(0);
         let stopping = Instant::now();
@@ -350,6 +366,7 @@ impl Running {
             worker_events: scan.worker_events,
             json_lost: scan.json_lost,
             json_summary_lost: scan.json_summary_lost,
+            unexplained_at_exit: scan.unexplained_at_exit,
             ..TracerStats::default()
         };
         if self.tracer.is_portwatch() {
@@ -406,7 +423,9 @@ impl Running {
 pub fn parse_summary(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("portwatch: ")?;
     let (events, rest) = rest.split_once(" events (")?;
+    // "lost: N", possibly followed by "; M more were waiting and were dropped unexplained".
     let lost = rest.rsplit_once("; lost: ")?.1;
+    let lost = lost.split(';').next()?;
     Some((events.trim().parse().ok()?, lost.trim().parse().ok()?))
 }
 
@@ -416,6 +435,7 @@ struct Scan {
     worker_events: Option<u64>,
     json_lost: Option<u64>,
     json_summary_lost: Option<u64>,
+    unexplained_at_exit: Option<u64>,
     bpftrace_lost: Option<u64>,
 }
 
@@ -452,6 +472,7 @@ fn scan_output(path: &Path, tracer: Tracer, workers: &[u32]) -> Result<Scan> {
                     json_lost += json_u64(&line, "\"lost\":").unwrap_or(0);
                 } else if line.contains("\"type\":\"summary\"") {
                     summary_lost = json_u64(&line, "\"lost\":");
+                    scan.unexplained_at_exit = json_u64(&line, "\"unexplained_at_exit\":");
                 }
             }
             Tracer::Portwatch(_, Mode::Human) => {

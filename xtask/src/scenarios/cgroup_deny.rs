@@ -22,15 +22,7 @@ const BPF_CGROUP_INET4_BIND: u32 = 8;
 impl DenyProgram {
     pub fn attach(name: &str) -> Result<Self> {
         use std::os::fd::{AsRawFd, FromRawFd};
-        let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-        let root = mounts
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
-            })
-            .context("no cgroup2 mount")?;
-        let dir = std::path::PathBuf::from(root).join(name);
+        let dir = super::workload::v2_root()?.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
         let license = c"GPL";

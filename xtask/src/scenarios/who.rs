@@ -19,7 +19,79 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario::shared("who_finds_bound_only_holder", who_bound_only),
         Scenario::shared("who_sees_what_ss_misses", who_vs_ss).host_only(),
         Scenario::shared("who_predicts_what_the_kernel_does", who_predicts),
+        // setpriv (util-linux) is on the host, not in the VM's busybox.
+        Scenario::shared("who_without_ptrace_still_sees", who_without_ptrace).host_only(),
     ]
+}
+
+/// Issue 8: run with fewer privileges, `who` used to say "Nothing holds port P" and "would
+/// succeed" while a bound-only socket it could not see (no /proc/PID/fd access) held the port.
+/// As uid 65534 with CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN and CAP_NET_ADMIN but neither
+/// CAP_SYS_PTRACE nor CAP_DAC_READ_SEARCH, it must still see it, owner included (the kernel's
+/// task-file iterator reads the fd tables), and predict the failure, as root does.
+fn who_without_ptrace(cx: &Ctx, _pw: &Portwatch, ns: &Netns) -> Result<()> {
+    let mut h = Holder::spawn(ns, "pw-holder")?;
+    h.bind_ok(&SockSpec::tcp("127.0.0.1:8080"))?;
+    let path = ns.path();
+    let args = ["8080", "--addr", "0.0.0.0", "--netns", path.as_str()];
+    let caps = "+bpf,+perfmon,+sys_admin,+net_admin";
+    // nsenter (as root) puts it in the namespace: uid 65534 may not open another process's
+    // /proc/PID/ns/net.
+    let out = Command::new("nsenter")
+        .arg(format!("--net={path}"))
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .args([
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+        ])
+        .arg(&cx.pw.exe)
+        .arg("who")
+        .args(&args[..3])
+        .arg("--json")
+        .output()
+        .context("running portwatch who through nsenter and setpriv")?;
+    ensure!(
+        out.status.success(),
+        "portwatch who as uid 65534 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let low: Value = serde_json::from_slice(&out.stdout).context("parsing who --json")?;
+    let root = who(cx, &args)?;
+    for (v, as_whom) in [
+        (&low, "as uid 65534 without CAP_SYS_PTRACE"),
+        (&root, "as root"),
+    ] {
+        check::fields_of(
+            v,
+            &[
+                ("prediction.would_succeed", json!(false)),
+                ("prediction.verdict.rule", json!("specific-blocks-wildcard")),
+                ("incomplete_because", Value::Null),
+            ],
+        )
+        .context(as_whom)?;
+        let mine: Vec<&Value> = v["holders"]
+            .as_array()
+            .context("no holders array")?
+            .iter()
+            .filter(|x| x["netns"].as_u64() == Some(ns.inode()))
+            .collect();
+        ensure!(
+            mine.len() == 1,
+            "{as_whom}: want one holder here, got {mine:?}"
+        );
+        check::fields_of(
+            mine[0],
+            &[("state", json!("BOUND")), ("owners.0.pid", json!(h.pid))],
+        )
+        .context(as_whom)?;
+    }
+    Ok(())
 }
 
 fn who(cx: &Ctx, args: &[&str]) -> Result<Value> {
