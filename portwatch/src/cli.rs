@@ -59,7 +59,8 @@ and under it the explanation (↳) and the fix.\n  \
 Status lines (ready, lost events, summary) go to stderr in human format.\n\n\
 Filters:\n  \
 --port and --pid are applied in the kernel, so calls you filter out cost almost nothing.\n  \
-A port filter matches the port asked for, or the port the kernel assigned for port 0."
+A port filter matches the port asked for, or the port the kernel assigned for port 0.\n  \
+The short flags are bcc's (bindsnoop): -p PID, -P PORT, -x (failed only), -j (JSON)."
     )]
     Trace(TraceArgs),
     /// Show every socket holding a port now, and predict whether a bind would succeed.
@@ -95,6 +96,17 @@ sudo portwatch demo --quiz                     predict each result first (y/n), 
 sudo portwatch demo --only reuseport-other-user --json"
     )]
     Demo(DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    #[command(after_help = "Install (see the README):\n  \
+portwatch completions bash > /usr/share/bash-completion/completions/portwatch\n  \
+portwatch completions zsh > /usr/local/share/zsh/site-functions/_portwatch\n  \
+portwatch completions fish > /usr/share/fish/vendor_completions.d/portwatch.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: portwatch man > /usr/local/share/man/man1/portwatch.1
+    Man,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -121,11 +133,13 @@ pub struct DemoArgs {
 #[derive(Args, Debug, Clone)]
 pub struct WhoArgs {
     /// The port to look at.
+    #[arg(value_parser = port_arg)]
     pub port: u16,
 
-    /// Predict a bind to this address on PORT (0.0.0.0, ::, 127.0.0.1, ::ffff:10.0.0.1...).
-    #[arg(long, value_name = "ADDR")]
-    pub addr: Option<std::net::IpAddr>,
+    /// Predict a bind to this address on PORT (0.0.0.0, ::, 127.0.0.1, ::ffff:10.0.0.1,
+    /// fe80::1%eth0...). An IPv6 link-local address takes its interface as %NAME or %INDEX.
+    #[arg(long, value_name = "ADDR", value_parser = addr_arg)]
+    pub addr: Option<ScopedAddr>,
 
     /// The predicted bind is UDP (default TCP).
     #[arg(long, requires = "addr")]
@@ -158,23 +172,41 @@ pub struct WhoArgs {
     pub netns: Option<std::path::PathBuf>,
 
     /// One JSON object (schema in the README).
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct TraceArgs {
-    /// Only calls on this port (repeat for several).
-    #[arg(short, long = "port", value_name = "PORT")]
+    /// Only calls on this port (repeat for several). -P as in bcc's bindsnoop.
+    #[arg(short = 'P', long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
 
-    /// Only calls made by this process id.
-    #[arg(long)]
+    /// Only calls made by this process (its process id; -p as in bcc's tools). The process
+    /// must exist when portwatch starts.
+    #[arg(short = 'p', long, value_parser = pid_arg)]
     pub pid: Option<u32>,
 
-    /// Only calls made by processes whose name (comm) is exactly NAME.
-    #[arg(long, value_name = "NAME")]
+    /// Only calls made by processes named NAME: the process's name (its main thread's comm,
+    /// as ps shows it), so a program's worker threads match too; a thread's own name matches
+    /// as well. At most 15 bytes: the kernel keeps no more.
+    #[arg(long, value_name = "NAME", value_parser = comm_arg)]
     pub comm: Option<String>,
+
+    /// Only calls made by this user id.
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// Only calls on sockets in this network namespace: its inode (as printed in DETAILS) or a
+    /// path (/run/netns/NAME, /proc/PID/ns/net).
+    #[arg(long, value_name = "INODE|PATH")]
+    pub netns: Option<String>,
+
+    /// Only calls made by processes in this cgroup (v2): a path such as
+    /// /sys/fs/cgroup/system.slice/nginx.service. Processes in its child cgroups are not
+    /// included.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<std::path::PathBuf>,
 
     /// Only this protocol.
     #[arg(long, value_enum)]
@@ -184,13 +216,18 @@ pub struct TraceArgs {
     #[arg(long, value_enum)]
     pub family: Option<FamilyArg>,
 
-    /// Only calls that failed.
-    #[arg(long)]
+    /// Only calls that failed (-x as in bcc's tools).
+    #[arg(short = 'x', long)]
     pub failed: bool,
 
     /// One JSON object per line (schema in the README).
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
+
+    /// Accepted for bcc users: every line already has its time (the TIME column; "time" in
+    /// JSON).
+    #[arg(short = 't', long = "timestamp")]
+    pub timestamp: bool,
 
     /// Where to hook. auto tries fexit (sees every bind path, cheapest) and falls back to the
     /// syscall tracepoints, saying why on stderr.
@@ -201,8 +238,8 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
 
-    /// Exit after this many events have been printed.
-    #[arg(long, value_name = "N")]
+    /// Exit after this many events have been printed (at least 1).
+    #[arg(long, value_name = "N", value_parser = count_arg)]
     pub count: Option<u64>,
 
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (and /healthz) while tracing.
@@ -228,6 +265,77 @@ pub struct TraceArgs {
     /// Print no event lines (status lines still go to stderr). For a metrics-only agent.
     #[arg(long, conflicts_with_all = ["json", "output"])]
     pub quiet: bool,
+}
+
+/// `who --addr`: an address, with the scope (interface) an IPv6 address may carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopedAddr {
+    pub addr: std::net::IpAddr,
+    /// After `%`: an interface name or index, as in `fe80::1%eth0`.
+    pub scope: Option<String>,
+}
+
+fn addr_arg(s: &str) -> Result<ScopedAddr, String> {
+    let (addr, scope) = match s.split_once('%') {
+        Some((a, scope)) => (a, Some(scope)),
+        None => (s, None),
+    };
+    let addr: std::net::IpAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    match scope {
+        Some("") => Err("nothing after %: give an interface, as in fe80::1%eth0".into()),
+        Some(_) if addr.is_ipv4() => Err("an IPv4 address has no %scope".into()),
+        _ => Ok(ScopedAddr {
+            addr,
+            scope: scope.map(str::to_string),
+        }),
+    }
+}
+
+/// `--pid`: a process id. 0 is none (the kernel side would read it as "no filter").
+fn pid_arg(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("0 is not a process id".into()),
+        Ok(pid) => Ok(pid),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `who PORT`: no socket holds port 0 (a bind to port 0 gets a port picked by the kernel).
+fn port_arg(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) => Err("no socket holds port 0: give the port a socket is bound to".into()),
+        Ok(port) => Ok(port),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `--count`: 0 would attach and exit without showing anything.
+fn count_arg(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("0 events would end the trace before it starts; give 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The most of a process name the kernel keeps (TASK_COMM_LEN, 16, less the NUL).
+pub const COMM_MAX: usize = 15;
+
+/// `--comm`: a longer name can never match, because the kernel cuts names to 15 bytes.
+fn comm_arg(s: &str) -> Result<String, String> {
+    if s.len() <= COMM_MAX {
+        return Ok(s.to_string());
+    }
+    let mut cut = COMM_MAX;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Err(format!(
+        "{} bytes long, and the kernel keeps {COMM_MAX} bytes of a process name, so it could \
+         never match; use {:?}",
+        s.len(),
+        &s[..cut]
+    ))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,4 +365,71 @@ pub enum ColorChoice {
     Auto,
     Always,
     Never,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(args: &[&str]) -> Result<TraceArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["portwatch", "trace"].iter().chain(args))?;
+        match cli.command {
+            Command::Trace(t) => Ok(t),
+            _ => panic!("not trace"),
+        }
+    }
+
+    /// Values that would make a filter match everything, or nothing, ever: refused with the
+    /// reason.
+    #[test]
+    fn refuses_values_that_cannot_mean_what_they_say() {
+        for (args, why) in [
+            (&["trace", "--pid", "0"][..], "0 is not a process id"),
+            (&["trace", "-p", "0"][..], "0 is not a process id"),
+            (&["who", "0"][..], "no socket holds port 0"),
+            (&["trace", "--count", "0"][..], "give 1 or more"),
+            (
+                &["trace", "--comm", "a-sixteen-bytes!"][..],
+                "use \"a-sixteen-bytes\"",
+            ),
+        ] {
+            let err = Cli::try_parse_from(std::iter::once(&"portwatch").chain(args))
+                .expect_err(&args.join(" "));
+            assert!(err.to_string().contains(why), "{}: {err}", args.join(" "));
+        }
+        assert_eq!(
+            trace(&["--comm", "fifteen-bytes-x"])
+                .expect("15 bytes")
+                .comm
+                .as_deref(),
+            Some("fifteen-bytes-x")
+        );
+    }
+
+    #[test]
+    fn who_addr_takes_a_scope() {
+        let who = |addr: &str| -> Result<ScopedAddr, clap::Error> {
+            let cli = Cli::try_parse_from(["portwatch", "who", "80", "--addr", addr])?;
+            match cli.command {
+                Command::Who(w) => Ok(w.addr.expect("an address")),
+                _ => panic!("not who"),
+            }
+        };
+        let a = who("fe80::1%lo").expect("fe80::1%lo");
+        assert_eq!(a.addr, "fe80::1".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(a.scope.as_deref(), Some("lo"));
+        assert_eq!(who("::1").expect("::1").scope, None);
+        assert!(who("127.0.0.1%lo").is_err());
+        assert!(who("fe80::1%").is_err());
+    }
+
+    /// bcc's bindsnoop: -p PID, -P PORT, -x failed only, -t timestamps; -j for JSON.
+    #[test]
+    fn takes_the_short_flags_bcc_users_type() {
+        let t =
+            trace(&["-p", "1234", "-P", "80", "-P", "443", "-x", "-t", "-j"]).expect("bcc flags");
+        assert_eq!(t.pid, Some(1234));
+        assert_eq!(t.ports, [80, 443]);
+        assert!(t.failed && t.json && t.timestamp);
+    }
 }

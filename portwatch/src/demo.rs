@@ -155,6 +155,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         Collected::default(),
         EventFilter {
             comm: None,
+            uid: None,
+            netns: None,
+            cgroup: None,
             proto: None,
             family: None,
         },

@@ -49,6 +49,33 @@ pub fn describe(errno: i32) -> String {
         .to_string()
 }
 
+/// An error and its causes, joined with ": " (aya puts the errno in the innermost one).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// The OS errno somewhere in an error's chain of causes.
+pub fn os_errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(inner) = cur {
+        if let Some(n) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(n);
+        }
+        cur = inner.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -37,6 +37,9 @@ pub struct Requested {
     pub addr: IpAddr,
     pub port: u16,
     pub scope_id: u32,
+    /// The interface `scope_id` names, looked up in the socket's namespace (not by the kernel
+    /// side: `trace` fills it in).
+    pub scope_name: Option<String>,
 }
 
 /// One bind() or listen(), decoded.
@@ -170,6 +173,7 @@ fn decode_call(raw: &BindEvent) -> Event {
             addr: ip_from(fam, &raw.req_addr),
             port: raw.req_port,
             scope_id: raw.req_scope_id,
+            scope_name: None,
         }
     });
     let socket = (raw.flags & flags::NO_SOCKET == 0).then(|| SocketView {

@@ -167,6 +167,10 @@ pub fn side_of(s: &SocketView) -> Side {
 /// request, a socket that could not be read).
 pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
     let at = Attempt::new(ev)?;
+    // No port rule speaks about a raw socket: its "port" is its protocol's number.
+    if !at.sock.proto.has_ports() {
+        return None;
+    }
     let mut v = decide(&at, ev, facts);
     note_gone_owners(&mut v);
     note_forwards(&mut v);

@@ -536,7 +536,7 @@ fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo, btf: &aya::Btf) -> Result<
 }
 
 fn describe_load_error(func: &str, e: &aya::programs::ProgramError) -> String {
-    let text = error_chain(e);
+    let text = crate::errno::chain(e);
     if text.contains("Operation not permitted") || text.contains("os error 1)") {
         format!(
             "loading fexit/{func}: EPERM: this kernel refuses trampoline (fentry/fexit) \
@@ -545,17 +545,6 @@ fn describe_load_error(func: &str, e: &aya::programs::ProgramError) -> String {
     } else {
         format!("loading fexit/{func}: {text}")
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 fn unload_fexit(ebpf: &mut Ebpf) {
@@ -593,12 +582,12 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
             .try_into()
             .map_err(|e| format!("{name}: {e}"))?;
         p.load()
-            .map_err(|e| format!("loading {name}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("loading {name}: {}", crate::errno::chain(&e)))?;
         if let Some(n) = p.info().ok().and_then(|i| i.verified_instruction_count()) {
             debug!("{name}: the verifier processed {n} instructions");
         }
         p.attach("syscalls", name)
-            .map_err(|e| format!("attaching to syscalls/{name}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("attaching to syscalls/{name}: {}", crate::errno::chain(&e)))?;
     }
     Ok(())
 }

@@ -5,11 +5,13 @@ mod cgroup;
 mod cli;
 mod demo;
 mod docker_proxy;
+mod docs;
 mod errno;
 mod event;
 mod explain;
 mod facts;
 mod layout;
+mod limits;
 mod loader;
 mod metrics;
 mod netns;
@@ -35,6 +37,18 @@ use crate::{
 
 fn main() {
     let cli = Cli::parse();
+    let docs = match &cli.command {
+        Command::Completions { shell } => Some(docs::completions(*shell, &mut io::stdout())),
+        Command::Man => Some(docs::man(&mut io::stdout())),
+        _ => None,
+    };
+    match docs {
+        Some(Err(e)) if e.kind() != io::ErrorKind::BrokenPipe => {
+            fail(&anyhow::Error::new(e).context("writing to stdout"))
+        }
+        Some(_) => return,
+        None => {}
+    }
     // -v is about portwatch's own steps; aya's relocation chatter stays at warnings.
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Warn)
@@ -48,6 +62,10 @@ fn main() {
         )
         .format_target(false)
         .init();
+    match limits::raise_open_files() {
+        Ok(n) => log::debug!("open-files limit: {n}"),
+        Err(e) => log::debug!("raising the open-files limit: {e}"),
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,9 +75,10 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Trace(args) => trace::run(TraceSettings::resolve(args)).await,
+            Command::Trace(args) => trace::run(TraceSettings::resolve(args)?).await,
             Command::Who(args) => who::run(args),
             Command::Demo(args) => demo::run(args),
+            Command::Completions { .. } | Command::Man => Ok(()),
         }
     });
     match result {

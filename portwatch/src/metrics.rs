@@ -200,6 +200,7 @@ fn protocol_name(p: Proto) -> &'static str {
         Proto::UdpLite => "udplite",
         Proto::Mptcp => "mptcp",
         Proto::Sctp => "sctp",
+        Proto::Raw(_) => "raw",
         Proto::Other(_) => "other",
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod json;
+pub mod terminal;
 pub mod who;
 
 use std::{
@@ -15,10 +16,11 @@ use std::{
 
 use json::{JsonEvent, JsonLost, JsonSummary};
 use portwatch_common::Backend;
+use terminal::safe;
 
 use crate::{
     errno,
-    event::{Call, Event},
+    event::{Call, Event, Requested},
     explain::Verdict,
     sockets::{SocketView, endpoint},
 };
@@ -193,7 +195,7 @@ impl Printer {
             .map(SocketView::proto_family)
             .unwrap_or_else(|| "?".into());
         let address = match (ev.call, &ev.requested, sock) {
-            (Call::Bind, Some(r), _) => requested_endpoint(r.addr, r.port, r.scope_id),
+            (Call::Bind, Some(r), _) => requested_endpoint(r),
             (Call::Bind, None, _) => "(unreadable)".to_string(),
             (Call::Listen, _, Some(s)) => s.endpoint(),
             (Call::Listen, _, None) => "?".to_string(),
@@ -225,12 +227,12 @@ impl Printer {
             "{:<15} {:>7} {:<15} {:<6} {:<5} {:<27} {} {}",
             time_of_day(self.clock.unix_ns(ev.boot_ns)),
             ev.pid,
-            ev.comm,
+            safe(&ev.comm),
             ev.call.as_str(),
             proto,
             address,
             pad(&result, result_len, 13),
-            s.dim(&details.join(" ")),
+            s.dim(&safe(&details.join(" "))),
         );
         writeln!(self.out, "{}", line.trim_end())?;
         if let Some(v) = verdict {
@@ -239,12 +241,13 @@ impl Printer {
             } else {
                 s.yellow("↳")
             };
-            writeln!(self.out, "    {mark} {}", v.message)?;
+            // The explanation quotes names (comm, interfaces, cgroup paths): made safe whole.
+            writeln!(self.out, "    {mark} {}", safe(&v.message))?;
             for line in &v.details {
-                writeln!(self.out, "      {}", s.dim(line))?;
+                writeln!(self.out, "      {}", s.dim(&safe(line)))?;
             }
             if let Some(fix) = &v.fix {
-                writeln!(self.out, "      {} {fix}", s.yellow("fix:"))?;
+                writeln!(self.out, "      {} {}", s.yellow("fix:"), safe(fix))?;
             }
         }
         Ok(())
@@ -302,10 +305,15 @@ impl Printer {
     }
 }
 
-fn requested_endpoint(addr: IpAddr, port: u16, scope_id: u32) -> String {
-    match addr {
-        IpAddr::V6(a) if scope_id != 0 => format!("[{a}%{scope_id}]:{port}"),
-        _ => endpoint(addr, port),
+/// The address asked for, with its scope as `ip` and `ping` write it: `[fe80::1%eth0]:80`
+/// (the index where the name is unknown).
+fn requested_endpoint(r: &Requested) -> String {
+    match r.addr {
+        IpAddr::V6(a) if r.scope_id != 0 => match &r.scope_name {
+            Some(name) => format!("[{a}%{}]:{}", safe(name), r.port),
+            None => format!("[{a}%{}]:{}", r.scope_id, r.port),
+        },
+        _ => endpoint(r.addr, r.port),
     }
 }
 

@@ -2,15 +2,18 @@
 //! arguments into high-level ones): the loader's backend choice and kernel filter, the
 //! filters applied in user space, whether to color and how to print.
 
-use std::io::IsTerminal as _;
+use std::{io::IsTerminal as _, os::unix::fs::MetadataExt as _, path::Path};
 
+use anyhow::{Context as _, Result, bail};
 use portwatch_common::Backend;
 
 use crate::{
     cli::{BackendArg, ColorChoice, FamilyArg, ProtoArg, TraceArgs},
     event::Event,
     loader::{BackendChoice, KernelFilter},
+    netns,
     output::file::FileTarget,
+    procfs,
     sockets::{Family, Proto},
 };
 
@@ -34,8 +37,17 @@ pub struct TraceSettings {
 }
 
 impl TraceSettings {
-    pub fn resolve(args: TraceArgs) -> Self {
-        TraceSettings {
+    /// Fails, with one line saying why, on a filter that cannot match: a process that does not
+    /// exist, a namespace or cgroup path that is not one.
+    pub fn resolve(args: TraceArgs) -> Result<Self> {
+        if let Some(pid) = args.pid
+            && !procfs::exists(pid)
+        {
+            bail!("--pid {pid}: no such process (--pid takes the id of a running process)");
+        }
+        let netns = args.netns.as_deref().map(netns_arg).transpose()?;
+        let cgroup = args.cgroup.as_deref().map(cgroup_arg).transpose()?;
+        Ok(TraceSettings {
             backend: backend_choice(args.backend),
             kernel_filter: KernelFilter {
                 pid: args.pid,
@@ -45,6 +57,9 @@ impl TraceSettings {
             },
             filter: EventFilter {
                 comm: args.comm,
+                uid: args.uid,
+                netns,
+                cgroup,
                 proto: args.proto.map(|p| match p {
                     ProtoArg::Tcp => Proto::Tcp,
                     ProtoArg::Udp => Proto::Udp,
@@ -72,8 +87,29 @@ impl TraceSettings {
                 max_size: args.output_max_size,
                 keep: args.output_keep,
             }),
-        }
+        })
     }
+}
+
+/// `--netns`: an inode as portwatch prints it, or a path that must be a network namespace.
+fn netns_arg(arg: &str) -> Result<u32> {
+    if let Ok(ino) = arg.parse::<u32>() {
+        return Ok(ino);
+    }
+    let (ino, _handle) = netns::open_path(Path::new(arg)).context("--netns")?;
+    Ok(ino)
+}
+
+/// `--cgroup`: a cgroup v2 directory; its id is its inode number.
+fn cgroup_arg(path: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(path).with_context(|| format!("--cgroup {}", path.display()))?;
+    if !meta.is_dir() || !path.join("cgroup.procs").exists() {
+        bail!(
+            "--cgroup {}: not a cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/NAME.service)",
+            path.display()
+        );
+    }
+    Ok(meta.ino())
 }
 
 fn backend_choice(arg: BackendArg) -> BackendChoice {
@@ -85,9 +121,15 @@ fn backend_choice(arg: BackendArg) -> BackendChoice {
 }
 
 /// The filters that run in user space (port and pid run in the kernel).
+#[derive(Default)]
 pub struct EventFilter {
-    /// The process name (comm), exactly.
+    /// The process name (comm), exactly: the calling thread's, or its process's.
     pub comm: Option<String>,
+    pub uid: Option<u32>,
+    /// Network namespace inode of the call's socket.
+    pub netns: Option<u32>,
+    /// cgroup v2 id of the caller.
+    pub cgroup: Option<u64>,
     pub proto: Option<Proto>,
     pub family: Option<Family>,
 }
@@ -95,7 +137,15 @@ pub struct EventFilter {
 impl EventFilter {
     pub fn keeps(&self, ev: &Event) -> bool {
         if let Some(c) = &self.comm
-            && &ev.comm != c
+            && !named(ev, c)
+        {
+            return false;
+        }
+        if self.uid.is_some_and(|u| u != ev.uid) || self.cgroup.is_some_and(|c| c != ev.cgroup_id) {
+            return false;
+        }
+        if let Some(n) = self.netns
+            && ev.socket.as_ref().map(|s| s.netns) != Some(n)
         {
             return false;
         }
@@ -112,6 +162,13 @@ impl EventFilter {
         }
         true
     }
+}
+
+/// Whether the call's thread, or its process, is named `name`. The kernel reports the thread's
+/// name; a worker thread is often named otherwise (python3's "worker-1"), so the process's
+/// name (its main thread's, from /proc) is looked up when the thread's does not match.
+fn named(ev: &Event, name: &str) -> bool {
+    ev.comm == name || (ev.tid != ev.pid && procfs::comm(ev.pid).is_some_and(|c| c == name))
 }
 
 #[cfg(test)]
@@ -135,5 +192,40 @@ mod tests {
             }
         }
         assert_eq!(BackendArg::value_variants().len(), Backend::ALL.len() + 1);
+    }
+
+    /// A call from a worker thread carries the thread's name; `--comm` with the process's
+    /// name keeps it. The test's own process stands in: this test runs on a thread of it.
+    #[test]
+    fn comm_matches_the_process_name_of_a_worker_thread() {
+        let pid = std::process::id();
+        let tid = unsafe { libc::gettid() } as u32;
+        assert_ne!(pid, tid, "tests run on worker threads");
+        let process = procfs::comm(pid).expect("our own /proc entry");
+        let ev = Event {
+            call: crate::event::Call::Bind,
+            backend: None,
+            boot_ns: 0,
+            pid,
+            tid,
+            uid: 0,
+            comm: "worker-1".into(),
+            cgroup_id: 0,
+            workload: None,
+            fd: None,
+            requested: None,
+            ret: 0,
+            socket: None,
+            kernel_holders: vec![],
+            walk: None,
+            holders_sent: 0,
+        };
+        let filter = |name: &str| EventFilter {
+            comm: Some(name.to_string()),
+            ..EventFilter::default()
+        };
+        assert!(filter(&process).keeps(&ev), "process name {process:?}");
+        assert!(filter("worker-1").keeps(&ev), "thread name");
+        assert!(!filter("someone-else").keeps(&ev));
     }
 }

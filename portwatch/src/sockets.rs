@@ -55,6 +55,9 @@ pub enum Proto {
     UdpLite,
     Mptcp,
     Sctp,
+    /// A raw socket (SOCK_RAW) of this IP protocol. It has no port: the number the kernel
+    /// keeps where a port would be is the protocol's.
+    Raw(u16),
     Other(u16),
 }
 
@@ -62,7 +65,10 @@ impl Proto {
     pub fn from_raw(protocol: u16, sock_type: u16) -> Self {
         const SOCK_STREAM: u16 = 1;
         const SOCK_DGRAM: u16 = 2;
+        const SOCK_RAW: u16 = 3;
         match protocol {
+            // First: a raw socket may name TCP or UDP as its protocol.
+            n if sock_type == SOCK_RAW => Proto::Raw(n),
             IPPROTO_TCP => Proto::Tcp,
             IPPROTO_UDP => Proto::Udp,
             136 => Proto::UdpLite,
@@ -81,6 +87,7 @@ impl Proto {
             Proto::UdpLite => "udplite".into(),
             Proto::Mptcp => "mptcp".into(),
             Proto::Sctp => "sctp".into(),
+            Proto::Raw(_) => "raw".into(),
             Proto::Other(n) => format!("proto{n}"),
         }
     }
@@ -92,9 +99,16 @@ impl Proto {
             Proto::Udp => 2,
             Proto::UdpLite => 3,
             Proto::Sctp => 4,
+            Proto::Raw(n) => 1000 + u32::from(n),
             Proto::Other(n) => 100 + u32::from(n),
         };
         space(self) == space(other)
+    }
+
+    /// Whether sockets of this protocol have ports that the bind rules are about. Raw and
+    /// unknown sockets are left out of every port rule.
+    pub fn has_ports(self) -> bool {
+        !matches!(self, Proto::Raw(_) | Proto::Other(_))
     }
 }
 
@@ -384,6 +398,18 @@ mod tests {
         assert_eq!(State(7).name(Proto::Tcp), "BOUND");
         assert_eq!(State(7).name(Proto::Udp), "UNCONN");
         assert_eq!(State(10).describe(Proto::Tcp), "listening");
+    }
+
+    /// A raw socket is raw whatever protocol it names (IPPROTO_TCP included), and portless.
+    #[test]
+    fn raw_sockets_are_raw_and_have_no_ports() {
+        for protocol in [1, 6, 17, 255] {
+            let p = Proto::from_raw(protocol, 3);
+            assert_eq!(p, Proto::Raw(protocol));
+            assert_eq!(p.name(), "raw");
+            assert!(!p.has_ports());
+        }
+        assert!(Proto::from_raw(6, 1).has_ports());
     }
 
     #[test]

@@ -60,6 +60,31 @@ pub enum TablesError {
     Read(io::Error),
     #[error("network namespace {0} is gone or cannot be entered")]
     NetnsGone(u32),
+    /// Any of the above, when the cause was the open-files limit: said once, with the fix.
+    #[error("{}", crate::limits::out_of_files_message())]
+    OutOfFiles,
+}
+
+impl TablesError {
+    /// The error as the user should read it: [`TablesError::OutOfFiles`] when the open-files
+    /// limit was the real cause, whatever step ran into it.
+    fn named(self) -> Self {
+        let errno = match &self {
+            TablesError::Program { detail, .. }
+            | TablesError::Load { detail, .. }
+            | TablesError::Attach { detail, .. } => crate::errno::os_errno(detail),
+            TablesError::PortMap(e) | TablesError::SetPort(e) => crate::errno::os_errno(e),
+            TablesError::Create(e) => crate::errno::os_errno(e),
+            TablesError::Read(e) => e.raw_os_error(),
+            TablesError::NetnsGone(_) if crate::netns::ran_out_of_files() => Some(libc::EMFILE),
+            _ => None,
+        };
+        if errno.is_some_and(crate::limits::is_out_of_files) {
+            TablesError::OutOfFiles
+        } else {
+            self
+        }
+    }
 }
 
 /// The kernel functions whose BTF ids aya looks up to load the iterators (`bpf_iter_<target>`).
@@ -158,6 +183,15 @@ fn set_port(ebpf: &mut Ebpf, port: Option<u16>) -> Result<(), TablesError> {
 
 /// Every TCP and UDP socket on `port` (all ports for None) in namespace `netns`.
 pub fn read(
+    ebpf: &mut Ebpf,
+    namespaces: &mut Namespaces,
+    netns: u32,
+    port: Option<u16>,
+) -> Result<Vec<SocketView>, TablesError> {
+    read_tables(ebpf, namespaces, netns, port).map_err(TablesError::named)
+}
+
+fn read_tables(
     ebpf: &mut Ebpf,
     namespaces: &mut Namespaces,
     netns: u32,

@@ -76,8 +76,12 @@ pub struct Session<P: EventSink = Printer> {
     facts: FactFinder,
     /// Names the callers' cgroups.
     workloads: Workloads,
-    /// Holders the kernel side sent, waiting for their thread's event, which follows them.
-    conflicts: HashMap<u32, Vec<KernelHolder>>,
+    /// Holders the kernel side sent, waiting for their thread's event, which follows them,
+    /// with the pass they came in. A thread's event comes in the same pass or the next; one
+    /// that never comes (lost, or the thread died) is dropped after that.
+    conflicts: HashMap<u32, (u64, Vec<KernelHolder>)>,
+    /// Passes handled so far.
+    passes: u64,
     /// Records read ahead while the tables were read; they open the next pass.
     lookahead: Vec<Record>,
     summary: Summary,
@@ -145,6 +149,7 @@ impl<P: EventSink> Session<P> {
             facts: FactFinder::new(tables),
             workloads: Workloads::default(),
             conflicts: HashMap::new(),
+            passes: 0,
             lookahead: Vec::new(),
             summary: Summary::new(backend),
             printed: 0,
@@ -173,6 +178,9 @@ impl<P: EventSink> Session<P> {
     /// socket bound later in the same pass, and a socket bound by a record that arrived while
     /// the tables were being read (the look-ahead, which starts the next pass).
     fn handle_batch(&mut self, batch: Vec<Record>, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        self.passes += 1;
+        let pass = self.passes;
+        self.conflicts.retain(|_, (at, _)| *at + 1 >= pass);
         let bound_at = bound_in(&batch);
         // First the tables, for every call of the pass; the facts of each call are gathered
         // from them (cached) when it is explained, so a pass holds its records and no more.
@@ -181,14 +189,19 @@ impl<P: EventSink> Session<P> {
         for (i, r) in batch.iter_mut().enumerate() {
             match r {
                 Record::Holder { tid, holder } => {
-                    let list = self.conflicts.entry(*tid).or_default();
+                    let (at, list) = self.conflicts.entry(*tid).or_default();
+                    *at = pass;
                     // The kernel side sends at most MAX_HOLDERS, plus the conflict check's.
                     if list.len() < 2 * usize::from(portwatch_common::MAX_HOLDERS) {
                         list.push(holder.clone());
                     }
                 }
                 Record::Call(ev) => {
-                    ev.kernel_holders = self.conflicts.remove(&ev.tid).unwrap_or_default();
+                    ev.kernel_holders = self
+                        .conflicts
+                        .remove(&ev.tid)
+                        .map(|(_, list)| list)
+                        .unwrap_or_default();
                     if !self.filter.keeps(ev) {
                         continue;
                     }
@@ -232,6 +245,12 @@ impl<P: EventSink> Session<P> {
     /// Adds what the kernel side cannot know: interface names in the socket's namespace, what
     /// the caller's cgroup is.
     fn enrich(&mut self, ev: &mut Event) {
+        if let (Some(r), Some(sock)) = (ev.requested.as_mut(), ev.socket.as_ref())
+            && r.scope_id != 0
+        {
+            self.namespaces.note(sock.netns, ev.pid, ev.tid);
+            r.scope_name = self.namespaces.ifname(sock.netns, r.scope_id);
+        }
         ev.workload = self.workloads.of_id(ev.cgroup_id);
         if let Some(sock) = ev.socket.as_mut() {
             self.namespaces.note(sock.netns, ev.pid, ev.tid);
@@ -384,7 +403,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     session.metrics = metrics;
     session.quiet = settings.quiet;
     if !session.quiet {
-        session.printer.header()?;
+        session.printer.header().context("writing to stdout")?;
     }
 
     let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -437,11 +456,11 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     }
     session.summary.seconds = started.elapsed().as_secs_f64();
     session.summary.lost = lost_total(&session.lost_map);
-    outcome.context("writing output")?;
+    outcome.context("writing to stdout")?;
     session
         .printer
         .summary(&session.summary)
-        .context("writing output")
+        .context("writing to stdout")
 }
 
 /// Whether the ring buffer holds a record, without consuming it (the next drain reads it).

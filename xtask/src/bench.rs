@@ -47,6 +47,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
+pub use tracer::proc_status_kib;
 
 use self::{
     noise::{foreign_tracers, loadavg, wait_for_quiet},

@@ -24,6 +24,7 @@ pub mod cgroup_deny;
 pub mod check;
 mod demo;
 mod explain;
+mod hardening;
 pub mod holder;
 mod metrics;
 pub mod netns;
@@ -176,6 +177,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(metrics::scenarios());
     v.extend(privilege::scenarios());
     v.extend(demo::scenarios());
+    v.extend(hardening::scenarios());
     v
 }
 
@@ -450,7 +452,7 @@ mod tests {
         let b = ["fexit".to_string()];
         let with_auto = planned(&b, &[], true, false).len();
         assert_eq!(planned(&b, &[], false, false).len(), with_auto - 1);
-        assert_eq!(planned(&b, &["filter_".into()], true, false).len(), 3);
+        assert_eq!(planned(&b, &["filter_".into()], true, false).len(), 4);
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
             addr: addr.parse().unwrap(),
             port,
             scope_id: 0,
+            scope_name: None,
         }),
         ret,
         socket: Some(s),
@@ -640,6 +641,19 @@ fn the_kernels_own_report_leads() {
             .iter()
             .any(|d| d.contains("kernel's own conflict check"))
     );
+}
+
+/// A raw ICMP socket bound to 0.0.0.0: the kernel keeps the protocol (1) where a port would
+/// be. Before, this was "the kernel picked port 1 from ip_local_port_range".
+#[test]
+fn raw_sockets_are_left_out_of_port_rules() {
+    for ret in [0, -libc::EADDRINUSE] {
+        let mut ev = bind(Proto::Raw(1), "0.0.0.0", 0, ret, Options::default());
+        if let Some(s) = ev.socket.as_mut() {
+            s.port = 1;
+        }
+        assert!(explain(&ev, &Facts::default()).is_none(), "ret {ret}");
+    }
 }
 
 #[test]

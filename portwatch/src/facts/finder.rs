@@ -45,6 +45,7 @@ enum Known {
 pub struct FactFinder {
     /// Whether the socket table iterators loaded, and why not.
     tables: Result<(), HoldersError>,
+    /// Sockets (by inode) held by some process now: at most as many as are open.
     known: HashMap<u64, Known>,
     /// Per-drain caches.
     holders: HashMap<(u32, u16), Result<Vec<Holder>, HoldersError>>,
@@ -188,6 +189,10 @@ impl FactFinder {
                 source: Source::SocketTable,
             });
         }
+        // What is known of sockets no process holds any more is of no use: they are gone.
+        // This keeps the cache as large as the machine's open sockets, however many churn.
+        self.known.retain(|ino, _| owners.contains_key(ino));
+        // Sockets in no table: bound but not listening. Ask each candidate directly.
         // Sockets in no table: bound but not listening. The task-file iterator lists them with
         // their state, from the kernel, without touching anyone's fd.
         if let Some(files) = self.task_files(ebpf) {
@@ -287,7 +292,7 @@ impl FactFinder {
         if errno == Some(libc::EADDRNOTAVAIL) {
             facts.local_addrs = addrs;
             if let Some(r) = &ev.requested {
-                facts.addr_is_local = address_is_local(ns, netns, r.addr);
+                facts.addr_is_local = address_is_local(ns, netns, r.addr, r.scope_id);
             }
         }
         if errno == Some(libc::EACCES) {
@@ -757,7 +762,12 @@ fn read_sysctls() -> Sysctls {
 
 /// Whether the kernel of namespace `netns` takes `addr` as a local address: a bind to port 0
 /// with IP_BIND_ADDRESS_NO_PORT, which runs bind()'s own address check and takes no port.
-pub fn address_is_local(ns: &mut Namespaces, netns: u32, addr: IpAddr) -> Option<bool> {
+pub fn address_is_local(
+    ns: &mut Namespaces,
+    netns: u32,
+    addr: IpAddr,
+    scope_id: u32,
+) -> Option<bool> {
     ns.run_in(netns, move || {
         let family = if addr.is_ipv4() {
             libc::AF_INET
@@ -792,6 +802,9 @@ pub fn address_is_local(ns: &mut Namespaces, netns: u32, addr: IpAddr) -> Option
                 let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
                 sin6.sin6_family = libc::AF_INET6 as u16;
                 sin6.sin6_addr.s6_addr = a.octets();
+                // A link-local address is local to one interface: without it the kernel
+                // answers EINVAL, which says nothing about the address.
+                sin6.sin6_scope_id = scope_id;
                 unsafe { libc::bind(raw, (&raw const sin6).cast(), size_of_val(&sin6) as u32) }
             }
         };

@@ -25,6 +25,7 @@ fn call(call: Call, proto: Proto, addr: &str, port: u16, ret: i32) -> Event {
             addr: socket.addr,
             port,
             scope_id: 0,
+            scope_name: None,
         }),
         ret,
         socket: Some(socket),

@@ -7,7 +7,10 @@ use std::{
     net::IpAddr,
 };
 
-use super::json::{self, JsonWho};
+use super::{
+    json::{self, JsonWho},
+    terminal::safe,
+};
 use crate::{
     explain::{self, Verdict},
     sockets::{Holder, SocketView, Source, endpoint},
@@ -132,17 +135,18 @@ fn table(out: &mut impl Write, report: &WhoReport) -> io::Result<()> {
         };
         writeln!(
             out,
-            "{:<11} {:<6} {:<28} {:<13} {:<28} {:>5}  {owner}{note}",
+            "{:<11} {:<6} {:<28} {:<13} {:<28} {:>5}  {}{note}",
             s.netns,
             s.proto_family(),
             s.endpoint(),
             state,
-            opts,
+            safe(&opts),
             s.uid.map_or("-".to_string(), |u| u.to_string()),
+            safe(&owner),
         )?;
         for o in &h.owners {
             if let Some(f) = &o.forward {
-                writeln!(out, "{:<11} ↳ {}", "", f.sentence(o.pid))?;
+                writeln!(out, "{:<11} ↳ {}", "", safe(&f.sentence(o.pid)))?;
             }
         }
     }
@@ -182,12 +186,72 @@ fn prediction(out: &mut impl Write, p: &Prediction) -> io::Result<()> {
         )?;
         return Ok(());
     }
-    writeln!(out, "  {}", v.message)?;
+    writeln!(out, "  {}", safe(&v.message))?;
     for d in &v.details {
-        writeln!(out, "  {d}")?;
+        writeln!(out, "  {}", safe(d))?;
     }
     if let Some(fix) = &v.fix {
-        writeln!(out, "  fix: {fix}")?;
+        writeln!(out, "  fix: {}", safe(fix))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::sockets::{Family, Options, Owner, OwnerStatus, Proto, State};
+
+    /// A holder whose process named itself with escape sequences and a newline, bound to an
+    /// interface whose name holds a bell: the table shows them escaped, on one line.
+    #[test]
+    fn hostile_names_reach_the_table_escaped() {
+        let holder = Holder {
+            socket: SocketView {
+                family: Family::Ipv4,
+                proto: Proto::Tcp,
+                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: 8080,
+                state: State::LISTEN,
+                options: Options {
+                    bound_dev_if: 2,
+                    device: Some("eth\x07x".into()),
+                    ..Options::default()
+                },
+                uid: Some(0),
+                netns: 1,
+                ino: 7,
+                peer: None,
+                tw_left_ms: None,
+            },
+            owners: vec![Owner {
+                pid: 42,
+                comm: "\x1b[31mRED\x1b]0;pwn\x07\nFORGED".into(),
+                fd: 3,
+                workload: None,
+                forward: None,
+            }],
+            source: Source::SocketTable,
+            status: OwnerStatus::Live,
+        };
+        let holders = [holder];
+        let report = WhoReport {
+            port: 8080,
+            namespaces: 1,
+            own_netns: 1,
+            holders: &holders,
+            prediction: None,
+            blind: None,
+        };
+        let mut out = Vec::new();
+        write(&mut out, &report, false).expect("write to a Vec");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(!text.contains(['\x1b', '\x07']), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("FORGED")), "{text}");
+        assert!(
+            text.contains(r"(\x1b[31mRED\x1b]0;pwn\x07\nFORGED)") && text.contains(r"dev=eth\x07x"),
+            "{text}"
+        );
+    }
 }
