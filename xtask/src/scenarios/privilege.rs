@@ -12,10 +12,10 @@ use super::{
     sock::SockSpec,
 };
 
-/// What `trace` needs (BPF, PERFMON, DAC_READ_SEARCH) and what makes it whole (SYS_PTRACE for
-/// owners, SYS_ADMIN for other namespaces), as setpriv spells them. Same list as
-/// deploy/systemd/portwatch.service.
-pub const TRACE_CAPS: &str = "+bpf,+perfmon,+dac_read_search,+sys_ptrace,+sys_admin";
+/// What `trace` needs (BPF, PERFMON, DAC_READ_SEARCH) and what makes it whole (SYS_ADMIN for
+/// other namespaces), as setpriv spells them. Owners need no CAP_SYS_PTRACE: they come from
+/// the kernel's fd tables (iter/task_file). Same list as deploy/systemd/portwatch.service.
+pub const TRACE_CAPS: &str = "+bpf,+perfmon,+dac_read_search,+sys_admin";
 
 pub fn scenarios() -> Vec<Scenario> {
     vec![
@@ -48,8 +48,8 @@ fn as_nobody(caps: &str) -> Vec<String> {
 }
 
 /// A holder (root, another process) bound to device lo in the scenario's namespace; a bind
-/// that clashes with it. portwatch as nobody must name the holder's pid and comm (its
-/// /proc/PID/fd: CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH) and the device by name (entering the
+/// that clashes with it. portwatch as nobody must name the holder's pid and comm (from the
+/// kernel's fd tables, without CAP_SYS_PTRACE) and the device by name (entering the
 /// namespace: CAP_SYS_ADMIN).
 fn least_privilege_trace(cx: &Ctx, ns: &Netns) -> Result<()> {
     let wrapper = as_nobody(TRACE_CAPS);
@@ -102,10 +102,7 @@ fn missing_capability_named(cx: &Ctx, _ns: &Netns) -> Result<()> {
     for (caps, named) in [
         ("+bpf", "CAP_PERFMON"),
         ("+perfmon", "CAP_BPF"),
-        (
-            "+bpf,+perfmon,+sys_ptrace,+sys_admin",
-            "CAP_DAC_READ_SEARCH",
-        ),
+        ("+bpf,+perfmon,+sys_admin", "CAP_DAC_READ_SEARCH"),
     ] {
         let argv = as_nobody(caps);
         let out = Command::new(&argv[0])
