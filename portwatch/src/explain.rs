@@ -374,18 +374,24 @@ fn explain_in_use(at: &Attempt, facts: &Facts) -> Verdict {
 
 /// A connection (to a peer) whose local port lies in the ephemeral range, with no socket
 /// listening on that port that it could have been accepted from: the kernel gave it that port
-/// for an outgoing connection. SYN_SENT is outgoing by nature.
+/// for an outgoing connection. SYN_SENT is outgoing by nature. A connection whose peer's port
+/// is in the ephemeral range too looks like one a server accepted (its old listener may be
+/// gone: a restart leaves exactly that in TIME_WAIT), so it is not called outbound.
 fn outbound(h: &Holder, holders: &[Holder], sysctls: &crate::facts::Sysctls) -> bool {
     let s = &h.socket;
     let connected =
         s.state == State::ESTABLISHED || s.state == State::SYN_SENT || s.state.is_time_wait();
+    let peer_ephemeral = s
+        .peer
+        .is_some_and(|(_, port)| sysctls.in_ephemeral_range(port));
     connected
         && s.peer.is_some()
         && sysctls.in_ephemeral_range(s.port)
         && (s.state == State::SYN_SENT
-            || !holders
-                .iter()
-                .any(|o| o.socket.port == s.port && o.socket.state.is_listen()))
+            || (!peer_ephemeral
+                && !holders
+                    .iter()
+                    .any(|o| o.socket.port == s.port && o.socket.state.is_listen())))
 }
 
 fn explain_success(at: &Attempt, facts: &Facts) -> Verdict {

@@ -783,3 +783,28 @@ fn server_in_the_ephemeral_range_gets_a_note() {
     let ev = bind(Proto::Tcp, "0.0.0.0", 8080, 0, Options::default());
     assert!(explain(&ev, &facts(vec![])).unwrap().details.is_empty());
 }
+
+#[test]
+fn a_restarted_servers_time_wait_is_not_called_outbound() {
+    // The old server accepted a connection from an ephemeral port and was killed: its side
+    // sits in TIME_WAIT on the server's port, with no listener left. Not an outgoing one.
+    let mut tw = sock(Proto::Tcp, "127.0.0.1", 47310);
+    tw.state = State::TIME_WAIT;
+    tw.uid = None;
+    tw.peer = Some(("127.0.0.1".parse().unwrap(), 51000));
+    let ev = bind(
+        Proto::Tcp,
+        "127.0.0.1",
+        47310,
+        EADDRINUSE,
+        Options::default(),
+    );
+    let h = Holder {
+        status: OwnerStatus::NoProcess,
+        socket: tw,
+        owners: vec![],
+        source: Source::KernelAtCall,
+    };
+    let v = explain(&ev, &facts(vec![h])).expect("a verdict");
+    assert_eq!(v.rule, Rule::TimeWait, "{}", v.message);
+}
