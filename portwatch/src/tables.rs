@@ -58,6 +58,10 @@ pub enum TablesError {
     Create(LinkError),
     #[error("reading the iterator: {0}")]
     Read(io::Error),
+    #[error(
+        "the socket tables were already read {0} times in this pass (each read walks a whole table); this one was skipped to keep up"
+    )]
+    Budget(usize),
     #[error("network namespace {0} is gone or cannot be entered")]
     NetnsGone(u32),
     /// Any of the above, when the cause was the open-files limit: said once, with the fix.

@@ -90,6 +90,7 @@ pub struct Session<P: EventSink = Printer> {
     /// The kernel side's per-CPU counters of dropped events, and how many were reported.
     lost_map: aya::maps::Map,
     reported_lost: u64,
+    lost_checked: Instant,
     /// `--metrics`: counted here, served by [`metrics::server`].
     metrics: Option<Arc<Metrics>>,
     /// `--quiet`: count and explain, print no event lines.
@@ -101,6 +102,8 @@ pub struct Session<P: EventSink = Printer> {
 const BATCH: usize = 4096;
 /// How long one drain may run before the event loop gets its turn (signals, timer, losses).
 const DRAIN_SLICE: Duration = Duration::from_millis(100);
+/// How often, at most, a drain checks the kernel's lost-event counters (the timer also does).
+const LOST_CHECK: Duration = Duration::from_millis(50);
 /// How long the last events are explained after a stop signal.
 const EXIT_GRACE: Duration = Duration::from_millis(600);
 
@@ -156,6 +159,7 @@ impl<P: EventSink> Session<P> {
             limit,
             lost_map,
             reported_lost: 0,
+            lost_checked: Instant::now(),
             metrics: None,
             quiet: false,
         }
@@ -288,7 +292,11 @@ impl<P: EventSink> Session<P> {
             }
             self.facts.new_batch();
             self.handle_batch(batch, ring)?;
-            self.report_lost()?;
+            // A loss check is a syscall per CPU: after a pass, but not more than every
+            // LOST_CHECK (a flood makes a pass every few ms).
+            if self.lost_checked.elapsed() >= LOST_CHECK {
+                self.report_lost()?;
+            }
             if Instant::now() >= until {
                 break;
             }
@@ -298,6 +306,7 @@ impl<P: EventSink> Session<P> {
 
     /// Reports events the kernel dropped since the last report.
     fn report_lost(&mut self) -> io::Result<()> {
+        self.lost_checked = Instant::now();
         let total = lost_total(&self.lost_map);
         if total > self.reported_lost {
             if let Some(m) = &self.metrics {

@@ -63,6 +63,9 @@ pub struct FactFinder {
     bound_ports: HashMap<u16, Vec<(u32, Proto)>>,
 }
 
+/// Socket table reads per batch, at most (each walks a whole table, ~3 ms for TCP's).
+const MAX_TABLE_READS_PER_BATCH: usize = 32;
+
 /// How many other namespaces a successful bind is compared against.
 const MAX_OTHER_NETNS: usize = 8;
 
@@ -155,7 +158,13 @@ impl FactFinder {
     ) -> &Result<Vec<Holder>, HoldersError> {
         let key = (netns, port.unwrap_or(0));
         if !self.holders.contains_key(&key) {
-            let result = self.look_up(ebpf, ns, netns, port);
+            // Each read walks a whole socket table (~3 ms for the TCP hash): past a budget per
+            // pass, say so rather than fall behind a storm.
+            let result = if self.holders.len() >= MAX_TABLE_READS_PER_BATCH {
+                Err(Arc::new(TablesError::Budget(MAX_TABLE_READS_PER_BATCH)))
+            } else {
+                self.look_up(ebpf, ns, netns, port)
+            };
             self.holders.insert(key, result);
         }
         &self.holders[&key]
@@ -527,12 +536,11 @@ impl FactFinder {
         if ev.ok() && ev.call == crate::event::Call::Bind && sock.ino != 0 {
             self.binders.note(
                 sock.ino,
-                Owner {
+                Binder {
                     pid: ev.pid,
-                    comm: ev.comm.clone(),
                     fd: ev.fd.unwrap_or(-1),
-                    workload: ev.workload.as_deref().cloned(),
-                    forward: None,
+                    comm: ev.comm.as_str().into(),
+                    workload: ev.workload.clone(),
                 },
             );
         }
@@ -621,7 +629,10 @@ impl FactFinder {
         if port_zero && !ev.ok() {
             return TableLookup::EphemeralRange;
         }
-        let other_netns = ev.ok() && {
+        // A port the kernel picked (port 0) shares nothing on purpose: that other namespaces
+        // hand out the same number is chance, not worth a table walk.
+        let asked_zero = ev.requested.as_ref().is_some_and(|r| r.port == 0);
+        let other_netns = ev.ok() && !asked_zero && {
             let netns = ev.netns().unwrap_or(0);
             !self.other_namespaces(netns, port).is_empty()
         };
@@ -629,6 +640,7 @@ impl FactFinder {
         // other protocol's sockets on the port, when one was seen there.
         let tables = !walked(ev)
             || (ev.ok()
+                && !asked_zero
                 && ev
                     .socket
                     .as_ref()
@@ -683,16 +695,56 @@ pub fn socket_units_for(holders: &[Holder], port: u16) -> Option<Vec<SocketUnit>
 /// forgotten first, so a week of churn holds no more than an hour of it.
 #[derive(Default)]
 struct Binders {
-    by_ino: HashMap<u64, Owner>,
+    by_ino: HashMap<u64, Binder, std::hash::BuildHasherDefault<InoHasher>>,
     order: std::collections::VecDeque<u64>,
 }
 
-impl Binders {
-    /// Sockets remembered at most (~100 bytes each).
-    const MAX: usize = 1 << 16;
+/// Socket inodes are kernel-assigned counters, not attacker-chosen keys: a multiply spreads
+/// them well enough, at a fraction of SipHash's cost (the record sees every successful bind).
+#[derive(Default)]
+struct InoHasher(u64);
 
-    fn note(&mut self, ino: u64, owner: Owner) {
-        if self.by_ino.insert(ino, owner).is_none() {
+impl std::hash::Hasher for InoHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Who bound one socket, kept small: the record holds tens of thousands of them. The
+/// workload is shared with every other bind from the same cgroup.
+struct Binder {
+    pid: u32,
+    fd: i32,
+    comm: Box<str>,
+    workload: Option<Arc<crate::workload::Workload>>,
+}
+
+impl Binder {
+    fn owner(&self) -> Owner {
+        Owner {
+            pid: self.pid,
+            comm: self.comm.to_string(),
+            fd: self.fd,
+            workload: self.workload.as_deref().cloned(),
+            forward: None,
+        }
+    }
+}
+
+impl Binders {
+    /// Sockets remembered at most (~60 bytes each, with the map's own).
+    const MAX: usize = 1 << 15;
+
+    fn note(&mut self, ino: u64, binder: Binder) {
+        if self.by_ino.insert(ino, binder).is_none() {
             self.order.push_back(ino);
             if self.order.len() > Self::MAX
                 && let Some(old) = self.order.pop_front()
@@ -714,7 +766,7 @@ impl Binders {
             OwnerStatus::NoProcess
         } else if let Some(b) = self.by_ino.get(&s.ino) {
             OwnerStatus::Closed {
-                bound_by: b.clone(),
+                bound_by: b.owner(),
             }
         } else if procfs::sees_all_processes() {
             OwnerStatus::Unknown {

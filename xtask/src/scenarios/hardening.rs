@@ -358,9 +358,9 @@ fn filter_uid_and_netns(cx: &Ctx, ns: &Netns) -> Result<()> {
 /// Seconds [`soak_memory_stays_flat`] watches memory once the caches are full: short in the
 /// suite, longer with `PW_SOAK_SECS=3600` in the runner's environment.
 const SOAK_SECS_DEFAULT: u64 = 20;
-/// Successful binds after which the largest cache (who bound each socket, 65536 entries) is
+/// Successful binds after which the largest cache (who bound each socket, 32768 entries) is
 /// full, with a margin.
-const SOAK_WARM_BINDS: u64 = 80_000;
+const SOAK_WARM_BINDS: u64 = 45_000;
 
 /// Churn that once grew portwatch without bound (17.8 -> 50.5 MB in 3 minutes): one process
 /// replaces a bound socket every 200 µs while another makes an EADDRINUSE on the port every
