@@ -149,7 +149,7 @@ impl<P: EventSink> Session<P> {
             printer,
             filter,
             namespaces: Namespaces::default(),
-            facts: FactFinder::new(tables),
+            facts: FactFinder::new(tables).for_trace(),
             workloads: Workloads::default(),
             conflicts: HashMap::new(),
             passes: 0,

@@ -53,6 +53,8 @@ pub struct FactFinder {
     task_files: Option<Vec<TaskFile>>,
     /// False once the task-file iterator failed: /proc is read instead from then on.
     task_files_work: bool,
+    /// Table reads allowed per batch (None: as many as asked, as `who` needs).
+    read_budget: Option<usize>,
     netns_facts: HashMap<u32, (Sysctls, Option<Vec<IpAddr>>)>,
     /// Who bound each socket portwatch saw bound: names the owner of a holder that has been
     /// closed since.
@@ -63,7 +65,8 @@ pub struct FactFinder {
     bound_ports: HashMap<u16, Vec<(u32, Proto)>>,
 }
 
-/// Socket table reads per batch, at most (each walks a whole table, ~3 ms for TCP's).
+/// Socket table reads per batch in a trace, at most (each walks a whole table, ~3 ms for
+/// TCP's); see [`FactFinder::for_trace`].
 const MAX_TABLE_READS_PER_BATCH: usize = 32;
 
 /// How many other namespaces a successful bind is compared against.
@@ -79,6 +82,7 @@ impl FactFinder {
             owners: None,
             task_files: None,
             task_files_work: true,
+            read_budget: None,
             netns_facts: HashMap::new(),
             bound_ports: HashMap::new(),
             binders: Binders::default(),
@@ -86,6 +90,13 @@ impl FactFinder {
     }
 
     /// Forget per-drain caches: the world may have changed.
+    /// For a live trace: table reads are capped per batch, so a storm of events that each
+    /// want a walk cannot make portwatch fall behind; the skipped ones say why.
+    pub fn for_trace(mut self) -> Self {
+        self.read_budget = Some(MAX_TABLE_READS_PER_BATCH);
+        self
+    }
+
     pub fn new_batch(&mut self) {
         self.holders.clear();
         self.owners = None;
@@ -160,8 +171,11 @@ impl FactFinder {
         if !self.holders.contains_key(&key) {
             // Each read walks a whole socket table (~3 ms for the TCP hash): past a budget per
             // pass, say so rather than fall behind a storm.
-            let result = if self.holders.len() >= MAX_TABLE_READS_PER_BATCH {
-                Err(Arc::new(TablesError::Budget(MAX_TABLE_READS_PER_BATCH)))
+            let result = if self
+                .read_budget
+                .is_some_and(|max| self.holders.len() >= max)
+            {
+                Err(Arc::new(TablesError::Budget(self.holders.len())))
             } else {
                 self.look_up(ebpf, ns, netns, port)
             };

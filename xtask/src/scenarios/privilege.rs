@@ -12,10 +12,11 @@ use super::{
     sock::SockSpec,
 };
 
-/// What `trace` needs (BPF, PERFMON, DAC_READ_SEARCH) and what makes it whole (SYS_ADMIN for
-/// other namespaces), as setpriv spells them. Owners need no CAP_SYS_PTRACE: they come from
-/// the kernel's fd tables (iter/task_file). Same list as deploy/systemd/portwatch.service.
-pub const TRACE_CAPS: &str = "+bpf,+perfmon,+dac_read_search,+sys_admin";
+/// What `trace` needs (BPF, PERFMON, DAC_READ_SEARCH) and what makes it whole (SYS_ADMIN and
+/// SYS_PTRACE to enter other processes' network namespaces through /proc/PID/ns/net), as
+/// setpriv spells them. Owners need no CAP_SYS_PTRACE: they come from the kernel's fd tables
+/// (iter/task_file). Same list as deploy/systemd/portwatch.service.
+pub const TRACE_CAPS: &str = "+bpf,+perfmon,+dac_read_search,+sys_ptrace,+sys_admin";
 
 pub fn scenarios() -> Vec<Scenario> {
     vec![
@@ -49,8 +50,8 @@ fn as_nobody(caps: &str) -> Vec<String> {
 
 /// A holder (root, another process) bound to device lo in the scenario's namespace; a bind
 /// that clashes with it. portwatch as nobody must name the holder's pid and comm (from the
-/// kernel's fd tables, without CAP_SYS_PTRACE) and the device by name (entering the
-/// namespace: CAP_SYS_ADMIN).
+/// kernel's fd tables) and the device by name (entering the namespace through the holder's
+/// /proc/PID/ns/net: CAP_SYS_PTRACE and CAP_SYS_ADMIN).
 fn least_privilege_trace(cx: &Ctx, ns: &Netns) -> Result<()> {
     let wrapper = as_nobody(TRACE_CAPS);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();

@@ -244,14 +244,18 @@ fn explained(s: &Seen) -> (String, String, String) {
     )
 }
 
-/// `text` with every whole number that is one of `varying` replaced by its label.
+/// `text` with every whole number that is one of `varying` replaced by its label. A number
+/// right after a `:` is a port (`127.0.0.1:8080`), never a pid, even when a pid happens to
+/// have the same value.
 fn mask(text: &str, varying: &[(u64, &str)]) -> String {
     let mut out = String::new();
     let mut digits = String::new();
     let flush = |digits: &mut String, out: &mut String| {
+        let is_port = out.ends_with(':');
         let label = digits
             .parse::<u64>()
             .ok()
+            .filter(|_| !is_port)
             .and_then(|n| varying.iter().find(|(v, _)| *v == n))
             .map(|(_, l)| *l);
         out.push_str(label.unwrap_or(digits));
@@ -275,7 +279,7 @@ mod tests {
 
     #[test]
     fn masks_whole_numbers_only() {
-        let varying = [(812, "<holder>"), (80, "<caller>")];
+        let varying = [(812, "<holder>"), (80, "<caller>"), (8080, "<asker>")];
         assert_eq!(
             mask("pid 812 (java) holds 0.0.0.0:8080; pids 80, 812", &varying),
             "pid <holder> (java) holds 0.0.0.0:8080; pids <caller>, <holder>"
