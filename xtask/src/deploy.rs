@@ -160,7 +160,13 @@ fn daemonset_shape(bin: &Path, file: &Path) -> Result<()> {
         .filter_map(Value::as_str)
         .collect();
     ensure!(
-        caps == ["BPF", "PERFMON", "DAC_READ_SEARCH", "SYS_ADMIN"],
+        caps == [
+            "BPF",
+            "PERFMON",
+            "DAC_READ_SEARCH",
+            "SYS_PTRACE",
+            "SYS_ADMIN"
+        ],
         "capabilities {caps:?} are not the documented set"
     );
     Ok(())
