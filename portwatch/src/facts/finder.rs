@@ -200,13 +200,14 @@ impl FactFinder {
             .collect();
         let mut out: Vec<Holder> = Vec::with_capacity(in_tables.len());
         let owners = self.owners(ebpf).clone();
+        let sees_all = self.sees_every_socket(ebpf);
         for mut s in in_tables {
             if s.options.bound_dev_if != 0 {
                 s.options.device = ns.ifname(s.netns, s.options.bound_dev_if);
             }
             let who = owners.get(&s.ino).cloned().unwrap_or_default();
             out.push(Holder {
-                status: self.binders.status(&s, &who, 0),
+                status: self.binders.status(&s, &who, 0, sees_all),
                 owners: who,
                 socket: s,
                 source: Source::SocketTable,
@@ -482,13 +483,13 @@ impl FactFinder {
         facts.holders_incomplete =
             bits & (walk::CUT | walk::LOST) != 0 || walked.len() < usize::from(ev.holders_sent);
         let mut holders = Vec::with_capacity(walked.len());
-        let wanted = !walked.is_empty();
+        let sees_all = walked.is_empty() || self.sees_every_socket(ebpf);
         for k in &walked {
             let mut socket = k.socket.clone();
             if socket.options.bound_dev_if != 0 {
                 socket.options.device = ns.ifname(socket.netns, socket.options.bound_dev_if);
             }
-            let owners = if wanted && socket.ino != 0 {
+            let owners = if socket.ino != 0 {
                 self.owners(ebpf)
                     .get(&socket.ino)
                     .cloned()
@@ -497,7 +498,7 @@ impl FactFinder {
                 Vec::new()
             };
             holders.push(Holder {
-                status: self.binders.status(&socket, &owners, k.flags),
+                status: self.binders.status(&socket, &owners, k.flags, sees_all),
                 owners,
                 socket,
                 source: Source::KernelAtCall,
@@ -534,8 +535,9 @@ impl FactFinder {
                 h.source = Source::KernelConflictCheck;
             } else {
                 let owners = self.owners(ebpf).get(&r.ino).cloned().unwrap_or_default();
+                let sees_all = self.sees_every_socket(ebpf);
                 holders.push(Holder {
-                    status: self.binders.status(r, &owners, k.flags),
+                    status: self.binders.status(r, &owners, k.flags, sees_all),
                     socket: r.clone(),
                     owners,
                     source: Source::KernelConflictCheck,
@@ -770,7 +772,9 @@ impl Binders {
 
     /// What is known of the owner of `s`, held now by `owners`; `flags` are the kernel side's
     /// [`portwatch_common::holder`] bits (0 when the socket came from elsewhere).
-    fn status(&self, s: &SocketView, owners: &[Owner], flags: u8) -> OwnerStatus {
+    /// `sees_all`: every process's sockets could be seen ([`FactFinder::sees_every_socket`]),
+    /// so an owner that is not found is not merely hidden.
+    fn status(&self, s: &SocketView, owners: &[Owner], flags: u8, sees_all: bool) -> OwnerStatus {
         use portwatch_common::holder;
         if !owners.is_empty() {
             OwnerStatus::Live
@@ -782,15 +786,16 @@ impl Binders {
             OwnerStatus::Closed {
                 bound_by: b.owner(),
             }
-        } else if procfs::sees_all_processes() {
+        } else if sees_all {
             OwnerStatus::Unknown {
                 why: "no process holds it now: it was closed after the call, or its only \
                       reference is in flight in a unix-socket message (SCM_RIGHTS)",
             }
         } else {
             OwnerStatus::Unknown {
-                why: "portwatch cannot see every process's files; run it as root, or with \
-                      CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
+                why: "portwatch cannot see every process's files: the kernel's task-file \
+                      iterator is not available, so run it as root, or with CAP_SYS_PTRACE and \
+                      CAP_DAC_READ_SEARCH",
             }
         }
     }
