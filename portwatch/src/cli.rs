@@ -262,6 +262,15 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 5, requires = "output")]
     pub output_keep: u32,
 
+    /// Also write every failed call to the systemd journal, filed under the failing process's
+    /// unit: `journalctl -u nginx.service` and `systemctl status nginx` then show portwatch's
+    /// explanation next to nginx's own error, even after it exited. Repeats of one failure
+    /// within 10 s become one line with a count. Run as root: journald files an entry under
+    /// another unit only when uid 0 sends it. Fields (PORTWATCH_PORT, PORTWATCH_RULE, ...) are
+    /// listed in the README.
+    #[arg(long)]
+    pub journal: bool,
+
     /// Print no event lines (status lines still go to stderr). For a metrics-only agent.
     #[arg(long, conflicts_with_all = ["json", "output"])]
     pub quiet: bool,

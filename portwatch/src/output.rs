@@ -307,7 +307,7 @@ impl Printer {
 
 /// The address asked for, with its scope as `ip` and `ping` write it: `[fe80::1%eth0]:80`
 /// (the index where the name is unknown).
-fn requested_endpoint(r: &Requested) -> String {
+pub(crate) fn requested_endpoint(r: &Requested) -> String {
     match r.addr {
         IpAddr::V6(a) if r.scope_id != 0 => match &r.scope_name {
             Some(name) => format!("[{a}%{}]:{}", safe(name), r.port),
