@@ -26,6 +26,7 @@ mod sockinfo;
 mod tables;
 mod trace;
 mod who;
+mod why;
 mod workload;
 
 use std::io::{self, Write as _};
@@ -79,6 +80,7 @@ fn main() {
         match cli.command {
             Command::Trace(args) => trace::run(TraceSettings::resolve(args)?).await,
             Command::Who(args) => who::run(args),
+            Command::Why(args) => why::run(args),
             Command::Demo(args) => demo::run(args),
             Command::Completions { .. } | Command::Man => Ok(()),
         }
