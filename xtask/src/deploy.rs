@@ -42,7 +42,7 @@ fn systemd_unit(unit: &Path, portwatch: &Path) -> Result<()> {
     std::fs::create_dir_all(copy.parent().context("a parent")?)?;
     std::fs::write(
         &copy,
-        text.replace("/usr/local/bin/portwatch", &portwatch.display().to_string()),
+        text.replace("/usr/bin/portwatch", &portwatch.display().to_string()),
     )?;
     let out = Command::new("systemd-analyze")
         .arg("verify")
