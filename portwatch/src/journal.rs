@@ -115,10 +115,9 @@ impl Journal {
         }
         self.failures += 1;
         let now = Instant::now();
-        if self
-            .storms
-            .offer(&Kind::of(ev, verdict), now, || (ev.clone(), verdict.cloned()))
-        {
+        if self.storms.offer(&Kind::of(ev, verdict), now, || {
+            (ev.clone(), verdict.cloned())
+        }) {
             let fields = entry::fields(ev, verdict, None, still_there(ev));
             self.send(&fields);
         } else {

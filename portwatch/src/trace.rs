@@ -38,11 +38,11 @@ use crate::{
     loader,
     metrics::{self, Metrics},
     netns::{self, Namespaces},
-    query::{self, Recent},
     output::{
         self, Clock, Printer, Summary,
         file::{LineFile, Sink},
     },
+    query::{self, Recent},
     settings::{EventFilter, TraceSettings},
 };
 

@@ -77,7 +77,9 @@ pub fn run(args: WhyArgs) -> Result<()> {
     dedupe(&mut shown);
     let what = format!(
         "{}{}",
-        args.port.map(|p| format!(" on port {p}")).unwrap_or_default(),
+        args.port
+            .map(|p| format!(" on port {p}"))
+            .unwrap_or_default(),
         args.since
             .map(|d| format!(" in the last {}", words(d)))
             .unwrap_or_default()
@@ -100,7 +102,11 @@ pub fn run(args: WhyArgs) -> Result<()> {
         if args.json {
             writeln!(out, "{}", f.line)?;
         } else {
-            write!(out, "{}", output::why::event(&f.value, f.unix_ns, own_netns))?;
+            write!(
+                out,
+                "{}",
+                output::why::event(&f.value, f.unix_ns, own_netns)
+            )?;
         }
     }
     out.flush().context("writing to stdout")
@@ -110,9 +116,9 @@ pub fn run(args: WhyArgs) -> Result<()> {
 fn words(d: Duration) -> String {
     let s = d.as_secs();
     match s {
-        _ if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        _ if s % 3600 == 0 => format!("{}h", s / 3600),
-        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
         _ => format!("{s}s"),
     }
 }

@@ -179,8 +179,7 @@ impl Workload {
             .and_then(|p| p.strip_suffix(".service"))
             .and_then(|uid| uid.parse().ok());
         let inner = parts
-            .skip_while(|p| p.ends_with(".slice"))
-            .next()
+            .find(|p| !p.ends_with(".slice"))
             .filter(|p| is_unit_name(p));
         Some(match (uid, inner) {
             (Some(uid), Some(unit)) => OwningUnit::User {
@@ -201,8 +200,7 @@ fn is_unit_name(p: &str) -> bool {
         .or_else(|| p.strip_suffix(".scope"));
     stem.is_some_and(|s| !s.is_empty())
         && p.len() <= 255
-        && p
-            .bytes()
+        && p.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b":_.\\@-".contains(&b))
 }
 
@@ -412,7 +410,9 @@ mod tests {
             Some("System(\"app.service\")")
         );
         assert_eq!(
-            owner(&format!("/system.slice/docker-{ID}.scope/system.slice/nginx.service")),
+            owner(&format!(
+                "/system.slice/docker-{ID}.scope/system.slice/nginx.service"
+            )),
             Some(format!("System(\"docker-{ID}.scope\")"))
         );
         assert_eq!(

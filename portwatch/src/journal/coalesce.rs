@@ -130,7 +130,10 @@ mod tests {
             if c.offer(&key, at, || i) {
                 sent += 1;
             }
-            assert!(c.due(at, false).is_empty(), "no line before the window ends");
+            assert!(
+                c.due(at, false).is_empty(),
+                "no line before the window ends"
+            );
         }
         assert_eq!(sent, 1, "only the first goes out at once");
         let due = c.due(t0 + W, false);
@@ -183,7 +186,10 @@ mod tests {
         let due = c.due(later, true);
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].sample, due[0].repeats), ("second", 1));
-        assert_eq!(c.overflow_due(later, true), Some((1, Duration::from_secs(1))));
+        assert_eq!(
+            c.overflow_due(later, true),
+            Some((1, Duration::from_secs(1)))
+        );
         assert!(c.due(later, true).is_empty());
     }
 }

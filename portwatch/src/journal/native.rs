@@ -114,7 +114,7 @@ mod tests {
         f.add("PORTWATCH_COMM", "x\nOBJECT_SYSTEMD_UNIT=y");
         f.add("PRIORITY", "3");
         let mut want = b"PORTWATCH_COMM\n".to_vec();
-        want.extend_from_slice(&22u64.to_le_bytes());
+        want.extend_from_slice(&23u64.to_le_bytes());
         want.extend_from_slice(b"x\nOBJECT_SYSTEMD_UNIT=y\nPRIORITY=3\n");
         assert_eq!(f.encode(), want);
     }

@@ -131,7 +131,10 @@ mod tests {
                 "web.service"
             ]
         );
-        assert_eq!(lines[1], "    ↳ EADDRINUSE: pid 15569 (python3) holds [::]:8080");
+        assert_eq!(
+            lines[1],
+            "    ↳ EADDRINUSE: pid 15569 (python3) holds [::]:8080"
+        );
         assert_eq!(lines[2], "      fix: set IPV6_V6ONLY=1");
     }
 }

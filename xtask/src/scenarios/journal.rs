@@ -195,7 +195,11 @@ fn entry_under_failing_unit(cx: &Ctx, ns: &Netns) -> Result<()> {
     let cg = Cgroups::new(&format!("system.slice/{unit}"))?;
     let w = run.wrapper();
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
-    let pw = Portwatch::start_wrapped(&cx.pw, &w, trace_args(cx, &["--journal", "--port", "47310"]))?;
+    let pw = Portwatch::start_wrapped(
+        &cx.pw,
+        &w,
+        trace_args(cx, &["--journal", "--port", "47310"]),
+    )?;
     let mut holder = Holder::spawn(ns, "pwj-holder")?;
     holder.bind_ok(&SockSpec::tcp("0.0.0.0:47310").listening())?;
     let mut failing = Holder::spawn(ns, "pwj-failing")?;
@@ -229,7 +233,10 @@ fn entry_under_failing_unit(cx: &Ctx, ns: &Netns) -> Result<()> {
          (pwj-holder) holds 0.0.0.0:47310 (listening)",
         holder.pid
     );
-    ensure!(msg.starts_with(&head), "MESSAGE {msg:?} does not start with {head:?}");
+    ensure!(
+        msg.starts_with(&head),
+        "MESSAGE {msg:?} does not start with {head:?}"
+    );
     let (_, fix) = msg
         .split_once("\nfix: ")
         .with_context(|| format!("no fix line in {msg:?}"))?;
@@ -289,7 +296,11 @@ fn storm_coalesced(cx: &Ctx, ns: &Netns) -> Result<()> {
     let cg = Cgroups::new(&format!("system.slice/{unit}"))?;
     let w = run.wrapper();
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
-    let pw = Portwatch::start_wrapped(&cx.pw, &w, trace_args(cx, &["--journal", "--port", "47311"]))?;
+    let pw = Portwatch::start_wrapped(
+        &cx.pw,
+        &w,
+        trace_args(cx, &["--journal", "--port", "47311"]),
+    )?;
     let mut holder = Holder::spawn(ns, "pwj-holder")?;
     holder.bind_ok(&SockSpec::tcp("0.0.0.0:47311").listening())?;
     let mut failing = Holder::spawn(ns, "pwj-storm")?;
@@ -307,7 +318,9 @@ fn storm_coalesced(cx: &Ctx, ns: &Netns) -> Result<()> {
             .filter(|e| e.pid() == Some(failing_pid.into()) && !e.ok())
             .count()
     };
-    pw.wait_for(ns, &format!("{N} failed binds"), |e| failed(e) >= N as usize)?;
+    pw.wait_for(ns, &format!("{N} failed binds"), |e| {
+        failed(e) >= N as usize
+    })?;
     let stopped = pw.stop()?;
     let entries = run.journal_until(&unit, cx.pw.timeout(10.0), |e| {
         e.iter()
@@ -344,7 +357,9 @@ fn storm_coalesced(cx: &Ctx, ns: &Netns) -> Result<()> {
         .find(|m| m.contains("repeats are coalesced"))
         .context("no repeat line")?;
     ensure!(
-        repeat_msg.starts_with(&format!("{unit} (pid {failing_pid}, pwj-storm): EADDRINUSE")),
+        repeat_msg.starts_with(&format!(
+            "{unit} (pid {failing_pid}, pwj-storm): EADDRINUSE"
+        )),
         "{repeat_msg}"
     );
     let want = format!(
@@ -354,7 +369,7 @@ fn storm_coalesced(cx: &Ctx, ns: &Netns) -> Result<()> {
         N - 1
     );
     ensure!(
-        stopped.stderr.iter().any(|l| *l == want),
+        stopped.stderr.contains(&want),
         "want {want:?}\n{}",
         stopped.describe()
     );
@@ -387,14 +402,16 @@ fn why_running_tracer(cx: &Ctx, ns: &Netns) -> Result<()> {
     let cols: Vec<&str> = lines[1].split_whitespace().collect();
     ensure!(
         cols.get(1..7)
-            == Some(&[
-                &failing.pid.to_string()[..],
-                "pwj-failing",
-                "bind",
-                "tcp4",
-                "127.0.0.1:47312",
-                "EADDRINUSE"
-            ][..]),
+            == Some(
+                &[
+                    &failing.pid.to_string()[..],
+                    "pwj-failing",
+                    "bind",
+                    "tcp4",
+                    "127.0.0.1:47312",
+                    "EADDRINUSE"
+                ][..]
+            ),
         "the failure's line: {}\n{out}",
         lines[1]
     );
@@ -407,7 +424,10 @@ fn why_running_tracer(cx: &Ctx, ns: &Netns) -> Result<()> {
         "portwatch: tracer pid {}: 1 failed call recorded since it started at",
         pw.pid
     );
-    ensure!(err.lines().any(|l| l.starts_with(&said)), "want {said:?} on stderr:\n{err}");
+    ensure!(
+        err.lines().any(|l| l.starts_with(&said)),
+        "want {said:?} on stderr:\n{err}"
+    );
 
     let json = run.run(&exe, &["why", "47312", "--json"])?;
     let out = text(&json.stdout);
@@ -482,7 +502,11 @@ fn why_log(cx: &Ctx, ns: &Netns) -> Result<()> {
         {
             break l.to_string();
         }
-        ensure!(Instant::now() < deadline, "no failure in {}:\n{text}", log.display());
+        ensure!(
+            Instant::now() < deadline,
+            "no failure in {}:\n{text}",
+            log.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     pw.stop()?;
@@ -512,7 +536,10 @@ fn why_log(cx: &Ctx, ns: &Netns) -> Result<()> {
             log.display(),
             log.display()
         );
-        ensure!(stderr.lines().any(|l| l == said), "want {said:?}:\n{stderr}");
+        ensure!(
+            stderr.lines().any(|l| l == said),
+            "want {said:?}:\n{stderr}"
+        );
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);

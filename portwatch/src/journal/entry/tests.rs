@@ -131,7 +131,11 @@ fn foreign_names_stay_data() {
         "{first}"
     );
     assert!(!first.chars().any(char::is_control), "{first:?}");
-    assert_eq!(msg.lines().count(), 2, "the message and the fix, no forged line");
+    assert_eq!(
+        msg.lines().count(),
+        2,
+        "the message and the fix, no forged line"
+    );
     assert_eq!(f.get("PORTWATCH_COMM"), Some(comm.as_bytes()));
     let units: Vec<_> =
         f.0.iter()
@@ -182,7 +186,15 @@ fn attribution_follows_systemds_rule_not_the_innermost_name() {
 #[test]
 fn a_repeat_line_says_how_many_and_over_what_time() {
     let (ev, v) = failure("nginx", "/system.slice/nginx.service");
-    let f = fields(&ev, Some(&v), Some(Repeats { count: 57, secs: 10 }), false);
+    let f = fields(
+        &ev,
+        Some(&v),
+        Some(Repeats {
+            count: 57,
+            secs: 10,
+        }),
+        false,
+    );
     let msg = text(&f, "MESSAGE").unwrap();
     assert!(
         msg.lines()
