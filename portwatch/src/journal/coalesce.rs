@@ -16,7 +16,8 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// How many kinds of failure are followed at once.
 pub const MAX_KINDS: usize = 100;
 
-/// The count and span a repeat line stands for, and the latest failure it was made from.
+/// The count and span a repeat line stands for, and the failure it is worded after (the
+/// first repeat of its window).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Due<S> {
     pub sample: S,
@@ -27,7 +28,7 @@ pub struct Due<S> {
 struct Window<S> {
     started: Instant,
     repeats: u64,
-    /// The latest repeat, to word the line after.
+    /// The first repeat of the window, to word the line after.
     sample: Option<S>,
 }
 
@@ -50,11 +51,15 @@ impl<K: Hash + Eq + Clone, S> Coalescer<K, S> {
     }
 
     /// A failure of kind `key`: true when it is to be sent now (the first of its kind in a
-    /// window); otherwise it is counted, and `sample` kept for the repeat line.
+    /// window); otherwise it is counted, and the first repeat's `sample` kept for the repeat
+    /// line.
     pub fn offer(&mut self, key: &K, now: Instant, sample: impl FnOnce() -> S) -> bool {
         if let Some(w) = self.open.get_mut(key) {
             w.repeats += 1;
-            w.sample = Some(sample());
+            // The first repeat words the line: one copy per window, not one per failure.
+            if w.sample.is_none() {
+                w.sample = Some(sample());
+            }
             return false;
         }
         if self.open.len() >= self.max_kinds {
@@ -140,7 +145,7 @@ mod tests {
         assert_eq!(
             due,
             [Due {
-                sample: 999,
+                sample: 1,
                 repeats: 999,
                 span: W
             }]

@@ -50,7 +50,8 @@ fn check_dir(dir: &Path) -> io::Result<()> {
 /// answering. Must be called inside the runtime.
 pub fn start(record: Arc<Mutex<Recent>>) -> io::Result<Served> {
     let dir = Path::new(super::DIR);
-    match fs::DirBuilder::new().mode(0o750).create(dir) {
+    // Recursive for a system that has no /run yet (a bare initramfs); every real one has.
+    match fs::DirBuilder::new().recursive(true).mode(0o750).create(dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
