@@ -51,10 +51,10 @@ fn check_dir(dir: &Path) -> io::Result<()> {
 pub fn start(record: Arc<Mutex<Recent>>) -> io::Result<Served> {
     let dir = Path::new(super::DIR);
     // Recursive for a system that has no /run yet (a bare initramfs); every real one has.
-    match fs::DirBuilder::new().recursive(true).mode(0o750).create(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)?;
     check_dir(dir)?;
     let path = super::socket_path();
     // A socket left by a dead tracer that had our pid.
