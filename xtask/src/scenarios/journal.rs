@@ -376,18 +376,22 @@ fn storm_coalesced(cx: &Ctx, ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// A failure, then `portwatch why PORT` asks the tracer: shown in trace's columns with the
-/// explanation; `--json` gives the very object `trace --json` printed; another port: none.
+/// A failure seen by two tracers, then `portwatch why PORT` asks both: shown once, in trace's
+/// columns with the explanation, after a line per tracer; `--json` gives the very object
+/// `trace --json` printed; another port: none.
 fn why_running_tracer(cx: &Ctx, ns: &Netns) -> Result<()> {
     let run = PrivateRun::start(false)?;
     let w = run.wrapper();
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
     let pw = Portwatch::start_wrapped(&cx.pw, &w, trace_args(cx, &["--port", "47312"]))?;
+    // A second tracer on the host: `why` asks both, and shows the call they both saw once.
+    let pw2 = Portwatch::start_wrapped(&cx.pw, &w, trace_args(cx, &["--port", "47312"]))?;
     let mut holder = Holder::spawn(ns, "pwj-holder")?;
     holder.bind_ok(&SockSpec::tcp("0.0.0.0:47312").listening())?;
     let mut failing = Holder::spawn(ns, "pwj-failing")?;
     let fail = failing.bind_fails(&SockSpec::tcp("127.0.0.1:47312"), libc::EADDRINUSE)?;
     let ev = pw.wait_call(ns, "bind", failing.pid, fail.ino)?;
+    pw2.wait_call(ns, "bind", failing.pid, fail.ino)?;
     let exe = cx.pw.exe.display().to_string();
     let text = |o: &[u8]| String::from_utf8_lossy(o).into_owned();
 
@@ -398,6 +402,14 @@ fn why_running_tracer(cx: &Ctx, ns: &Netns) -> Result<()> {
     ensure!(
         lines.len() >= 3 && lines[0].starts_with("TIME") && lines[0].contains("DETAILS"),
         "why 47312 printed:\n{out}"
+    );
+    let failure_lines = lines
+        .iter()
+        .filter(|l| l.contains("127.0.0.1:47312") && !l.starts_with(' '))
+        .count();
+    ensure!(
+        failure_lines == 1,
+        "two tracers saw one failure: want it once, got {failure_lines}:\n{out}"
     );
     let cols: Vec<&str> = lines[1].split_whitespace().collect();
     ensure!(
@@ -420,14 +432,14 @@ fn why_running_tracer(cx: &Ctx, ns: &Netns) -> Result<()> {
         holder.pid
     );
     ensure!(lines[2].starts_with(&because), "want {because:?}\n{out}");
-    let said = format!(
-        "portwatch: tracer pid {}: 1 failed call recorded since it started at",
-        pw.pid
-    );
-    ensure!(
-        err.lines().any(|l| l.starts_with(&said)),
-        "want {said:?} on stderr:\n{err}"
-    );
+    for tracer in [pw.pid, pw2.pid] {
+        let said =
+            format!("portwatch: tracer pid {tracer}: 1 failed call recorded since it started at");
+        ensure!(
+            err.lines().any(|l| l.starts_with(&said)),
+            "want {said:?} on stderr:\n{err}"
+        );
+    }
 
     let json = run.run(&exe, &["why", "47312", "--json"])?;
     let out = text(&json.stdout);
@@ -454,6 +466,7 @@ fn why_running_tracer(cx: &Ctx, ns: &Netns) -> Result<()> {
         text(&other.stderr)
     );
     pw.stop()?;
+    pw2.stop()?;
     Ok(())
 }
 
