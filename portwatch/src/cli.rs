@@ -20,7 +20,8 @@ would do).",
 sudo portwatch trace --port 8080          watch every bind and listen on port 8080\n  \
 sudo portwatch trace --failed --json      every failure, one JSON object per line\n  \
 sudo portwatch who 8080                   who holds port 8080 right now\n  \
-sudo portwatch who 8080 --addr 0.0.0.0    ... and would a bind to 0.0.0.0:8080 work?"
+sudo portwatch who 8080 --addr 0.0.0.0    ... and would a bind to 0.0.0.0:8080 work?\n  \
+sudo portwatch why 8080                   why did port 8080 fail, a while ago?"
 )]
 pub struct Cli {
     #[command(subcommand)]
