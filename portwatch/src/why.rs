@@ -316,3 +316,55 @@ fn read_log(path: &Path) -> Result<Found> {
     ));
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ns: i128, line: &str) -> Failure {
+        Failure {
+            unix_ns: ns,
+            value: serde_json::from_str(line).unwrap(),
+            line: line.into(),
+        }
+    }
+
+    /// Two tracers' copies of one call (their clocks a microsecond apart) are one failure;
+    /// the same process failing again, or another call, is not.
+    #[test]
+    fn one_call_seen_by_two_tracers_is_shown_once() {
+        let call = r#"{"type":"bind","pid":7,"tid":7,"sock_ino":99,"result":-98}"#;
+        let again = r#"{"type":"bind","pid":7,"tid":7,"sock_ino":100,"result":-98}"#;
+        let mut list = vec![
+            at(1_000_000, call),
+            at(1_001_000, call),
+            at(1_002_000, again),
+            at(9_000_000, call),
+        ];
+        dedupe(&mut list);
+        let kept: Vec<i128> = list.iter().map(|f| f.unix_ns).collect();
+        assert_eq!(kept, [1_000_000, 1_002_000, 9_000_000]);
+    }
+
+    #[test]
+    fn a_port_matches_as_asked_or_as_bound() {
+        let asked: Value =
+            serde_json::from_str(r#"{"requested":{"port":80},"bound":null}"#).unwrap();
+        let bound: Value =
+            serde_json::from_str(r#"{"requested":null,"bound":{"port":80}}"#).unwrap();
+        assert!(on_port(&asked, 80) && on_port(&bound, 80));
+        assert!(!on_port(&asked, 8080));
+        assert_eq!(words(Duration::from_secs(7200)), "2h");
+        assert_eq!(words(Duration::from_secs(90)), "90s");
+    }
+
+    /// A failure line needs a time portwatch wrote; a cut line or a line without one is not
+    /// a failure.
+    #[test]
+    fn a_failure_line_is_whole_json_with_a_time() {
+        let line = r#"{"type":"bind","time":"2026-11-30T04:58:08.638794Z","ok":false}"#;
+        assert!(failure(line).is_some());
+        assert!(failure(&line[..line.len() / 2]).is_none());
+        assert!(failure(r#"{"type":"bind","ok":false}"#).is_none());
+    }
+}
