@@ -193,6 +193,8 @@ fn entry_under_failing_unit(cx: &Ctx, ns: &Netns) -> Result<()> {
     let unit = format!("pwj-{me}-a.service");
     let victim = format!("pwj-{me}-victim.service");
     let cg = Cgroups::new(&format!("system.slice/{unit}"))?;
+    let holder_unit = format!("pwj-{me}-holder.service");
+    let holder_cg = Cgroups::new(&format!("system.slice/{holder_unit}"))?;
     let w = run.wrapper();
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
     let pw = Portwatch::start_wrapped(
@@ -201,6 +203,7 @@ fn entry_under_failing_unit(cx: &Ctx, ns: &Netns) -> Result<()> {
         trace_args(cx, &["--journal", "--port", "47310"]),
     )?;
     let mut holder = Holder::spawn(ns, "pwj-holder")?;
+    holder_cg.put("", holder.pid)?;
     holder.bind_ok(&SockSpec::tcp("0.0.0.0:47310").listening())?;
     let mut failing = Holder::spawn(ns, "pwj-failing")?;
     cg.put("", failing.pid)?;
@@ -230,7 +233,7 @@ fn entry_under_failing_unit(cx: &Ctx, ns: &Netns) -> Result<()> {
     let msg = field(first, "MESSAGE");
     let head = format!(
         "{unit} (pid {failing_pid}, pwj-failing): EADDRINUSE on bind tcp4 127.0.0.1:47310: pid {} \
-         (pwj-holder) holds 0.0.0.0:47310 (listening)",
+         (pwj-holder, {holder_unit}) holds 0.0.0.0:47310 (listening)",
         holder.pid
     );
     ensure!(
@@ -254,6 +257,7 @@ fn entry_under_failing_unit(cx: &Ctx, ns: &Netns) -> Result<()> {
             ("PORTWATCH_RULE", "wildcard-covers-specific".into()),
             ("PORTWATCH_FIX", fix.into()),
             ("PORTWATCH_HOLDER_PIDS", holder.pid.to_string()),
+            ("PORTWATCH_HOLDER_UNITS", holder_unit.clone()),
             ("PORTWATCH_COMM", "pwj-failing".into()),
             ("OBJECT_SYSTEMD_UNIT", unit.clone()),
             ("OBJECT_SYSTEMD_CGROUP", format!("/system.slice/{unit}")),
