@@ -475,8 +475,23 @@ fn why_running_tracer(cx: &Ctx, ns: &Netns) -> Result<()> {
 }
 
 /// No tracer (and no unit log): one line that says so and how to start one; exit status 1.
+/// A tracer killed with SIGKILL left its socket behind: that is no tracer either.
 fn why_without_tracer(cx: &Ctx, _ns: &Netns) -> Result<()> {
     let run = PrivateRun::start(false)?;
+    let w = run.wrapper();
+    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+    let killed = Portwatch::start_wrapped(&cx.pw, &w, trace_args(cx, &["--port", "47314"]))?;
+    let pid = killed.pid;
+    // SAFETY: kill() on our own child's pid, not yet reaped.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    killed.stop()?;
+    let left = run
+        .run("ls", &["/run/portwatch"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())?;
+    ensure!(
+        left.contains(&format!("trace-{pid}.sock")),
+        "the killed tracer left no socket to test with: {left:?}"
+    );
     let out = run.run(&cx.pw.exe.display().to_string(), &["why", "8080"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
