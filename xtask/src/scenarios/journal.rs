@@ -87,6 +87,11 @@ impl PrivateRun {
         }
     }
 
+    /// The namespace's root as this process sees it (`/proc/PID/root`).
+    fn root(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.child.id()))
+    }
+
     /// nsenter's arguments that run a program in this namespace.
     fn wrapper(&self) -> Vec<String> {
         vec![
@@ -475,8 +480,9 @@ fn why_running_tracer(cx: &Ctx, ns: &Netns) -> Result<()> {
 }
 
 /// No tracer (and no unit log): one line that says so and how to start one; exit status 1.
-/// A tracer killed with SIGKILL left its socket behind: that is no tracer either.
-fn why_without_tracer(cx: &Ctx, _ns: &Netns) -> Result<()> {
+/// A tracer killed with SIGKILL left its socket behind: that is no tracer either. With the
+/// unit's JSON log there (written by a tracer that ended), `why` reads it and says so.
+fn why_without_tracer(cx: &Ctx, ns: &Netns) -> Result<()> {
     let run = PrivateRun::start(false)?;
     let w = run.wrapper();
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
@@ -503,6 +509,52 @@ fn why_without_tracer(cx: &Ctx, _ns: &Netns) -> Result<()> {
         "why 8080 with no tracer: {}\nstdout: {}\nstderr: {err}",
         out.status,
         String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The unit's JSON log, written by a tracer that has ended: read instead, and said so.
+    let log = "/var/log/portwatch/events.jsonl";
+    run.run("mkdir", &["-p", "/var/log/portwatch"])?;
+    let pw = Portwatch::start_wrapped(
+        &cx.pw,
+        &w,
+        trace_args(cx, &["--port", "47314", "--output", log]),
+    )?;
+    let mut holder = Holder::spawn(ns, "pwj-holder")?;
+    holder.bind_ok(&SockSpec::tcp("0.0.0.0:47314").listening())?;
+    let mut failing = Holder::spawn(ns, "pwj-failing")?;
+    failing.bind_fails(&SockSpec::tcp("127.0.0.1:47314"), libc::EADDRINUSE)?;
+    let failing_pid = failing.pid;
+    // Events go to the file: wait for the failure's line there, seen through the namespace.
+    let seen = run.root().join(log.trim_start_matches('/'));
+    let deadline = Instant::now() + cx.pw.timeout(10.0);
+    while !std::fs::read_to_string(&seen).is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.contains(&format!("\"pid\":{failing_pid},")) && l.contains("\"ok\":false"))
+    }) {
+        ensure!(
+            Instant::now() < deadline,
+            "no failure in {}",
+            seen.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pw.stop()?;
+    let out = run.run(&cx.pw.exe.display().to_string(), &["why", "47314"])?;
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    ensure!(
+        out.status.success()
+            && err.contains(&format!(
+                "no tracer is running; reading the unit's JSON log {log}"
+            ))
+            && stdout
+                .lines()
+                .any(|l| l.contains(&format!(" {failing_pid} pwj-failing "))
+                    && l.contains("EADDRINUSE")),
+        "why 47314 with only the unit's log: {}\nstdout: {stdout}\nstderr: {err}",
+        out.status
     );
     Ok(())
 }
