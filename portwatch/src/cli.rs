@@ -20,7 +20,8 @@ would do).",
 sudo portwatch trace --port 8080          watch every bind and listen on port 8080\n  \
 sudo portwatch trace --failed --json      every failure, one JSON object per line\n  \
 sudo portwatch who 8080                   who holds port 8080 right now\n  \
-sudo portwatch who 8080 --addr 0.0.0.0    ... and would a bind to 0.0.0.0:8080 work?"
+sudo portwatch who 8080 --addr 0.0.0.0    ... and would a bind to 0.0.0.0:8080 work?\n  \
+sudo portwatch why 8080                   why did port 8080 fail, a while ago?"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -96,6 +97,28 @@ sudo portwatch demo --quiz                     predict each result first (y/n), 
 sudo portwatch demo --only reuseport-other-user --json"
     )]
     Demo(DemoArgs),
+    /// Why did that port fail? The failures a running tracer saw, with their explanations.
+    #[command(
+        long_about = "Why did that port fail? The failures a running tracer saw, with their \
+explanations.\n\n\
+Every `portwatch trace` (the systemd unit, or one started by hand) keeps its last 1000 failed \
+calls, at most 4 MiB of them, and answers `why` on a unix socket in /run/portwatch that only \
+root may use (the JSON log is no more open than that). `why` asks every tracer on the host and \
+prints their failures, oldest first, as `trace` printed them (--json: the same objects as \
+`trace --json`), and says how far back each record goes.\n\n\
+With no tracer running it reads the unit's JSON log (/var/log/portwatch/events.jsonl) if \
+there is one; --log FILE reads FILE and its rotated siblings (FILE.1, FILE.2, ...) instead \
+of asking tracers. Lines it cannot parse (a line cut short by a crash) are skipped and \
+counted.",
+        after_help = "Examples:\n  \
+sudo portwatch why 8080                   why did port 8080 fail?\n  \
+sudo portwatch why 8080 --since 1h        ... in the last hour\n  \
+sudo portwatch why --json                 every recorded failure, one JSON object per line\n  \
+portwatch why 8080 --log events.jsonl     from a JSON log (trace --json --output FILE)\n\n\
+Exit status: 0 when it could ask a tracer or read a log (also when nothing failed), 1 when \
+there is nothing to ask (no tracer, no log) or it may not ask (not root)."
+    )]
+    Why(WhyArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(after_help = "Install (see the README):\n  \
 portwatch completions bash > /usr/share/bash-completion/completions/portwatch\n  \
@@ -128,6 +151,46 @@ pub struct DemoArgs {
     /// explanation).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WhyArgs {
+    /// Only failures on this port (as asked, or as bound). Default: every failure.
+    #[arg(value_parser = port_arg)]
+    pub port: Option<u16>,
+
+    /// Only failures in the last DURATION: a number with s, m, h or d (30s, 10m, 2h, 1d).
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub since: Option<std::time::Duration>,
+
+    /// The failures as `trace --json` wrote them, one object per line.
+    #[arg(short, long)]
+    pub json: bool,
+
+    /// Read this JSON log (trace --json --output FILE) and its rotated siblings instead of
+    /// asking the running tracers.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<std::path::PathBuf>,
+}
+
+/// `why --since`: 30s, 10m, 2h, 1d (a bare number is seconds).
+fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 30s, 10m, 2h or 1d)"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    match n.checked_mul(secs) {
+        Some(0) => Err("0 would show nothing; give a duration such as 10m".into()),
+        Some(t) => Ok(std::time::Duration::from_secs(t)),
+        None => Err(format!("{s:?} is too long")),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -261,6 +324,15 @@ pub struct TraceArgs {
     /// How many rotated files to keep (FILE.1 ... FILE.N); older ones are deleted.
     #[arg(long, value_name = "N", default_value_t = 5, requires = "output")]
     pub output_keep: u32,
+
+    /// Also write every failed call to the systemd journal, filed under the failing process's
+    /// unit: `journalctl -u nginx.service` and `systemctl status nginx` then show portwatch's
+    /// explanation next to nginx's own error, even after it exited. Repeats of one failure
+    /// within 10 s become one line with a count. Run as root: journald files an entry under
+    /// another unit only when uid 0 sends it. Fields (PORTWATCH_PORT, PORTWATCH_RULE, ...) are
+    /// listed in the README.
+    #[arg(long)]
+    pub journal: bool,
 
     /// Print no event lines (status lines still go to stderr). For a metrics-only agent.
     #[arg(long, conflicts_with_all = ["json", "output"])]
@@ -421,6 +493,24 @@ mod tests {
         assert_eq!(who("::1").expect("::1").scope, None);
         assert!(who("127.0.0.1%lo").is_err());
         assert!(who("fe80::1%").is_err());
+    }
+
+    #[test]
+    fn why_takes_a_port_and_a_duration() {
+        let why = |args: &[&str]| -> Result<WhyArgs, clap::Error> {
+            let cli = Cli::try_parse_from(["portwatch", "why"].iter().chain(args))?;
+            match cli.command {
+                Command::Why(w) => Ok(w),
+                _ => panic!("not why"),
+            }
+        };
+        let w = why(&["8080", "--since", "2h"]).expect("why 8080 --since 2h");
+        assert_eq!(w.port, Some(8080));
+        assert_eq!(w.since, Some(std::time::Duration::from_secs(7200)));
+        assert_eq!(why(&[]).expect("why").port, None);
+        for bad in [&["--since", "10y"][..], &["--since", "0m"], &["0"]] {
+            assert!(why(bad).is_err(), "{bad:?}");
+        }
     }
 
     /// bcc's bindsnoop: -p PID, -P PORT, -x failed only, -t timestamps; -j for JSON.

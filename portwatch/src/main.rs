@@ -10,6 +10,7 @@ mod errno;
 mod event;
 mod explain;
 mod facts;
+mod journal;
 mod layout;
 mod limits;
 mod loader;
@@ -17,6 +18,7 @@ mod metrics;
 mod netns;
 mod output;
 mod procfs;
+mod query;
 mod settings;
 mod socket_units;
 mod sockets;
@@ -24,6 +26,7 @@ mod sockinfo;
 mod tables;
 mod trace;
 mod who;
+mod why;
 mod workload;
 
 use std::io::{self, Write as _};
@@ -77,6 +80,7 @@ fn main() {
         match cli.command {
             Command::Trace(args) => trace::run(TraceSettings::resolve(args)?).await,
             Command::Who(args) => who::run(args),
+            Command::Why(args) => why::run(args),
             Command::Demo(args) => demo::run(args),
             Command::Completions { .. } | Command::Man => Ok(()),
         }

@@ -6,6 +6,7 @@ pub mod file;
 pub mod json;
 pub mod terminal;
 pub mod who;
+pub mod why;
 
 use std::{
     collections::BTreeMap,
@@ -88,8 +89,36 @@ pub fn rfc3339(unix_ns: i128) -> String {
     )
 }
 
+/// Reads what [`rfc3339`] writes (any number of fraction digits, `Z` only) back into
+/// nanoseconds since the epoch; None for anything else.
+pub fn parse_rfc3339(s: &str) -> Option<i128> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: i128 = format!("{frac:0<9}").parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(i128::from(secs) * 1_000_000_000 + nanos)
+}
+
 /// Local time of day for the terminal: 16:00:01.123456.
-fn time_of_day(unix_ns: i128) -> String {
+pub(crate) fn time_of_day(unix_ns: i128) -> String {
     let (tm, us) = broken_down(unix_ns, true);
     format!(
         "{:02}:{:02}:{:02}.{us:06}",
@@ -131,7 +160,7 @@ pub struct Printer {
     out: file::Sink,
 }
 
-const HEADER: [&str; 8] = [
+pub(crate) const HEADER: [&str; 8] = [
     "TIME", "PID", "COMM", "CALL", "PROTO", "ADDRESS", "RESULT", "DETAILS",
 ];
 
@@ -307,7 +336,7 @@ impl Printer {
 
 /// The address asked for, with its scope as `ip` and `ping` write it: `[fe80::1%eth0]:80`
 /// (the index where the name is unknown).
-fn requested_endpoint(r: &Requested) -> String {
+pub(crate) fn requested_endpoint(r: &Requested) -> String {
     match r.addr {
         IpAddr::V6(a) if r.scope_id != 0 => match &r.scope_name {
             Some(name) => format!("[{a}%{}]:{}", safe(name), r.port),
@@ -367,5 +396,29 @@ mod tests {
         // 2026-11-24T16:00:01.000123Z
         let ns = 1_795_536_001_000_123_000_i128;
         assert_eq!(rfc3339(ns), "2026-11-24T16:00:01.000123Z");
+    }
+
+    #[test]
+    fn reads_back_what_it_writes() {
+        for ns in [
+            1_795_536_001_000_123_000_i128,
+            0,
+            951_782_400_000_000_000, // 2000-02-29
+            4_107_542_399_999_999_000,
+        ] {
+            assert_eq!(parse_rfc3339(&rfc3339(ns)), Some(ns), "{}", rfc3339(ns));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-24T16:00:01Z"),
+            Some(1_795_536_001_000_000_000)
+        );
+        for bad in [
+            "",
+            "2026-11-24 16:00:01Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-24T16:00:01.5+01:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

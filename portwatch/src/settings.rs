@@ -34,6 +34,8 @@ pub struct TraceSettings {
     pub quiet: bool,
     /// `--output`: event lines to this file, rotated.
     pub output: Option<FileTarget>,
+    /// `--journal`: failures to the systemd journal.
+    pub journal: bool,
 }
 
 impl TraceSettings {
@@ -87,6 +89,7 @@ impl TraceSettings {
                 max_size: args.output_max_size,
                 keep: args.output_keep,
             }),
+            journal: args.journal,
         })
     }
 }

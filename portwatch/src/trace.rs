@@ -34,6 +34,7 @@ use crate::{
     event::{self, Event, KernelHolder, Record},
     explain,
     facts::FactFinder,
+    journal::Journal,
     loader,
     metrics::{self, Metrics},
     netns::{self, Namespaces},
@@ -41,6 +42,7 @@ use crate::{
         self, Clock, Printer, Summary,
         file::{LineFile, Sink},
     },
+    query::{self, Recent},
     settings::{EventFilter, TraceSettings},
 };
 
@@ -95,6 +97,10 @@ pub struct Session<P: EventSink = Printer> {
     metrics: Option<Arc<Metrics>>,
     /// `--quiet`: count and explain, print no event lines.
     quiet: bool,
+    /// `--journal`: failures to the systemd journal.
+    journal: Option<Journal>,
+    /// The last failures, for `portwatch why`.
+    recent: Option<Arc<std::sync::Mutex<Recent>>>,
 }
 
 /// Records taken from the ring buffer per pass. A pass is explained as a unit: one socket
@@ -162,6 +168,8 @@ impl<P: EventSink> Session<P> {
             lost_checked: Instant::now(),
             metrics: None,
             quiet: false,
+            journal: None,
+            recent: None,
         }
     }
 
@@ -234,6 +242,15 @@ impl<P: EventSink> Session<P> {
             let verdict = explain::explain(&ev, &facts);
             if let Some(m) = &self.metrics {
                 m.record(&ev, verdict.as_ref());
+            }
+            if let Some(j) = &mut self.journal {
+                j.call(&ev, verdict.as_ref());
+            }
+            if let Some(r) = &self.recent
+                && !ev.ok()
+                && let Ok(mut r) = r.lock()
+            {
+                r.note(&ev, verdict.as_ref());
             }
             if !self.quiet {
                 self.printer.event(&ev, verdict.as_ref())?;
@@ -360,17 +377,31 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let mut printer = Printer::new(
-        settings.json,
-        settings.color,
-        Clock::now(),
-        netns::current(),
-    );
+    let clock = Clock::now();
+    let mut printer = Printer::new(settings.json, settings.color, clock, netns::current());
     if let Some(target) = &settings.output {
         let file = LineFile::open(target.clone())
             .with_context(|| format!("--output: opening {}", target.path.display()))?;
         printer = printer.writing_to(Sink::File(file));
     }
+
+    let journal = if settings.journal {
+        Some(Journal::open()?)
+    } else {
+        None
+    };
+    // `portwatch why` can ask from the ready line on.
+    let recent = Arc::new(std::sync::Mutex::new(Recent::new(clock)));
+    let _served = match query::server::start(Arc::clone(&recent)) {
+        Ok(served) => Some(served),
+        Err(e) => {
+            output::status(format_args!(
+                "portwatch: note: `portwatch why` cannot ask this tracer: {}: {e}",
+                query::DIR
+            ));
+            None
+        }
+    };
 
     // Served before the ready line, so whoever waits for that line can scrape at once.
     let metrics = match settings.metrics {
@@ -411,6 +442,8 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     );
     session.metrics = metrics;
     session.quiet = settings.quiet;
+    session.journal = journal;
+    session.recent = Some(recent);
     if !session.quiet {
         session.printer.header().context("writing to stdout")?;
     }
@@ -429,6 +462,9 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
                 outcome = session.drain(ring.get_mut(), Instant::now() + DRAIN_SLICE);
                 if outcome.is_ok() {
                     outcome = session.report_lost();
+                }
+                if let Some(j) = &mut session.journal {
+                    j.tick(false);
                 }
             }
             _ = sigint.recv() => break,
@@ -465,6 +501,9 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     }
     session.summary.seconds = started.elapsed().as_secs_f64();
     session.summary.lost = lost_total(&session.lost_map);
+    if let Some(j) = &mut session.journal {
+        j.finish();
+    }
     outcome.context("writing to stdout")?;
     session
         .printer

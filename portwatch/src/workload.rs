@@ -147,6 +147,63 @@ impl Workload {
     }
 }
 
+/// The systemd unit journald would file a process of this cgroup under, by systemd's own rule
+/// (`cg_path_get_unit`): the first path component after the leading slices, if it is a unit.
+/// Everything below a unit is delegated to it (a container runtime, `Delegate=yes`, a user's
+/// manager), so a cgroup named `nginx.service` made inside another unit's subtree still
+/// belongs to that unit: unlike [`Workload::label`], which names the innermost unit for
+/// people, this is what an entry may be attributed to without letting a process that owns a
+/// subtree speak for another unit. Under `user@UID.service` the user unit is found the same
+/// way inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwningUnit<'a> {
+    System(&'a str),
+    /// A unit of the user manager `user@uid.service` (`manager`).
+    User {
+        manager: &'a str,
+        uid: u32,
+        unit: &'a str,
+    },
+}
+
+impl Workload {
+    pub fn owning_unit(&self) -> Option<OwningUnit<'_>> {
+        let mut parts = self
+            .path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .skip_while(|p| p.ends_with(".slice"));
+        let first = parts.next().filter(|p| is_unit_name(p))?;
+        let uid = first
+            .strip_prefix("user@")
+            .and_then(|p| p.strip_suffix(".service"))
+            .and_then(|uid| uid.parse().ok());
+        let inner = parts
+            .find(|p| !p.ends_with(".slice"))
+            .filter(|p| is_unit_name(p));
+        Some(match (uid, inner) {
+            (Some(uid), Some(unit)) => OwningUnit::User {
+                manager: first,
+                uid,
+                unit,
+            },
+            _ => OwningUnit::System(first),
+        })
+    }
+}
+
+/// A service or scope name as systemd accepts it: `[A-Za-z0-9:_.\\@-]`, at most 255 bytes,
+/// something before the suffix.
+fn is_unit_name(p: &str) -> bool {
+    let stem = p
+        .strip_suffix(".service")
+        .or_else(|| p.strip_suffix(".scope"));
+    stem.is_some_and(|s| !s.is_empty())
+        && p.len() <= 255
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":_.\\@-".contains(&b))
+}
+
 fn is_hex_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -337,6 +394,50 @@ mod tests {
             unit: unit.into(),
             user,
         })
+    }
+
+    /// What an entry may be attributed to: the outermost unit, never a name made inside
+    /// another unit's delegated subtree.
+    #[test]
+    fn owning_unit_is_systemds_outermost_unit() {
+        let owner = |p: &str| Workload::parse(p).owning_unit().map(|u| format!("{u:?}"));
+        assert_eq!(
+            owner("/system.slice/nginx.service").as_deref(),
+            Some("System(\"nginx.service\")")
+        );
+        assert_eq!(
+            owner("/system.slice/app.service/sub/nginx.service").as_deref(),
+            Some("System(\"app.service\")")
+        );
+        assert_eq!(
+            owner(&format!(
+                "/system.slice/docker-{ID}.scope/system.slice/nginx.service"
+            )),
+            Some(format!("System(\"docker-{ID}.scope\")"))
+        );
+        assert_eq!(
+            owner("/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service")
+                .as_deref(),
+            Some("User { manager: \"user@1000.service\", uid: 1000, unit: \"nginx.service\" }")
+        );
+        assert_eq!(
+            owner("/user.slice/user-1000.slice/user@1000.service").as_deref(),
+            Some("System(\"user@1000.service\")")
+        );
+        assert_eq!(
+            owner("/user.slice/user-1000.slice/session-3.scope").as_deref(),
+            Some("System(\"session-3.scope\")")
+        );
+        for none in [
+            "/",
+            "/system.slice",
+            "/mytest/nginx.service",
+            "/kubepods/besteffort/pod1/abc",
+            "/system.slice/.service",
+            "/system.slice/we ird.service",
+        ] {
+            assert_eq!(owner(none), None, "{none}");
+        }
     }
 
     #[test]

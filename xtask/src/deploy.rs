@@ -42,7 +42,7 @@ fn systemd_unit(unit: &Path, portwatch: &Path) -> Result<()> {
     std::fs::create_dir_all(copy.parent().context("a parent")?)?;
     std::fs::write(
         &copy,
-        text.replace("/usr/local/bin/portwatch", &portwatch.display().to_string()),
+        text.replace("/usr/bin/portwatch", &portwatch.display().to_string()),
     )?;
     let out = Command::new("systemd-analyze")
         .arg("verify")
@@ -67,6 +67,15 @@ fn systemd_unit(unit: &Path, portwatch: &Path) -> Result<()> {
         out.status.success(),
         "ExecStart's arguments: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // `--journal` files entries under the failing unit only from uid 0 (README, Least
+    // privilege): the unit must not switch users.
+    ensure!(
+        args.contains(&"--journal")
+            && !text
+                .lines()
+                .any(|l| l.starts_with("User=") || l.starts_with("DynamicUser=yes")),
+        "the unit must run `trace --journal` as uid 0 (no User=, no DynamicUser=yes)"
     );
     eprintln!("systemd-analyze verify: {} ok", unit.display());
     Ok(())

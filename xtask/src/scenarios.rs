@@ -26,6 +26,7 @@ mod demo;
 mod explain;
 mod hardening;
 pub mod holder;
+mod journal;
 mod metrics;
 pub mod netns;
 mod outbound;
@@ -176,6 +177,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(outbound::scenarios());
     v.extend(metrics::scenarios());
     v.extend(privilege::scenarios());
+    v.extend(journal::scenarios());
     v.extend(demo::scenarios());
     v.extend(hardening::scenarios());
     v

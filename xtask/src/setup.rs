@@ -41,6 +41,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "checking that no programs stay loaded"),
     ("iproute2", "ss and ip, for looking at sockets by hand"),
     (
+        "systemd",
+        "systemd-journald and journalctl for the journal scenarios, systemd-analyze for the unit",
+    ),
+    (
+        "util-linux",
+        "unshare and nsenter (journald in a private mount namespace), setpriv",
+    ),
+    (
         "bpftrace",
         "the bench's peer tracer and empty-program baseline",
     ),

@@ -26,6 +26,13 @@ pub struct FileTarget {
     pub keep: u32,
 }
 
+/// The `n`th rotated sibling of `path`: `FILE.1` is the newest, `FILE.N` the oldest.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut p = path.as_os_str().to_os_string();
+    p.push(format!(".{n}"));
+    PathBuf::from(p)
+}
+
 /// An append-only, size-rotated file that takes whole lines only.
 pub struct LineFile {
     target: FileTarget,
@@ -66,11 +73,7 @@ impl LineFile {
 
     /// `FILE.{keep-1}` → `FILE.{keep}`, ..., `FILE` → `FILE.1`, then a new `FILE`.
     fn rotate(&mut self) -> io::Result<()> {
-        let numbered = |n: u32| {
-            let mut p = self.target.path.clone().into_os_string();
-            p.push(format!(".{n}"));
-            PathBuf::from(p)
-        };
+        let numbered = |n: u32| rotated(&self.target.path, n);
         if self.target.keep == 0 {
             std::fs::remove_file(&self.target.path)?;
         } else {

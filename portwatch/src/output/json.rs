@@ -517,3 +517,42 @@ pub struct JsonDemo<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub correct: Option<bool>,
 }
+
+/// The first line a tracer sends to `portwatch why` (`"type": "record"`): what its record of
+/// recent failures holds. The failures follow, one `trace --json` object per line.
+#[derive(Serialize, serde::Deserialize, Debug)]
+pub struct JsonRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The tracer's pid.
+    pub pid: u32,
+    /// When the tracer started (RFC 3339, UTC): with nothing dropped, the record goes back
+    /// to there.
+    pub started: String,
+    /// Failures kept, and dropped (oldest first) to stay within the caps.
+    pub kept: usize,
+    pub dropped: u64,
+    pub max_failures: usize,
+    pub max_bytes: usize,
+}
+
+impl JsonRecord {
+    pub fn new(
+        pid: u32,
+        started: String,
+        kept: usize,
+        dropped: u64,
+        max_failures: usize,
+        max_bytes: usize,
+    ) -> Self {
+        JsonRecord {
+            kind: "record".into(),
+            pid,
+            started,
+            kept,
+            dropped,
+            max_failures,
+            max_bytes,
+        }
+    }
+}

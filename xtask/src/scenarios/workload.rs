@@ -43,13 +43,13 @@ pub fn v2_root() -> Result<PathBuf> {
 
 /// A tree of cgroups under `<v2 mount>/<top>`; dropping it moves its processes back to the
 /// root cgroup and removes the directories, deepest first.
-struct Cgroups {
+pub(super) struct Cgroups {
     root: PathBuf,
     top: PathBuf,
 }
 
 impl Cgroups {
-    fn new(top: &str) -> Result<Self> {
+    pub(super) fn new(top: &str) -> Result<Self> {
         let root = v2_root()?;
         Ok(Cgroups {
             top: root.join(top),
@@ -58,7 +58,7 @@ impl Cgroups {
     }
 
     /// Makes `<top>/<rel>` and moves `pid` there. Returns its path relative to the v2 mount.
-    fn put(&self, rel: &str, pid: u32) -> Result<String> {
+    pub(super) fn put(&self, rel: &str, pid: u32) -> Result<String> {
         let dir = self.top.join(rel);
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         std::fs::write(dir.join("cgroup.procs"), pid.to_string())
