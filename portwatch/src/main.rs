@@ -1,5 +1,6 @@
 //! portwatch: who holds that port, and why does the kernel refuse?
 
+mod address;
 mod btf;
 mod cgroup;
 mod cli;

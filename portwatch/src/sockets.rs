@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use portwatch_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, opt, tcp_state};
 
-use crate::{docker_proxy::Forward, workload::Workload};
+use crate::{address::endpoint, docker_proxy::Forward, workload::Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -380,17 +380,8 @@ impl OwnerStatus {
     }
 }
 
-pub fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
-
     use super::*;
 
     #[test]
@@ -416,10 +407,5 @@ mod tests {
     fn port_spaces() {
         assert!(Proto::Tcp.shares_ports_with(Proto::Mptcp));
         assert!(!Proto::Tcp.shares_ports_with(Proto::Udp));
-    }
-
-    #[test]
-    fn endpoints_bracket_ipv6() {
-        assert_eq!(endpoint(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 80), "[::]:80");
     }
 }

@@ -12,10 +12,11 @@ use serde::Serialize;
 
 use super::{Clock, Summary, rfc3339, who::Prediction};
 use crate::{
+    address::endpoint,
     errno,
     event::Event,
     explain::{Involved, Verdict},
-    sockets::{Family, Holder, Owner, OwnerStatus, SocketView, endpoint},
+    sockets::{Family, Holder, Owner, OwnerStatus, SocketView},
     workload::{Kind, Workload},
 };
 

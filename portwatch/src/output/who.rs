@@ -12,8 +12,9 @@ use super::{
     terminal::safe,
 };
 use crate::{
+    address::endpoint,
     explain::{self, Verdict},
-    sockets::{Holder, SocketView, Source, endpoint},
+    sockets::{Holder, SocketView, Source},
 };
 
 /// A bind `who --addr` imagined, and what the rules say it would do now.
