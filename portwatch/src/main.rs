@@ -17,6 +17,7 @@ mod loader;
 mod metrics;
 mod netns;
 mod output;
+mod prediction;
 mod procfs;
 mod settings;
 mod socket_units;

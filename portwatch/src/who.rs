@@ -13,10 +13,8 @@ use crate::{
     facts::{self, FactFinder, Facts},
     loader,
     netns::{self, Namespaces},
-    output::{
-        self,
-        who::{Prediction, WhoReport},
-    },
+    output::{self, who::WhoReport},
+    prediction::Prediction,
     sockets::{Family, Holder, Options, Proto, SocketView, State},
 };
 
