@@ -223,7 +223,7 @@ fn note_socket_units(v: &mut Verdict, facts: &Facts) {
         inv.holder
             .owners
             .iter()
-            .find(|o| crate::socket_units::is_systemd(o.pid, &o.comm))
+            .find(|o| o.is_systemd())
             .map(|o| (inv, o))
     }) else {
         return;

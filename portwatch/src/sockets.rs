@@ -317,6 +317,16 @@ pub struct Owner {
     pub forward: Option<Box<Forward>>,
 }
 
+impl Owner {
+    /// Whether this owner is systemd: pid 1, or a process whose comm starts with `systemd`.
+    /// A pure word about the owner, here so that the rules ([`crate::explain`]) and the fact
+    /// finder (which reads the unit files only for such a holder) share it without either
+    /// importing the other or the unit-file reader.
+    pub fn is_systemd(&self) -> bool {
+        self.pid == 1 || self.comm.starts_with("systemd")
+    }
+}
+
 /// Where portwatch learned about a holder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -401,6 +411,20 @@ mod tests {
             assert!(!p.has_ports());
         }
         assert!(Proto::from_raw(6, 1).has_ports());
+    }
+
+    #[test]
+    fn systemd_owners() {
+        let owner = |pid: u32, comm: &str| Owner {
+            pid,
+            comm: comm.into(),
+            fd: 3,
+            workload: None,
+            forward: None,
+        };
+        assert!(owner(1, "init").is_systemd());
+        assert!(owner(812, "systemd").is_systemd());
+        assert!(!owner(812, "nginx").is_systemd());
     }
 
     #[test]

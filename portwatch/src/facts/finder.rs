@@ -703,7 +703,7 @@ pub fn socket_units_for(holders: &[Holder], port: u16) -> Option<Vec<SocketUnit>
     holders
         .iter()
         .flat_map(|h| &h.owners)
-        .any(|o| socket_units::is_systemd(o.pid, &o.comm))
+        .any(Owner::is_systemd)
         .then(|| socket_units::find(port))
 }
 
