@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
 
-use super::expect::message;
 use crate::scenarios::{
     Ctx, Scenario,
     holder::{Bound, Holder},
@@ -240,7 +239,7 @@ fn explained(s: &Seen) -> (String, String, String) {
     (
         lookup(&s.ev.0, "explain.rule").to_string(),
         lookup(&s.ev.0, side).to_string(),
-        mask(&message(&s.ev), &s.varying),
+        mask(s.ev.message(), &s.varying),
     )
 }
 
