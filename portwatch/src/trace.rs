@@ -258,11 +258,7 @@ impl<P: EventSink> Session<P> {
         ev.workload = self.workloads.of_id(ev.cgroup_id);
         if let Some(sock) = ev.socket.as_mut() {
             self.namespaces.note(sock.netns, ev.pid, ev.tid);
-            if sock.options.bound_dev_if != 0 {
-                sock.options.device = self
-                    .namespaces
-                    .ifname(sock.netns, sock.options.bound_dev_if);
-            }
+            self.namespaces.name_device(sock);
         }
     }
 

@@ -202,9 +202,7 @@ impl FactFinder {
         let owners = self.owners(ebpf).clone();
         let sees_all = self.sees_every_socket(ebpf);
         for mut s in in_tables {
-            if s.options.bound_dev_if != 0 {
-                s.options.device = ns.ifname(s.netns, s.options.bound_dev_if);
-            }
+            ns.name_device(&mut s);
             let who = owners.get(&s.ino).cloned().unwrap_or_default();
             out.push(Holder {
                 status: self.binders.status(&s, &who, 0, sees_all),
@@ -239,10 +237,7 @@ impl FactFinder {
                     .push(f.owner.clone());
             }
             for (_, mut h) in bound_only {
-                if h.socket.options.bound_dev_if != 0 {
-                    h.socket.options.device =
-                        ns.ifname(h.socket.netns, h.socket.options.bound_dev_if);
-                }
+                ns.name_device(&mut h.socket);
                 out.push(h);
             }
             return Ok(out);
@@ -270,9 +265,7 @@ impl FactFinder {
                 }
                 Inspected::Bound(mut view) => {
                     self.known.insert(ino, Known::InNetns(view.netns));
-                    if view.options.bound_dev_if != 0 {
-                        view.options.device = ns.ifname(view.netns, view.options.bound_dev_if);
-                    }
+                    ns.name_device(&mut view);
                     if view.netns == netns && port.is_none_or(|p| p == view.port) {
                         out.push(Holder {
                             socket: view,
@@ -486,9 +479,7 @@ impl FactFinder {
         let sees_all = walked.is_empty() || self.sees_every_socket(ebpf);
         for k in &walked {
             let mut socket = k.socket.clone();
-            if socket.options.bound_dev_if != 0 {
-                socket.options.device = ns.ifname(socket.netns, socket.options.bound_dev_if);
-            }
+            ns.name_device(&mut socket);
             let owners = if socket.ino != 0 {
                 self.owners(ebpf)
                     .get(&socket.ino)
