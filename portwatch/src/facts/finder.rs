@@ -319,23 +319,27 @@ impl FactFinder {
             facts.cgroup_bind_programs = crate::cgroup::bind_programs(ev.cgroup_id);
         }
         self.table_facts(ebpf, ns, ev, sock, &mut facts);
-        crate::cgroup::name_owners(
-            facts
-                .holders
-                .iter_mut()
-                .flatten()
-                .chain(&mut facts.other_netns),
-        );
-        self.follow_proxies(ns, facts.holders.iter_mut().flatten());
+        // Holders in other namespaces are named too (the explanation mentions them), but no
+        // proxy is followed for them: they are not in the way.
+        crate::cgroup::name_owners(&mut facts.other_netns);
+        self.enrich(ns, facts.holders.as_deref_mut().unwrap_or_default());
         facts.socket_units =
             socket_units_for(facts.holders.as_deref().unwrap_or_default(), ev.port());
         facts
     }
 
+    /// Adds what portwatch shows about the owners of `holders`, in the same order for every
+    /// command: each owner's workload (its cgroup), then, for a docker-proxy, where it
+    /// forwards and whether that container is there.
+    pub fn enrich(&mut self, ns: &mut Namespaces, holders: &mut [Holder]) {
+        crate::cgroup::name_owners(holders.iter_mut());
+        self.follow_proxies(ns, holders);
+    }
+
     /// For every owner that is a docker-proxy: where its arguments say it forwards, which
     /// network namespace has that container address now (none: the container is gone), and the
     /// workload of a process in it.
-    pub fn follow_proxies<'a>(
+    fn follow_proxies<'a>(
         &mut self,
         ns: &mut Namespaces,
         holders: impl IntoIterator<Item = &'a mut Holder>,
