@@ -306,8 +306,9 @@ impl Btf {
     /// type id as in this BTF, and every other id is a placeholder `void *`.
     ///
     /// aya finds fexit and iterator targets by name in a parsed BTF and sends the kernel the
-    /// type id. Parsing the whole vmlinux BTF costs aya ~25 MiB for a 5.5 MiB file; parsing
-    /// this stub costs a few MiB and yields the same ids.
+    /// type id. Parsing the whole vmlinux BTF costs aya several times the file's size in
+    /// memory; parsing this stub costs little and yields the same ids (portwatch's peak RSS:
+    /// BENCHMARKS.md).
     pub fn func_stub<S: AsRef<str>>(&self, funcs: &[S]) -> Vec<u8> {
         let found: Vec<(u32, &str)> = funcs
             .iter()

@@ -365,7 +365,7 @@ const SOAK_SECS_DEFAULT: u64 = 20;
 /// full, with a margin.
 const SOAK_WARM_BINDS: u64 = 45_000;
 
-/// Churn that once grew portwatch without bound (17.8 -> 50.5 MB in 3 minutes): one process
+/// Churn that once grew portwatch's memory without bound: one process
 /// replaces a bound socket every 200 µs while another makes an EADDRINUSE on the port every
 /// 50 ms, all traced and explained. Every cache has a bound, so once the largest is full
 /// (after [`SOAK_WARM_BINDS`] binds), RSS stays within a margin of where it was then.
