@@ -279,15 +279,16 @@ fn query(fd: i32, attach_type: u32) -> std::io::Result<Vec<u32>> {
 
 /// Says once per run that a cgroup's bind programs could not be listed (typically EPERM:
 /// BPF_PROG_QUERY needs CAP_NET_ADMIN), so an explanation that names none is not read as
-/// "there are none".
+/// "there are none". Through `log`, which prints warnings on stderr: this module is below
+/// [`crate::output`] and must not import it.
 fn warn_unlisted(path: &Path, step: &str, e: &std::io::Error) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        crate::output::status(format_args!(
-            "portwatch: warning: could not list the BPF bind programs on cgroup {} ({step}: \
-             {e}); EPERM explanations will not name them",
+        log::warn!(
+            "could not list the BPF bind programs on cgroup {} ({step}: {e}); EPERM \
+             explanations will not name them",
             path.display()
-        ));
+        );
     }
 }
 
