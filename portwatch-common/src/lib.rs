@@ -118,8 +118,8 @@ pub mod lost {
     pub const COUNT: u32 = 1;
 }
 
-/// Size of the [`maps::EVENTS`] ring buffer. 4 MiB holds ~32k events: half a second of the
-/// fastest bind loop these machines run, far more than the reader's poll interval needs.
+/// Size of the [`maps::EVENTS`] ring buffer, 4 MiB: tens of thousands of events, far more than
+/// pile up between two polls of the reader at the bind rates BENCHMARKS.md measures.
 pub const RING_BYTES: u32 = 1 << 22;
 
 /// Words of the [`maps::PORT_BITS`] bitmap: one bit per port.
@@ -405,7 +405,7 @@ pub struct Settings {
     /// portwatch's own tgid: its probe binds must not trace themselves (a feedback loop).
     pub self_pid: u32,
     /// Wake the reader only once this much data waits; below it, user space polls on a timer.
-    /// A wakeup costs ~4 µs per event on some VMs, more than everything else here together.
+    /// On some VMs a wakeup per event costs more than everything else here together.
     pub wakeup_bytes: u64,
     /// Offset of `ret` in the `syscalls/sys_exit_*` tracepoint records (from tracefs).
     pub tp_exit_ret: u32,

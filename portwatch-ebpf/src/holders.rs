@@ -96,6 +96,8 @@ const BPF_LOOP_GO_ON: i64 = 0;
 ///
 /// A global BPF function: the verifier checks it once, not once per state of its caller.
 /// Arguments are plain numbers, as global functions need.
+// SAFETY: the name is portwatch's own and unique in the object; the loader links the call to
+// it by that name.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn portwatch_walk_port(sk: u64, protocol: u64, port: u64, own_bucket: u64) -> u64 {
@@ -108,6 +110,10 @@ fn walk_port(sk: u64, protocol: u16, port: u16, own_bucket: bool) -> Sent {
     let Some(w) = WALK.get_ptr_mut(0) else {
         return Sent::NO_TABLE;
     };
+    // SAFETY: `w` is this CPU's slot of WALK, valid and aligned as long as the map exists.
+    // The steps reach the same slot through [`state`] only inside `bpf_loop` below, while this
+    // reference is not used; that helper call is opaque to the compiler, and the slot escaped
+    // through the map lookup, so no field of it is kept in a register across the call.
     let w = unsafe { &mut *w };
     let tid = bpf_get_current_pid_tgid();
     let net = read_field(sk, &LAYOUT.sk_net);
@@ -138,6 +144,9 @@ fn walk_port(sk: u64, protocol: u16, port: u16, own_bucket: bool) -> Sent {
         return Sent::NONE;
     };
     if w.tb_node != 0 || w.owner != 0 {
+        // SAFETY: `step` has the callback signature bpf_loop calls (index, context) and
+        // ignores the context, so a null one is fine; the verifier checks the callback and
+        // bounds the loop at MAX_STEPS.
         unsafe { bpf_loop(MAX_STEPS, step as *mut c_void, core::ptr::null_mut(), 0) };
     }
     let mut sent = Sent {
@@ -166,6 +175,7 @@ fn walk_port(sk: u64, protocol: u16, port: u16, own_bucket: bool) -> Sent {
 /// Called by the program after [`portwatch_walk_port`] returned, not from inside it: the
 /// send's frame then adds to the program's alone, not to the walk's as well (6.1 adds up the
 /// whole chain, `bpf_loop` callbacks included). A global function, checked once.
+// SAFETY: a unique name of portwatch's own, as for portwatch_walk_port.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn portwatch_send_found(protocol: u64, netns: u64, tid: u64, walked: u64) -> u64 {
@@ -204,6 +214,8 @@ fn offset(f: &'static portwatch_common::Field) -> u64 {
 /// The state of the walk on this CPU, for a step.
 #[inline(always)]
 fn state() -> Option<&'static mut Walk> {
+    // SAFETY: this CPU's slot of WALK, valid as long as the map. One step runs at a time, and
+    // each is called by bpf_loop while walk_port's own reference to the slot is not in use.
     WALK.get_ptr_mut(0).map(|w| unsafe { &mut *w })
 }
 
@@ -366,6 +378,7 @@ pub fn send(sk: u64, protocol: u16, netns: u32, tid: u32, extra: u8) -> bool {
 /// [`send`] as a global BPF function: the verifier checks a global function once, on its own,
 /// instead of once for every state of every caller (a walk calls it from each of its steps).
 /// That is what keeps loading fast. Its arguments are plain numbers, as global functions need.
+// SAFETY: a unique name of portwatch's own, as for portwatch_walk_port.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn portwatch_send_holder(
@@ -379,24 +392,42 @@ pub extern "C" fn portwatch_send_holder(
         count_lost(lost::RINGBUF);
         return 0;
     };
-    describe(
-        entry.as_mut_ptr(),
-        &Sock::from_sk(sk),
-        protocol as u16,
-        netns as u32,
-        tid as u32,
-        extra as u8,
-    );
+    // SAFETY: the reservation is a whole HolderRecord of ring memory, ours until submitted.
+    unsafe {
+        describe(
+            entry.as_mut_ptr(),
+            &Sock::from_sk(sk),
+            protocol as u16,
+            netns as u32,
+            tid as u32,
+            extra as u8,
+        )
+    };
     entry.submit(wakeup_flag());
     1
 }
 
 /// Fills `out` with what a holder record says about `s`. Shared by the walk and the socket
 /// table iterators, so a socket reads the same whichever found it.
+///
+/// # Safety
+///
+/// `out` must point to a [`HolderRecord`] that is valid for writes and used by nothing else
+/// during the call (a ring-buffer reservation, or a record on the caller's stack). It is a
+/// raw pointer, not `&mut`, because a reservation is written in place, field by field.
 #[inline(always)]
-pub fn describe(out: *mut HolderRecord, s: &Sock, protocol: u16, netns: u32, tid: u32, extra: u8) {
+pub unsafe fn describe(
+    out: *mut HolderRecord,
+    s: &Sock,
+    protocol: u16,
+    netns: u32,
+    tid: u32,
+    extra: u8,
+) {
     let family = s.family();
     let full = s.is_full();
+    // SAFETY: `out` is valid for writes and ours alone (the caller's contract above);
+    // bpf_jiffies64 has no preconditions.
     unsafe {
         (*out).record = record::HOLDER;
         (*out).state = s.state();

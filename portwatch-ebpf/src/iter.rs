@@ -8,6 +8,8 @@
 //!
 //! aya-ebpf has no `#[iter]` macro, so the section name and context layout are spelled out.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{helpers::generated::bpf_seq_write, macros::map, maps::Array};
 use portwatch_common::{
     AF_INET, AF_INET6, COMM_LEN, HolderRecord, IPPROTO_TCP, IPPROTO_UDP, ITER_ALL_PORTS,
@@ -16,7 +18,7 @@ use portwatch_common::{
 
 use crate::{
     holders::describe,
-    kernel::{LAYOUT, Sock, global, probe_kernel, read_bytes, read_field, read_u64},
+    kernel::{LAYOUT, Sock, global, probe_kernel, read_field},
 };
 
 /// [0]: the port to dump, or [`ITER_ALL_PORTS`]. Set by user space before each read.
@@ -48,6 +50,13 @@ pub struct TaskFileCtx {
     file: *const u8,
 }
 
+// The kernel's layouts of these contexts (`struct bpf_iter__tcp`, `__udp`, `__task_file` on
+// x86-64): the verifier checks each context load against them by offset.
+const _: () = assert!(offset_of!(IterCtx, sk) == 8);
+const _: () = assert!(offset_of!(TaskFileCtx, task) == 8);
+const _: () = assert!(offset_of!(TaskFileCtx, fd) == 16);
+const _: () = assert!(offset_of!(TaskFileCtx, file) == 24);
+
 const S_IFMT: u64 = 0o170000;
 const S_IFSOCK: u64 = 0o140000;
 
@@ -55,6 +64,8 @@ const S_IFSOCK: u64 = 0o140000;
 /// or all), each with its holder. This is how portwatch names a socket's owners without
 /// reading /proc or duplicating anyone's fd, and finds sockets that are bound but not
 /// listening (in no socket table).
+// SAFETY (both attributes): a unique name of portwatch's own, in the section that makes the
+// loader treat it as a task_file iterator, whose context is `TaskFileCtx`.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task_file")]
 pub extern "C" fn iter_task_file(ctx: *const TaskFileCtx) -> i32 {
@@ -64,11 +75,21 @@ pub extern "C" fn iter_task_file(ctx: *const TaskFileCtx) -> i32 {
 
 #[inline(always)]
 fn task_file(ctx: *const TaskFileCtx) {
+    // Every field is a direct load from the context, as declared in `TaskFileCtx`: the
+    // verifier checks each against `struct bpf_iter__task_file` (`task` and `file` may be
+    // null, checked below). The pointers are then used as plain numbers, for probe reads.
+    // SAFETY: `ctx` is the context the kernel passes an iter/task_file program, valid for the
+    // run; its `meta` is never null, nor is `meta->seq`.
     let meta = unsafe { core::ptr::read_volatile(&raw const (*ctx).meta) };
     let seq = unsafe { core::ptr::read_volatile(&raw const (*meta).seq) };
-    let task = read_u64(ctx as u64 + 8);
-    let fd = read_bytes(ctx as u64 + 16, 4) as u32;
-    let file = read_u64(ctx as u64 + 24);
+    // SAFETY: as above: fields of the context the kernel passed.
+    let (task, fd, file) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx).task) as u64,
+            core::ptr::read_volatile(&raw const (*ctx).fd),
+            core::ptr::read_volatile(&raw const (*ctx).file) as u64,
+        )
+    };
     if file == 0 || task == 0 {
         return;
     }
@@ -103,7 +124,10 @@ fn task_file(ctx: *const TaskFileCtx) {
     {
         rec.comm = c;
     }
-    describe(&raw mut rec.sock, &sock, protocol, sock.netns(), 0, 0);
+    // SAFETY: `rec.sock` is a HolderRecord on this stack frame, used by nothing else.
+    unsafe { describe(&raw mut rec.sock, &sock, protocol, sock.netns(), 0, 0) };
+    // SAFETY: `seq` is the iterator's own seq_file (above), and `rec` is that many readable
+    // bytes on this stack frame.
     unsafe {
         bpf_seq_write(
             seq,
@@ -113,6 +137,8 @@ fn task_file(ctx: *const TaskFileCtx) {
     }
 }
 
+// SAFETY (both attributes): a unique name in the section that makes it an iter/tcp program,
+// whose context starts as `IterCtx`.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
 pub extern "C" fn iter_tcp(ctx: *const IterCtx) -> i32 {
@@ -120,6 +146,7 @@ pub extern "C" fn iter_tcp(ctx: *const IterCtx) -> i32 {
     0
 }
 
+// SAFETY (both attributes): as for iter_tcp, for iter/udp.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/udp")]
 pub extern "C" fn iter_udp(ctx: *const IterCtx) -> i32 {
@@ -129,11 +156,14 @@ pub extern "C" fn iter_udp(ctx: *const IterCtx) -> i32 {
 
 #[inline(always)]
 fn dump(ctx: *const IterCtx, protocol: u16) {
-    // The verifier wants `meta` and `seq` as direct, BTF-typed loads.
+    // The verifier wants `meta` and `seq` as direct, BTF-typed loads; `sk` is one too, then
+    // used as a plain number so that offsets can be added to it for probe reads.
+    // SAFETY: `ctx` is the context the kernel passes an iter/tcp or iter/udp program, valid
+    // for the run; its `meta` and `meta->seq` are never null (`sk` may be: checked below).
     let meta = unsafe { core::ptr::read_volatile(&raw const (*ctx).meta) };
     let seq = unsafe { core::ptr::read_volatile(&raw const (*meta).seq) };
-    // The socket pointer, read as a plain number so that offsets can be added to it.
-    let sk = read_u64(ctx as u64 + 8);
+    // SAFETY: as above: a field of the context the kernel passed.
+    let sk = unsafe { core::ptr::read_volatile(&raw const (*ctx).sk) } as u64;
     if sk == 0 {
         return;
     }
@@ -147,7 +177,9 @@ fn dump(ctx: *const IterCtx, protocol: u16) {
         return; // a half-open connection request, not a socket holding the port
     }
     let mut rec = HolderRecord::default();
-    describe(&raw mut rec, &sock, protocol, sock.netns(), 0, 0);
+    // SAFETY: `rec` is a HolderRecord on this stack frame, used by nothing else.
+    unsafe { describe(&raw mut rec, &sock, protocol, sock.netns(), 0, 0) };
+    // SAFETY: as in task_file: the iterator's own seq_file, and `rec`'s bytes on this stack.
     unsafe {
         bpf_seq_write(
             seq,

@@ -252,7 +252,8 @@ struct QueryAttr {
     revision: u64,
 }
 
-fn query(fd: i32, attach_type: u32) -> Vec<u32> {
+/// The ids of the programs in effect on the cgroup open as `fd` for `attach_type`.
+fn query(fd: i32, attach_type: u32) -> std::io::Result<Vec<u32>> {
     let mut ids = [0u32; 64];
     let mut attr = QueryAttr {
         target_fd: fd as u32,
@@ -271,9 +272,24 @@ fn query(fd: i32, attach_type: u32) -> Vec<u32> {
         )
     };
     if rc != 0 {
-        return vec![];
+        return Err(std::io::Error::last_os_error());
     }
-    ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec()
+    Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
+}
+
+/// Says once per run that a cgroup's bind programs could not be listed (typically EPERM:
+/// BPF_PROG_QUERY needs CAP_NET_ADMIN), so an explanation that names none is not read as
+/// "there are none". Through `log`, which prints warnings on stderr: this module is below
+/// [`crate::output`] and must not import it.
+fn warn_unlisted(path: &Path, step: &str, e: &std::io::Error) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        log::warn!(
+            "could not list the BPF bind programs on cgroup {} ({step}: {e}); EPERM \
+             explanations will not name them",
+            path.display()
+        );
+    }
 }
 
 /// "bind4 program 42 (deny_bind) on /sys/fs/cgroup/app": the bind programs in effect for
@@ -285,12 +301,26 @@ pub fn bind_programs(id: u64) -> Vec<String> {
     let Some(path) = path_of(id) else {
         return vec![];
     };
-    let Ok(dir) = File::open(&path) else {
-        return vec![];
+    let dir = match File::open(&path) {
+        Ok(dir) => dir,
+        // The cgroup went away since it was found: nothing to list.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vec![],
+        Err(e) => {
+            warn_unlisted(&path, "opening it", &e);
+            return vec![];
+        }
     };
     let mut out = Vec::new();
     for (attach_type, what) in BIND_ATTACH_TYPES {
-        for prog in query(dir.as_raw_fd(), attach_type) {
+        // A partial list would be read as the whole one: none unless every query answered.
+        let ids = match query(dir.as_raw_fd(), attach_type) {
+            Ok(ids) => ids,
+            Err(e) => {
+                warn_unlisted(&path, "BPF_PROG_QUERY", &e);
+                return vec![];
+            }
+        };
+        for prog in ids {
             let name = aya::programs::loaded_programs()
                 .flatten()
                 .find(|p| p.id() == prog)
@@ -336,10 +366,11 @@ mod tests {
 
     #[test]
     fn names_our_own_cgroup_by_id() {
-        let Some(root) = cgroup2_root() else { return };
-        let Some(mine) = path_of_pid(std::process::id()) else {
-            return;
-        };
+        // Every machine this project tests on mounts cgroup v2 (unified or hybrid), so a
+        // missing mount is a failure here, not a skip.
+        let root = cgroup2_root().expect("no cgroup v2 mount in /proc/self/mountinfo");
+        let mine =
+            path_of_pid(std::process::id()).expect("no cgroup v2 line (0::) in /proc/self/cgroup");
         let dir = root.join(mine.trim_start_matches('/'));
         let id = std::fs::metadata(&dir).unwrap().ino();
         let mut w = Workloads::default();

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::{sockets::endpoint, workload::Workload};
+use crate::{address::endpoint, workload::Workload};
 
 /// What a docker-proxy forwards: `-proto tcp -host-ip 0.0.0.0 -host-port 8080
 /// -container-ip 172.17.0.2 -container-port 80`.

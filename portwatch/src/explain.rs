@@ -21,9 +21,10 @@ pub use phrase::who;
 pub use rule::Rule;
 
 use crate::{
+    address::endpoint,
     event::{Call as EventCall, Event},
     facts::Facts,
-    sockets::{Holder, OwnerStatus, SocketView, Source, State, endpoint},
+    sockets::{Holder, OwnerStatus, SocketView, Source, State},
 };
 
 /// A holder a verdict names: the socket, the rule relating it to the call, and why, in words.
@@ -222,7 +223,7 @@ fn note_socket_units(v: &mut Verdict, facts: &Facts) {
         inv.holder
             .owners
             .iter()
-            .find(|o| crate::socket_units::is_systemd(o.pid, &o.comm))
+            .find(|o| o.is_systemd())
             .map(|o| (inv, o))
     }) else {
         return;

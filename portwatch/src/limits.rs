@@ -60,24 +60,59 @@ pub fn out_of_files_message() -> String {
 mod tests {
     use super::*;
 
-    /// A soft limit below the hard one is raised to it.
+    /// A soft limit below the hard one is raised to it. The limit is the whole process's, and
+    /// the other tests run beside this one, so it is lowered in a forked child: the child only
+    /// makes the rlimit calls (no allocation, no lock another thread could hold) and answers
+    /// with its exit status.
     #[test]
     fn raises_the_soft_limit_to_the_hard_one() {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
+        // SAFETY: getrlimit on a plain struct we own.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
         if lim.rlim_max < 128 {
-            return; // nothing to lower below it here
+            eprintln!(
+                "skipped: the hard open-files limit is {}, too low to lower the soft one below it",
+                lim.rlim_max
+            );
+            return;
         }
-        let lowered = libc::rlimit {
-            rlim_cur: 64,
-            rlim_max: lim.rlim_max,
+        // SAFETY: the child calls only async-signal-safe functions (getrlimit, setrlimit,
+        // _exit) before it exits, as a child of a multi-threaded process must.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            let lowered = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: lim.rlim_max,
+            };
+            let code = if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) } != 0 {
+                1
+            } else if open_files() != 64 {
+                2
+            } else if !matches!(raise_open_files(), Ok(n) if n == lim.rlim_max) {
+                3
+            } else if open_files() != lim.rlim_max {
+                4
+            } else {
+                0
+            };
+            // SAFETY: ends the child without running the test harness's exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let why = match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+            Some(0) => return,
+            Some(1) => "lowering the soft limit to 64 failed",
+            Some(2) => "open_files() did not read the lowered limit 64",
+            Some(3) => "raise_open_files() did not return the hard limit",
+            Some(4) => "open_files() did not read the raised limit",
+            _ => "it died",
         };
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
-        assert_eq!(open_files(), 64);
-        assert_eq!(raise_open_files().expect("raise"), lim.rlim_max);
-        assert_eq!(open_files(), lim.rlim_max);
+        panic!("in the child: {why}");
     }
 }

@@ -1,5 +1,6 @@
 //! portwatch: who holds that port, and why does the kernel refuse?
 
+mod address;
 mod btf;
 mod cgroup;
 mod cli;
@@ -17,6 +18,7 @@ mod loader;
 mod metrics;
 mod netns;
 mod output;
+mod prediction;
 mod procfs;
 mod query;
 mod settings;

@@ -18,6 +18,8 @@ use std::{
 
 use log::debug;
 
+use crate::sockets::SocketView;
+
 /// Namespace handles kept open at most; each pins its namespace in memory.
 const MAX_HANDLES: usize = 256;
 /// Interface names remembered at most (namespaces and interfaces come and go).
@@ -185,6 +187,14 @@ impl Namespaces {
         }
         self.ifnames.insert((ino, ifindex), name.clone());
         name
+    }
+
+    /// Fills in the name of the interface `socket` is bound to (SO_BINDTODEVICE), looked up
+    /// in the socket's own namespace: the one way every socket portwatch shows gets it.
+    pub fn name_device(&mut self, socket: &mut SocketView) {
+        if socket.options.bound_dev_if != 0 {
+            socket.options.device = self.ifname(socket.netns, socket.options.bound_dev_if);
+        }
     }
 }
 

@@ -20,10 +20,11 @@ use portwatch_common::Backend;
 use terminal::safe;
 
 use crate::{
+    address::endpoint,
     errno,
     event::{Call, Event, Requested},
     explain::Verdict,
-    sockets::{SocketView, endpoint},
+    sockets::SocketView,
 };
 
 /// Writes one status line to stderr. A closed or full stderr is ignored: a status line is

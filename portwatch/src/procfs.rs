@@ -46,12 +46,22 @@ pub fn netns_of(pid: u32) -> Option<u64> {
 
 /// Whether `pid` has capability number `cap` in its effective set (None: process gone).
 pub fn has_cap(pid: u32, cap: u32) -> Option<bool> {
+    effective_caps(pid).map(|eff| eff & (1 << cap) != 0)
+}
+
+/// The effective capability set of process `pid` (`self` for this one), as a bit mask by
+/// capability number. None when the process is gone or its status has no `CapEff:` line.
+pub fn effective_caps(pid: impl std::fmt::Display) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let eff = status
+    cap_eff(&status)
+}
+
+/// The `CapEff:` line of a `/proc/PID/status` text, parsed.
+fn cap_eff(status: &str) -> Option<u64> {
+    status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())?;
-    Some(eff & (1 << cap) != 0)
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 /// Socket inode → the processes (and fds) that hold it, for every process on the machine.
@@ -115,6 +125,15 @@ mod tests {
         assert_eq!(socket_inode(b"socket:[4242]"), Some(4242));
         assert_eq!(socket_inode(b"/dev/null"), None);
         assert_eq!(socket_inode(b"anon_inode:[eventfd]"), None);
+    }
+
+    #[test]
+    fn reads_the_effective_capability_set() {
+        let status = "Name:\tportwatch\nCapInh:\t0000000000000000\n\
+                      CapEff:\t000001c000000400\nCapBnd:\t000001ffffffffff\n";
+        assert_eq!(cap_eff(status), Some(0x1c0_0000_0400));
+        assert_eq!(cap_eff("Name:\tx\n"), None);
+        assert!(effective_caps("self").is_some());
     }
 
     #[test]

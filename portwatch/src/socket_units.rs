@@ -21,11 +21,6 @@ pub struct SocketUnit {
     pub reuse_port: bool,
 }
 
-/// Whether an owner is systemd: pid 1, or a process whose comm starts with `systemd`.
-pub fn is_systemd(pid: u32, comm: &str) -> bool {
-    pid == 1 || comm.starts_with("systemd")
-}
-
 /// The port of a `ListenStream=`/`ListenDatagram=` value: `8080`, `0.0.0.0:8080`,
 /// `[::]:8080`, `127.0.0.1:8080`. None for paths (unix sockets) and other forms.
 fn listen_port(value: &str) -> Option<u16> {
@@ -116,12 +111,5 @@ mod tests {
             parse("x.socket", "[Socket]\nListenStream=9000\n", 9000).map(|u| u.listen),
             Some("ListenStream=9000".into())
         );
-    }
-
-    #[test]
-    fn systemd_owners() {
-        assert!(is_systemd(1, "init"));
-        assert!(is_systemd(812, "systemd"));
-        assert!(!is_systemd(812, "nginx"));
     }
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use portwatch_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, opt, tcp_state};
 
-use crate::{docker_proxy::Forward, workload::Workload};
+use crate::{address::endpoint, docker_proxy::Forward, workload::Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -317,6 +317,16 @@ pub struct Owner {
     pub forward: Option<Box<Forward>>,
 }
 
+impl Owner {
+    /// Whether this owner is systemd: pid 1, or a process whose comm starts with `systemd`.
+    /// A pure word about the owner, here so that the rules ([`crate::explain`]) and the fact
+    /// finder (which reads the unit files only for such a holder) share it without either
+    /// importing the other or the unit-file reader.
+    pub fn is_systemd(&self) -> bool {
+        self.pid == 1 || self.comm.starts_with("systemd")
+    }
+}
+
 /// Where portwatch learned about a holder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -380,17 +390,8 @@ impl OwnerStatus {
     }
 }
 
-pub fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
-
     use super::*;
 
     #[test]
@@ -413,13 +414,22 @@ mod tests {
     }
 
     #[test]
-    fn port_spaces() {
-        assert!(Proto::Tcp.shares_ports_with(Proto::Mptcp));
-        assert!(!Proto::Tcp.shares_ports_with(Proto::Udp));
+    fn systemd_owners() {
+        let owner = |pid: u32, comm: &str| Owner {
+            pid,
+            comm: comm.into(),
+            fd: 3,
+            workload: None,
+            forward: None,
+        };
+        assert!(owner(1, "init").is_systemd());
+        assert!(owner(812, "systemd").is_systemd());
+        assert!(!owner(812, "nginx").is_systemd());
     }
 
     #[test]
-    fn endpoints_bracket_ipv6() {
-        assert_eq!(endpoint(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 80), "[::]:80");
+    fn port_spaces() {
+        assert!(Proto::Tcp.shares_ports_with(Proto::Mptcp));
+        assert!(!Proto::Tcp.shares_ports_with(Proto::Udp));
     }
 }

@@ -275,11 +275,7 @@ impl<P: EventSink> Session<P> {
         ev.workload = self.workloads.of_id(ev.cgroup_id);
         if let Some(sock) = ev.socket.as_mut() {
             self.namespaces.note(sock.netns, ev.pid, ev.tid);
-            if sock.options.bound_dev_if != 0 {
-                sock.options.device = self
-                    .namespaces
-                    .ifname(sock.netns, sock.options.bound_dev_if);
-            }
+            self.namespaces.name_device(sock);
         }
     }
 
@@ -324,7 +320,9 @@ impl<P: EventSink> Session<P> {
     /// Reports events the kernel dropped since the last report.
     fn report_lost(&mut self) -> io::Result<()> {
         self.lost_checked = Instant::now();
-        let total = lost_total(&self.lost_map);
+        let Some(total) = lost_total(&self.lost_map) else {
+            return Ok(());
+        };
         if total > self.reported_lost {
             if let Some(m) = &self.metrics {
                 m.lost(total - self.reported_lost);
@@ -500,7 +498,8 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         outcome = session.report_lost();
     }
     session.summary.seconds = started.elapsed().as_secs_f64();
-    session.summary.lost = lost_total(&session.lost_map);
+    // An unreadable counter claims nothing new: the summary keeps the last count read.
+    session.summary.lost = lost_total(&session.lost_map).unwrap_or(session.reported_lost);
     if let Some(j) = &mut session.journal {
         j.finish();
     }
@@ -522,14 +521,29 @@ fn ring_has_data(ring: &mut RingBuf<MapData>) -> bool {
     unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
 }
 
-/// Events the kernel side dropped so far, summed over CPUs.
-fn lost_total(map: &aya::maps::Map) -> u64 {
-    let Ok(arr) = aya::maps::PerCpuArray::<_, u64>::try_from(map) else {
-        return 0;
-    };
-    arr.get(&portwatch_common::lost::RINGBUF, 0)
-        .map(|v| v.iter().copied().sum::<u64>())
-        .unwrap_or(0)
+/// Events the kernel side dropped so far, summed over CPUs. None when the counter could not
+/// be read: said once on stderr, so a count that stops growing is not mistaken for no losses.
+fn lost_total(map: &aya::maps::Map) -> Option<u64> {
+    let read = aya::maps::PerCpuArray::<_, u64>::try_from(map).and_then(|arr| {
+        arr.get(&portwatch_common::lost::RINGBUF, 0)
+            .map(|v| v.iter().copied().sum::<u64>())
+    });
+    match read {
+        Ok(total) => Some(total),
+        Err(e) => {
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                output::status(format_args!(
+                    "portwatch: warning: could not read the kernel's lost-event counter ({} \
+                     map): {}; lost counts from here on are the last ones read",
+                    maps::LOST,
+                    crate::errno::chain(&e)
+                ));
+            }
+            None
+        }
+    }
 }
 
 /// Gives SIGINT and SIGTERM back their default action: after the first one, a second ends

@@ -13,10 +13,8 @@ use crate::{
     facts::{self, FactFinder, Facts},
     loader,
     netns::{self, Namespaces},
-    output::{
-        self,
-        who::{Prediction, WhoReport},
-    },
+    output::{self, who::WhoReport},
+    prediction::Prediction,
     sockets::{Family, Holder, Options, Proto, SocketView, State},
 };
 
@@ -41,8 +39,7 @@ pub fn run(args: WhoArgs) -> Result<()> {
             failures.lines().join("; ")
         );
     }
-    crate::cgroup::name_owners(&mut holders);
-    finder.follow_proxies(&mut ns, &mut holders);
+    finder.enrich(&mut ns, &mut holders);
     holders.sort_by_key(|h| (h.socket.netns, h.socket.proto.name(), h.socket.state.0));
 
     // Bound-but-not-listening sockets are found only through the processes' fd tables.
@@ -222,8 +219,7 @@ fn predict(
     let mut holders = finder
         .holders(ebpf, ns, target, Some(args.port))
         .with_context(|| format!("reading the socket tables of netns {target}"))?;
-    crate::cgroup::name_owners(&mut holders);
-    finder.follow_proxies(ns, &mut holders);
+    finder.enrich(ns, &mut holders);
     let facts = Facts {
         socket_units: facts::finder::socket_units_for(&holders, args.port),
         holders: Some(holders),

@@ -10,9 +10,10 @@ use super::{
     phrase::{err_name, holder_desc, range_text, seconds, who},
 };
 use crate::{
+    address::endpoint,
     event::Call,
     facts::Facts,
-    sockets::{Holder, Proto, Source, endpoint},
+    sockets::{Holder, Proto, Source},
 };
 
 fn overlap_clause(o: Overlap, at: &Attempt) -> String {

@@ -202,9 +202,7 @@ impl FactFinder {
         let owners = self.owners(ebpf).clone();
         let sees_all = self.sees_every_socket(ebpf);
         for mut s in in_tables {
-            if s.options.bound_dev_if != 0 {
-                s.options.device = ns.ifname(s.netns, s.options.bound_dev_if);
-            }
+            ns.name_device(&mut s);
             let who = owners.get(&s.ino).cloned().unwrap_or_default();
             out.push(Holder {
                 status: self.binders.status(&s, &who, 0, sees_all),
@@ -239,10 +237,7 @@ impl FactFinder {
                     .push(f.owner.clone());
             }
             for (_, mut h) in bound_only {
-                if h.socket.options.bound_dev_if != 0 {
-                    h.socket.options.device =
-                        ns.ifname(h.socket.netns, h.socket.options.bound_dev_if);
-                }
+                ns.name_device(&mut h.socket);
                 out.push(h);
             }
             return Ok(out);
@@ -270,9 +265,7 @@ impl FactFinder {
                 }
                 Inspected::Bound(mut view) => {
                     self.known.insert(ino, Known::InNetns(view.netns));
-                    if view.options.bound_dev_if != 0 {
-                        view.options.device = ns.ifname(view.netns, view.options.bound_dev_if);
-                    }
+                    ns.name_device(&mut view);
                     if view.netns == netns && port.is_none_or(|p| p == view.port) {
                         out.push(Holder {
                             socket: view,
@@ -326,23 +319,27 @@ impl FactFinder {
             facts.cgroup_bind_programs = crate::cgroup::bind_programs(ev.cgroup_id);
         }
         self.table_facts(ebpf, ns, ev, sock, &mut facts);
-        crate::cgroup::name_owners(
-            facts
-                .holders
-                .iter_mut()
-                .flatten()
-                .chain(&mut facts.other_netns),
-        );
-        self.follow_proxies(ns, facts.holders.iter_mut().flatten());
+        // Holders in other namespaces are named too (the explanation mentions them), but no
+        // proxy is followed for them: they are not in the way.
+        crate::cgroup::name_owners(&mut facts.other_netns);
+        self.enrich(ns, facts.holders.as_deref_mut().unwrap_or_default());
         facts.socket_units =
             socket_units_for(facts.holders.as_deref().unwrap_or_default(), ev.port());
         facts
     }
 
+    /// Adds what portwatch shows about the owners of `holders`, in the same order for every
+    /// command: each owner's workload (its cgroup), then, for a docker-proxy, where it
+    /// forwards and whether that container is there.
+    pub fn enrich(&mut self, ns: &mut Namespaces, holders: &mut [Holder]) {
+        crate::cgroup::name_owners(holders.iter_mut());
+        self.follow_proxies(ns, holders);
+    }
+
     /// For every owner that is a docker-proxy: where its arguments say it forwards, which
     /// network namespace has that container address now (none: the container is gone), and the
     /// workload of a process in it.
-    pub fn follow_proxies<'a>(
+    fn follow_proxies<'a>(
         &mut self,
         ns: &mut Namespaces,
         holders: impl IntoIterator<Item = &'a mut Holder>,
@@ -486,9 +483,7 @@ impl FactFinder {
         let sees_all = walked.is_empty() || self.sees_every_socket(ebpf);
         for k in &walked {
             let mut socket = k.socket.clone();
-            if socket.options.bound_dev_if != 0 {
-                socket.options.device = ns.ifname(socket.netns, socket.options.bound_dev_if);
-            }
+            ns.name_device(&mut socket);
             let owners = if socket.ino != 0 {
                 self.owners(ebpf)
                     .get(&socket.ino)
@@ -703,7 +698,7 @@ pub fn socket_units_for(holders: &[Holder], port: u16) -> Option<Vec<SocketUnit>
     holders
         .iter()
         .flat_map(|h| &h.owners)
-        .any(|o| socket_units::is_systemd(o.pid, &o.comm))
+        .any(Owner::is_systemd)
         .then(|| socket_units::find(port))
 }
 

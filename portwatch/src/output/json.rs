@@ -10,12 +10,14 @@ use std::{
 
 use serde::Serialize;
 
-use super::{Clock, Summary, rfc3339, who::Prediction};
+use super::{Clock, Summary, rfc3339};
 use crate::{
+    address::endpoint,
     errno,
     event::Event,
     explain::{Involved, Verdict},
-    sockets::{Family, Holder, Owner, OwnerStatus, SocketView, endpoint},
+    prediction::Prediction,
+    sockets::{Family, Holder, Owner, OwnerStatus, SocketView},
     workload::{Kind, Workload},
 };
 

@@ -4,7 +4,6 @@
 use std::{
     collections::HashSet,
     io::{self, Write},
-    net::IpAddr,
 };
 
 use super::{
@@ -12,32 +11,11 @@ use super::{
     terminal::safe,
 };
 use crate::{
-    explain::{self, Verdict},
-    sockets::{Holder, SocketView, Source, endpoint},
+    address::endpoint,
+    explain,
+    prediction::Prediction,
+    sockets::{Holder, Source},
 };
-
-/// A bind `who --addr` imagined, and what the rules say it would do now.
-pub struct Prediction {
-    /// The socket as it would be before the bind: family, protocol, options, netns, uid.
-    pub socket: SocketView,
-    /// The address and port the bind asks for.
-    pub addr: IpAddr,
-    pub port: u16,
-    pub verdict: Verdict,
-    /// Why a success cannot be promised: a socket portwatch could not see may be in the way.
-    /// Set only when the rules found nothing in the way.
-    pub cannot_tell: Option<&'static str>,
-}
-
-impl Prediction {
-    /// Some(true/false), or None when portwatch cannot tell.
-    pub fn would_succeed(&self) -> Option<bool> {
-        match (self.verdict.ok, self.cannot_tell) {
-            (true, Some(_)) => None,
-            (ok, _) => Some(ok),
-        }
-    }
-}
 
 /// What `who` found: every socket on `port` in the `namespaces` it could see.
 pub struct WhoReport<'a> {
@@ -198,10 +176,10 @@ fn prediction(out: &mut impl Write, p: &Prediction) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::sockets::{Family, Options, Owner, OwnerStatus, Proto, State};
+    use crate::sockets::{Family, Options, Owner, OwnerStatus, Proto, SocketView, State};
 
     /// A holder whose process named itself with escape sequences and a newline, bound to an
     /// interface whose name holds a bell: the table shows them escaped, on one line.

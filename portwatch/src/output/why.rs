@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::{HEADER, terminal::safe, time_of_day};
 use crate::{
-    sockets::{Family, Options, endpoint},
+    address::endpoint,
+    sockets::{Family, Options},
     workload::Workload,
 };
 

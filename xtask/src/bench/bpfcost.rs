@@ -1,8 +1,8 @@
 //! Kernel-side cost per bind, measured by the kernel itself (kernel.bpf_stats_enabled): the
 //! run time of a tracer's programs divided by the binds made.
 //!
-//! Why, next to the timed rounds: row 3 must be within 1% of row 2, i.e. about a hundred
-//! nanoseconds on a bind of ~10 µs, while wall-clock rounds on this machine scatter by 5-20%.
+//! Why, next to the timed rounds: row 3 must be within 1% of row 2, a difference much smaller
+//! than the scatter of wall-clock rounds on these shared machines (BENCHMARKS.md, "Noise").
 //! Both rows run the same number of programs on the same hooks, so the tracepoint dispatch
 //! costs the same; the difference in program run time is the whole difference, and the kernel
 //! measures it with little noise. Stats are on only during this pass (they cost two clock

@@ -170,8 +170,8 @@ pub fn run_vm(
     Ok(r)
 }
 
-/// This xtask binary without debug info (a debug build is ~28 MB, most of it DWARF, and
-/// every byte goes through the initramfs). It runs the guest half.
+/// This xtask binary without debug info (a debug build is mostly DWARF, and every byte goes
+/// through the initramfs). It runs the guest half.
 /// Copied through /proc/self/exe, which still works when cargo has rebuilt (replaced) the
 /// file meanwhile, as happens when someone else builds xtask during a long bench.
 fn guest_copy_of_xtask(scratch: &Path) -> Result<PathBuf> {

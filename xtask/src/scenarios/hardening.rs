@@ -283,14 +283,17 @@ fn link_local_scope(cx: &Ctx, _ns: &Netns) -> Result<()> {
             .map(String::from)
             .to_vec(),
     )?;
-    // A process in the namespace binds, then stays a moment so that its namespace can be
-    // entered to name the interface.
-    let script = "import socket,time\n\
-                  s=socket.socket(socket.AF_INET6)\n\
-                  s.bind(('fe80::1',45300,0,socket.if_nametoindex('lo')))\n\
-                  time.sleep(2)\n";
+    // A process in the namespace binds, then stays a moment (longer under emulation) so that
+    // its namespace can be entered to name the interface.
+    let script = format!(
+        "import socket,time\n\
+         s=socket.socket(socket.AF_INET6)\n\
+         s.bind(('fe80::1',45300,0,socket.if_nametoindex('lo')))\n\
+         time.sleep({:.1})\n",
+        cx.pw.timeout(2.0).as_secs_f64()
+    );
     let bound = Command::new("ip")
-        .args(["netns", "exec", &named_name(ns), "python3", "-c", script])
+        .args(["netns", "exec", &named_name(ns), "python3", "-c", &script])
         .output()
         .context("running python3 in the namespace")?;
     ensure!(
@@ -362,7 +365,7 @@ const SOAK_SECS_DEFAULT: u64 = 20;
 /// full, with a margin.
 const SOAK_WARM_BINDS: u64 = 45_000;
 
-/// Churn that once grew portwatch without bound (17.8 -> 50.5 MB in 3 minutes): one process
+/// Churn that once grew portwatch's memory without bound: one process
 /// replaces a bound socket every 200 µs while another makes an EADDRINUSE on the port every
 /// 50 ms, all traced and explained. Every cache has a bound, so once the largest is full
 /// (after [`SOAK_WARM_BINDS`] binds), RSS stays within a margin of where it was then.

@@ -74,6 +74,10 @@ impl Event {
     pub fn get(&self, path: &str) -> &Value {
         lookup(&self.0, path)
     }
+    /// The explanation's sentence (`explain.message`); empty when there is none.
+    pub fn message(&self) -> &str {
+        self.get("explain.message").as_str().unwrap_or_default()
+    }
     pub fn sock_ino(&self) -> Option<u64> {
         self.0["sock_ino"].as_u64()
     }

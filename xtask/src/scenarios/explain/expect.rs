@@ -10,7 +10,7 @@ use crate::scenarios::{
     Ctx,
     check::{Want, fields},
     holder::Holder,
-    portwatch::{Event, lookup},
+    portwatch::Event,
 };
 
 /// The explanation blames `h`'s process first.
@@ -55,15 +55,8 @@ pub(super) fn fields_owned(ev: &Event, want: &[(String, Value)]) -> Result<()> {
     fields(ev, &want)
 }
 
-pub(super) fn message(ev: &Event) -> String {
-    lookup(&ev.0, "explain.message")
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 pub(super) fn says(ev: &Event, words: &[&str]) -> Result<()> {
-    let m = message(ev);
+    let m = ev.message();
     for w in words {
         ensure!(
             m.contains(w),

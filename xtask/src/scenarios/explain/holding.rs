@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
 
-use super::expect::message;
 use crate::scenarios::{
     Ctx, Scenario,
     holder::{Bound, Holder},
@@ -28,12 +27,12 @@ pub enum Holding {
 }
 
 /// The bound on "right after the call", for holders written here: they close their
-/// sockets first thing (measured: 15-200 µs on the 2-core host under load).
+/// sockets first thing, well within it even on the 2-core host under load.
 const CLOSED_WITHIN_US: f64 = 1000.0;
 
 /// For servers not written here, killed with SIGKILL: the kernel unmaps their memory before
-/// it closes their files, which takes python 1.5-5 ms on the 2-core host under load, so 1 ms
-/// cannot be had. Measured to the exit, as the caller saw it: an upper bound.
+/// it closes their files, which takes python several milliseconds on the 2-core host under
+/// load, so 1 ms cannot be had. Measured to the exit, as the caller saw it: an upper bound.
 const KILLED_WITHIN_US: f64 = 10_000.0;
 
 /// What a rule scenario's deciding call showed, and the numbers that differ from run to run.
@@ -240,7 +239,7 @@ fn explained(s: &Seen) -> (String, String, String) {
     (
         lookup(&s.ev.0, "explain.rule").to_string(),
         lookup(&s.ev.0, side).to_string(),
-        mask(&message(&s.ev), &s.varying),
+        mask(s.ev.message(), &s.varying),
     )
 }
 

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use super::{
-    expect::{blames, message},
+    expect::blames,
     holding::Holding,
     real_server::{Server, python_http},
     tcp_state::{leave_fin_wait2, leave_time_wait},
@@ -173,7 +173,7 @@ fn fin_wait2_holder(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
             ("explain.holders.0.owners", json!([])),
         ],
     )?;
-    let m = message(&ev);
+    let m = ev.message();
     ensure!(
         !m.contains("TIME_WAIT"),
         "the explanation calls the FIN_WAIT2 socket TIME_WAIT: {m}\n  line: {ev}"
