@@ -32,6 +32,7 @@ mod outbound;
 pub mod portwatch;
 mod privilege;
 pub mod prometheus;
+pub mod schema;
 pub mod sock;
 mod trace;
 pub mod vanish;

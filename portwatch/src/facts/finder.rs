@@ -287,6 +287,15 @@ impl FactFinder {
         Ok(out)
     }
 
+    /// Forgets that ports were bound in namespace `ino` (see [`crate::trace::Session::forget_netns`]).
+    pub fn forget_netns(&mut self, ino: u32) {
+        for seen in self.bound_ports.values_mut() {
+            seen.retain(|&(n, _)| n != ino);
+        }
+        self.bound_ports.retain(|_, seen| !seen.is_empty());
+        self.netns_facts.remove(&ino);
+    }
+
     /// Sysctls and addresses of a namespace, read from inside it.
     pub fn netns_facts(
         &mut self,

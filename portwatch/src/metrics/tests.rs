@@ -45,6 +45,7 @@ fn verdict(rule: Rule) -> Verdict {
         fix: None,
         holders: vec![],
         shares_with: vec![],
+        other_netns: vec![],
     }
 }
 
