@@ -29,12 +29,14 @@ pub mod holder;
 mod metrics;
 pub mod netns;
 mod outbound;
+mod paths;
 pub mod portwatch;
 mod privilege;
 pub mod prometheus;
 pub mod schema;
 pub mod sock;
 mod trace;
+pub mod uring;
 pub mod vanish;
 mod who;
 mod workload;
@@ -179,6 +181,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(privilege::scenarios());
     v.extend(demo::scenarios());
     v.extend(hardening::scenarios());
+    v.extend(paths::scenarios());
     v
 }
 

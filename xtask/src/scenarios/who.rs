@@ -95,7 +95,7 @@ fn who_without_ptrace(cx: &Ctx, _pw: &Portwatch, ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-fn who(cx: &Ctx, args: &[&str]) -> Result<Value> {
+pub(super) fn who(cx: &Ctx, args: &[&str]) -> Result<Value> {
     let out = Command::new(&cx.pw.exe)
         .arg("who")
         .args(args)
