@@ -177,10 +177,28 @@ pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
         return None;
     }
     let mut v = decide(&at, ev, facts);
+    note_kernel_socket(&mut v, ev);
     note_gone_owners(&mut v);
     note_forwards(&mut v);
     note_socket_units(&mut v, facts);
     Some(v)
+}
+
+/// A call on the kernel's own socket: no process will hold it; the task named is the one that
+/// made the kernel bind it ("who took 4789?": `ip`, bringing a VXLAN device up).
+fn note_kernel_socket(v: &mut Verdict, ev: &Event) {
+    if ev.kernel_socket {
+        v.details.insert(
+            0,
+            format!(
+                "the kernel bound this socket for itself (it has no file, and no process will \
+                 hold it), at the request of pid {} ({}): a tunnel device such as VXLAN or \
+                 Geneve, WireGuard or the NFS client binds so; it stays until that device or \
+                 service goes",
+                ev.pid, ev.comm
+            ),
+        );
+    }
 }
 
 /// A holder whose process no longer holds it gets a line of its own: the sentence names who

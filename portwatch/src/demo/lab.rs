@@ -393,6 +393,13 @@ fn read_full(fd: RawFd, buf: &mut [u8]) -> bool {
 fn child_main(r: &RawSpec, uid: Option<u32>, comm: &[u8; 16], orders: RawFd) -> ! {
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The tracer's programs, links and maps are not the server's to keep: a child that
+        // held them would keep them loaded after portwatch exits, until it is reaped.
+        let order_fd = orders as libc::c_uint;
+        if order_fd > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, order_fd - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, order_fd + 1, u32::MAX, 0u32);
         libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
         // The demo's signal handler is not for the child.
         libc::signal(libc::SIGINT, libc::SIG_DFL);

@@ -67,6 +67,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
         kernel_holders: vec![],
         walk: None,
         holders_sent: 0,
+        kernel_socket: false,
     }
 }
 

@@ -788,7 +788,9 @@ impl Binders {
         if !owners.is_empty() {
             OwnerStatus::Live
         } else if flags & holder::NO_FILE != 0 {
-            OwnerStatus::InKernel
+            OwnerStatus::InKernel {
+                bound_by: self.by_ino.get(&s.ino).map(Binder::owner),
+            }
         } else if flags & holder::ORPHAN != 0 || s.state.is_time_wait() || s.ino == 0 {
             OwnerStatus::NoProcess
         } else if let Some(b) = self.by_ino.get(&s.ino) {

@@ -68,6 +68,9 @@ pub struct JsonEvent<'a> {
     sock_ino: Option<u64>,
     sk_uid: Option<u32>,
     options: Option<JsonOptions>,
+    /// The kernel's own socket (no file): the kernel bound it for itself, at the request of
+    /// `pid`/`comm` (e.g. `ip link set vxlan0 up`).
+    kernel_socket: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     explain: Option<JsonVerdict<'a>>,
 }
@@ -105,6 +108,7 @@ impl<'a> JsonEvent<'a> {
             sock_ino: sock.map(|s| s.ino),
             sk_uid: sock.and_then(|s| s.uid),
             options: sock.map(JsonOptions::of),
+            kernel_socket: ev.kernel_socket,
             explain: verdict.map(JsonVerdict::of),
         }
     }
@@ -243,6 +247,7 @@ impl<'a> JsonHolder<'a> {
             owner_status: h.status.name(),
             bound_by: match &h.status {
                 OwnerStatus::Closed { bound_by } => Some(JsonOwner::of(bound_by)),
+                OwnerStatus::InKernel { bound_by } => bound_by.as_ref().map(JsonOwner::of),
                 _ => None,
             },
             rule: involved.map(|i| i.rule.id()),

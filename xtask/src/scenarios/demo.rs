@@ -453,12 +453,25 @@ fn run_and_check(cx: &Ctx, interrupt: bool) -> Result<()> {
         "new named namespaces: {:?}",
         named_after.difference(&named_before).collect::<Vec<_>>()
     );
-    let loaded: BTreeSet<u64> = bpftool_programs()?
-        .iter()
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
-    let left: Vec<&u64> = programs.iter().filter(|id| loaded.contains(id)).collect();
-    ensure!(left.is_empty(), "BPF programs left loaded: {left:?}");
+    // The kernel frees a program asynchronously once its last fd is closed.
+    let mut left = Vec::new();
+    let gone = super::eventually(cx.pw.timeout(5.0), || {
+        let loaded: BTreeSet<u64> = bpftool_programs()?
+            .iter()
+            .filter_map(|p| p["id"].as_u64())
+            .collect();
+        left = programs
+            .iter()
+            .filter(|id| loaded.contains(id))
+            .copied()
+            .collect();
+        Ok(left.is_empty())
+    })?;
+    ensure!(
+        gone,
+        "BPF programs left loaded {:.0?} after the demo exited: {left:?}",
+        cx.pw.timeout(5.0)
+    );
     Ok(())
 }
 

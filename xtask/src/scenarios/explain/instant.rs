@@ -40,8 +40,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             time_wait_other_namespaces,
         ),
         Scenario::shared("explain_fin_wait2_holder", fin_wait2_holder),
-        // `ip link add ... type vxlan`: on the host only.
-        Scenario::shared("explain_in_kernel_holder", in_kernel_holder).host_only(),
+        // The VM loads vxlan (a module there) and ships iproute2's ip for it.
+        Scenario::shared("explain_in_kernel_holder", in_kernel_holder).needs_modules(&["vxlan"]),
         Scenario::shared("explain_in_flight_holder", in_flight_holder),
         Scenario::shared("explain_own_socket_in_the_way", own_socket),
         // Host only: under the VM's emulated CPU the owner's loop ends before the tracer has
@@ -189,10 +189,12 @@ fn fin_wait2_holder(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// A VXLAN device with dstport 8472, brought up in the namespace, makes the kernel open a UDP
-/// socket on 0.0.0.0:8472 that no process has: a bind there fails, and the explanation must
-/// say the socket is the kernel's, with no owner.
-fn in_kernel_holder(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+/// A VXLAN device with dstport 4789, brought up in the namespace, makes the kernel open a UDP
+/// socket on 0.0.0.0:4789 that no process has: a bind there fails, and the explanation must
+/// say the socket is the kernel's, with no owner. With fexit, which sees binds the kernel
+/// makes itself, the kernel's own bind is traced too, under the task that caused it (`ip`),
+/// and "who took 4789?" has that answer in the failure's explanation (`bound_by`).
+fn in_kernel_holder(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     netns::ip(
         Some(ns),
         &[
@@ -204,15 +206,41 @@ fn in_kernel_holder(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
             "id",
             "42",
             "dstport",
-            "8472",
+            "4789",
             "local",
             "127.0.0.1",
         ],
     )
     .context("set-up: a VXLAN device (is the vxlan module there?)")?;
     netns::ip(Some(ns), &["link", "set", "pw-vx0", "up"])?;
+    let fexit = cx.pw.backend == "fexit";
+    if fexit {
+        let evs = pw.wait_for(ns, "the kernel's own bind of udp 4789", |evs| {
+            evs.iter().any(|e| e.0["bound"]["port"] == json!(4789))
+        })?;
+        let ev = evs
+            .into_iter()
+            .find(|e| e.0["bound"]["port"] == json!(4789))
+            .context("the event")?;
+        fields(
+            &ev,
+            &[
+                ("type", json!("bind")),
+                ("ok", json!(true)),
+                ("protocol", json!("udp")),
+                ("comm", json!("ip")),
+                ("kernel_socket", json!(true)),
+                ("fd", json!(null)),
+            ],
+        )?;
+        let details = lookup(&ev.0, "explain.details").to_string();
+        ensure!(
+            details.contains("the kernel bound this socket for itself"),
+            "the kernel's own bind is not said to be the kernel's: {details}\n  line: {ev}"
+        );
+    }
     let mut a = Holder::spawn(ns, "pw-asker")?;
-    let b = a.bind_fails(&SockSpec::udp("0.0.0.0:8472"), EADDRINUSE)?;
+    let b = a.bind_fails(&SockSpec::udp("0.0.0.0:4789"), EADDRINUSE)?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
     fields(
         &ev,
@@ -221,8 +249,19 @@ fn in_kernel_holder(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
             ("explain.holders.0.state", json!("UNCONN")),
             ("explain.holders.0.owners", json!([])),
             ("explain.holders.0.owner_status", json!("in-kernel")),
+            ("kernel_socket", json!(false)),
         ],
-    )
+    )?;
+    if fexit {
+        fields(&ev, &[("explain.holders.0.bound_by.comm", json!("ip"))])?;
+        let m = message(&ev);
+        ensure!(
+            m.contains("in-kernel socket") && m.contains("(ip)"),
+            "the explanation should name the kernel's socket and ip, which made it: {m}\n  \
+             line: {ev}"
+        );
+    }
+    Ok(())
 }
 
 /// A bound socket whose only reference is an SCM_RIGHTS message nobody received (the process
