@@ -221,9 +221,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         // Dropping the report kills the experiment's servers and closes its sockets; then
         // its namespace goes, and the tracer forgets it (it would otherwise keep it open, and
         // the next experiment's port would be "held in another namespace").
+        let extra = report.trial.extra_namespaces();
         drop(report);
         lab::enter(&host).context("returning to our network namespace")?;
-        session.forget_netns(scratch.inode);
+        for ino in extra.into_iter().chain([scratch.inode]) {
+            session.forget_netns(ino);
+        }
         drop(scratch);
         if let Err(e) = shown {
             outcome = Err(e);

@@ -934,6 +934,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_a_modules_dependencies_from_its_modinfo() {
+        let dir = std::env::temp_dir().join(format!("pw-modinfo-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let with = dir.join("vxlan.ko");
+        fs::write(
+            &with,
+            b"\x7fELF...\0license=GPL\0depends=udp_tunnel,ip6_udp_tunnel\0name=vxlan\0",
+        )
+        .unwrap();
+        let without = dir.join("tun.ko");
+        fs::write(&without, b"\x7fELF\0depends=\0name=tun\0").unwrap();
+        assert_eq!(
+            module_depends(&with).unwrap(),
+            ["udp_tunnel", "ip6_udp_tunnel"]
+        );
+        assert!(module_depends(&without).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn orders_debian_kernel_releases() {
         assert_eq!(version_key("6.1.0-56-cloud-amd64"), [6, 1, 0, 56]);
         assert_eq!(version_key("6.12.117+deb13-cloud-amd64"), [6, 12, 117]);

@@ -97,6 +97,13 @@ impl Trial {
     }
 }
 
+impl Trial {
+    /// The inodes of the extra namespaces the experiment made (besides its scratch one).
+    pub fn extra_namespaces(&self) -> Vec<u32> {
+        self.namespaces.iter().map(|n| n.inode).collect()
+    }
+}
+
 /// The servers' process names, in the order an experiment starts them: what portwatch's
 /// explanations call them ("pid 4711 (server-a) holds ...").
 const SERVER_NAMES: &[&str] = &["server-a", "server-b", "server-c"];
