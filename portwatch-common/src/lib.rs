@@ -163,6 +163,10 @@ pub mod flags {
     pub const NO_REQUEST: u8 = 1 << 0;
     /// The socket behind the fd could not be reached (closed by another thread, not a socket).
     pub const NO_SOCKET: u8 = 1 << 1;
+    /// The socket has no file: the kernel opened it for itself (a VXLAN or Geneve device's
+    /// UDP port, WireGuard's, the NFS client's), and the task is the one that made it do so
+    /// (e.g. `ip link set vxlan0 up`). Only the fexit backend sees such binds.
+    pub const KERNEL_SOCKET: u8 = 1 << 2;
 }
 
 /// Where one field of a kernel struct lives, as found in the running kernel's BTF.

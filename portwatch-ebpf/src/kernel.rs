@@ -416,14 +416,9 @@ impl Sock {
         }
     }
 
-    /// Inode of the socket (what /proc/PID/fd links name), 0 when orphaned. Every socket
-    /// lives in a `socket_alloc` next to its inode, so no pointer needs following.
-    #[inline(always)]
-    pub fn ino(&self) -> u64 {
-        self.ino_of(self.socket())
-    }
-
-    /// [`Sock::ino`] for a `struct socket *` already read.
+    /// Inode of the socket (what /proc/PID/fd links name) behind `socket` ([`Sock::socket`]),
+    /// 0 when orphaned. Every socket lives in a `socket_alloc` next to its inode, so no
+    /// pointer needs following.
     #[inline(always)]
     pub fn ino_of(&self, socket: u64) -> u64 {
         let inode = global(&LAYOUT.socket_inode);

@@ -31,7 +31,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
     programs::{FExitContext, TracePointContext},
 };
-use kernel::{Sock, global, probe_kernel, probe_user, tp_arg};
+use kernel::{LAYOUT, Sock, global, probe_kernel, probe_user, read_field, tp_arg};
 use portwatch_common::{
     AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, COMM_LEN, IPPROTO_TCP, PORT_WORDS,
     RING_BYTES, Settings, flags, lost, record,
@@ -336,7 +336,16 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
                 (*e).bound_dev_if = sk.bound_dev_if();
                 (*e).reuse = sk.reuse();
                 (*e).options = sk.options();
-                (*e).sock_ino = sk.ino();
+                let socket = sk.socket();
+                (*e).sock_ino = sk.ino_of(socket);
+                // A socket without a file is the kernel's own (the syscall backend only ever
+                // sees sockets behind an fd, so it need not look).
+                if (meta >> 8) as u8 == Backend::Fexit as u8
+                    && socket != 0
+                    && read_field(socket, &LAYOUT.socket_file) == 0
+                {
+                    (*e).flags |= flags::KERNEL_SOCKET;
+                }
             }
             None => {
                 (*e).flags |= flags::NO_SOCKET;

@@ -1,5 +1,6 @@
 //! `portwatch demo`: "can two programs use the same port?", answered by doing it on this
-//! kernel. Each experiment makes real sockets in a scratch network namespace while
+//! kernel. Each experiment makes real sockets, each server a process of its own, in a fresh
+//! scratch network namespace of its own while
 //! portwatch's own tracer (the trace session: loader, ring, FactFinder, explain) watches, and
 //! the demo narrates the question, the sockets, the result the kernel gave, and portwatch's
 //! explanation of the traced call.
@@ -34,9 +35,11 @@ use crate::{
     trace::{self, EventSink, Session},
 };
 
-/// The first experiment's port; experiment i uses FIRST_PORT + i, so that one experiment's
-/// TIME_WAIT connections never meet another's sockets.
-const FIRST_PORT: u16 = 47300;
+/// The port of every experiment. Outside the ephemeral range (no note about reserving it
+/// distracts from the lesson), and free: each experiment runs in a fresh, empty network
+/// namespace of its own, so one experiment's TIME_WAIT connections never meet another's
+/// sockets.
+const PORT: u16 = 8080;
 
 /// Collects the traced events, with their verdicts, for the demo to pick from.
 #[derive(Default)]
@@ -89,6 +92,8 @@ impl Report<'_> {
             result: self.result(),
             rule: self.rule(),
             explanation: self.explanation(),
+            details: self.verdict().map_or(&[], |v| v.details.as_slice()),
+            fix: self.verdict().and_then(|v| v.fix.as_deref()),
             observations: &self.trial.observations,
             bsd: self.experiment.bsd,
             error: self.error.as_deref(),
@@ -97,6 +102,10 @@ impl Report<'_> {
                 .zip(self.caller)
                 .map(|(p, c)| p == c.result.is_ok()),
         }
+    }
+
+    fn verdict(&self) -> Option<&Verdict> {
+        self.traced.as_ref().and_then(|(_, v)| v.as_ref())
     }
 
     pub fn explanation(&self) -> Option<String> {
@@ -129,12 +138,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
     loader::check_privileges("demo")?;
     lab::catch_signals().context("catching SIGINT and SIGTERM")?;
     let kernel = loader::kernel_info()?;
-    let ports: Vec<u16> = chosen.iter().map(|(i, _)| port_of(*i)).collect();
     let mut loaded = loader::load(
         BackendChoice::Auto,
         &KernelFilter {
             pid: None,
-            ports,
+            ports: vec![PORT],
             failed_only: false,
             include_self: true,
         },
@@ -142,13 +150,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     )?;
     let (mut ring, lost) = trace::take_ring(&mut loaded.ebpf)?;
     let host = std::fs::File::open("/proc/thread-self/ns/net").context("opening our netns")?;
-    let scratch = lab::new_netns().context("creating the scratch network namespace")?;
-    if !args.json {
-        output::status(format_args!(
-            "portwatch demo: scratch network namespace net:[{}], tracing with the {} backend",
-            scratch.inode, loaded.backend
-        ));
-    }
+    let backend = loaded.backend;
     let mut session = Session::new(
         loaded.ebpf,
         loaded.tables,
@@ -168,11 +170,19 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut score = (0usize, 0usize);
     let mut out = io::stdout().lock();
     let mut outcome: io::Result<()> = Ok(());
-    for (i, e) in chosen {
+    for (n, (_, e)) in chosen.into_iter().enumerate() {
         if lab::interrupted() {
             break;
         }
-        let port = port_of(i);
+        let port = PORT;
+        let scratch = lab::new_netns().context("creating a scratch network namespace")?;
+        if n == 0 && !args.json {
+            output::status(format_args!(
+                "portwatch demo: each experiment in a fresh scratch network namespace (the \
+                 first: net:[{}]), tracing with the {backend} backend",
+                scratch.inode
+            ));
+        }
         let mut trial = Trial::default();
         let error = (e.run)(&mut trial, port).err().map(|e| e.to_string());
         // The kernel side wrote each call's event before the call returned.
@@ -191,7 +201,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             error,
         };
         let shown = if args.quiz {
-            narrate_question(&mut out, &report, args.json)
+            narrate_question(&mut out, &report, args.json, true)
                 .and_then(|()| quiz(&mut out, &report, &mut score, args.json))
         } else {
             Ok(None)
@@ -208,16 +218,24 @@ pub fn run(args: DemoArgs) -> Result<()> {
                 narrate(&mut out, &report, args.quiz)
             }
         });
+        // Dropping the report kills the experiment's servers and closes its sockets; then
+        // its namespace goes, and the tracer forgets it (it would otherwise keep it open, and
+        // the next experiment's port would be "held in another namespace").
+        let extra = report.trial.extra_namespaces();
+        drop(report);
+        lab::enter(&host).context("returning to our network namespace")?;
+        for ino in extra.into_iter().chain([scratch.inode]) {
+            session.forget_netns(ino);
+        }
+        drop(scratch);
         if let Err(e) = shown {
             outcome = Err(e);
             break;
         }
-        // Dropping the report closes the experiment's sockets and kills its children.
     }
     session.detach();
     drop(session);
     lab::enter(&host).context("returning to our network namespace")?;
-    drop(scratch);
     outcome?;
     if lab::interrupted() {
         output::status(format_args!(
@@ -237,10 +255,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-fn port_of(index: usize) -> u16 {
-    FIRST_PORT + index as u16
-}
-
 /// The traced event of the reported call: the last one on `port` by the caller's process with
 /// the same call.
 fn pick(
@@ -254,13 +268,23 @@ fn pick(
     Some(events.swap_remove(at))
 }
 
-fn narrate_question(out: &mut impl io::Write, r: &Report, json: bool) -> io::Result<()> {
+/// The question and the sockets. `hide_last`: the quiz asks about the last call, so its line
+/// comes without its result (nor which call decided) until the answer is in.
+fn narrate_question(
+    out: &mut impl io::Write,
+    r: &Report,
+    json: bool,
+    hide_last: bool,
+) -> io::Result<()> {
     if json {
         return Ok(());
     }
     writeln!(out, "== {}: {}", r.experiment.id, r.experiment.question)?;
-    for s in &r.trial.sockets {
-        writeln!(out, "   socket  {s}")?;
+    for (i, s) in r.trial.sockets.iter().enumerate() {
+        match &r.trial.last_line {
+            Some((at, masked)) if hide_last && *at == i => writeln!(out, "   socket  {masked}")?,
+            _ => writeln!(out, "   socket  {s}")?,
+        }
     }
     Ok(())
 }
@@ -277,7 +301,12 @@ fn quiz(
         write!(out, "   Will the last call succeed? [y/n] ")?;
         out.flush()?;
     }
-    let Some(line) = read_line()? else {
+    let line = read_line()?;
+    // A terminal echoed the answer and its newline; piped answers are not echoed.
+    if !json && unsafe { libc::isatty(0) } == 0 {
+        writeln!(out)?;
+    }
+    let Some(line) = line else {
         return Ok(None);
     };
     let prediction = match line.trim().to_ascii_lowercase().as_str() {
@@ -323,7 +352,12 @@ fn read_line() -> io::Result<Option<String>> {
 
 fn narrate(out: &mut impl io::Write, r: &Report, quizzed: bool) -> io::Result<()> {
     if !quizzed {
-        narrate_question(out, r, false)?;
+        narrate_question(out, r, false, false)?;
+    } else if let Some((at, _)) = &r.trial.last_line
+        && let Some(s) = r.trial.sockets.get(*at)
+    {
+        // The answer is in: the last call's line, with its result.
+        writeln!(out, "   socket  {s}")?;
     }
     for o in &r.trial.observations {
         writeln!(out, "   seen    {o}")?;

@@ -73,6 +73,10 @@ pub struct Event {
     pub walk: Option<u8>,
     /// How many holder records the kernel side sent with this call.
     pub holders_sent: u8,
+    /// The socket is the kernel's own (no file): the kernel bound it for itself, and `pid`
+    /// and `comm` are the task that made it do so (fexit only; see
+    /// [`portwatch_common::flags::KERNEL_SOCKET`]).
+    pub kernel_socket: bool,
 }
 
 impl Event {
@@ -206,6 +210,7 @@ fn decode_call(raw: &BindEvent) -> Event {
         kernel_holders: Vec::new(),
         walk: Some(raw.walk),
         holders_sent: raw.holders,
+        kernel_socket: raw.flags & flags::KERNEL_SOCKET != 0,
     }
 }
 

@@ -48,8 +48,12 @@ pub struct Verdict {
     pub fix: Option<String>,
     /// The sockets in the way (failures).
     pub holders: Vec<Involved>,
-    /// Sockets that share the port, and why that was allowed (successes).
+    /// Sockets that share the port, and why that was allowed (successes). Only the caller's
+    /// own network namespace's: nothing from another namespace shares anything with it.
     pub shares_with: Vec<Involved>,
+    /// `ok-different-netns` only: the sockets holding the port in other network namespaces,
+    /// the point of that rule. Empty for every other verdict.
+    pub other_netns: Vec<Involved>,
 }
 
 impl Involved {
@@ -73,6 +77,7 @@ impl Verdict {
             fix: None,
             holders: vec![],
             shares_with: vec![],
+            other_netns: vec![],
         }
     }
 }
@@ -173,16 +178,34 @@ pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
         return None;
     }
     let mut v = decide(&at, ev, facts);
+    note_kernel_socket(&mut v, ev);
     note_gone_owners(&mut v);
     note_forwards(&mut v);
     note_socket_units(&mut v, facts);
     Some(v)
 }
 
+/// A call on the kernel's own socket: no process will hold it; the task named is the one that
+/// made the kernel bind it ("who took 4789?": `ip`, bringing a VXLAN device up).
+fn note_kernel_socket(v: &mut Verdict, ev: &Event) {
+    if ev.kernel_socket {
+        v.details.insert(
+            0,
+            format!(
+                "the kernel bound this socket for itself (it has no file, and no process will \
+                 hold it), at the request of pid {} ({}): a tunnel device such as VXLAN or \
+                 Geneve, WireGuard or the NFS client binds so; it stays until that device or \
+                 service goes",
+                ev.pid, ev.comm
+            ),
+        );
+    }
+}
+
 /// A holder whose process no longer holds it gets a line of its own: the sentence names who
 /// held the port at the call, the details say that it has let go since.
 fn note_gone_owners(v: &mut Verdict) {
-    for inv in v.holders.iter().chain(&v.shares_with) {
+    for inv in v.holders.iter().chain(&v.shares_with).chain(&v.other_netns) {
         if let OwnerStatus::Closed { bound_by: b } = &inv.holder.status {
             let s = &inv.holder.socket;
             let line = format!(
@@ -324,11 +347,13 @@ pub fn predict(ev: &Event, facts: &Facts) -> Option<Verdict> {
     explain(&ev, facts)
 }
 
-/// The other sockets on the port, with their relation to the call.
+/// The other sockets on the port in the call's network namespace, with their relation to the
+/// call. (Sockets of other namespaces never conflict nor share: see [`explain_success`].)
 fn relations<'h>(at: &Attempt, holders: &'h [Holder]) -> Vec<(&'h Holder, Relation)> {
     holders
         .iter()
         .filter(|h| h.socket.port == at.port)
+        .filter(|h| same_netns(h.socket.netns, at.side.netns))
         // The call's own socket shows up in the tables after a successful bind.
         .filter(|h| !(at.sock.ino != 0 && h.socket.ino == at.sock.ino))
         .map(|h| {
@@ -395,13 +420,18 @@ fn outbound(h: &Holder, holders: &[Holder], sysctls: &crate::facts::Sysctls) -> 
                     .any(|o| o.socket.port == s.port && o.socket.state.is_listen())))
 }
 
+/// Whether a socket of namespace `a` is in namespace `b` (0: not known, taken as the same).
+fn same_netns(a: u32, b: u32) -> bool {
+    a == 0 || b == 0 || a == b
+}
+
 fn explain_success(at: &Attempt, facts: &Facts) -> Verdict {
     let rels = facts
         .holders
         .as_deref()
         .map(|h| relations(at, h))
         .unwrap_or_default();
-    let others: Vec<(&Holder, Coexist)> = rels
+    let mut here: Vec<(&Holder, Coexist)> = rels
         .iter()
         .filter_map(|(h, r)| match r {
             Relation::Coexist(c) => Some((*h, *c)),
@@ -409,17 +439,25 @@ fn explain_success(at: &Attempt, facts: &Facts) -> Verdict {
             // between the call and our look). Don't claim a reason.
             Relation::Conflict { .. } => None,
         })
-        .chain(
-            facts
-                .other_netns
-                .iter()
-                .filter(|h| h.socket.port == at.port && h.socket.netns != at.side.netns)
-                .map(|h| (h, Coexist::DifferentNetns)),
-        )
         .collect();
-    let mut others = others;
-    others.sort_by_key(|(_, c)| coexist_rank(*c));
-    let mut v = success::success(at, facts, &others);
+    here.sort_by_key(|(_, c)| coexist_rank(*c));
+    // Another namespace's sockets on the port are the point only when nothing here shares it
+    // (`ok-different-netns`); then they are listed on their own, never as sharing the port.
+    let elsewhere: Vec<(&Holder, Coexist)> = if here.is_empty() {
+        facts
+            .other_netns
+            .iter()
+            .filter(|h| h.socket.port == at.port && !same_netns(h.socket.netns, at.side.netns))
+            .map(|h| (h, Coexist::DifferentNetns))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut v = if here.is_empty() && !elsewhere.is_empty() {
+        success::different_netns(at, facts, &elsewhere)
+    } else {
+        success::success(at, facts, &here)
+    };
     success::note_ephemeral_risk(&mut v, at, facts);
     v
 }

@@ -113,6 +113,12 @@ impl Namespaces {
         self.handles.get(&ino)
     }
 
+    /// Closes the handle on namespace `ino` and forgets its interface names.
+    pub fn forget(&mut self, ino: u32) {
+        self.handles.remove(&ino);
+        self.ifnames.retain(|(n, _), _| *n != ino);
+    }
+
     /// Runs `f` inside network namespace `ino` (directly when it is ours).
     pub fn run_in<R: Send>(&mut self, ino: u32, f: impl FnOnce() -> R + Send) -> Option<R> {
         if ino == 0 || ino == self.own {

@@ -245,6 +245,9 @@ impl Printer {
             if ev.ok() && asked_zero && sock.port != 0 {
                 details.push(format!("got port {}", sock.port));
             }
+            if ev.kernel_socket {
+                details.push("in-kernel socket".to_string());
+            }
             details.extend(sock.options.words(sock.family));
             if sock.netns != 0 && sock.netns != self.own_netns {
                 details.push(format!("netns {}", sock.netns));

@@ -222,6 +222,7 @@ mod tests {
             kernel_holders: vec![],
             walk: None,
             holders_sent: 0,
+            kernel_socket: false,
         };
         let filter = |name: &str| EventFilter {
             comm: Some(name.to_string()),

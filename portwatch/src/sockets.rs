@@ -368,7 +368,8 @@ pub enum OwnerStatus {
     /// `owners` hold it now.
     Live,
     /// A socket the kernel opened for itself (a tunnel, a kernel service): no process.
-    InKernel,
+    /// `bound_by`: the task that made the kernel bind it, when portwatch saw that bind (fexit).
+    InKernel { bound_by: Option<Owner> },
     /// No process by nature: a TIME_WAIT connection, or an orphaned socket the kernel finishes.
     NoProcess,
     /// No process holds it any more; portwatch saw this process bind it.
@@ -382,7 +383,7 @@ impl OwnerStatus {
     pub fn name(&self) -> &'static str {
         match self {
             OwnerStatus::Live => "live",
-            OwnerStatus::InKernel => "in-kernel",
+            OwnerStatus::InKernel { .. } => "in-kernel",
             OwnerStatus::NoProcess => "no-process",
             OwnerStatus::Closed { .. } => "closed",
             OwnerStatus::Unknown { .. } => "unknown",

@@ -178,6 +178,14 @@ impl<P: EventSink> Session<P> {
         &mut self.printer
     }
 
+    /// Forgets network namespace `ino`, which the caller has done with (the demo, after each
+    /// experiment): its handle is closed, so the namespace can go, and a later call on the same
+    /// port is no longer compared with its sockets.
+    pub fn forget_netns(&mut self, ino: u32) {
+        self.namespaces.forget(ino);
+        self.facts.forget_netns(ino);
+    }
+
     /// Detaches the programs (the object is unloaded when the session is dropped).
     pub fn detach(&mut self) {
         loader::detach(&mut self.ebpf);

@@ -215,6 +215,7 @@ fn predict(
         kernel_holders: vec![],
         walk: None,
         holders_sent: 0,
+        kernel_socket: false,
     };
     let mut holders = finder
         .holders(ebpf, ns, target, Some(args.port))

@@ -30,11 +30,14 @@ mod journal;
 mod metrics;
 pub mod netns;
 mod outbound;
+mod paths;
 pub mod portwatch;
 mod privilege;
 pub mod prometheus;
+pub mod schema;
 pub mod sock;
 mod trace;
+pub mod uring;
 pub mod vanish;
 mod who;
 mod workload;
@@ -117,6 +120,9 @@ pub struct Scenario {
     pub needs_auto_expect: bool,
     /// Needs a program that only the host has (python3, ss): skipped with `--in-vm`.
     pub host_only: bool,
+    /// Kernel modules it needs that the VM must load (the host's kernel has them built in or
+    /// loads them itself).
+    pub modules: &'static [&'static str],
 }
 
 impl Scenario {
@@ -145,10 +151,16 @@ impl Scenario {
             backends: None,
             needs_auto_expect: false,
             host_only: false,
+            modules: &[],
         }
     }
     pub fn only_backends(mut self, b: &'static [&'static str]) -> Self {
         self.backends = Some(b);
+        self
+    }
+    /// The VM loads these kernel modules (with their dependencies) when this scenario runs.
+    pub fn needs_modules(mut self, m: &'static [&'static str]) -> Self {
+        self.modules = m;
         self
     }
     pub fn host_only(mut self) -> Self {
@@ -180,6 +192,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(journal::scenarios());
     v.extend(demo::scenarios());
     v.extend(hardening::scenarios());
+    v.extend(paths::scenarios());
     v
 }
 
@@ -195,6 +208,22 @@ fn selected(
         && s.backends.is_none_or(|b| b.contains(&backend))
         && (auto_expect || !s.needs_auto_expect)
         && !(in_vm && s.host_only)
+}
+
+/// The kernel modules the scenarios these filters select in a VM need ([`Scenario::modules`]).
+pub fn modules_needed(filters: &[String]) -> Vec<&'static str> {
+    let mut m: Vec<&'static str> = all()
+        .iter()
+        .filter(|s| {
+            ["fexit", "tracepoint"]
+                .iter()
+                .any(|b| selected(s, b, filters, true, true))
+        })
+        .flat_map(|s| s.modules.iter().copied())
+        .collect();
+    m.sort_unstable();
+    m.dedup();
+    m
 }
 
 /// The (scenario, backend) pairs a run with these arguments will report, so the caller can

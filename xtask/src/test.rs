@@ -269,39 +269,39 @@ fn vm_scenarios(
 ) -> Result<()> {
     let kernel = vm::ensure_kernel(&workspace_root().join("vm-cache"), distro)?;
     let backends = ["fexit".to_string(), "tracepoint".to_string()];
-    // TUN is a module on Debian's kernels (xz-compressed from Debian 13 on, which busybox's
-    // insmod cannot read); the SO_BINDTODEVICE scenarios make TUN devices.
-    let net = kernel.modules_dir.join("kernel/drivers/net");
-    let (tun, load_tun) = if net.join("tun.ko.xz").is_file() {
-        (
-            net.join("tun.ko.xz"),
-            "xzcat /lib/tun.ko.xz >/tmp/tun.ko; insmod /tmp/tun.ko",
-        )
-    } else {
-        (net.join("tun.ko"), "insmod /lib/tun.ko")
-    };
-    let guest_tun = format!(
-        "/lib/{}",
-        tun.file_name().unwrap_or_default().to_string_lossy()
-    );
+    // Modules the kernel package has and the guest loads: TUN, which the SO_BINDTODEVICE
+    // scenarios use, and what the selected scenarios need (vxlan for a kernel-made socket),
+    // with their dependencies.
+    let mut wanted = vec!["tun"];
+    wanted.extend(scenarios::modules_needed(filters));
+    let (module_files, load_modules) = vm::modules(&kernel, &wanted)?;
     let mut command = format!(
-        "{load_tun}; /bin/xtask scenarios --portwatch /bin/portwatch --backend fexit \
+        "{load_modules}/bin/xtask scenarios --portwatch /bin/portwatch --backend fexit \
          --backend tracepoint --auto-expect fexit --json-results /dev/ttyS1 --in-vm"
     );
     command.push_str(&format!(" --timeout-scale {VM_TIMEOUT_SCALE}"));
     for f in filters {
         command.push_str(&format!(" --filter '{}'", f.replace('\'', "")));
     }
+    let mut files = vec![
+        (bin.to_path_buf(), "/bin/portwatch".into()),
+        (std::env::current_exe()?, "/bin/xtask".into()),
+        (
+            cmd::find_program("bpftool").context("bpftool not found")?,
+            "/usr/sbin/bpftool".into(),
+        ),
+    ];
+    files.extend(module_files);
+    // busybox's `ip` cannot make a VXLAN device (no `id`, `dstport`): iproute2's goes in
+    // ahead of it on PATH when a scenario needs one.
+    if wanted.contains(&"vxlan") {
+        files.push((
+            cmd::find_program("ip").context("iproute2's ip not found")?,
+            "/usr/local/sbin/ip".into(),
+        ));
+    }
     let guest = vm::Guest {
-        files: vec![
-            (bin.to_path_buf(), "/bin/portwatch".into()),
-            (std::env::current_exe()?, "/bin/xtask".into()),
-            (tun, guest_tun),
-            (
-                cmd::find_program("bpftool").context("bpftool not found")?,
-                "/usr/sbin/bpftool".into(),
-            ),
-        ],
+        files,
         command,
         timeout: VM_TIMEOUT,
         memory_mb: 1024,

@@ -96,6 +96,95 @@ pub struct Kernel {
     pub modules_dir: PathBuf,
 }
 
+/// Kernel modules for the guest: `names` and what they depend on, from the kernel package.
+/// Returns the files to copy in (as [`Guest::files`]) and the shell lines that load them,
+/// dependencies first. The package has no modules.dep (depmod makes it at install), so each
+/// module's own `depends=` entry (its `.modinfo`) is read; `.ko.xz` files (Debian 13 on) are
+/// unpacked with xz here and with busybox's xzcat in the guest, since busybox's insmod reads
+/// only plain modules.
+pub fn modules(kernel: &Kernel, names: &[&str]) -> Result<(Vec<(PathBuf, String)>, String)> {
+    let mut index: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut dirs = vec![kernel.modules_dir.join("kernel")];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if let Some(stem) = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".ko.xz").or_else(|| n.strip_suffix(".ko")))
+            {
+                index.insert(stem.replace('-', "_"), p.clone());
+            }
+        }
+    }
+    let mut order: Vec<String> = Vec::new();
+    fn visit(
+        name: &str,
+        index: &BTreeMap<String, PathBuf>,
+        order: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<()> {
+        let name = name.replace('-', "_");
+        if order.contains(&name) {
+            return Ok(());
+        }
+        ensure!(depth < 16, "module dependencies too deep at {name}");
+        let path = index
+            .get(&name)
+            .ok_or_else(|| anyhow!("no module {name} in the kernel package"))?;
+        for dep in module_depends(path)? {
+            visit(&dep, index, order, depth + 1)?;
+        }
+        order.push(name);
+        Ok(())
+    }
+    for n in names {
+        visit(n, &index, &mut order, 0)?;
+    }
+    let mut files = Vec::new();
+    let mut script = String::new();
+    for name in &order {
+        let host = &index[name];
+        let file = host.file_name().unwrap_or_default().to_string_lossy();
+        let guest = format!("/lib/pw-modules/{file}");
+        if file.ends_with(".xz") {
+            script.push_str(&format!(
+                "xzcat {guest} >/tmp/{name}.ko && insmod /tmp/{name}.ko; "
+            ));
+        } else {
+            script.push_str(&format!("insmod {guest}; "));
+        }
+        files.push((host.clone(), guest));
+    }
+    Ok((files, script))
+}
+
+/// The `depends=` list of a module file's `.modinfo`.
+fn module_depends(path: &Path) -> Result<Vec<String>> {
+    let bytes = if path.extension().is_some_and(|e| e == "xz") {
+        let out = Command::new("xz")
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .context("running xz -dc (package xz-utils)")?;
+        ensure!(out.status.success(), "xz -dc {} failed", path.display());
+        out.stdout
+    } else {
+        fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let entry = bytes
+        .split(|&b| b == 0)
+        .find_map(|s| s.strip_prefix(b"depends="))
+        .unwrap_or_default();
+    Ok(String::from_utf8_lossy(entry)
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 /// Makes sure `distro`'s cloud kernel is extracted under `cache/<distro>/` and returns it.
 ///
 /// A kernel already in the cache is returned at once, without running apt (apt-cache alone takes
@@ -843,6 +932,26 @@ pub fn run_cli(args: VmArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_modules_dependencies_from_its_modinfo() {
+        let dir = std::env::temp_dir().join(format!("pw-modinfo-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let with = dir.join("vxlan.ko");
+        fs::write(
+            &with,
+            b"\x7fELF...\0license=GPL\0depends=udp_tunnel,ip6_udp_tunnel\0name=vxlan\0",
+        )
+        .unwrap();
+        let without = dir.join("tun.ko");
+        fs::write(&without, b"\x7fELF\0depends=\0name=tun\0").unwrap();
+        assert_eq!(
+            module_depends(&with).unwrap(),
+            ["udp_tunnel", "ip6_udp_tunnel"]
+        );
+        assert!(module_depends(&without).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn orders_debian_kernel_releases() {

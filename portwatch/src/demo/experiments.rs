@@ -4,7 +4,7 @@
 
 use std::{io, net::SocketAddr, os::fd::OwnedFd};
 
-use super::lab::{self, CallResult, Child, Scratch, Sock, Spec, result_name};
+use super::lab::{self, CallResult, Child, Scratch, Spec, result_name};
 use crate::event::Call;
 
 /// One experiment of the demo.
@@ -17,7 +17,7 @@ pub struct Experiment {
     pub run: fn(&mut Trial, u16) -> io::Result<()>,
 }
 
-/// Who made a call: this process or a child.
+/// Who made a call: one of the experiment's server processes.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
     pub pid: u32,
@@ -30,101 +30,91 @@ pub struct Caller {
 #[derive(Default)]
 pub struct Trial {
     pub sockets: Vec<String>,
+    /// The line of `sockets` that reports the last call, and the same line without its result
+    /// (and without saying which call decided), for `--quiz` to show before the answer.
+    pub last_line: Option<(usize, String)>,
     pub observations: Vec<String>,
     /// The last bind() or listen(): the one reported.
     pub last: Option<Caller>,
-    socks: Vec<Sock>,
     clients: Vec<OwnedFd>,
     children: Vec<Child>,
     namespaces: Vec<Scratch>,
-    /// Sysctls to put back when the experiment is over (after its events were explained:
-    /// the explanation reads them).
-    sysctls: Vec<(&'static str, String)>,
 }
 
 impl Trial {
-    fn record(&mut self, who: &str, spec: &Spec, caller: Caller) {
+    /// Records a call of server `idx` on the socket `spec` describes.
+    fn record(&mut self, idx: usize, spec: &Spec, caller: Caller, uid: Option<u32>) {
         let call = match caller.call {
             Call::Bind => "bind",
             Call::Listen => "listen",
         };
-        self.sockets.push(format!(
-            "{} ({who}): {call} {}",
-            spec.describe(),
-            result_name(caller.result)
-        ));
+        let name = SERVER_NAMES.get(idx).copied().unwrap_or("server");
+        let who = match uid {
+            Some(u) => format!("{name}, pid {}, uid {u}", caller.pid),
+            None => format!("{name}, pid {}", caller.pid),
+        };
+        let head = format!("{} ({who}):", spec.describe());
+        self.sockets
+            .push(format!("{head} {call} {}", result_name(caller.result)));
+        self.last_line = Some((self.sockets.len() - 1, format!("{head} ?")));
         self.last = Some(caller);
     }
 
-    /// Makes `spec` in the demo's own process; returns its index for [`Trial::listen`].
-    fn open(&mut self, spec: Spec) -> Option<usize> {
-        let o = lab::open(&spec);
-        self.record(
-            "this process",
-            &spec,
-            Caller {
-                pid: std::process::id(),
-                call: o.call,
-                result: o.result,
-            },
-        );
-        let s = o.sock?;
-        self.socks.push(s);
-        Some(self.socks.len() - 1)
-    }
-
-    /// Makes `spec` in a child process, as `uid` (None: as the demo's own user).
-    fn child(&mut self, spec: Spec, uid: Option<u32>) -> io::Result<()> {
-        let c = Child::spawn(&spec, uid)?;
-        let who = match uid {
-            Some(u) => format!("child pid {}, uid {u}", c.pid),
-            None => format!("child pid {}", c.pid),
+    /// Starts the experiment's next server: a process of its own (named `server-a`,
+    /// `server-b`, ...), as `uid` (None: as the demo's own user), making `spec`. Returns its
+    /// index for [`Trial::listen`].
+    fn server(&mut self, spec: Spec, uid: Option<u32>) -> io::Result<usize> {
+        let idx = self.children.len();
+        let name = SERVER_NAMES.get(idx).copied().unwrap_or("server");
+        let c = Child::spawn(&spec, uid, name)?;
+        let caller = Caller {
+            pid: c.pid as u32,
+            call: c.call,
+            result: c.result,
         };
-        self.record(
-            &who,
-            &spec,
-            Caller {
-                pid: c.pid as u32,
-                call: c.call,
-                result: c.result,
-            },
-        );
         self.children.push(c);
-        Ok(())
+        self.record(idx, &spec, caller, uid);
+        Ok(idx)
     }
 
-    /// listen() on a socket this process opened earlier.
-    fn listen(&mut self, idx: Option<usize>, what: &str) {
-        let Some(s) = idx.and_then(|i| self.socks.get(i)) else {
-            self.sockets.push(format!(
-                "listen on {what}: skipped, its socket was not made"
-            ));
+    /// listen() on the socket server `idx` bound earlier.
+    fn listen(&mut self, idx: usize) {
+        let Some(c) = self.children.get(idx) else {
             return;
         };
-        let result = s.listen();
-        self.sockets
-            .push(format!("listen on {what}: {}", result_name(result)));
-        self.last = Some(Caller {
-            pid: std::process::id(),
+        let name = SERVER_NAMES.get(idx).copied().unwrap_or("server");
+        let result = c.listen();
+        let caller = Caller {
+            pid: c.pid as u32,
             call: Call::Listen,
             result,
-        });
+        };
+        let head = format!("listen on the socket of {name} (pid {}):", c.pid);
+        self.sockets
+            .push(format!("{head} listen {}", result_name(result)));
+        self.last_line = Some((self.sockets.len() - 1, format!("{head} ?")));
+        self.last = Some(caller);
     }
 }
 
+impl Trial {
+    /// The inodes of the extra namespaces the experiment made (besides its scratch one).
+    pub fn extra_namespaces(&self) -> Vec<u32> {
+        self.namespaces.iter().map(|n| n.inode).collect()
+    }
+}
+
+/// The servers' process names, in the order an experiment starts them: what portwatch's
+/// explanations call them ("pid 4711 (server-a) holds ...").
+const SERVER_NAMES: &[&str] = &["server-a", "server-b", "server-c"];
+
 impl Drop for Trial {
-    /// Children first (their sockets close when they are reaped), then ours, then any extra
-    /// namespace: nothing of an experiment is left for the next.
+    /// Children first (their sockets close when they are reaped), then the clients, then any
+    /// extra namespace: nothing of an experiment is left for the next.
     fn drop(&mut self) {
         self.children.clear();
         self.clients.clear();
-        self.socks.clear();
         self.namespaces.clear();
-        for (name, value) in self.sysctls.drain(..) {
-            if let Err(e) = lab::set_sysctl(name, &value) {
-                log::warn!("putting {name} back to {value} in the scratch namespace: {e}");
-            }
-        }
     }
 }
 
@@ -141,8 +131,8 @@ pub const ALL: &[Experiment] = &[
         question: "Can a TCP server and a UDP server use the same port?",
         bsd: None,
         run: |t, p| {
-            t.open(Spec::tcp("0.0.0.0", p).listening());
-            t.open(Spec::udp("0.0.0.0", p));
+            t.server(Spec::tcp("0.0.0.0", p).listening(), None)?;
+            t.server(Spec::udp("0.0.0.0", p), None)?;
             Ok(())
         },
     },
@@ -152,8 +142,8 @@ pub const ALL: &[Experiment] = &[
                    host (127.0.0.1 and 127.0.0.2, both on lo)?",
         bsd: None,
         run: |t, p| {
-            t.open(Spec::tcp("127.0.0.1", p).listening());
-            t.open(Spec::tcp("127.0.0.2", p).listening());
+            t.server(Spec::tcp("127.0.0.1", p).listening(), None)?;
+            t.server(Spec::tcp("127.0.0.2", p).listening(), None)?;
             Ok(())
         },
     },
@@ -162,8 +152,8 @@ pub const ALL: &[Experiment] = &[
         question: "Can two servers listen on the same address and port?",
         bsd: None,
         run: |t, p| {
-            t.open(Spec::tcp("127.0.0.1", p).listening());
-            t.open(Spec::tcp("127.0.0.1", p).listening());
+            t.server(Spec::tcp("127.0.0.1", p).listening(), None)?;
+            t.server(Spec::tcp("127.0.0.1", p).listening(), None)?;
             Ok(())
         },
     },
@@ -173,8 +163,8 @@ pub const ALL: &[Experiment] = &[
                    the same port?",
         bsd: None,
         run: |t, p| {
-            t.open(Spec::tcp("0.0.0.0", p).listening());
-            t.open(Spec::tcp("127.0.0.1", p).listening());
+            t.server(Spec::tcp("0.0.0.0", p).listening(), None)?;
+            t.server(Spec::tcp("127.0.0.1", p).listening(), None)?;
             Ok(())
         },
     },
@@ -183,8 +173,8 @@ pub const ALL: &[Experiment] = &[
         question: "A server listens on 127.0.0.1. Can another bind 0.0.0.0 on the same port?",
         bsd: None,
         run: |t, p| {
-            t.open(Spec::tcp("127.0.0.1", p).listening());
-            t.open(Spec::tcp("0.0.0.0", p).listening());
+            t.server(Spec::tcp("127.0.0.1", p).listening(), None)?;
+            t.server(Spec::tcp("0.0.0.0", p).listening(), None)?;
             Ok(())
         },
     },
@@ -197,8 +187,8 @@ pub const ALL: &[Experiment] = &[
              an IPv6 and an IPv4 server on one port work there.",
         ),
         run: |t, p| {
-            t.open(Spec::tcp("::", p).v6only(false).listening());
-            t.open(Spec::tcp("0.0.0.0", p).listening());
+            t.server(Spec::tcp("::", p).v6only(false).listening(), None)?;
+            t.server(Spec::tcp("0.0.0.0", p).listening(), None)?;
             Ok(())
         },
     },
@@ -208,8 +198,8 @@ pub const ALL: &[Experiment] = &[
                    IPV6_V6ONLY=0, same port?",
         bsd: None,
         run: |t, p| {
-            t.open(Spec::tcp("0.0.0.0", p).listening());
-            t.open(Spec::tcp("::", p).v6only(false).listening());
+            t.server(Spec::tcp("0.0.0.0", p).listening(), None)?;
+            t.server(Spec::tcp("::", p).v6only(false).listening(), None)?;
             Ok(())
         },
     },
@@ -219,8 +209,8 @@ pub const ALL: &[Experiment] = &[
                    IPV6_V6ONLY=1, same port?",
         bsd: None,
         run: |t, p| {
-            t.open(Spec::tcp("0.0.0.0", p).listening());
-            t.open(Spec::tcp("::", p).v6only(true).listening());
+            t.server(Spec::tcp("0.0.0.0", p).listening(), None)?;
+            t.server(Spec::tcp("::", p).v6only(true).listening(), None)?;
             Ok(())
         },
     },
@@ -232,15 +222,15 @@ pub const ALL: &[Experiment] = &[
         bsd: None,
         run: |t, p| {
             const NAME: &str = "net/ipv6/bindv6only";
+            // The experiment's namespace is its own: the setting goes with it.
             let before = lab::read_sysctl(NAME)?;
             lab::set_sysctl(NAME, "1")?;
-            t.sysctls.push((NAME, before.clone()));
             t.observations.push(format!(
                 "net.ipv6.bindv6only in the scratch namespace: {before} -> {}",
                 lab::read_sysctl(NAME)?
             ));
-            t.open(Spec::tcp("0.0.0.0", p).listening());
-            t.open(Spec::tcp("::", p).listening());
+            t.server(Spec::tcp("0.0.0.0", p).listening(), None)?;
+            t.server(Spec::tcp("::", p).listening(), None)?;
             Ok(())
         },
     },
@@ -250,8 +240,8 @@ pub const ALL: &[Experiment] = &[
                    neither listening yet. Does the second bind work?",
         bsd: None,
         run: |t, p| {
-            t.open(Spec::tcp("127.0.0.1", p).reuseaddr());
-            t.open(Spec::tcp("127.0.0.1", p).reuseaddr());
+            t.server(Spec::tcp("127.0.0.1", p).reuseaddr(), None)?;
+            t.server(Spec::tcp("127.0.0.1", p).reuseaddr(), None)?;
             Ok(())
         },
     },
@@ -260,10 +250,10 @@ pub const ALL: &[Experiment] = &[
         question: "Two sockets bound with SO_REUSEADDR as above: can both of them listen?",
         bsd: None,
         run: |t, p| {
-            let a = t.open(Spec::tcp("127.0.0.1", p).reuseaddr());
-            let b = t.open(Spec::tcp("127.0.0.1", p).reuseaddr());
-            t.listen(a, "the first socket");
-            t.listen(b, "the second socket");
+            let a = t.server(Spec::tcp("127.0.0.1", p).reuseaddr(), None)?;
+            let b = t.server(Spec::tcp("127.0.0.1", p).reuseaddr(), None)?;
+            t.listen(a);
+            t.listen(b);
             Ok(())
         },
     },
@@ -273,8 +263,8 @@ pub const ALL: &[Experiment] = &[
                    (not listening) socket on the same address?",
         bsd: None,
         run: |t, p| {
-            t.open(Spec::tcp("127.0.0.1", p));
-            t.open(Spec::tcp("127.0.0.1", p).reuseaddr());
+            t.server(Spec::tcp("127.0.0.1", p), None)?;
+            t.server(Spec::tcp("127.0.0.1", p).reuseaddr(), None)?;
             Ok(())
         },
     },
@@ -284,8 +274,8 @@ pub const ALL: &[Experiment] = &[
                    SO_REUSEADDR bind 127.0.0.1 on the same port?",
         bsd: Some(BSD_REUSEADDR),
         run: |t, p| {
-            t.open(Spec::tcp("0.0.0.0", p).reuseaddr().listening());
-            t.open(Spec::tcp("127.0.0.1", p).reuseaddr());
+            t.server(Spec::tcp("0.0.0.0", p).reuseaddr().listening(), None)?;
+            t.server(Spec::tcp("127.0.0.1", p).reuseaddr(), None)?;
             Ok(())
         },
     },
@@ -295,12 +285,10 @@ pub const ALL: &[Experiment] = &[
                    address and port. Does it work, and who gets the connections?",
         bsd: None,
         run: |t, p| {
-            let a = t.open(Spec::tcp("127.0.0.1", p).reuseport().listening());
-            let b = t.open(Spec::tcp("127.0.0.1", p).reuseport().listening());
+            let a = t.server(Spec::tcp("127.0.0.1", p).reuseport().listening(), None)?;
+            let b = t.server(Spec::tcp("127.0.0.1", p).reuseport().listening(), None)?;
             let last = t.last;
-            if let (Some(a), Some(b)) = (a, b)
-                && last.is_some_and(|l| l.result.is_ok())
-            {
+            if last.is_some_and(|l| l.result.is_ok()) {
                 spread(t, a, b, p);
             }
             t.last = last;
@@ -313,11 +301,11 @@ pub const ALL: &[Experiment] = &[
                    with SO_REUSEPORT on the same address and port?",
         bsd: Some(BSD_REUSEPORT),
         run: |t, p| {
-            t.child(
+            t.server(
                 Spec::tcp("127.0.0.1", p).reuseport().listening(),
                 Some(65534),
             )?;
-            t.open(Spec::tcp("127.0.0.1", p).reuseport().listening());
+            t.server(Spec::tcp("127.0.0.1", p).reuseport().listening(), None)?;
             Ok(())
         },
     },
@@ -348,7 +336,7 @@ pub const ALL: &[Experiment] = &[
                    (what a container has) listen on 0.0.0.0, same port?",
         bsd: None,
         run: |t, p| {
-            t.open(Spec::tcp("0.0.0.0", p).listening());
+            t.server(Spec::tcp("0.0.0.0", p).listening(), None)?;
             let here = std::fs::File::open("/proc/thread-self/ns/net")?;
             let first = crate::netns::current();
             let other = lab::new_netns()?;
@@ -356,10 +344,10 @@ pub const ALL: &[Experiment] = &[
                 "second scratch namespace: net:[{}] (the first: net:[{first}])",
                 other.inode
             ));
-            let held = t.child(Spec::tcp("0.0.0.0", p).listening(), None);
+            let held = t.server(Spec::tcp("0.0.0.0", p).listening(), None);
             lab::enter(&here)?;
             t.namespaces.push(other);
-            held
+            held.map(drop)
         },
     },
 ];
@@ -375,11 +363,16 @@ fn spread(t: &mut Trial, a: usize, b: usize, port: u16) {
             made += 1;
         }
     }
-    let to_a = lab::accept_all(&t.socks[a]);
-    let to_b = lab::accept_all(&t.socks[b]);
+    let count = |i: usize| {
+        t.children
+            .get(i)
+            .and_then(Child::accepted)
+            .map_or("?".to_string(), |n| n.to_string())
+    };
+    let (to_a, to_b) = (count(a), count(b));
     t.observations.push(format!(
-        "{made} connections to 127.0.0.1:{port}: the kernel gave {to_a} to the first socket \
-         and {to_b} to the second (it picks by a hash of each connection's addresses and ports)"
+        "{made} connections to 127.0.0.1:{port}: the kernel gave {to_a} to server-a and {to_b} \
+         to server-b (it picks by a hash of each connection's addresses and ports)"
     ));
 }
 
@@ -391,7 +384,7 @@ fn restart(t: &mut Trial, port: u16, old_reuseaddr: bool, new_reuseaddr: bool) -
     if old_reuseaddr {
         old = old.reuseaddr();
     }
-    t.child(old, None)?;
+    let old = t.server(old, None)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let client = lab::connect(addr).map_err(|e| {
         io::Error::other(format!(
@@ -401,12 +394,11 @@ fn restart(t: &mut Trial, port: u16, old_reuseaddr: bool, new_reuseaddr: bool) -
     })?;
     // The server wrote a byte once it accepted: the connection is established on its side.
     let accepted = lab::read_until(&client, 1, 2000);
-    if let Some(mut c) = t.children.pop() {
+    if let Some(c) = t.children.get_mut(old) {
+        let pid = c.pid;
         c.kill();
-        t.sockets.push(format!(
-            "the old server (pid {}) was killed",
-            t.last.map_or(0, |l| l.pid)
-        ));
+        t.sockets
+            .push(format!("the old server (server-a, pid {pid}) was killed"));
     }
     let closed = lab::read_until(&client, 0, 2000);
     drop(client);
@@ -427,7 +419,7 @@ fn restart(t: &mut Trial, port: u16, old_reuseaddr: bool, new_reuseaddr: bool) -
     if new_reuseaddr {
         new = new.reuseaddr();
     }
-    t.open(new);
+    t.server(new, None)?;
     Ok(())
 }
 

@@ -253,125 +253,103 @@ fn raw_listen(fd: RawFd) -> CallResult {
     }
 }
 
-/// A socket the demo made in its own process.
-pub struct Sock {
-    pub fd: OwnedFd,
-}
-
-impl Sock {
-    pub fn listen(&self) -> CallResult {
-        raw_listen(self.fd.as_raw_fd())
-    }
-}
-
-/// What opening a [`Spec`] did: the socket (when socket() worked), and the result of the
-/// call that decided: bind, or listen when bind worked and the spec listens.
-pub struct Opened {
-    pub sock: Option<Sock>,
-    pub call: Call,
-    pub result: CallResult,
-}
-
-/// Makes `spec` in this process, in the calling thread's network namespace.
-pub fn open(spec: &Spec) -> Opened {
-    let raw = RawSpec::of(spec);
-    let fd = match raw_socket(&raw) {
-        Ok(fd) => fd,
-        Err(e) => {
-            return Opened {
-                sock: None,
-                call: Call::Bind,
-                result: Err(e),
-            };
-        }
-    };
-    // SAFETY: fd was just returned by socket() and is owned by nothing else.
-    let sock = Sock {
-        fd: unsafe { OwnedFd::from_raw_fd(fd) },
-    };
-    let mut call = Call::Bind;
-    let mut result = raw_bind(fd, &raw);
-    if result.is_ok() && spec.listen {
-        call = Call::Listen;
-        result = raw_listen(fd);
-    }
-    Opened {
-        sock: Some(sock),
-        call,
-        result,
-    }
-}
-
-/// A forked process holding one socket (and accepting connections on it, so that they are
-/// established on its side) until it is killed.
+/// A forked process that holds one socket, as a server of an experiment, until it is killed:
+/// each server of a lesson about two programs is a program of its own, with a name of its own
+/// (its comm, which portwatch's explanations name). It accepts connections on its socket once
+/// it listens, and keeps them open, so that they are established on its side; it takes orders
+/// (listen, count what you accepted) on a socket pair.
 pub struct Child {
     pub pid: i32,
     pub result: CallResult,
     pub call: Call,
+    /// The parent's end of the order channel.
+    orders: Option<OwnedFd>,
 }
 
+/// Orders to a [`Child`]: one byte each, answered on the same channel.
+const ORDER_LISTEN: u8 = b'L';
+const ORDER_COUNT: u8 = b'N';
+/// Connections a child keeps open at most (the demo makes 20).
+const MAX_ACCEPTED: usize = 64;
+
 impl Child {
-    /// Forks a child that makes `spec` as `uid` (None: ours) and keeps it.
-    pub fn spawn(spec: &Spec, uid: Option<u32>) -> io::Result<Child> {
+    /// Forks a child named `name` (at most 15 bytes) that makes `spec` as `uid` (None: ours)
+    /// and keeps it.
+    pub fn spawn(spec: &Spec, uid: Option<u32>, name: &str) -> io::Result<Child> {
         let raw = RawSpec::of(spec);
+        let mut comm = [0u8; 16];
+        for (d, s) in comm.iter_mut().zip(name.bytes().take(15)) {
+            *d = s;
+        }
         let mut fds = [0; 2];
-        // SAFETY: a pipe for the child's report.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        // SAFETY: a socket pair for the child's reports and the parent's orders.
+        if unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        } != 0
+        {
             return Err(io::Error::last_os_error());
         }
-        let (rd, wr) = (fds[0], fds[1]);
+        // SAFETY: both ends are ours.
+        let (parent, child) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: the child runs only raw syscalls on values prepared before the fork.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
-            let e = io::Error::last_os_error();
-            unsafe {
-                libc::close(rd);
-                libc::close(wr);
-            }
-            return Err(e);
+            return Err(io::Error::last_os_error());
         }
         if pid == 0 {
-            unsafe { libc::close(rd) };
-            child_main(&raw, uid, wr);
+            unsafe { libc::close(parent.as_raw_fd()) };
+            child_main(&raw, uid, &comm, child.as_raw_fd());
         }
-        unsafe { libc::close(wr) };
-        // SAFETY: rd is ours.
-        let rd = unsafe { OwnedFd::from_raw_fd(rd) };
-        let mut report = [0u8; 5];
-        let mut got = 0;
-        while got < report.len() {
-            let n = unsafe {
-                libc::read(
-                    rd.as_raw_fd(),
-                    report[got..].as_mut_ptr() as *mut libc::c_void,
-                    report.len() - got,
-                )
-            };
-            if n < 0 && errno_now() == libc::EINTR {
-                continue;
-            }
-            if n <= 0 {
-                break;
-            }
-            got += n as usize;
-        }
-        let mut child = Child {
+        drop(child);
+        let mut c = Child {
             pid,
             result: Err(libc::EIO),
             call: Call::Bind,
+            orders: Some(parent),
         };
-        if got < report.len() {
-            child.kill();
-            return Err(io::Error::other("the holder process died before reporting"));
+        let Some((call, e)) = c.report() else {
+            c.kill();
+            return Err(io::Error::other("the server process died before reporting"));
+        };
+        c.call = if call == 1 { Call::Listen } else { Call::Bind };
+        c.result = if e == 0 { Ok(()) } else { Err(e) };
+        Ok(c)
+    }
+
+    /// Reads the child's 5-byte answer: (call, errno); None when it died.
+    fn report(&self) -> Option<(u8, i32)> {
+        let fd = self.orders.as_ref()?.as_raw_fd();
+        let mut b = [0u8; 5];
+        read_full(fd, &mut b).then(|| (b[0], i32::from_ne_bytes([b[1], b[2], b[3], b[4]])))
+    }
+
+    fn order(&self, what: u8) -> Option<(u8, i32)> {
+        let fd = self.orders.as_ref()?.as_raw_fd();
+        // SAFETY: one byte from a live buffer.
+        if unsafe { libc::write(fd, (&raw const what).cast(), 1) } != 1 {
+            return None;
         }
-        child.call = if report[0] == 1 {
-            Call::Listen
-        } else {
-            Call::Bind
-        };
-        let e = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
-        child.result = if e == 0 { Ok(()) } else { Err(e) };
-        Ok(child)
+        self.report()
+    }
+
+    /// Has the child listen() on its socket; the call's result.
+    pub fn listen(&self) -> CallResult {
+        match self.order(ORDER_LISTEN) {
+            Some((_, 0)) => Ok(()),
+            Some((_, e)) => Err(e),
+            None => Err(libc::EIO),
+        }
+    }
+
+    /// How many connections the child accepted so far (after accepting what is queued).
+    pub fn accepted(&self) -> Option<u32> {
+        self.order(ORDER_COUNT).map(|(_, n)| n as u32)
     }
 
     /// Kills the child and reaps it: its sockets are closed when this returns.
@@ -383,6 +361,7 @@ impl Child {
             }
             self.pid = 0;
         }
+        self.orders = None;
     }
 }
 
@@ -392,10 +371,36 @@ impl Drop for Child {
     }
 }
 
-/// The child: become `uid`, make the socket, report (call, errno), then accept forever.
-fn child_main(r: &RawSpec, uid: Option<u32>, report: RawFd) -> ! {
+/// Reads exactly `buf.len()` bytes (false: end of file or an error other than EINTR).
+fn read_full(fd: RawFd, buf: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: the rest of a live buffer.
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n < 0 && errno_now() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return false;
+        }
+        got += n as usize;
+    }
+    true
+}
+
+/// The child: take its name, become `uid`, make the socket, report (call, errno), then serve
+/// orders and accept connections until it is killed or the parent goes.
+fn child_main(r: &RawSpec, uid: Option<u32>, comm: &[u8; 16], orders: RawFd) -> ! {
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The tracer's programs, links and maps are not the server's to keep: a child that
+        // held them would keep them loaded after portwatch exits, until it is reaped.
+        let order_fd = orders as libc::c_uint;
+        if order_fd > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, order_fd - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, order_fd + 1, u32::MAX, 0u32);
+        libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
         // The demo's signal handler is not for the child.
         libc::signal(libc::SIGINT, libc::SIG_DFL);
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
@@ -403,7 +408,7 @@ fn child_main(r: &RawSpec, uid: Option<u32>, report: RawFd) -> ! {
     let send = |call: u8, e: i32| {
         let b = e.to_ne_bytes();
         let msg = [call, b[0], b[1], b[2], b[3]];
-        unsafe { libc::write(report, msg.as_ptr() as *const libc::c_void, msg.len()) };
+        unsafe { libc::write(orders, msg.as_ptr() as *const libc::c_void, msg.len()) };
     };
     if let Some(u) = uid
         && unsafe { libc::setresgid(u, u, u) != 0 || libc::setresuid(u, u, u) != 0 }
@@ -425,17 +430,79 @@ fn child_main(r: &RawSpec, uid: Option<u32>, report: RawFd) -> ! {
         res = raw_listen(fd);
     }
     send(call, res.err().unwrap_or(0));
-    unsafe { libc::close(report) };
+    let mut listening = res.is_ok() && r.listen;
+    // Accepted connections stay open until the process dies; the byte written tells the
+    // client that the connection was accepted.
+    let mut accepted = [-1i32; MAX_ACCEPTED];
+    let mut count = 0u32;
+    let accept_one = |accepted: &mut [i32; MAX_ACCEPTED], count: &mut u32| -> bool {
+        let c = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK,
+            )
+        };
+        if c < 0 {
+            return false;
+        }
+        unsafe { libc::write(c, b"x".as_ptr() as *const libc::c_void, 1) };
+        match accepted.get_mut(*count as usize) {
+            Some(slot) => *slot = c,
+            None => unsafe {
+                libc::close(c);
+            },
+        }
+        *count += 1;
+        true
+    };
     loop {
-        if res.is_ok() && r.listen {
-            // Accepted connections stay open until the process dies; the byte written tells
-            // the client that the connection was accepted.
-            let c = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), 0) };
-            if c >= 0 {
-                unsafe { libc::write(c, b"x".as_ptr() as *const libc::c_void, 1) };
+        let mut pfds = [
+            libc::pollfd {
+                fd: orders,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let n = if listening { 2 } else { 1 };
+        if unsafe { libc::poll(pfds.as_mut_ptr(), n, -1) } < 0 {
+            continue;
+        }
+        if listening && pfds[1].revents & libc::POLLIN != 0 {
+            accept_one(&mut accepted, &mut count);
+        }
+        if pfds[0].revents != 0 {
+            let mut order = 0u8;
+            if unsafe { libc::read(orders, (&raw mut order).cast(), 1) } != 1 {
+                unsafe { libc::_exit(0) };
             }
-        } else {
-            unsafe { libc::pause() };
+            match order {
+                ORDER_LISTEN => {
+                    let res = raw_listen(fd);
+                    listening |= res.is_ok();
+                    send(1, res.err().unwrap_or(0));
+                }
+                ORDER_COUNT => {
+                    if listening {
+                        let mut pfd = libc::pollfd {
+                            fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        while unsafe { libc::poll(&mut pfd, 1, 0) } > 0
+                            && accept_one(&mut accepted, &mut count)
+                        {}
+                    }
+                    send(0, count as i32);
+                }
+                _ => send(0, libc::EINVAL),
+            }
         }
     }
 }
@@ -549,33 +616,5 @@ pub fn read_until(fd: &OwnedFd, want: usize, ms: i32) -> bool {
         if want > 0 && got >= want {
             return true;
         }
-    }
-}
-
-/// Accepts every connection already queued on a listening socket, without blocking.
-pub fn accept_all(sock: &Sock) -> usize {
-    let mut n = 0;
-    loop {
-        let mut pfd = libc::pollfd {
-            fd: sock.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
-            return n;
-        }
-        let fd = unsafe {
-            libc::accept4(
-                sock.fd.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return n;
-        }
-        unsafe { libc::close(fd) };
-        n += 1;
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     address::endpoint,
     event::Call,
     facts::Facts,
-    sockets::{Holder, Proto, Source},
+    sockets::{Holder, OwnerStatus, Proto, Source},
 };
 
 fn overlap_clause(o: Overlap, at: &Attempt) -> String {
@@ -229,19 +229,43 @@ pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verd
              socket bound to no device covers every device: the device does not keep them apart"
         ));
     }
-    // The caller holds the port itself: a reload, or a server that opened it twice.
-    if h.owners.iter().any(|o| o.pid == at.ev.pid) {
-        v.details.push(format!(
-            "pid {} ({}) is itself among the holders: it already has this port open, as a \
-             server does while it reloads or restarts in place",
-            at.ev.pid, at.ev.comm
-        ));
-        v.fix = Some(
-            "reuse the socket the process already holds (e.g. nginx keeps its listening \
-             sockets across a reload when the address stays the same), close it before binding \
-             the new address, or set SO_REUSEPORT on both sockets"
-                .to_string(),
-        );
+    // The caller holds the port itself: a reload, or a server that opened it twice. It is
+    // still itself when it let go of that socket (or exited) before portwatch looked: the
+    // socket it bound was in the way at the call.
+    match own_holder(at, h) {
+        Some(OwnHolder::Live) => {
+            v.details.push(format!(
+                "pid {} ({}) is itself among the holders: this process already held {} when \
+                 it called {}, as a server does while it reloads or restarts in place",
+                at.ev.pid,
+                at.ev.comm,
+                h.socket.endpoint(),
+                call_name(at)
+            ));
+            v.fix = Some(
+                "reuse the socket the process already holds (e.g. nginx keeps its listening \
+                 sockets across a reload when the address stays the same), close it before \
+                 binding the new address, or set SO_REUSEPORT on both sockets"
+                    .to_string(),
+            );
+        }
+        Some(OwnHolder::LetGo) => {
+            v.details.push(format!(
+                "pid {} ({}) is itself among the holders: this process already held {} when \
+                 it called {}; it has closed that socket or exited since",
+                at.ev.pid,
+                at.ev.comm,
+                h.socket.endpoint(),
+                call_name(at)
+            ));
+            v.fix = Some(
+                "the program took the port twice: keep using the socket it already has, or \
+                 close that socket before it binds again; to have two sockets on the port, set \
+                 SO_REUSEPORT on both"
+                    .to_string(),
+            );
+        }
+        None => {}
     }
     for (i, (h, o, b)) in conflicts.iter().enumerate() {
         let r = clash_rule(*o, *b);
@@ -267,6 +291,31 @@ pub fn conflict(at: &Attempt, conflicts: &[(&Holder, Overlap, Blocker)]) -> Verd
             .push("reported by the kernel's own conflict check".to_string());
     }
     v
+}
+
+/// How the calling process is among the holders of the socket in its way.
+enum OwnHolder {
+    /// It holds the socket now.
+    Live,
+    /// portwatch saw this process bind it, and no process holds it any more.
+    LetGo,
+}
+
+fn own_holder(at: &Attempt, h: &Holder) -> Option<OwnHolder> {
+    if h.owners.iter().any(|o| o.pid == at.ev.pid) {
+        return Some(OwnHolder::Live);
+    }
+    match &h.status {
+        OwnerStatus::Closed { bound_by } if bound_by.pid == at.ev.pid => Some(OwnHolder::LetGo),
+        _ => None,
+    }
+}
+
+fn call_name(at: &Attempt) -> &'static str {
+    match at.ev.call {
+        Call::Bind => "bind()",
+        Call::Listen => "listen()",
+    }
 }
 
 /// EADDRINUSE, no holder found.

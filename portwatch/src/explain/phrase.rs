@@ -23,7 +23,12 @@ pub fn err_name(at: &Attempt) -> String {
 pub fn who(h: &Holder) -> String {
     if h.owners.is_empty() {
         return match &h.status {
-            OwnerStatus::InKernel => format!(
+            OwnerStatus::InKernel { bound_by: Some(b) } => format!(
+                "an in-kernel socket (no process: the kernel opened it for itself when pid {} \
+                 ({}) asked it to, e.g. for a tunnel device; inode {})",
+                b.pid, b.comm, h.socket.ino
+            ),
+            OwnerStatus::InKernel { bound_by: None } => format!(
                 "an in-kernel socket (no process: the kernel opened it for itself, e.g. a tunnel; \
                  inode {})",
                 h.socket.ino

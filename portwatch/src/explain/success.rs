@@ -96,6 +96,25 @@ pub fn success(at: &Attempt, f: &Facts, others: &[(&Holder, Coexist)]) -> Verdic
     v
 }
 
+/// A success on a port held only in other network namespaces: `ok-different-netns`, with
+/// those sockets listed on their own (`other_netns`), since they share nothing with the call.
+pub fn different_netns(at: &Attempt, f: &Facts, elsewhere: &[(&Holder, Coexist)]) -> Verdict {
+    let mut v = success(at, f, &elsewhere[..1]);
+    v.other_netns = std::mem::take(&mut v.shares_with);
+    for (h, c) in &elsewhere[1..] {
+        let (r, m) = coexist_words(at, f, h, *c);
+        v.other_netns.push(Involved::new(h, r, m));
+    }
+    if elsewhere.len() > 1 {
+        v.details.push(format!(
+            "{} sockets hold port {} in other network namespaces",
+            elsewhere.len(),
+            at.port
+        ));
+    }
+    v
+}
+
 /// The rule that let the call share the port with `h`, and the sentence saying so.
 fn coexist_words(at: &Attempt, f: &Facts, h: &Holder, c: Coexist) -> (Rule, String) {
     let by_default = f.sysctls.bindv6only == Some(true);

@@ -67,6 +67,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
         kernel_holders: vec![],
         walk: None,
         holders_sent: 0,
+        kernel_socket: false,
     }
 }
 
@@ -462,8 +463,34 @@ fn successes_say_why_they_could_share() {
     let mut f = facts(vec![]);
     let mut elsewhere = sock(Proto::Tcp, "0.0.0.0", 80);
     elsewhere.netns = 99;
-    f.other_netns = vec![holder(listening(elsewhere), 9)];
-    check(&ev, &f, Rule::OkDifferentNetns, &["network namespace 99"]);
+    f.other_netns = vec![holder(listening(elsewhere.clone()), 9)];
+    let v = check(&ev, &f, Rule::OkDifferentNetns, &["network namespace 99"]);
+    // Listed on their own: another namespace's socket shares nothing with the call.
+    assert!(v.shares_with.is_empty(), "{:?}", v.shares_with);
+    assert_eq!(v.other_netns.len(), 1);
+    assert_eq!(v.other_netns[0].holder.socket.netns, 99);
+    // When a socket of the caller's namespace shares the port, other namespaces' sockets are
+    // not the point, and are listed nowhere.
+    let mut f = facts(vec![holder(
+        with(listening(sock(Proto::Tcp, "0.0.0.0", 80)), |o| {
+            o.reuseport = true
+        }),
+        9,
+    )]);
+    f.other_netns = vec![holder(listening(elsewhere.clone()), 10)];
+    let shared = bind(Proto::Tcp, "0.0.0.0", 80, 0, opts(|o| o.reuseport = true));
+    let v = check(&shared, &f, Rule::OkReuseport, &[]);
+    assert!(v.other_netns.is_empty(), "{:?}", v.other_netns);
+    assert!(
+        v.shares_with.iter().all(|i| i.holder.socket.netns == 7),
+        "{:?}",
+        v.shares_with
+    );
+    // Nor does another namespace's socket in the holders list count (it cannot conflict).
+    let mut f = facts(vec![holder(listening(elsewhere), 11)]);
+    f.other_netns = vec![];
+    let v = check(&ev, &f, Rule::OkPortFree, &[]);
+    assert!(v.shares_with.is_empty());
     // bindv6only=1 as the namespace default.
     let mut f = facts(vec![holder(
         with(listening(sock(Proto::Tcp, "::", 80)), |o| o.v6only = true),
@@ -717,6 +744,38 @@ fn a_process_blocked_by_its_own_socket_is_told_so() {
     assert!(
         fix.contains("reuse the socket the process already holds"),
         "{fix}"
+    );
+}
+
+#[test]
+fn a_process_blocked_by_its_own_socket_since_closed_is_still_told_so() {
+    // The process bound 127.0.0.1:8080, then 0.0.0.0:8080 (refused), then closed the first
+    // socket (or exited) before portwatch looked: it was still its own socket in the way.
+    let ev = bind(Proto::Tcp, "0.0.0.0", 8080, EADDRINUSE, Options::default());
+    let mut h = holder(sock(Proto::Tcp, "127.0.0.1", 8080), 42);
+    let bound_by = h.owners.remove(0);
+    h.status = OwnerStatus::Closed { bound_by };
+    let v = check(&ev, &facts(vec![h]), Rule::SpecificBlocksWildcard, &[]);
+    assert!(
+        v.details.iter().any(|d| d.contains(
+            "pid 42 (server) is itself among the holders: this process already held \
+             127.0.0.1:8080 when it called bind(); it has closed that socket or exited since"
+        )),
+        "{:?}",
+        v.details
+    );
+    let fix = v.fix.unwrap_or_default();
+    assert!(!fix.contains("stop pid"), "{fix}");
+    assert!(fix.contains("the program took the port twice"), "{fix}");
+    // Another process's closed socket is not "itself".
+    let mut other = holder(sock(Proto::Tcp, "127.0.0.1", 8080), 43);
+    let bound_by = other.owners.remove(0);
+    other.status = OwnerStatus::Closed { bound_by };
+    let v = check(&ev, &facts(vec![other]), Rule::SpecificBlocksWildcard, &[]);
+    assert!(
+        !v.details.iter().any(|d| d.contains("itself")),
+        "{:?}",
+        v.details
     );
 }
 

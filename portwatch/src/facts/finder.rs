@@ -280,6 +280,15 @@ impl FactFinder {
         Ok(out)
     }
 
+    /// Forgets that ports were bound in namespace `ino` (see [`crate::trace::Session::forget_netns`]).
+    pub fn forget_netns(&mut self, ino: u32) {
+        for seen in self.bound_ports.values_mut() {
+            seen.retain(|&(n, _)| n != ino);
+        }
+        self.bound_ports.retain(|_, seen| !seen.is_empty());
+        self.netns_facts.remove(&ino);
+    }
+
     /// Sysctls and addresses of a namespace, read from inside it.
     pub fn netns_facts(
         &mut self,
@@ -774,7 +783,9 @@ impl Binders {
         if !owners.is_empty() {
             OwnerStatus::Live
         } else if flags & holder::NO_FILE != 0 {
-            OwnerStatus::InKernel
+            OwnerStatus::InKernel {
+                bound_by: self.by_ino.get(&s.ino).map(Binder::owner),
+            }
         } else if flags & holder::ORPHAN != 0 || s.state.is_time_wait() || s.ino == 0 {
             OwnerStatus::NoProcess
         } else if let Some(b) = self.by_ino.get(&s.ino) {

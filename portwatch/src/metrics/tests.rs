@@ -32,6 +32,7 @@ fn call(call: Call, proto: Proto, addr: &str, port: u16, ret: i32) -> Event {
         kernel_holders: vec![],
         walk: None,
         holders_sent: 0,
+        kernel_socket: false,
         workload: None,
     }
 }
@@ -45,6 +46,7 @@ fn verdict(rule: Rule) -> Verdict {
         fix: None,
         holders: vec![],
         shares_with: vec![],
+        other_netns: vec![],
     }
 }
 

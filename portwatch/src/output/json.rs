@@ -70,6 +70,9 @@ pub struct JsonEvent<'a> {
     sock_ino: Option<u64>,
     sk_uid: Option<u32>,
     options: Option<JsonOptions>,
+    /// The kernel's own socket (no file): the kernel bound it for itself, at the request of
+    /// `pid`/`comm` (e.g. `ip link set vxlan0 up`).
+    kernel_socket: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     explain: Option<JsonVerdict<'a>>,
 }
@@ -107,6 +110,7 @@ impl<'a> JsonEvent<'a> {
             sock_ino: sock.map(|s| s.ino),
             sk_uid: sock.and_then(|s| s.uid),
             options: sock.map(JsonOptions::of),
+            kernel_socket: ev.kernel_socket,
             explain: verdict.map(JsonVerdict::of),
         }
     }
@@ -168,6 +172,9 @@ struct JsonVerdict<'a> {
     holders: Vec<JsonHolder<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     shares_with: Vec<JsonHolder<'a>>,
+    /// `ok-different-netns`: the sockets on the port in other network namespaces.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    other_netns: Vec<JsonHolder<'a>>,
 }
 
 impl<'a> JsonVerdict<'a> {
@@ -184,6 +191,7 @@ impl<'a> JsonVerdict<'a> {
             fix: v.fix.as_deref(),
             holders: involved(&v.holders),
             shares_with: involved(&v.shares_with),
+            other_netns: involved(&v.other_netns),
         }
     }
 }
@@ -241,6 +249,7 @@ impl<'a> JsonHolder<'a> {
             owner_status: h.status.name(),
             bound_by: match &h.status {
                 OwnerStatus::Closed { bound_by } => Some(JsonOwner::of(bound_by)),
+                OwnerStatus::InKernel { bound_by } => bound_by.as_ref().map(JsonOwner::of),
                 _ => None,
             },
             rule: involved.map(|i| i.rule.id()),
@@ -253,7 +262,9 @@ impl<'a> JsonHolder<'a> {
 struct JsonOwner<'a> {
     pid: u32,
     comm: &'a str,
-    fd: i32,
+    /// null when not known: the fexit backend sees a socket, not an fd, so a `bound_by` it
+    /// saw bind has none.
+    fd: Option<i32>,
     /// The process's cgroup and what it is; null when not read (the process is gone).
     workload: Option<JsonWorkload<'a>>,
     /// For a docker-proxy: where it forwards (left out for other processes).
@@ -280,7 +291,7 @@ impl<'a> JsonOwner<'a> {
         JsonOwner {
             pid: o.pid,
             comm: &o.comm,
-            fd: o.fd,
+            fd: (o.fd >= 0).then_some(o.fd),
             workload: o.workload.as_ref().map(JsonWorkload::of),
             docker_proxy: o.forward.as_deref().map(|f| JsonForward {
                 proto: &f.proxy.proto,
@@ -505,6 +516,9 @@ pub struct JsonDemo<'a> {
     /// The rule id of portwatch's verdict on the traced call (null: no traced event).
     pub rule: Option<&'static str>,
     pub explanation: Option<String>,
+    /// The explanation's further sentences and its fix, as the human output shows them.
+    pub details: &'a [String],
+    pub fix: Option<&'a str>,
     /// What else the experiment saw (how connections were spread, sysctl values).
     pub observations: &'a [String],
     /// Where Linux differs from the BSD behaviour most write-ups describe.

@@ -130,6 +130,67 @@ fn same_binds(id: &str) -> Option<(SockSpec, SockSpec)> {
     })
 }
 
+/// What a student must read in an experiment's object: every socket on port 8080 (outside the
+/// ephemeral range: no note about reserving it), each server a process of its own (distinct
+/// pids), named by its own name rather than portwatch's, an explanation about two programs
+/// (never "itself among the holders", nor a fix about reusing one's own socket), and the
+/// fix and details the human output shows (a failure has a fix).
+fn as_a_student_reads(id: &str, o: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let sockets: Vec<&str> = o["sockets"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let made: Vec<&str> = sockets
+        .iter()
+        .filter(|s| !s.starts_with("listen on") && !s.starts_with("the old server"))
+        .copied()
+        .collect();
+    let pids: Vec<&str> = made
+        .iter()
+        .filter_map(|s| s.split("pid ").nth(1))
+        .filter_map(|s| s.split([',', ')']).next())
+        .collect();
+    let distinct: BTreeSet<&&str> = pids.iter().collect();
+    if pids.len() < 2 || distinct.len() != pids.len() {
+        problems.push(format!(
+            "{id}: each socket should be made by a server process of its own, pids {pids:?}: {o}"
+        ));
+    }
+    if !made.iter().all(|s| s.contains(":8080")) {
+        problems.push(format!("{id}: a socket not on port 8080: {sockets:?}"));
+    }
+    for key in ["details", "fix"] {
+        if o.get(key).is_none() {
+            problems.push(format!("{id}: no {key} key: {o}"));
+        }
+    }
+    if o["result"] != "ok" && !o["fix"].is_string() {
+        problems.push(format!("{id}: a failure without a fix: {o}"));
+    }
+    let words = format!("{} {} {}", o["explanation"], o["details"], o["fix"]);
+    for wrong in [
+        "(portwatch)",
+        "itself among the holders",
+        "reuse the socket",
+        "ip_local_reserved_ports",
+    ] {
+        if words.contains(wrong) {
+            problems.push(format!("{id}: the explanation says {wrong:?}: {words}"));
+        }
+    }
+    if o["result"] == "EADDRINUSE"
+        && !["(server-a)", "(server-b)", "TIME_WAIT"]
+            .iter()
+            .any(|w| words.contains(w))
+    {
+        problems.push(format!(
+            "{id}: the explanation names no server process (server-a, server-b): {words}"
+        ));
+    }
+    problems
+}
+
 /// What this kernel does with the second socket, made here: `ok` or the errno name.
 fn kernel_result(first: &SockSpec, second: &SockSpec) -> Result<String> {
     let (_a, ra) = open_and_bind(first)?;
@@ -169,6 +230,9 @@ fn run_demo(cx: &Ctx, args: &[&str], stdin: Option<&str>) -> Result<(Vec<Value>,
         .lines()
         .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
         .collect::<Result<Vec<Value>>>()?;
+    for o in &objs {
+        super::schema::check(o).context("demo --json")?;
+    }
     Ok((objs, stderr))
 }
 
@@ -200,6 +264,7 @@ fn demo_json(cx: &Ctx, _ns: &Netns) -> Result<()> {
                 "{id}: result {got_result}, rule {got_rule}; expected {result}, {rule}"
             ));
         }
+        problems.extend(as_a_student_reads(id, o));
         if let Some((first, second)) = same_binds(id) {
             // Each in a fresh namespace of its own, so that nothing from before is in the way.
             let here = super::netns::in_new_netns("demo-same", |_| kernel_result(&first, &second))?;
@@ -260,6 +325,19 @@ fn demo_quiz(cx: &Ctx, _ns: &Netns) -> Result<()> {
     ensure!(
         text.contains("Will the last call succeed?") && text.contains("Score: 1/1"),
         "human quiz: {text}"
+    );
+    // Nothing above the prompt gives the answer away; below it, the last call's line comes
+    // with its result.
+    let (asked, answered) = text
+        .split_once("Will the last call succeed?")
+        .unwrap_or_default();
+    ensure!(
+        !asked.contains("EADDRINUSE") && asked.contains(": ?"),
+        "the question shows the last call's result before the answer:\n{text}"
+    );
+    ensure!(
+        answered.contains("bind EADDRINUSE") && answered.contains("result  EADDRINUSE"),
+        "after the answer, the last call's result is not shown:\n{text}"
     );
     Ok(())
 }
@@ -375,12 +453,25 @@ fn run_and_check(cx: &Ctx, interrupt: bool) -> Result<()> {
         "new named namespaces: {:?}",
         named_after.difference(&named_before).collect::<Vec<_>>()
     );
-    let loaded: BTreeSet<u64> = bpftool_programs()?
-        .iter()
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
-    let left: Vec<&u64> = programs.iter().filter(|id| loaded.contains(id)).collect();
-    ensure!(left.is_empty(), "BPF programs left loaded: {left:?}");
+    // The kernel frees a program asynchronously once its last fd is closed.
+    let mut left = Vec::new();
+    let gone = super::eventually(cx.pw.timeout(5.0), || {
+        let loaded: BTreeSet<u64> = bpftool_programs()?
+            .iter()
+            .filter_map(|p| p["id"].as_u64())
+            .collect();
+        left = programs
+            .iter()
+            .filter(|id| loaded.contains(id))
+            .copied()
+            .collect();
+        Ok(left.is_empty())
+    })?;
+    ensure!(
+        gone,
+        "BPF programs left loaded {:.0?} after the demo exited: {left:?}",
+        cx.pw.timeout(5.0)
+    );
     Ok(())
 }
 

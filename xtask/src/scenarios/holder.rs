@@ -78,6 +78,11 @@ enum Request {
     BindInFlight {
         spec: SockSpec,
     },
+    /// A socket from `spec`, bound (and listening, if the spec says so) through io_uring
+    /// (IORING_OP_BIND, IORING_OP_LISTEN): no bind or listen system call.
+    UringBind {
+        spec: SockSpec,
+    },
     /// `n` times: a new socket from `spec`, bind, hold it `hold_us`, close, wait `gap_us`.
     BindLoop {
         spec: SockSpec,
@@ -245,6 +250,15 @@ impl Holder {
         let b = self.bind(spec)?;
         sock::expect_errno(spec, b.errno, errno)?;
         Ok(b)
+    }
+
+    /// Like [`Holder::bind`], through io_uring ([`super::uring`]). A failure is not an
+    /// error: see [`Bound::errno`] (EINVAL before Linux 6.11, which lacks the operation).
+    pub fn uring_bind(&mut self, spec: &SockSpec) -> Result<Bound> {
+        match self.request(&Request::UringBind { spec: spec.clone() })? {
+            Reply::Bound(b) => Ok(b),
+            other => Err(anyhow!("unexpected reply {other:?}")),
+        }
     }
 
     /// listen() on socket `id` (made by an earlier bind). A failure is not an error: see

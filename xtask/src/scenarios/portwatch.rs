@@ -427,6 +427,9 @@ impl Portwatch {
             r.join().map_err(|_| anyhow!("output reader panicked"))?;
         }
         let out = std::mem::take(&mut *self.shared.0.lock().unwrap());
+        // Every JSON object portwatch printed matches the documented schema.
+        super::schema::check_lines(&out.stdout)
+            .context("portwatch's JSON output against its schema")?;
         let records = out
             .stdout
             .iter()

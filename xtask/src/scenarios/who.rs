@@ -61,6 +61,7 @@ fn who_without_ptrace(cx: &Ctx, _pw: &Portwatch, ns: &Netns) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let low: Value = serde_json::from_slice(&out.stdout).context("parsing who --json")?;
+    super::schema::check(&low).context("who --json")?;
     let root = who(cx, &args)?;
     for (v, as_whom) in [
         (&low, "as uid 65534 without CAP_SYS_PTRACE"),
@@ -94,7 +95,7 @@ fn who_without_ptrace(cx: &Ctx, _pw: &Portwatch, ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-fn who(cx: &Ctx, args: &[&str]) -> Result<Value> {
+pub(super) fn who(cx: &Ctx, args: &[&str]) -> Result<Value> {
     let out = Command::new(&cx.pw.exe)
         .arg("who")
         .args(args)
@@ -107,7 +108,9 @@ fn who(cx: &Ctx, args: &[&str]) -> Result<Value> {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).context("parsing portwatch who --json")
+    let v = serde_json::from_slice(&out.stdout).context("parsing portwatch who --json")?;
+    super::schema::check(&v).context("who --json")?;
+    Ok(v)
 }
 
 fn who_bound_only(cx: &Ctx, _pw: &Portwatch, ns: &Netns) -> Result<()> {

@@ -40,6 +40,7 @@ fn failure(comm: &str, cgroup: &str) -> (Event, Verdict) {
         kernel_holders: vec![],
         walk: None,
         holders_sent: 0,
+        kernel_socket: false,
     };
     let mut held = sock(Proto::Tcp, "0.0.0.0", 80);
     held.state = State::LISTEN;

@@ -26,6 +26,7 @@ use crate::scenarios::{
     netns::{self, Named, Netns},
     portwatch::{Event, Portwatch, lookup},
     sock::SockSpec,
+    vanish::{Fifo, Target},
 };
 
 const EADDRINUSE: i32 = libc::EADDRINUSE;
@@ -39,9 +40,10 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             time_wait_other_namespaces,
         ),
         Scenario::shared("explain_fin_wait2_holder", fin_wait2_holder),
-        // `ip link add ... type vxlan`: on the host only.
-        Scenario::shared("explain_in_kernel_holder", in_kernel_holder).host_only(),
+        // The VM loads vxlan (a module there) and ships iproute2's ip for it.
+        Scenario::shared("explain_in_kernel_holder", in_kernel_holder).needs_modules(&["vxlan"]),
         Scenario::shared("explain_in_flight_holder", in_flight_holder),
+        Scenario::shared("explain_own_socket_in_the_way", own_socket),
         // Host only: under the VM's emulated CPU the owner's loop ends before the tracer has
         // explained enough conflicts for the comparison to show anything.
         Scenario::alone("explain_rebind_loop_undisturbed", rebind_loop).host_only(),
@@ -139,21 +141,27 @@ fn time_wait_other_namespaces(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()>
     only_from(&ev, "explain.shares_with", ns)
 }
 
-/// The sockets listed under `list` (a path to an array) all live in `ns`, and there is one.
-/// The one exception the issue allows: a socket of another namespace listed as such
-/// (`ok-different-netns`), which says why it does not count.
+/// The sockets listed under `list` (a path to an array) all live in `ns`, and there is one;
+/// and no other namespace's socket is listed anywhere in the explanation: neither in
+/// `holders` nor in `shares_with`, nor in `other_netns`, which only `ok-different-netns`
+/// has.
 fn only_from(ev: &Event, list: &str, ns: &Netns) -> Result<()> {
     let socks = lookup(&ev.0, list).as_array().cloned().unwrap_or_default();
-    let elsewhere: Vec<&Value> = socks
+    let elsewhere: Vec<Value> = ["explain.holders", "explain.shares_with"]
         .iter()
+        .flat_map(|l| lookup(&ev.0, l).as_array().cloned().unwrap_or_default())
         .filter(|s| s["netns"].as_u64() != Some(ns.inode()))
-        .filter(|s| s["rule"] != json!("ok-different-netns"))
         .collect();
     ensure!(
         !socks.is_empty() && elsewhere.is_empty(),
         "{list} should list this namespace's sockets (netns {}) and no other's; other \
          namespaces': {elsewhere:?}\n  line: {ev}",
         ns.inode()
+    );
+    let other = lookup(&ev.0, "explain.other_netns");
+    ensure!(
+        other.is_null(),
+        "other_netns is for ok-different-netns only, got {other}\n  line: {ev}"
     );
     Ok(())
 }
@@ -181,10 +189,12 @@ fn fin_wait2_holder(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// A VXLAN device with dstport 8472, brought up in the namespace, makes the kernel open a UDP
-/// socket on 0.0.0.0:8472 that no process has: a bind there fails, and the explanation must
-/// say the socket is the kernel's, with no owner.
-fn in_kernel_holder(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+/// A VXLAN device with dstport 4789, brought up in the namespace, makes the kernel open a UDP
+/// socket on 0.0.0.0:4789 that no process has: a bind there fails, and the explanation must
+/// say the socket is the kernel's, with no owner. With fexit, which sees binds the kernel
+/// makes itself, the kernel's own bind is traced too, under the task that caused it (`ip`),
+/// and "who took 4789?" has that answer in the failure's explanation (`bound_by`).
+fn in_kernel_holder(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     netns::ip(
         Some(ns),
         &[
@@ -196,15 +206,41 @@ fn in_kernel_holder(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
             "id",
             "42",
             "dstport",
-            "8472",
+            "4789",
             "local",
             "127.0.0.1",
         ],
     )
     .context("set-up: a VXLAN device (is the vxlan module there?)")?;
     netns::ip(Some(ns), &["link", "set", "pw-vx0", "up"])?;
+    let fexit = cx.pw.backend == "fexit";
+    if fexit {
+        let evs = pw.wait_for(ns, "the kernel's own bind of udp 4789", |evs| {
+            evs.iter().any(|e| e.0["bound"]["port"] == json!(4789))
+        })?;
+        let ev = evs
+            .into_iter()
+            .find(|e| e.0["bound"]["port"] == json!(4789))
+            .context("the event")?;
+        fields(
+            &ev,
+            &[
+                ("type", json!("bind")),
+                ("ok", json!(true)),
+                ("protocol", json!("udp")),
+                ("comm", json!("ip")),
+                ("kernel_socket", json!(true)),
+                ("fd", json!(null)),
+            ],
+        )?;
+        let details = lookup(&ev.0, "explain.details").to_string();
+        ensure!(
+            details.contains("the kernel bound this socket for itself"),
+            "the kernel's own bind is not said to be the kernel's: {details}\n  line: {ev}"
+        );
+    }
     let mut a = Holder::spawn(ns, "pw-asker")?;
-    let b = a.bind_fails(&SockSpec::udp("0.0.0.0:8472"), EADDRINUSE)?;
+    let b = a.bind_fails(&SockSpec::udp("0.0.0.0:4789"), EADDRINUSE)?;
     let ev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
     fields(
         &ev,
@@ -213,8 +249,19 @@ fn in_kernel_holder(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
             ("explain.holders.0.state", json!("UNCONN")),
             ("explain.holders.0.owners", json!([])),
             ("explain.holders.0.owner_status", json!("in-kernel")),
+            ("kernel_socket", json!(false)),
         ],
-    )
+    )?;
+    if fexit {
+        fields(&ev, &[("explain.holders.0.bound_by.comm", json!("ip"))])?;
+        let m = ev.message();
+        ensure!(
+            m.contains("in-kernel socket") && m.contains("(ip)"),
+            "the explanation should name the kernel's socket and ip, which made it: {m}\n  \
+             line: {ev}"
+        );
+    }
+    Ok(())
 }
 
 /// A bound socket whose only reference is an SCM_RIGHTS message nobody received (the process
@@ -332,4 +379,98 @@ fn blocked_by_owner(e: &Event) -> bool {
             hs.iter()
                 .any(|h| h["addr"] == "127.0.0.1" && h["port"] == 8080)
         })
+}
+
+/// A process in its own way: it holds 127.0.0.1:8080 and binds 0.0.0.0:8080 itself (a reload
+/// that changes the address). Kept: "this process already held", and a fix about its own
+/// socket. Then on 8081 the same, with the process gone right after the call (it exits the
+/// moment the failed bind returns): still "this process already held ...", now saying it has
+/// let go since, named from the bind portwatch saw (`bound_by`, whose fd is null with fexit,
+/// which sees a socket, not an fd), and never "stop pid N" for the caller itself.
+fn own_socket(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    let mut h = Holder::spawn(ns, "pw-reloader")?;
+    h.bind_ok(&SockSpec::tcp("127.0.0.1:8080").listening())?;
+    let b = h.bind_fails(&SockSpec::tcp("0.0.0.0:8080"), EADDRINUSE)?;
+    let ev = pw.wait_call(ns, "bind", h.pid, b.ino)?;
+    fields(
+        &ev,
+        &[
+            ("explain.rule", json!("specific-blocks-wildcard")),
+            ("explain.holders.0.owners.0.pid", json!(h.pid)),
+        ],
+    )?;
+    own_words(
+        &ev,
+        h.pid,
+        "127.0.0.1:8080",
+        "as a server does while it reloads",
+    )?;
+
+    let held = h.bind_ok(&SockSpec::tcp("127.0.0.1:8081"))?;
+    pw.wait_call(ns, "bind", h.pid, held.ino)?;
+    let fifo = Fifo::new()?;
+    h.exit_on(fifo.path())?;
+    h.fire_after_next_call(&[Target {
+        pid: h.pid,
+        fifo: Some(fifo.path().to_path_buf()),
+    }])?;
+    // The holder exits before it can answer: the call's event is found by its pid.
+    let answer = h.bind(&SockSpec::tcp("0.0.0.0:8081"));
+    ensure!(
+        answer.is_err(),
+        "set-up: the process should have exited right after its bind, it answered {answer:?}"
+    );
+    let pid = u64::from(h.pid);
+    let failed = |e: &Event| {
+        e.pid() == Some(pid)
+            && e.0["errno"] == json!("EADDRINUSE")
+            && e.0["requested"]["port"] == json!(8081)
+    };
+    let evs = pw.wait_for(ns, "the failed bind of the process that exited", |evs| {
+        evs.iter().any(failed)
+    })?;
+    let ev = evs.into_iter().find(failed).context("the event")?;
+    let fd = if lookup(&ev.0, "backend") == &json!("fexit") {
+        json!(null)
+    } else {
+        json!(held.fd)
+    };
+    fields(
+        &ev,
+        &[
+            ("explain.rule", json!("specific-blocks-wildcard")),
+            ("explain.holders.0.owners", json!([])),
+            ("explain.holders.0.owner_status", json!("closed")),
+            ("explain.holders.0.bound_by.pid", json!(h.pid)),
+            ("explain.holders.0.bound_by.fd", fd),
+        ],
+    )?;
+    own_words(
+        &ev,
+        h.pid,
+        "127.0.0.1:8081",
+        "it has closed that socket or exited since",
+    )
+}
+
+/// The details say the caller itself held `endpoint` (`how`: live, or let go since), and the
+/// fix does not tell it to stop itself.
+fn own_words(ev: &Event, pid: u32, endpoint: &str, how: &str) -> Result<()> {
+    let details = lookup(&ev.0, "explain.details").to_string();
+    let fix = lookup(&ev.0, "explain.fix")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        details.contains(&format!(
+            "pid {pid} (pw-reloader) is itself among the holders: this process already held \
+             {endpoint} when it called bind()"
+        )) && details.contains(how),
+        "the details should say the process itself held {endpoint} ({how}): {details}\n  line: {ev}"
+    );
+    ensure!(
+        !fix.is_empty() && !fix.contains(&format!("stop pid {pid}")),
+        "the fix tells the process to stop itself: {fix}\n  line: {ev}"
+    );
+    Ok(())
 }

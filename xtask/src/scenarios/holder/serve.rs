@@ -15,6 +15,7 @@ use super::{Bound, Counted, Fired, HoldArgs, Ready, Reply, Request};
 use crate::scenarios::{
     netns,
     sock::{self, InFlight, Sock, SockSpec},
+    uring,
     vanish::{self, Armed},
 };
 
@@ -103,6 +104,15 @@ impl State {
             Request::Bind { spec } => {
                 let (s, r) =
                     sock::open_and_bind(&spec).map_err(|e| format!("creating the socket: {e}"))?;
+                let fired = fire(&mut self.armed, vanish::now_ns())?;
+                Reply::Bound(self.keep(s, &r, fired))
+            }
+            Request::UringBind { spec } => {
+                let s = Sock::open(&spec).map_err(|e| format!("creating the socket: {e}"))?;
+                let mut r = uring::bind(s.fd(), spec.addr);
+                if r.is_ok() && spec.listen {
+                    r = uring::listen(s.fd(), 128);
+                }
                 let fired = fire(&mut self.armed, vanish::now_ns())?;
                 Reply::Bound(self.keep(s, &r, fired))
             }
