@@ -31,7 +31,48 @@ fn venv_bin() -> Result<PathBuf> {
 pub fn check(portwatch: &Path) -> Result<()> {
     let root = workspace_root().join("deploy");
     systemd_unit(&root.join("systemd/portwatch.service"), portwatch)?;
-    kubernetes(&root.join("kubernetes"))
+    kubernetes(&root.join("kubernetes"))?;
+    prometheus_rules(&root.join("prometheus"))
+}
+
+/// The alerting rules: `promtool check rules` on the plain file and on the PrometheusRule's
+/// `spec` (which must hold the same rules), then the unit tests with `promtool test rules`.
+/// promtool is Debian's, unpacked as the prometheus scenario does it.
+fn prometheus_rules(dir: &Path) -> Result<()> {
+    let promtool = crate::scenarios::prometheus::binary("promtool")?;
+    let plain = dir.join("portwatch-rules.yaml");
+    cmd::run(Command::new(&promtool).args(["check", "rules"]).arg(&plain))?;
+    let load = |file: &Path, key: &str| -> Result<Value> {
+        let out = Command::new(venv_bin()?.join("python"))
+            .args([
+                "-c",
+                "import json,sys,yaml; d=yaml.safe_load(open(sys.argv[1])); \
+                 print(json.dumps(d[sys.argv[2]] if sys.argv[2] else d))",
+            ])
+            .arg(file)
+            .arg(key)
+            .output()?;
+        ensure!(out.status.success(), "reading {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let operator = dir.join("prometheusrule.yaml");
+    let spec = load(&operator, "spec")?;
+    ensure!(
+        spec == load(&plain, "")?,
+        "{}'s spec is not the rules of {}: copy them over",
+        operator.display(),
+        plain.display()
+    );
+    // JSON is YAML: promtool reads the spec as a rules file.
+    let spec_file = target_dir().join("deploy-check/prometheusrule-spec.yaml");
+    std::fs::create_dir_all(spec_file.parent().context("a parent")?)?;
+    std::fs::write(&spec_file, serde_json::to_vec(&spec)?)?;
+    cmd::run(Command::new(&promtool).args(["check", "rules"]).arg(&spec_file))?;
+    cmd::run(
+        Command::new(&promtool)
+            .args(["test", "rules", "portwatch-rules.test.yaml"])
+            .current_dir(dir),
+    )
 }
 
 /// `systemd-analyze verify`, with ExecStart pointing at the binary just built (verify checks
@@ -103,20 +144,27 @@ fn kubernetes(dir: &Path) -> Result<()> {
             bail!("kubernetes-validate on {name}: {line}");
         }
     }
-    daemonset_shape(&bin, &dir.join("daemonset.yaml"))
+    daemonset_shape()
 }
 
-/// What the issue asks of the DaemonSet, beyond the schema.
-fn daemonset_shape(bin: &Path, file: &Path) -> Result<()> {
-    let out = Command::new(bin.join("python"))
+/// deploy/kubernetes/daemonset.yaml as JSON (through the validator venv's PyYAML): the
+/// `dist` stage runs the image the way it says.
+pub fn daemonset() -> Result<Value> {
+    let file = workspace_root().join("deploy/kubernetes/daemonset.yaml");
+    let out = Command::new(venv_bin()?.join("python"))
         .args([
             "-c",
             "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
         ])
-        .arg(file)
+        .arg(&file)
         .output()?;
     ensure!(out.status.success(), "reading {}", file.display());
-    let ds: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// What the issue asks of the DaemonSet, beyond the schema.
+fn daemonset_shape() -> Result<()> {
+    let ds = daemonset()?;
     let pod = &ds["spec"]["template"]["spec"];
     ensure!(pod["hostPID"] == true, "hostPID is not true");
     let c = &pod["containers"][0];
