@@ -52,7 +52,12 @@ fn prometheus_rules(dir: &Path) -> Result<()> {
             .arg(file)
             .arg(key)
             .output()?;
-        ensure!(out.status.success(), "reading {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "reading {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(serde_json::from_slice(&out.stdout)?)
     };
     let operator = dir.join("prometheusrule.yaml");
@@ -67,7 +72,11 @@ fn prometheus_rules(dir: &Path) -> Result<()> {
     let spec_file = target_dir().join("deploy-check/prometheusrule-spec.yaml");
     std::fs::create_dir_all(spec_file.parent().context("a parent")?)?;
     std::fs::write(&spec_file, serde_json::to_vec(&spec)?)?;
-    cmd::run(Command::new(&promtool).args(["check", "rules"]).arg(&spec_file))?;
+    cmd::run(
+        Command::new(&promtool)
+            .args(["check", "rules"])
+            .arg(&spec_file),
+    )?;
     cmd::run(
         Command::new(&promtool)
             .args(["test", "rules", "portwatch-rules.test.yaml"])

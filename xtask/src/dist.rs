@@ -67,7 +67,12 @@ impl Release {
         let git = |args: &[&str]| -> Result<String> {
             cmd::probe(Command::new("git").args(args).current_dir(workspace_root()))
                 .map(|s| s.trim().to_string())
-                .with_context(|| format!("`git {}` failed: dist builds from a git checkout", args.join(" ")))
+                .with_context(|| {
+                    format!(
+                        "`git {}` failed: dist builds from a git checkout",
+                        args.join(" ")
+                    )
+                })
         };
         let mut commit = git(&["rev-parse", "--short=12", "HEAD"])?;
         if !git(&["status", "--porcelain", "--untracked-files=no"])?.is_empty() {
@@ -88,11 +93,12 @@ impl Release {
 
     /// The epoch in `date` format `fmt`, UTC.
     pub fn date(&self, fmt: &str) -> Result<String> {
-        let out = cmd::probe(
-            Command::new("date")
-                .env("LC_ALL", "C")
-                .args(["-u", "-d", &format!("@{}", self.epoch), fmt]),
-        )
+        let out = cmd::probe(Command::new("date").env("LC_ALL", "C").args([
+            "-u",
+            "-d",
+            &format!("@{}", self.epoch),
+            fmt,
+        ]))
         .context("running date")?;
         Ok(out.trim().to_string())
     }
@@ -113,12 +119,22 @@ pub fn build() -> Result<Artifacts> {
     let image = oci::build(&release, &binary, &dir)?;
     let names: Vec<String> = [&binary, &deb, &image]
         .iter()
-        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     let sums = cmd::probe(Command::new("sha256sum").args(&names).current_dir(&dir))
         .context("sha256sum failed")?;
     fs::write(dir.join("SHA256SUMS"), &sums)?;
-    eprintln!("dist: {} (commit {}, SOURCE_DATE_EPOCH={}):", dir.display(), release.commit, release.epoch);
+    eprintln!(
+        "dist: {} (commit {}, SOURCE_DATE_EPOCH={}):",
+        dir.display(),
+        release.commit,
+        release.epoch
+    );
     for n in names.iter().chain(["SHA256SUMS".to_string()].iter()) {
         let size = fs::metadata(dir.join(n))?.len();
         eprintln!("  {n:<40} {:>6.1} MiB", size as f64 / (1024.0 * 1024.0));
@@ -144,7 +160,10 @@ fn build_static(release: &Release) -> Result<PathBuf> {
     let flags = [
         "-Ctarget-feature=+crt-static".to_string(),
         "-Cstrip=symbols".to_string(),
-        format!("--remap-path-prefix={}=/portwatch", workspace_root().display()),
+        format!(
+            "--remap-path-prefix={}=/portwatch",
+            workspace_root().display()
+        ),
         format!(
             "--remap-path-prefix={}=/cargo/registry/src",
             cargo_home.join("registry/src").display()
@@ -181,7 +200,10 @@ pub fn has_interpreter(elf: &Path) -> Result<bool> {
     for i in 0..count {
         let at = phoff + i * entsize;
         let Some(p_type) = data.get(at..at + 4) else {
-            bail!("{}: program headers past the end of the file", elf.display());
+            bail!(
+                "{}: program headers past the end of the file",
+                elf.display()
+            );
         };
         if u32::from_le_bytes(p_type.try_into()?) == 3 {
             return Ok(true);
@@ -213,7 +235,9 @@ pub fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     let input = data.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output()?;
-    writer.join().map_err(|_| anyhow::anyhow!("gzip writer panicked"))??;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("gzip writer panicked"))??;
     ensure!(out.status.success(), "gzip failed: {}", out.status);
     Ok(out.stdout)
 }

@@ -231,7 +231,7 @@ fn dist_stages(suite: &mut Suite, args: &TestArgs) {
     }
     for distro in vm::Distro::ALL {
         if args.vm_kernel.is_empty() || args.vm_kernel.contains(&distro) {
-            suite.stage(&format!("dist: static binary, VM {}", distro.dir_name()), |_| {
+            suite.stage(&format!("dist: static in {}", distro.dir_name()), |_| {
                 dist::check::static_in_vm(&built.binary, distro)
             });
         }

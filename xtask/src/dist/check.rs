@@ -119,21 +119,37 @@ fn explains_conflict(
 
 /// lintian, install, trace, purge.
 fn deb(release: &Release, deb: &Path) -> Result<()> {
-    ensure!(deb.is_file(), "{} is missing: run `cargo xtask dist`", deb.display());
+    ensure!(
+        deb.is_file(),
+        "{} is missing: run `cargo xtask dist`",
+        deb.display()
+    );
     let out = Command::new("lintian")
         .args(["--fail-on", "error", "--tag-display-limit", "0"])
         .arg(deb)
         .output()
         .context("running lintian (apt-get install lintian)")?;
     let said = String::from_utf8_lossy(&out.stdout);
-    eprint!("lintian: {}", if said.trim().is_empty() { "no tags\n" } else { &said });
+    eprint!(
+        "lintian: {}",
+        if said.trim().is_empty() {
+            "no tags\n"
+        } else {
+            &said
+        }
+    );
     ensure!(
         out.status.success() && !said.lines().any(|l| l.starts_with("E:")),
         "lintian found errors ({}):\n{said}{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = cmd::probe(Command::new("dpkg-query").args(["-W", "-f", "${db:Status-Abbrev}", "portwatch"]));
+    let status = cmd::probe(Command::new("dpkg-query").args([
+        "-W",
+        "-f",
+        "${db:Status-Abbrev}",
+        "portwatch",
+    ]));
     ensure!(
         status.as_deref().is_none_or(|s| !s.starts_with("ii")),
         "portwatch is already installed as a package on this host; `dpkg --purge portwatch` first"
@@ -144,14 +160,27 @@ fn deb(release: &Release, deb: &Path) -> Result<()> {
     result?;
     purged?;
     for f in debfile::FILES {
-        ensure!(!Path::new("/").join(f).exists(), "/{f} is still there after dpkg --purge");
+        ensure!(
+            !Path::new("/").join(f).exists(),
+            "/{f} is still there after dpkg --purge"
+        );
     }
     for d in ["/usr/share/doc/portwatch", "/var/log/portwatch"] {
-        ensure!(!Path::new(d).exists(), "{d} is still there after dpkg --purge");
+        ensure!(
+            !Path::new(d).exists(),
+            "{d} is still there after dpkg --purge"
+        );
     }
-    let listed = cmd::probe(Command::new("dpkg-query").args(["-W", "-f", "${db:Status-Abbrev}", "portwatch"]));
+    let listed = cmd::probe(Command::new("dpkg-query").args([
+        "-W",
+        "-f",
+        "${db:Status-Abbrev}",
+        "portwatch",
+    ]));
     ensure!(
-        listed.as_deref().is_none_or(|s| s.trim().is_empty() || s.starts_with("un") || s.starts_with("pn")),
+        listed
+            .as_deref()
+            .is_none_or(|s| s.trim().is_empty() || s.starts_with("un") || s.starts_with("pn")),
         "dpkg still knows portwatch after --purge: {listed:?}"
     );
     eprintln!("deb: installed, traced, purged; no file left");
@@ -162,36 +191,56 @@ fn deb(release: &Release, deb: &Path) -> Result<()> {
 /// a man page `man` can find, and a unit that is not enabled.
 fn installed(release: &Release) -> Result<()> {
     for f in debfile::FILES {
-        ensure!(Path::new("/").join(f).is_file(), "dpkg -i did not install /{f}");
+        ensure!(
+            Path::new("/").join(f).is_file(),
+            "dpkg -i did not install /{f}"
+        );
     }
     let listed = cmd::probe(Command::new("dpkg").args(["-L", "portwatch"])).unwrap_or_default();
     for f in debfile::FILES {
-        ensure!(listed.lines().any(|l| l == format!("/{f}")), "dpkg -L does not list /{f}");
+        ensure!(
+            listed.lines().any(|l| l == format!("/{f}")),
+            "dpkg -L does not list /{f}"
+        );
     }
     let version = super::output_of(Path::new("/usr/bin/portwatch"), &["--version"])?;
     let version = String::from_utf8_lossy(&version);
     ensure!(
-        version.contains(&release.version) && version.contains(&release.commit) && version.contains(super::TARGET),
+        version.contains(&release.version)
+            && version.contains(&release.commit)
+            && version.contains(super::TARGET),
         "/usr/bin/portwatch --version: {version}"
     );
     // Not enabled: no symlink in any .wants directory.
     for wants in ["/etc/systemd/system/multi-user.target.wants/portwatch.service"] {
-        ensure!(!Path::new(wants).exists(), "{wants} exists: the package enabled the unit");
+        ensure!(
+            !Path::new(wants).exists(),
+            "{wants} exists: the package enabled the unit"
+        );
     }
     let ev = explains_conflict(
         Path::new("/usr/bin/portwatch"),
         &[],
-        ["trace", "--json", "--port", "47310"].map(String::from).to_vec(),
+        ["trace", "--json", "--port", "47310"]
+            .map(String::from)
+            .to_vec(),
         47310,
         &|_| Ok(()),
     )?;
-    eprintln!("deb: /usr/bin/portwatch explained: {}", ev["explain"]["message"]);
+    eprintln!(
+        "deb: /usr/bin/portwatch explained: {}",
+        ev["explain"]["message"]
+    );
     Ok(())
 }
 
 /// The image, unpacked and run as the DaemonSet runs it.
 fn image(release: &Release, archive: &Path, binary: &Path) -> Result<()> {
-    ensure!(archive.is_file(), "{} is missing: run `cargo xtask dist`", archive.display());
+    ensure!(
+        archive.is_file(),
+        "{} is missing: run `cargo xtask dist`",
+        archive.display()
+    );
     let work = target_dir().join("dist-work/image-check");
     if work.exists() {
         fs::remove_dir_all(&work)?;
@@ -200,28 +249,45 @@ fn image(release: &Release, archive: &Path, binary: &Path) -> Result<()> {
     let root = work.join("rootfs");
     fs::create_dir_all(&layout)?;
     fs::create_dir_all(&root)?;
-    cmd::run(Command::new("tar").arg("-xf").arg(archive).arg("-C").arg(&layout))?;
+    cmd::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(&layout),
+    )?;
     let read_json = |p: PathBuf| -> Result<Value> {
         serde_json::from_slice(&fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
             .with_context(|| format!("{} is not JSON", p.display()))
     };
     let blob = |digest: &Value| -> Result<PathBuf> {
         let digest = digest.as_str().context("a digest")?;
-        let path = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
-        ensure!(super::sha256(&path)? == digest, "{} does not match its digest", path.display());
+        let path = layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+        ensure!(
+            super::sha256(&path)? == digest,
+            "{} does not match its digest",
+            path.display()
+        );
         Ok(path)
     };
     let index = read_json(layout.join("index.json"))?;
     let entry = &index["manifests"][0];
     ensure!(
-        entry["annotations"]["org.opencontainers.image.ref.name"] == oci::reference(release).as_str(),
+        entry["annotations"]["org.opencontainers.image.ref.name"]
+            == oci::reference(release).as_str(),
         "index.json names {}",
         entry["annotations"]
     );
     let manifest = read_json(blob(&entry["digest"])?)?;
     let config = read_json(blob(&manifest["config"]["digest"])?)?;
     let layers = manifest["layers"].as_array().context("no layers")?;
-    ensure!(layers.len() == 1, "want one layer (FROM scratch), got {}", layers.len());
+    ensure!(
+        layers.len() == 1,
+        "want one layer (FROM scratch), got {}",
+        layers.len()
+    );
     cmd::run(
         Command::new("tar")
             .args(["--xattrs", "--xattrs-include=security.capability", "-xpzf"])
@@ -237,7 +303,9 @@ fn image(release: &Release, archive: &Path, binary: &Path) -> Result<()> {
     ] {
         ensure!(labels[k] == want, "label {k} is {}, want {want}", labels[k]);
     }
-    let entrypoint = config["config"]["Entrypoint"][0].as_str().context("no Entrypoint")?;
+    let entrypoint = config["config"]["Entrypoint"][0]
+        .as_str()
+        .context("no Entrypoint")?;
     let exe = root.join(entrypoint.trim_start_matches('/'));
     ensure!(
         fs::read(&exe)? == fs::read(binary)?,
@@ -249,7 +317,10 @@ fn image(release: &Release, archive: &Path, binary: &Path) -> Result<()> {
         .lines()
         .map(String::from)
         .collect();
-    ensure!(files == [".", "./usr", "./usr/bin", "./usr/bin/portwatch"], "the image holds {files:?}");
+    ensure!(
+        files == [".", "./usr", "./usr/bin", "./usr/bin/portwatch"],
+        "the image holds {files:?}"
+    );
     let caps = cmd::probe(Command::new("getcap").arg(&exe)).unwrap_or_default();
     ensure!(
         caps.contains("cap_dac_read_search,cap_sys_ptrace,cap_sys_admin,cap_perfmon,cap_bpf=ep"),
@@ -257,7 +328,9 @@ fn image(release: &Release, archive: &Path, binary: &Path) -> Result<()> {
     );
 
     let ds = deploy::daemonset()?;
-    let image_name = ds["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap_or("");
+    let image_name = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or("");
     ensure!(
         image_name == oci::reference(release),
         "daemonset.yaml runs image {image_name:?}; this build is {}",
@@ -273,7 +346,13 @@ fn image(release: &Release, archive: &Path, binary: &Path) -> Result<()> {
         47320,
         &|pid| {
             let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-            let line = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap_or("").to_string();
+            let line = |k: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(k))
+                    .unwrap_or("")
+                    .to_string()
+            };
             ensure!(
                 line("Uid:").split_whitespace().nth(1) == Some("65534"),
                 "the container's portwatch runs as {}",
@@ -281,9 +360,11 @@ fn image(release: &Release, archive: &Path, binary: &Path) -> Result<()> {
             );
             // CAP_DAC_READ_SEARCH, SYS_PTRACE, SYS_ADMIN, PERFMON, BPF: from the file
             // capabilities, within the DaemonSet's bounding set.
-            let eff = u64::from_str_radix(line("CapEff:").split_whitespace().nth(1).unwrap_or(""), 16)?;
+            let eff =
+                u64::from_str_radix(line("CapEff:").split_whitespace().nth(1).unwrap_or(""), 16)?;
             let want = oci::FILE_CAPS.iter().fold(0u64, |m, c| m | 1 << c);
-            let bnd = u64::from_str_radix(line("CapBnd:").split_whitespace().nth(1).unwrap_or(""), 16)?;
+            let bnd =
+                u64::from_str_radix(line("CapBnd:").split_whitespace().nth(1).unwrap_or(""), 16)?;
             ensure!(
                 eff == want && bnd == want,
                 "the container's portwatch has CapEff {eff:x} and CapBnd {bnd:x}, want {want:x}"
@@ -291,7 +372,10 @@ fn image(release: &Release, archive: &Path, binary: &Path) -> Result<()> {
             let Some(addr) = &metrics else { return Ok(()) };
             let addr = addr.replace("0.0.0.0", "127.0.0.1");
             let health = http_get_in(pid, &addr, "/healthz")?;
-            ensure!(health.trim() == "ok", "/healthz in the container said {health:?}");
+            ensure!(
+                health.trim() == "ok",
+                "/healthz in the container said {health:?}"
+            );
             let text = http_get_in(pid, &addr, "/metrics")?;
             ensure!(
                 text.lines().any(|l| l.starts_with("portwatch_calls_total{")
@@ -301,7 +385,10 @@ fn image(release: &Release, archive: &Path, binary: &Path) -> Result<()> {
             Ok(())
         },
     )?;
-    eprintln!("image: {entrypoint} under the DaemonSet's settings explained: {}", ev["explain"]["message"]);
+    eprintln!(
+        "image: {entrypoint} under the DaemonSet's settings explained: {}",
+        ev["explain"]["message"]
+    );
     Ok(())
 }
 
@@ -321,10 +408,16 @@ struct PodRun {
 impl PodRun {
     fn from_daemonset(ds: &Value, root: &Path, work: &Path) -> Result<PodRun> {
         let pod = &ds["spec"]["template"]["spec"];
-        ensure!(pod["hostPID"] == true, "the wrapper below assumes hostPID: true");
+        ensure!(
+            pod["hostPID"] == true,
+            "the wrapper below assumes hostPID: true"
+        );
         let c = &pod["containers"][0];
         let sc = &c["securityContext"];
-        ensure!(sc["readOnlyRootFilesystem"] == true, "readOnlyRootFilesystem is not true");
+        ensure!(
+            sc["readOnlyRootFilesystem"] == true,
+            "readOnlyRootFilesystem is not true"
+        );
         ensure!(
             sc["capabilities"]["drop"] == json!(["ALL"]),
             "capabilities.drop is not [ALL]"
@@ -337,9 +430,13 @@ impl PodRun {
             .map(|c| format!("cap_{}", c.to_lowercase()))
             .collect();
         // Every capability this kernel knows, by name (capsh decodes a mask), minus `add`.
-        let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")?.trim().parse()?;
-        let all = cmd::probe(Command::new("capsh").arg(format!("--decode={:x}", (1u64 << (last + 1)) - 1)))
-            .context("capsh --decode (apt-get install libcap2-bin)")?;
+        let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")?
+            .trim()
+            .parse()?;
+        let all = cmd::probe(
+            Command::new("capsh").arg(format!("--decode={:x}", (1u64 << (last + 1)) - 1)),
+        )
+        .context("capsh --decode (apt-get install libcap2-bin)")?;
         let drop: Vec<&str> = all
             .trim()
             .split_once('=')
@@ -371,7 +468,9 @@ impl PodRun {
             format!("mount -t tmpfs -o mode=755 tmpfs {r}/dev"),
         ];
         for d in ["null", "zero", "full", "random", "urandom", "tty"] {
-            script.push(format!("touch {r}/dev/{d}; mount --bind /dev/{d} {r}/dev/{d}"));
+            script.push(format!(
+                "touch {r}/dev/{d}; mount --bind /dev/{d} {r}/dev/{d}"
+            ));
         }
         script.push(format!("mount -t tmpfs tmpfs {r}/tmp"));
         let volumes = pod["volumes"].as_array().context("no volumes")?;
@@ -380,7 +479,9 @@ impl PodRun {
                 .iter()
                 .find(|v| v["name"] == m["name"])
                 .with_context(|| format!("no volume {}", m["name"]))?;
-            let host = vol["hostPath"]["path"].as_str().context("not a hostPath volume")?;
+            let host = vol["hostPath"]["path"]
+                .as_str()
+                .context("not a hostPath volume")?;
             let mut host = PathBuf::from(host);
             if !host.exists() {
                 // DirectoryOrCreate would make it on the node; an empty one of our own stands
@@ -438,7 +539,11 @@ impl PodRun {
 /// else (vm.rs copies shared libraries only for dynamic executables, and this one has none).
 /// One `nc` listens, a second one's bind fails; portwatch must name the first as the holder.
 pub fn static_in_vm(binary: &Path, distro: vm::Distro) -> Result<()> {
-    ensure!(!super::has_interpreter(binary)?, "{} is not static", binary.display());
+    ensure!(
+        !super::has_interpreter(binary)?,
+        "{} is not static",
+        binary.display()
+    );
     let kernel = vm::ensure_kernel(&cmd::workspace_root().join("vm-cache"), distro)?;
     let command = "set -e
 /bin/portwatch --version >/dev/ttyS1
@@ -474,7 +579,10 @@ cat /tmp/events >/dev/ttyS1
     }
     let mut lines = text.lines();
     let version = lines.next().unwrap_or("");
-    ensure!(version.contains(super::TARGET), "--version in the VM: {version:?}");
+    ensure!(
+        version.contains(super::TARGET),
+        "--version in the VM: {version:?}"
+    );
     let holder: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("HOLDER "))

@@ -53,11 +53,7 @@ pub fn build(release: &Release, binary: &Path, out_dir: &Path) -> Result<PathBuf
         &gzip(&output_of(binary, &["man"])?)?,
         0o644,
     )?;
-    for (shell, rel) in [
-        ("bash", FILES[2]),
-        ("zsh", FILES[3]),
-        ("fish", FILES[4]),
-    ] {
+    for (shell, rel) in [("bash", FILES[2]), ("zsh", FILES[3]), ("fish", FILES[4])] {
         put(rel, &output_of(binary, &["completions", shell])?, 0o644)?;
     }
     put(
@@ -142,7 +138,13 @@ fn copyright(release: &Release) -> Result<String> {
     let mit = fs::read_to_string(workspace_root().join("LICENSE-MIT"))?;
     let mit: String = mit
         .lines()
-        .map(|l| if l.trim().is_empty() { " .\n".to_string() } else { format!(" {l}\n") })
+        .map(|l| {
+            if l.trim().is_empty() {
+                " .\n".to_string()
+            } else {
+                format!(" {l}\n")
+            }
+        })
         .collect();
     Ok(format!(
         "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\

@@ -9,7 +9,10 @@
 //! capabilities is what makes them effective (hence `allowPrivilegeEscalation: true`). The
 //! image runs as 65534:65534 by default, as the DaemonSet does.
 
-use std::{fs, path::Path, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Result;
 use serde_json::{Value, json};
