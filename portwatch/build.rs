@@ -40,7 +40,10 @@ fn build_ebpf(toolchain: &str) -> anyhow::Result<PathBuf> {
         .arg(out.join("aya-build/target/portwatch-ebpf"))
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+            format!(
+                "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f{}",
+                remap_paths().join("\x1f")
+            ),
         )
         // The outer build's compiler (or wrapper) may be another toolchain's.
         .env_remove("RUSTC")
@@ -81,6 +84,28 @@ fn build_ebpf(toolchain: &str) -> anyhow::Result<PathBuf> {
         println!("cargo:warning={line}");
     }
     object.ok_or_else(|| anyhow!("the eBPF build produced no `portwatch` object"))
+}
+
+/// The object's BTF line info names source files: this checkout's and cargo's registry's
+/// paths are replaced by fixed ones, so the object (and the binary around it) is the same
+/// bytes wherever it is built (`cargo xtask dist` remaps the user-space code the same way).
+fn remap_paths() -> Vec<String> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = workspace.canonicalize().unwrap_or(workspace);
+    let mut flags = vec![format!(
+        "--remap-path-prefix={}=/portwatch",
+        workspace.display()
+    )];
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(home) = cargo_home {
+        flags.push(format!(
+            "--remap-path-prefix={}=/cargo/registry/src",
+            home.join("registry/src").display()
+        ));
+    }
+    flags
 }
 
 /// Sets `PORTWATCH_GIT_COMMIT` (the commit, `unknown` outside a git checkout; `cargo xtask
