@@ -51,16 +51,19 @@ pub struct CheckArgs {
 
 pub fn main(args: CheckArgs) -> Result<()> {
     ensure!(cmd::is_root(), "dist-check runs as root (dpkg -i, chroot)");
-    let release = Release::current()?;
     let dir = super::dist_dir();
+    let mut release = Release::current()?;
+    let binary = dir.join(format!("portwatch-{}-x86_64-linux", release.version));
+    // The artifacts may be older than the checkout: the commit they were built from is the
+    // one the dist binary names.
+    release.commit = built_commit(&binary)?;
     let mut failures = Vec::new();
-    if !args.only_image {
-        if let Err(e) = deb(&release, &dir.join(debfile::file_name(&release))) {
-            failures.push(format!(".deb: {e:#}"));
-        }
+    if !args.only_image
+        && let Err(e) = deb(&release, &dir.join(debfile::file_name(&release)))
+    {
+        failures.push(format!(".deb: {e:#}"));
     }
     if !args.only_deb {
-        let binary = dir.join(format!("portwatch-{}-x86_64-linux", release.version));
         if let Err(e) = image(&release, &dir.join(oci::file_name(&release)), &binary) {
             failures.push(format!("image: {e:#}"));
         }
@@ -69,6 +72,30 @@ pub fn main(args: CheckArgs) -> Result<()> {
         bail!("{}", failures.join("\n"));
     }
     Ok(())
+}
+
+/// The commit in `binary --version` (`portwatch 0.1.0 (commit 0123456789ab, TARGET)`), which
+/// must also name the target.
+fn built_commit(binary: &Path) -> Result<String> {
+    let out = super::output_of(binary, &["--version"]).with_context(|| {
+        format!(
+            "{} is missing or broken: run `cargo xtask dist`",
+            binary.display()
+        )
+    })?;
+    let text = String::from_utf8_lossy(&out);
+    let commit = text
+        .split_once("(commit ")
+        .and_then(|(_, rest)| rest.split_once(", "))
+        .filter(|(_, rest)| rest.starts_with(super::TARGET))
+        .map(|(c, _)| c.to_string())
+        .with_context(|| format!("{} --version: {text:?}", binary.display()))?;
+    ensure!(
+        commit.len() >= 12 && commit[..12].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{} --version names no commit: {text:?}",
+        binary.display()
+    );
+    Ok(commit)
 }
 
 /// The conflict every artifact must explain: a holder process listening on 127.0.0.1:PORT and
@@ -212,11 +239,20 @@ fn installed(release: &Release) -> Result<()> {
         "/usr/bin/portwatch --version: {version}"
     );
     // Not enabled: no symlink in any .wants directory.
-    for wants in ["/etc/systemd/system/multi-user.target.wants/portwatch.service"] {
-        ensure!(
-            !Path::new(wants).exists(),
-            "{wants} exists: the package enabled the unit"
-        );
+    // Not enabled (systemctl reads the unit files; no systemd needs to run), and nothing
+    // could have started it: the package has no maintainer scripts.
+    let enabled = Command::new("systemctl")
+        .args(["is-enabled", "portwatch.service"])
+        .output()
+        .context("running systemctl")?;
+    let enabled = String::from_utf8_lossy(&enabled.stdout);
+    ensure!(
+        enabled.trim() == "disabled",
+        "systemctl is-enabled portwatch.service: {enabled:?}, want \"disabled\""
+    );
+    for script in ["preinst", "postinst", "prerm", "postrm"] {
+        let p = format!("/var/lib/dpkg/info/portwatch.{script}");
+        ensure!(!Path::new(&p).exists(), "the package has a {script}: {p}");
     }
     let ev = explains_conflict(
         Path::new("/usr/bin/portwatch"),
