@@ -63,10 +63,10 @@ pub fn main(args: CheckArgs) -> Result<()> {
     {
         failures.push(format!(".deb: {e:#}"));
     }
-    if !args.only_deb {
-        if let Err(e) = image(&release, &dir.join(oci::file_name(&release)), &binary) {
-            failures.push(format!("image: {e:#}"));
-        }
+    if !args.only_deb
+        && let Err(e) = image(&release, &dir.join(oci::file_name(&release)), &binary)
+    {
+        failures.push(format!("image: {e:#}"));
     }
     if !failures.is_empty() {
         bail!("{}", failures.join("\n"));
