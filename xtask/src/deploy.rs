@@ -32,7 +32,46 @@ pub fn check(portwatch: &Path) -> Result<()> {
     let root = workspace_root().join("deploy");
     systemd_unit(&root.join("systemd/portwatch.service"), portwatch)?;
     kubernetes(&root.join("kubernetes"))?;
-    prometheus_rules(&root.join("prometheus"))
+    prometheus_rules(&root.join("prometheus"))?;
+    grafana_dashboard(&root.join("grafana/portwatch-dashboard.json"))
+}
+
+/// Every query of the Grafana dashboard, with Grafana's variables filled in, must be PromQL
+/// that Prometheus accepts: each is sent to Debian's Prometheus, started on loopback, whose
+/// HTTP API answers a parse error with an error.
+fn grafana_dashboard(file: &Path) -> Result<()> {
+    use crate::scenarios::prometheus::Prometheus;
+    let board: Value = serde_json::from_slice(&std::fs::read(file)?)
+        .with_context(|| format!("{} is not JSON", file.display()))?;
+    let exprs: Vec<String> = board["panels"]
+        .as_array()
+        .context("no panels")?
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(String::from))
+        .collect();
+    ensure!(!exprs.is_empty(), "{}: no queries", file.display());
+    // Nothing listens there: only the queries matter, not what is scraped.
+    let prom = Prometheus::start("127.0.0.1:9".parse()?)?;
+    let started = std::time::Instant::now();
+    while prom.query("vector(1)").is_err() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            bail!("Prometheus did not answer within 20 s:\n{}", prom.log());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for e in &exprs {
+        let promql = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        prom.query(&promql)
+            .with_context(|| format!("{}: query {e}", file.display()))?;
+    }
+    eprintln!(
+        "grafana dashboard: {} queries accepted by Prometheus",
+        exprs.len()
+    );
+    Ok(())
 }
 
 /// The alerting rules: `promtool check rules` on the plain file and on the PrometheusRule's
