@@ -126,11 +126,15 @@ fn version_info() {
                 .success()
                 .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
         };
-        // Rerun when HEAD moves: HEAD itself, the branch it names, and packed refs.
+        // Rerun when HEAD moves: HEAD itself, the branch it names, and packed refs. Only
+        // files that exist: cargo reruns a build script whose watched file is missing, every
+        // time (and then rebuilds the crate).
         let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
         watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
         for w in watched {
-            if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", &w]) {
+            if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", &w])
+                && Path::new(&p).exists()
+            {
                 println!("cargo:rerun-if-changed={p}");
             }
         }
