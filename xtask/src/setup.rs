@@ -51,6 +51,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("lintian", "checking the .deb (dist stage)"),
     (
+        "skopeo",
+        "reading the image archive as registry tooling does (dist stage)",
+    ),
+    (
         "libcap2-bin",
         "capsh and getcap: the dist stage runs the image's binary as the DaemonSet does",
     ),

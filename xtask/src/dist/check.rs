@@ -7,7 +7,7 @@
 //!   explains a conflict between two separate processes in a fresh network namespace; the
 //!   unit is installed but neither enabled nor started; `dpkg --purge` leaves no file.
 //! - [`image`] (root): the archive read by GNU tar, each blob checked against its digest,
-//!   the layer unpacked; its binary is the dist binary byte for byte with the DaemonSet's
+//!   and by skopeo, which must agree; the layer unpacked; its binary is the dist binary byte for byte with the DaemonSet's
 //!   capabilities as file capabilities; then it runs the way `deploy/kubernetes/daemonset.yaml`
 //!   runs it (its args, user, capabilities and host mounts, read-only root) from that root
 //!   filesystem under `unshare` + `chroot`, since `podman run` cannot work on these hosts.
@@ -331,6 +331,28 @@ fn image(release: &Release, archive: &Path, binary: &Path) -> Result<()> {
             .arg("-C")
             .arg(&root),
     )?;
+    // skopeo (what the README pushes with) must read the same image: it checks the digests
+    // as it copies, and its view of the config must be ours.
+    let copy = work.join("skopeo");
+    cmd::run(
+        Command::new("skopeo")
+            .arg("copy")
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("dir:{}", copy.display())),
+    )?;
+    let seen = cmd::probe(
+        Command::new("skopeo")
+            .args(["inspect", "--config"])
+            .arg(format!("oci-archive:{}", archive.display())),
+    )
+    .context("skopeo inspect --config failed")?;
+    let seen: Value = serde_json::from_str(&seen)?;
+    ensure!(
+        seen["config"] == config["config"],
+        "skopeo reads the config as {}, the archive holds {}",
+        seen["config"],
+        config["config"]
+    );
     let labels = &config["config"]["Labels"];
     for (k, want) in [
         ("org.opencontainers.image.version", release.version.as_str()),
