@@ -169,10 +169,18 @@ fn build_static(release: &Release) -> Result<PathBuf> {
             cargo_home.join("registry/src").display()
         ),
     ];
+    let mut build = cmd::cargo();
+    build.args(["build", "--release", "-p", "portwatch", "--target", TARGET]);
+    // RUSTFLAGS when no path has a space, so the echoed command can be typed again.
+    if flags.iter().any(|f| f.contains(char::is_whitespace)) {
+        build.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
+    } else {
+        build
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env("RUSTFLAGS", flags.join(" "));
+    }
     cmd::run(
-        cmd::cargo()
-            .args(["build", "--release", "-p", "portwatch", "--target", TARGET])
-            .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
+        build
             .env("PORTWATCH_GIT_COMMIT", &release.commit)
             .env("SOURCE_DATE_EPOCH", release.epoch.to_string()),
     )?;
