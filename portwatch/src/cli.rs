@@ -4,10 +4,21 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `portwatch --version`: the version, the commit it was built from and the target triple
+/// (`x86_64-unknown-linux-musl` for the static release binary), set by build.rs.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PORTWATCH_GIT_COMMIT"),
+    ", ",
+    env!("PORTWATCH_TARGET"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "portwatch",
-    version,
+    version = LONG_VERSION,
     about = "Who holds that port, and why does the kernel refuse?",
     long_about = "Who holds that port, and why does the kernel refuse?\n\n\
 portwatch watches every bind() and listen() on this machine with eBPF and explains each \

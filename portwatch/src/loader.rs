@@ -23,7 +23,7 @@ use crate::{
     layout, tables,
 };
 
-/// The compiled kernel programs, built by build.rs through aya-build.
+/// The compiled kernel programs, built by build.rs (the aya-template's wiring, made quiet).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
 
 /// Wake the reader when this much is waiting (a quarter of the ring); otherwise it polls.

@@ -46,7 +46,15 @@ pub fn privileged(program: impl AsRef<std::ffi::OsStr>) -> Command {
 pub fn render(cmd: &Command) -> String {
     let mut parts: Vec<String> = cmd
         .get_envs()
-        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
+        .filter_map(|(k, v)| {
+            let v = v?.to_string_lossy();
+            let v = if v.contains(char::is_whitespace) {
+                format!("'{v}'")
+            } else {
+                v.into_owned()
+            };
+            Some(format!("{}={v}", k.to_string_lossy()))
+        })
         .collect();
     parts.push(cmd.get_program().to_string_lossy().into_owned());
     for a in cmd.get_args() {

@@ -31,7 +31,96 @@ fn venv_bin() -> Result<PathBuf> {
 pub fn check(portwatch: &Path) -> Result<()> {
     let root = workspace_root().join("deploy");
     systemd_unit(&root.join("systemd/portwatch.service"), portwatch)?;
-    kubernetes(&root.join("kubernetes"))
+    kubernetes(&root.join("kubernetes"))?;
+    prometheus_rules(&root.join("prometheus"))?;
+    grafana_dashboard(&root.join("grafana/portwatch-dashboard.json"))
+}
+
+/// Every query of the Grafana dashboard, with Grafana's variables filled in, must be PromQL
+/// that Prometheus accepts: each is sent to Debian's Prometheus, started on loopback, whose
+/// HTTP API answers a parse error with an error.
+fn grafana_dashboard(file: &Path) -> Result<()> {
+    use crate::scenarios::prometheus::Prometheus;
+    let board: Value = serde_json::from_slice(&std::fs::read(file)?)
+        .with_context(|| format!("{} is not JSON", file.display()))?;
+    let exprs: Vec<String> = board["panels"]
+        .as_array()
+        .context("no panels")?
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(String::from))
+        .collect();
+    ensure!(!exprs.is_empty(), "{}: no queries", file.display());
+    // Nothing listens there: only the queries matter, not what is scraped.
+    let prom = Prometheus::start("127.0.0.1:9".parse()?)?;
+    let started = std::time::Instant::now();
+    while prom.query("vector(1)").is_err() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            bail!("Prometheus did not answer within 20 s:\n{}", prom.log());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for e in &exprs {
+        let promql = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        prom.query(&promql)
+            .with_context(|| format!("{}: query {e}", file.display()))?;
+    }
+    eprintln!(
+        "grafana dashboard: {} queries accepted by Prometheus",
+        exprs.len()
+    );
+    Ok(())
+}
+
+/// The alerting rules: `promtool check rules` on the plain file and on the PrometheusRule's
+/// `spec` (which must hold the same rules), then the unit tests with `promtool test rules`.
+/// promtool is Debian's, unpacked as the prometheus scenario does it.
+fn prometheus_rules(dir: &Path) -> Result<()> {
+    let promtool = crate::scenarios::prometheus::binary("promtool")?;
+    let plain = dir.join("portwatch-rules.yaml");
+    cmd::run(Command::new(&promtool).args(["check", "rules"]).arg(&plain))?;
+    let load = |file: &Path, key: &str| -> Result<Value> {
+        let out = Command::new(venv_bin()?.join("python"))
+            .args([
+                "-c",
+                "import json,sys,yaml; d=yaml.safe_load(open(sys.argv[1])); \
+                 print(json.dumps(d[sys.argv[2]] if sys.argv[2] else d))",
+            ])
+            .arg(file)
+            .arg(key)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "reading {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let operator = dir.join("prometheusrule.yaml");
+    let spec = load(&operator, "spec")?;
+    ensure!(
+        spec == load(&plain, "")?,
+        "{}'s spec is not the rules of {}: copy them over",
+        operator.display(),
+        plain.display()
+    );
+    // JSON is YAML: promtool reads the spec as a rules file.
+    let spec_file = target_dir().join("deploy-check/prometheusrule-spec.yaml");
+    std::fs::create_dir_all(spec_file.parent().context("a parent")?)?;
+    std::fs::write(&spec_file, serde_json::to_vec(&spec)?)?;
+    cmd::run(
+        Command::new(&promtool)
+            .args(["check", "rules"])
+            .arg(&spec_file),
+    )?;
+    cmd::run(
+        Command::new(&promtool)
+            .args(["test", "rules", "portwatch-rules.test.yaml"])
+            .current_dir(dir),
+    )
 }
 
 /// `systemd-analyze verify`, with ExecStart pointing at the binary just built (verify checks
@@ -112,20 +201,27 @@ fn kubernetes(dir: &Path) -> Result<()> {
             bail!("kubernetes-validate on {name}: {line}");
         }
     }
-    daemonset_shape(&bin, &dir.join("daemonset.yaml"))
+    daemonset_shape()
 }
 
-/// What the issue asks of the DaemonSet, beyond the schema.
-fn daemonset_shape(bin: &Path, file: &Path) -> Result<()> {
-    let out = Command::new(bin.join("python"))
+/// deploy/kubernetes/daemonset.yaml as JSON (through the validator venv's PyYAML): the
+/// `dist` stage runs the image the way it says.
+pub fn daemonset() -> Result<Value> {
+    let file = workspace_root().join("deploy/kubernetes/daemonset.yaml");
+    let out = Command::new(venv_bin()?.join("python"))
         .args([
             "-c",
             "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
         ])
-        .arg(file)
+        .arg(&file)
         .output()?;
     ensure!(out.status.success(), "reading {}", file.display());
-    let ds: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// What the issue asks of the DaemonSet, beyond the schema.
+fn daemonset_shape() -> Result<()> {
+    let ds = daemonset()?;
     let pod = &ds["spec"]["template"]["spec"];
     ensure!(pod["hostPID"] == true, "hostPID is not true");
     let c = &pod["containers"][0];

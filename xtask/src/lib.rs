@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cmd;
 pub mod deploy;
+pub mod dist;
 pub mod run;
 pub mod scenarios;
 pub mod setup;

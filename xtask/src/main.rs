@@ -39,6 +39,13 @@ enum Task {
     Vm(vm::VmArgs),
     /// What tracing costs: bind loop under each configuration, writes BENCHMARKS.md.
     Bench(xtask::bench::BenchArgs),
+    /// Build what operators install into target/dist/: the static binary, the .deb, the OCI
+    /// image archive, SHA256SUMS. Offline and reproducible.
+    Dist,
+    /// Check target/dist/ as root: lintian, dpkg -i/trace/purge, the image run as the
+    /// DaemonSet runs it (used by `test`).
+    #[command(hide = true)]
+    DistCheck(xtask::dist::check::CheckArgs),
 }
 
 fn main() -> Result<()> {
@@ -50,5 +57,10 @@ fn main() -> Result<()> {
         Task::Hold(args) => scenarios::holder::main(args),
         Task::Vm(args) => vm::run_cli(args),
         Task::Bench(args) => xtask::bench::run(args),
+        Task::Dist => {
+            setup::ensure(false)?;
+            xtask::dist::build().map(|_| ())
+        }
+        Task::DistCheck(args) => xtask::dist::check::main(args),
     }
 }

@@ -53,6 +53,19 @@ const PACKAGES: &[(&str, &str)] = &[
         "the bench's peer tracer and empty-program baseline",
     ),
     ("gcc", "compiling the bench's bind loop"),
+    (
+        "libc6-dev",
+        "libc.a: `cargo xtask dist` links glibc statically",
+    ),
+    ("lintian", "checking the .deb (dist stage)"),
+    (
+        "skopeo",
+        "reading the image archive as registry tooling does (dist stage)",
+    ),
+    (
+        "libcap2-bin",
+        "capsh and getcap: the dist stage runs the image's binary as the DaemonSet does",
+    ),
 ];
 
 /// The bpf-linker release whose LLVM (22) matches the pinned nightly's.

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     bench,
     cmd::{self, workspace_root},
-    deploy, run, scenarios,
+    deploy, dist, run, scenarios,
     scenarios::Outcome,
     setup, vm,
 };
@@ -117,6 +117,12 @@ pub fn main(args: TestArgs) -> Result<()> {
             {
                 suite.stage("deploy manifests", |_| deploy::check(&bin));
             }
+            if !args.only_vm
+                && (args.filter.is_empty()
+                    || args.filter.iter().any(|f| "dist".contains(f.as_str())))
+            {
+                dist_stages(&mut suite, &args);
+            }
             if !args.only_vm {
                 suite.stage("scenarios on this host", |s| {
                     host_scenarios(s, &bin, &args.filter)
@@ -209,6 +215,27 @@ fn clippy() -> Result<()> {
         bail!(failures.join("; "));
     }
     Ok(())
+}
+
+/// `cargo xtask dist`, then its artifacts as an operator would use them (dist/check.rs): the
+/// .deb and the image on this host (as root), the static binary alone in each VM.
+fn dist_stages(suite: &mut Suite, args: &TestArgs) {
+    let Some(built) = suite.stage("dist build", |_| dist::build()) else {
+        return;
+    };
+    suite.stage("dist: .deb and image", |_| {
+        cmd::run(cmd::privileged(std::env::current_exe()?).arg("dist-check"))
+    });
+    if args.no_vm {
+        return;
+    }
+    for distro in vm::Distro::ALL {
+        if args.vm_kernel.is_empty() || args.vm_kernel.contains(&distro) {
+            suite.stage(&format!("dist: static in {}", distro.dir_name()), |_| {
+                dist::check::static_in_vm(&built.binary, distro)
+            });
+        }
+    }
 }
 
 /// Whether this kernel loads BPF_PROG_TYPE_TRACING (fentry/fexit), by bpftool's probe.
