@@ -178,7 +178,8 @@ pub struct WhoArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct TraceArgs {
-    /// Only calls on this port (repeat for several). -P as in bcc's bindsnoop.
+    /// Only calls on this port (repeat for several); a connect() matches by its destination
+    /// port. -P as in bcc's bindsnoop.
     #[arg(short = 'P', long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
 
@@ -219,6 +220,13 @@ pub struct TraceArgs {
     /// Only calls that failed (-x as in bcc's tools).
     #[arg(short = 'x', long)]
     pub failed: bool,
+
+    /// Do not trace connect(). By default, a connect() that fails for want of a local port
+    /// (EADDRNOTAVAIL "Cannot assign requested address" and EADDRINUSE for TCP, EAGAIN for
+    /// UDP) is traced and explained too; every other connect() result is dropped in the
+    /// kernel. --port matches a connect()'s destination port.
+    #[arg(long)]
+    pub no_connect: bool,
 
     /// One JSON object per line (schema in the README).
     #[arg(short, long)]

@@ -137,6 +137,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             ports,
             failed_only: false,
             include_self: true,
+            connect: false,
         },
         &kernel,
     )?;

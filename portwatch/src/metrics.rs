@@ -133,7 +133,7 @@ impl Metrics {
             return;
         }
         let port = match ev.call {
-            Call::Bind => ev.requested.as_ref().map(|r| r.port),
+            Call::Bind | Call::Connect => ev.requested.as_ref().map(|r| r.port),
             Call::Listen => sock.map(|s| s.port),
         };
         if let Some(port) = port.filter(|p| self.ports.contains(p)) {

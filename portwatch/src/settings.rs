@@ -54,6 +54,7 @@ impl TraceSettings {
                 ports: args.ports.clone(),
                 failed_only: args.failed,
                 include_self: false,
+                connect: !args.no_connect,
             },
             filter: EventFilter {
                 comm: args.comm,

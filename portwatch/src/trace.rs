@@ -329,7 +329,11 @@ impl<P: EventSink> Session<P> {
         while let Some(item) = ring.next() {
             if matches!(
                 item.first(),
-                Some(&portwatch_common::record::BIND | &portwatch_common::record::LISTEN)
+                Some(
+                    &portwatch_common::record::BIND
+                        | &portwatch_common::record::LISTEN
+                        | &portwatch_common::record::CONNECT
+                )
             ) {
                 dropped += 1;
             }
@@ -388,12 +392,17 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         ));
     }
     output::status(format_args!(
-        "portwatch: tracing bind() and listen() with the {} backend (attached in {} ms{}). \
+        "portwatch: tracing bind() and listen() with the {} backend (attached in {} ms{}{}). \
          Ctrl-C to stop.",
         loaded.backend,
         loaded.load_time.as_millis(),
         if loaded.conflict_hook {
             "; holders from the kernel's conflict check"
+        } else {
+            ""
+        },
+        if settings.kernel_filter.connect {
+            "; also connect()s that find no local port"
         } else {
             ""
         }

@@ -47,6 +47,7 @@ impl Trial {
         let call = match caller.call {
             Call::Bind => "bind",
             Call::Listen => "listen",
+            Call::Connect => "connect",
         };
         self.sockets.push(format!(
             "{} ({who}): {call} {}",

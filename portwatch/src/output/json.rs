@@ -41,7 +41,8 @@ pub fn write_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()
     })
 }
 
-/// One bind() or listen() and its explanation (`"type": "bind"` or `"listen"`).
+/// One bind(), listen() or failed connect() and its explanation (`"type": "bind"`,
+/// `"listen"` or `"connect"`; a connect's `requested` is its destination).
 #[derive(Serialize)]
 pub struct JsonEvent<'a> {
     #[serde(rename = "type")]
@@ -401,6 +402,8 @@ pub struct JsonSummary<'a> {
     events: u64,
     binds: u64,
     listens: u64,
+    /// Failed connect()s traced (those for want of a local port).
+    connects: u64,
     failed: u64,
     by_errno: &'a BTreeMap<String, u64>,
     lost: u64,
@@ -417,6 +420,7 @@ impl<'a> From<&'a Summary> for JsonSummary<'a> {
             events: s.events,
             binds: s.binds,
             listens: s.listens,
+            connects: s.connects,
             failed: s.by_errno.values().sum(),
             by_errno: &s.by_errno,
             lost: s.lost,
