@@ -1,0 +1,258 @@
+//! connect() scenarios (issue 17): the local port runs out toward one destination, a 4-tuple
+//! that exists, a UDP range that is full, TIME_WAIT holding ports, and the facts around them
+//! (ports are shared per destination; bind(port 0) needs a port nobody uses, and
+//! IP_BIND_ADDRESS_NO_PORT leaves the choice to connect()). The connections are held by
+//! separate processes, so the owner portwatch names is checked, in a namespace whose
+//! `ip_local_port_range` is two ports wide. A connect() that succeeds is never an event.
+
+use anyhow::{Result, ensure};
+use serde_json::{Value, json};
+
+use super::expect::says;
+use crate::scenarios::{
+    Ctx, Scenario,
+    check::fields,
+    holder::Holder,
+    netns::{self, Netns},
+    portwatch::{Portwatch, lookup},
+    sock::SockSpec,
+};
+
+const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
+const SERVER: &str = "127.0.0.1:9999";
+const OTHER_SERVER: &str = "127.0.0.1:9998";
+
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario::shared("explain_connect_ports_exhausted", ports_exhausted),
+        Scenario::shared("explain_connect_time_wait_holds_ports", time_wait_holds_ports),
+        Scenario::shared("explain_connect_tuple_in_use", tuple_in_use),
+        Scenario::shared("explain_connect_udp_ports_exhausted", udp_exhausted),
+    ]
+}
+
+/// The explanation's sentence, details and fix, as one text.
+fn whole_text(ev: &Value) -> String {
+    let mut parts = vec![lookup(ev, "explain.message").as_str().unwrap_or_default().to_string()];
+    if let Some(d) = lookup(ev, "explain.details").as_array() {
+        parts.extend(d.iter().filter_map(|l| l.as_str().map(String::from)));
+    }
+    parts.push(lookup(ev, "explain.fix").as_str().unwrap_or_default().to_string());
+    parts.join("\n")
+}
+
+fn text_says(ev: &crate::scenarios::portwatch::Event, words: &[&str]) -> Result<()> {
+    let t = whole_text(&ev.0);
+    for w in words {
+        ensure!(t.contains(w), "the explanation lacks {w:?}:\n{t}\n  line: {ev}");
+    }
+    Ok(())
+}
+
+/// A namespace with a two-port range, a server on [`SERVER`] and [`OTHER_SERVER`], and a
+/// client process holding both range ports toward [`SERVER`].
+fn full_toward_server(pw: &Portwatch, ns: &Netns) -> Result<(Holder, Holder)> {
+    netns::set_sysctl("net/ipv4/ip_local_port_range", "40000 40001")?;
+    let mut server = Holder::spawn(ns, "pw-server")?;
+    for addr in [SERVER, OTHER_SERVER] {
+        let l = server.bind_ok(&SockSpec::tcp(addr).listening())?;
+        pw.wait_call(ns, "listen", server.pid, l.ino)?;
+    }
+    let mut client = Holder::spawn(ns, "pw-client")?;
+    for _ in 0..2 {
+        let c = client.connect_ok(&SockSpec::tcp("0.0.0.0:0"), false, SERVER)?;
+        let port = c.local.map(|a| a.port());
+        ensure!(
+            matches!(port, Some(40000..=40001)),
+            "set-up: the client's connection got local port {port:?}, not one of 40000-40001"
+        );
+    }
+    Ok((server, client))
+}
+
+/// Two connections to one destination take both ports: the third connect() there fails with
+/// EADDRNOTAVAIL, explained with the numbers and the client named; a connect() to another
+/// destination port still works (ports are shared per 4-tuple); bind(port 0) fails
+/// (EADDRINUSE: it needs a port nobody uses), and with IP_BIND_ADDRESS_NO_PORT bind + connect
+/// works.
+fn ports_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    let (_server, client) = full_toward_server(pw, ns)?;
+    let mut a = Holder::spawn(ns, "pw-asker")?;
+    let c = a.connect(&SockSpec::tcp("0.0.0.0:0"), false, SERVER)?;
+    ensure!(
+        c.errno == EADDRNOTAVAIL,
+        "set-up: the third connect() to {SERVER} should fail with EADDRNOTAVAIL, got errno {}",
+        c.errno
+    );
+    let ev = pw.wait_call(ns, "connect", a.pid, c.ino)?;
+    fields(
+        &ev,
+        &[
+            ("ok", json!(false)),
+            ("errno", json!("EADDRNOTAVAIL")),
+            ("protocol", json!("tcp")),
+            ("requested.addr", json!("127.0.0.1")),
+            ("requested.port", json!(9999)),
+            ("bound", json!(null)),
+            ("explain.rule", json!("connect-ports-exhausted")),
+        ],
+    )?;
+    says(
+        &ev,
+        &[
+            "EADDRNOTAVAIL at connect(): no local port is free toward 127.0.0.1:9999",
+            "2 of the 2 usable ports of net.ipv4.ip_local_port_range 40000–40001 have a \
+             connection to 127.0.0.1:9999",
+            "0 of them only in TIME_WAIT",
+        ],
+    )?;
+    text_says(
+        &ev,
+        &[
+            "2 ports, 0 reserved",
+            &format!(
+                "connections to 127.0.0.1:9999 held by: pid {} ({}) 2",
+                client.pid, client.comm
+            ),
+            "net.ipv4.tcp_tw_reuse=",
+            "reuse connections",
+        ],
+    )?;
+    // Another destination: the same ports serve it.
+    let other = a.connect_ok(&SockSpec::tcp("0.0.0.0:0"), false, OTHER_SERVER)?;
+    let port = other.local.map(|l| l.port());
+    ensure!(
+        matches!(port, Some(40000..=40001)),
+        "a connect() to {OTHER_SERVER} should reuse a range port, got local port {port:?}"
+    );
+    // With IP_BIND_ADDRESS_NO_PORT the port is chosen at connect(): it works.
+    let spec = SockSpec::tcp("127.0.0.1:0").with(|o| o.bind_address_no_port = true);
+    a.connect_ok(&spec, true, OTHER_SERVER)?;
+    // bind(port 0) needs a port no socket uses: none is left. Its event comes after every
+    // connect() above, so once it is in, a successful connect() that was reported would be.
+    let b = a.bind_fails(&SockSpec::tcp("127.0.0.1:0"), libc::EADDRINUSE)?;
+    let bev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
+    fields(&bev, &[("explain.rule", json!("ephemeral-exhausted"))])?;
+    text_says(&bev, &["2 are held by connections", "IP_BIND_ADDRESS_NO_PORT"])?;
+    let connects: Vec<String> = pw
+        .events_in(ns)
+        .into_iter()
+        .filter(|e| e.kind() == "connect" && !e.is("connect", a.pid, c.ino))
+        .map(|e| e.to_string())
+        .collect();
+    ensure!(
+        connects.is_empty(),
+        "successful connect()s were reported:\n{}",
+        connects.join("\n")
+    );
+    Ok(())
+}
+
+/// Client-side TIME_WAIT holds range ports: with tcp_tw_reuse=0 the next connect() fails, and
+/// the explanation counts the TIME_WAIT ports and says no process holds them.
+fn time_wait_holds_ports(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    netns::set_sysctl("net/ipv4/tcp_tw_reuse", "0")?;
+    netns::set_sysctl("net/ipv4/ip_local_port_range", "40000 40001")?;
+    let mut server = Holder::spawn(ns, "pw-server")?;
+    let l = server.bind_ok(&SockSpec::tcp(SERVER).listening())?;
+    pw.wait_call(ns, "listen", server.pid, l.ino)?;
+    let mut client = Holder::spawn(ns, "pw-client")?;
+    for _ in 0..2 {
+        let c = client.connect_ok(&SockSpec::tcp("0.0.0.0:0"), false, SERVER)?;
+        client.close(c.id)?;
+    }
+    let mut a = Holder::spawn(ns, "pw-asker")?;
+    let c = a.connect(&SockSpec::tcp("0.0.0.0:0"), false, SERVER)?;
+    ensure!(
+        c.errno == EADDRNOTAVAIL,
+        "set-up: with both ports in TIME_WAIT or FIN_WAIT2 and tcp_tw_reuse=0, connect() \
+         should fail with EADDRNOTAVAIL, got errno {}",
+        c.errno
+    );
+    let ev = pw.wait_call(ns, "connect", a.pid, c.ino)?;
+    fields(&ev, &[("explain.rule", json!("connect-ports-exhausted"))])?;
+    says(&ev, &["(2 of them only in TIME_WAIT)"])?;
+    text_says(
+        &ev,
+        &[
+            "net.ipv4.tcp_tw_reuse=0",
+            "held only by TIME_WAIT connections",
+            "net.ipv4.tcp_tw_reuse=1 lets new connections take them",
+        ],
+    )
+}
+
+/// Two SO_REUSEADDR sockets on one fixed local port: the second connect() to the same
+/// destination fails with EADDRNOTAVAIL, and the socket with that 4-tuple is named.
+fn tuple_in_use(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    let mut server = Holder::spawn(ns, "pw-server")?;
+    let l = server.bind_ok(&SockSpec::tcp(SERVER).listening())?;
+    pw.wait_call(ns, "listen", server.pid, l.ino)?;
+    let spec = SockSpec::tcp("127.0.0.1:45000").with(|o| o.reuseaddr = true);
+    let mut h = Holder::spawn(ns, "pw-holder")?;
+    h.connect_ok(&spec, true, SERVER)?;
+    let mut a = Holder::spawn(ns, "pw-asker")?;
+    let c = a.connect(&spec, true, SERVER)?;
+    ensure!(
+        c.errno == EADDRNOTAVAIL,
+        "set-up: the second connect() from 127.0.0.1:45000 to {SERVER} should fail with \
+         EADDRNOTAVAIL, got errno {}",
+        c.errno
+    );
+    let ev = pw.wait_call(ns, "connect", a.pid, c.ino)?;
+    fields(
+        &ev,
+        &[
+            ("explain.rule", json!("connect-tuple-in-use")),
+            ("requested.port", json!(9999)),
+            ("bound.addr", json!("127.0.0.1")),
+            ("bound.port", json!(45000)),
+            ("explain.holders.0.owners.0.pid", json!(h.pid)),
+            ("explain.holders.0.owners.0.comm", json!(h.comm)),
+            ("explain.holders.0.port", json!(45000)),
+            ("explain.holders.0.peer", json!("127.0.0.1:9999")),
+        ],
+    )?;
+    says(
+        &ev,
+        &[
+            "this socket is bound to 127.0.0.1:45000",
+            &format!(
+                "pid {} ({}) already has the connection 127.0.0.1:45000 → 127.0.0.1:9999",
+                h.pid, h.comm
+            ),
+        ],
+    )
+}
+
+/// Two connected UDP sockets hold both range ports: a third UDP connect() fails with EAGAIN,
+/// and the holder of the UDP ports is named.
+fn udp_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    netns::set_sysctl("net/ipv4/ip_local_port_range", "40000 40001")?;
+    let mut h = Holder::spawn(ns, "pw-holder")?;
+    for _ in 0..2 {
+        h.connect_ok(&SockSpec::udp("0.0.0.0:0"), false, "127.0.0.1:53")?;
+    }
+    let mut a = Holder::spawn(ns, "pw-asker")?;
+    let c = a.connect(&SockSpec::udp("0.0.0.0:0"), false, "127.0.0.1:54")?;
+    ensure!(
+        c.errno == libc::EAGAIN,
+        "set-up: a third UDP connect() should fail with EAGAIN, got errno {}",
+        c.errno
+    );
+    let ev = pw.wait_call(ns, "connect", a.pid, c.ino)?;
+    fields(
+        &ev,
+        &[
+            ("errno", json!("EAGAIN")),
+            ("protocol", json!("udp")),
+            ("requested.port", json!(54)),
+            ("explain.rule", json!("connect-udp-ports-exhausted")),
+        ],
+    )?;
+    says(&ev, &["all 2 usable ports of net.ipv4.ip_local_port_range 40000–40001"])?;
+    text_says(
+        &ev,
+        &[&format!("UDP ports held by: pid {} ({}) 2", h.pid, h.comm)],
+    )
+}
