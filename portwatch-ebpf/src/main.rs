@@ -235,8 +235,7 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
     if global(&SETTINGS.filter_ports) != 0 {
         let asked = rec != record::LISTEN && req.ok != 0 && req.port != 0 && port_in_filter(req.port);
         // A connect() is matched by its destination port only.
-        let bound = rec != record::CONNECT && bound_port != 0 && port_in_filter(bound_port);
-        if !asked && !bound {
+        if !asked && (rec == record::CONNECT || !(bound_port != 0 && port_in_filter(bound_port))) {
             return;
         }
     }
@@ -258,17 +257,13 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
         // The port the call is about: as asked for a failed bind, as bound otherwise. A connect
         // that failed on a socket bound to a fixed port: that port's owners, among them the
         // connection that has the same 4-tuple.
-        let port = if rec == record::CONNECT {
-            if ret == -connect_errno::EADDRNOTAVAIL || ret == -connect_errno::EADDRINUSE {
-                bound_port
-            } else {
-                0
-            }
-        } else if ret == 0 {
+        let port = if ret == 0 {
             bound_port
         } else if ret == -EADDRINUSE && rec == record::BIND && req.ok != 0 {
             req.port
-        } else if ret == -EADDRINUSE && rec == record::LISTEN {
+        } else if (ret == -EADDRINUSE && rec == record::LISTEN)
+            || (ret == -connect_errno::EADDRNOTAVAIL && rec == record::CONNECT)
+        {
             bound_port
         } else {
             0
@@ -411,72 +406,56 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
 /// the return value is read, before any helper runs: connect() is frequent.
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let ret = tp_arg(&ctx, global(&SETTINGS.tp_exit_ret)) as i64 as i32;
-    if !connect_errno::traced(ret) || !pid_wanted() {
-        return 0;
-    }
-    let Some(args) = kernel::syscall_args(global(&SETTINGS.nr_connect)) else {
-        return 0;
-    };
-    let (uaddr, addrlen) = (args.si, args.dx);
-    let Some(head) = read_head(uaddr, true) else {
-        return 0;
-    };
-    let family = u16::from_ne_bytes([head[0], head[1]]);
-    // AF_UNSPEC disconnects; AF_UNIX and the rest have no ports.
-    if addrlen < 8 || (family != AF_INET && family != AF_INET6) {
-        return 0;
-    }
-    let port = u16::from_be_bytes([head[2], head[3]]);
-    if global(&SETTINGS.filter_ports) != 0 && !port_in_filter(port) {
-        return 0;
-    }
-    let mut req = Request::NONE;
-    complete_request(&mut req, &head, uaddr, addrlen, 1);
-    let fd = args.di as i64;
-    let sock = kernel::socket_of_fd(fd);
-    if sock == 0 {
-        return 0;
-    }
-    emit(record::CONNECT, Backend::Tracepoint, &req, fd as i32, sock, ret);
+    on_exit(&ctx, record::CONNECT);
     0
 }
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, rec: u8) {
+    let ret = tp_arg(ctx, global(&SETTINGS.tp_exit_ret)) as i64 as i32;
+    // connect(): only the errnos about the local port go on.
+    if rec == record::CONNECT && !connect_errno::traced(ret) {
+        return;
+    }
     if !pid_wanted() {
         return;
     }
-    let ret = tp_arg(ctx, global(&SETTINGS.tp_exit_ret)) as i64 as i32;
     if global(&SETTINGS.filter_failed) != 0 && ret >= 0 {
         return;
     }
     let nr = if rec == record::BIND {
         global(&SETTINGS.nr_bind)
-    } else {
+    } else if rec == record::LISTEN {
         global(&SETTINGS.nr_listen)
+    } else {
+        global(&SETTINGS.nr_connect)
     };
     let Some(args) = kernel::syscall_args(nr) else {
         return;
     };
     let mut req = Request::NONE;
-    if rec == record::BIND {
+    if rec != record::LISTEN {
         let (uaddr, addrlen) = (args.si, args.dx);
         let head = read_head(uaddr, true);
         if let Some(head) = head
             && addrlen >= 8
         {
             let family = u16::from_ne_bytes([head[0], head[1]]);
-            if family != AF_INET && family != AF_INET6 && family != AF_UNSPEC {
-                return; // AF_UNIX, AF_NETLINK, AF_PACKET...: not ours
+            // AF_UNIX, AF_NETLINK, AF_PACKET...: not ours; AF_UNSPEC disconnects a connect().
+            let unspec_ok = rec == record::BIND && family == AF_UNSPEC;
+            if family != AF_INET && family != AF_INET6 && !unspec_ok {
+                return;
             }
-            // With a port filter most binds stop here, before anything else is read.
+            // With a port filter most calls stop here, before anything else is read.
             // Port 0 binds stay: the port the kernel picked is on the socket.
             let port = u16::from_be_bytes([head[2], head[3]]);
-            if global(&SETTINGS.filter_ports) != 0 && port != 0 && !port_in_filter(port) {
+            let any = port == 0 && rec == record::BIND;
+            if global(&SETTINGS.filter_ports) != 0 && !any && !port_in_filter(port) {
                 return;
             }
             complete_request(&mut req, &head, uaddr, addrlen, 1);
+        } else if rec == record::CONNECT {
+            return;
         }
     }
     let fd = args.di as i64;

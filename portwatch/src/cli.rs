@@ -81,6 +81,28 @@ sudo portwatch who 8080 --addr 0.0.0.0 --reuseaddr\n  \
 sudo portwatch who 53 --addr 127.0.0.1 --udp --netns /run/netns/blue --json"
     )]
     Who(WhoArgs),
+    /// How full the ephemeral port range is, per namespace and destination: see "Cannot
+    /// assign requested address" coming.
+    #[command(
+        long_about = "How full the ephemeral port range is, per network namespace and \
+destination: see connect()'s \"Cannot assign requested address\" coming.\n\n\
+connect() takes its local port from net.ipv4.ip_local_port_range (less \
+ip_local_reserved_ports). It shares a port between different destinations, but toward one \
+destination from one source address each port serves one connection, TIME_WAIT ones \
+included; and it never takes a port that a bind() placed a socket on. So the range runs out \
+per destination: a client with thousands of connections to one database fails with \
+EADDRNOTAVAIL while other destinations still work. UDP does not share ports at all: an \
+unbound UDP socket's connect() or sendto() fails with EAGAIN once the range is full.\n\n\
+For each namespace, this lists the busiest TCP destinations (ports connect() cannot take \
+toward each, how many are TIME_WAIT, and the processes holding most of the connections) and \
+the UDP ports in use. `trace --metrics` exports the worst ratio per namespace as \
+portwatch_ephemeral_ports_used_ratio, to alert on before anything fails.",
+        after_help = "Examples:\n  \
+sudo portwatch ports\n  \
+sudo portwatch ports --top 10 --netns /run/netns/blue\n  \
+sudo portwatch ports --json"
+    )]
+    Ports(PortsArgs),
     /// Can two programs use the same port? Try it on this kernel, and see why.
     #[command(
         long_about = "Can two programs use the same port? Try it on this kernel, and see why.\n\n\
@@ -170,6 +192,22 @@ pub struct WhoArgs {
     /// Default: portwatch's own.
     #[arg(long, value_name = "PATH", requires = "addr")]
     pub netns: Option<std::path::PathBuf>,
+
+    /// One JSON object (schema in the README).
+    #[arg(short, long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PortsArgs {
+    /// Show this many TCP destinations per namespace, busiest first.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    pub top: u16,
+
+    /// Only this network namespace: its inode or a path (/run/netns/NAME, /proc/PID/ns/net).
+    /// Default: every namespace portwatch can see.
+    #[arg(long, value_name = "INODE|PATH")]
+    pub netns: Option<String>,
 
     /// One JSON object (schema in the README).
     #[arg(short, long)]

@@ -5,6 +5,7 @@
 mod connect;
 pub mod finder;
 pub mod port_use;
+pub mod ports;
 
 use std::net::IpAddr;
 

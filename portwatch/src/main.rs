@@ -16,6 +16,7 @@ mod loader;
 mod metrics;
 mod netns;
 mod output;
+mod ports;
 mod procfs;
 mod settings;
 mod socket_units;
@@ -77,6 +78,7 @@ fn main() {
         match cli.command {
             Command::Trace(args) => trace::run(TraceSettings::resolve(args)?).await,
             Command::Who(args) => who::run(args),
+            Command::Ports(args) => ports::run(args),
             Command::Demo(args) => demo::run(args),
             Command::Completions { .. } | Command::Man => Ok(()),
         }

@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod json;
+pub mod ports;
 pub mod terminal;
 pub mod who;
 

@@ -93,7 +93,7 @@ impl TraceSettings {
 }
 
 /// `--netns`: an inode as portwatch prints it, or a path that must be a network namespace.
-fn netns_arg(arg: &str) -> Result<u32> {
+pub fn netns_arg(arg: &str) -> Result<u32> {
     if let Ok(ino) = arg.parse::<u32>() {
         return Ok(ino);
     }

@@ -68,23 +68,6 @@ fn range_size(r: Range) -> String {
     )
 }
 
-/// "pid 812 (java) 1200, pid 813 (java, nginx.service) 40".
-fn owners_words(owners: &[PortOwner]) -> String {
-    owners
-        .iter()
-        .map(|o| {
-            let w = o
-                .workload
-                .as_ref()
-                .filter(|w| !w.is_root())
-                .map(|w| format!(", {}", w.label()))
-                .unwrap_or_default();
-            format!("pid {} ({}{w}) {}", o.pid, o.comm, o.count)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The counts toward one destination, as one phrase.
 fn dest_numbers(d: &DestUse) -> String {
     let from = match d.source {
@@ -146,7 +129,7 @@ fn ports_exhausted(at: &Attempt, f: &Facts, d: &DestUse) -> Verdict {
     if !d.owners.is_empty() {
         v.details.push(format!(
             "connections to {dest} held by: {}",
-            owners_words(&d.owners)
+            PortOwner::list(&d.owners)
         ));
     }
     if d.to_dest_time_wait > 0 {
@@ -205,7 +188,7 @@ fn udp_exhausted(at: &Attempt, r: &RangeUse) -> Verdict {
         .push(format!("{}: {}", range_words(range), range_size(range)));
     if !r.owners.is_empty() {
         v.details
-            .push(format!("UDP ports held by: {}", owners_words(&r.owners)));
+            .push(format!("UDP ports held by: {}", PortOwner::list(&r.owners)));
     }
     v.fix = Some(format!(
         "send from one bound UDP socket to many destinations (sendto()) instead of a socket \

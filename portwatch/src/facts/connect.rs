@@ -121,7 +121,7 @@ impl FactFinder {
 }
 
 /// The owner's workload, read from its cgroup (a handful per explanation).
-fn name_owner(o: &mut PortOwner) {
+pub(super) fn name_owner(o: &mut PortOwner) {
     if o.workload.is_none() {
         o.workload = crate::cgroup::workload_of_pid(o.pid);
     }

@@ -70,6 +70,28 @@ pub struct PortOwner {
     pub count: u32,
 }
 
+impl PortOwner {
+    /// "pid 812 (java, nginx.service) 1200, pid 813 (java) 40", or "-" for none.
+    pub fn list(owners: &[PortOwner]) -> String {
+        if owners.is_empty() {
+            return "-".to_string();
+        }
+        owners
+            .iter()
+            .map(|o| {
+                let w = o
+                    .workload
+                    .as_ref()
+                    .filter(|w| !w.is_root())
+                    .map(|w| format!(", {}", w.label()))
+                    .unwrap_or_default();
+                format!("pid {} ({}{w}) {}", o.pid, o.comm, o.count)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Range ports in one port space (TCP or UDP), split by what holds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpaceUse {
@@ -283,27 +305,6 @@ pub fn busy_destinations(
         .collect()
 }
 
-/// The worst ratio of blocked ports toward one destination to usable ports (TCP), or of used
-/// ports to usable ports (UDP); 0 when nothing is used, None when the range has no usable port.
-pub fn worst_ratio(holders: &[Holder], proto: Proto, range: Range, s: &Sysctls) -> Option<f64> {
-    let usable = range.usable();
-    if usable == 0 {
-        return None;
-    }
-    let reserved = |p: u16| s.reserved(p) == Some(true);
-    let worst = if proto == Proto::Tcp {
-        busy_destinations(holders, range, reserved, 1, 0)
-            .first()
-            .map_or_else(
-                || space_use(holders, proto, range).by_binds,
-                |d| d.blocked,
-            )
-    } else {
-        space_use(holders, proto, range).used
-    };
-    Some(f64::from(worst) / f64::from(usable))
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -424,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn the_worst_destination_sets_the_ratio() {
+    fn ranks_busy_destinations() {
         let s = Sysctls {
             ip_local_port_range: Some((40000, 40003)),
             ip_local_reserved_ports: Some(String::new()),
@@ -440,13 +441,11 @@ mod tests {
             sock(Proto::Tcp, 40000, est, Some(("127.0.0.1", 1))),
             sock(Proto::Udp, 40003, est, Some(DB)),
         ];
-        assert_eq!(worst_ratio(&holders, Proto::Tcp, r, &s), Some(0.75));
-        assert_eq!(worst_ratio(&holders, Proto::Udp, r, &s), Some(0.25));
-        assert_eq!(worst_ratio(&[], Proto::Tcp, r, &s), Some(0.0));
         let busy = busy_destinations(&holders, r, |_| false, 5, 3);
         assert_eq!(busy.len(), 2);
         assert_eq!(busy[0].dest.1, 5432);
-        assert_eq!(busy[0].to_dest, 3);
+        assert_eq!((busy[0].to_dest, busy[0].blocked, busy[0].free()), (3, 3, 1));
+        assert_eq!((busy[1].dest.1, busy[1].to_dest), (1, 1));
         // Unreadable sysctls give no range: nothing is assumed.
         assert_eq!(Range::of(&Sysctls::default()), None);
     }
