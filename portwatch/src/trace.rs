@@ -95,6 +95,8 @@ pub struct Session<P: EventSink = Printer> {
     metrics: Option<Arc<Metrics>>,
     /// `--quiet`: count and explain, print no event lines.
     quiet: bool,
+    /// `--metrics`: when the ephemeral-range gauge was last measured.
+    ports_measured: Option<Instant>,
 }
 
 /// Records taken from the ring buffer per pass. A pass is explained as a unit: one socket
@@ -104,6 +106,8 @@ const BATCH: usize = 4096;
 const DRAIN_SLICE: Duration = Duration::from_millis(100);
 /// How often, at most, a drain checks the kernel's lost-event counters (the timer also does).
 const LOST_CHECK: Duration = Duration::from_millis(50);
+/// How often `--metrics` measures the ephemeral ranges (a socket-table read per namespace).
+const PORTS_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the last events are explained after a stop signal.
 const EXIT_GRACE: Duration = Duration::from_millis(600);
 
@@ -162,6 +166,7 @@ impl<P: EventSink> Session<P> {
             lost_checked: Instant::now(),
             metrics: None,
             quiet: false,
+            ports_measured: None,
         }
     }
 
@@ -264,6 +269,48 @@ impl<P: EventSink> Session<P> {
                     .ifname(sock.netns, sock.options.bound_dev_if);
             }
         }
+    }
+
+    /// `--metrics`: measures how full each watched namespace's ephemeral range is (one
+    /// socket-table read per namespace) into `portwatch_ephemeral_ports_used_ratio`, at most
+    /// every [`PORTS_INTERVAL`]. The namespaces are `--netns`'s, else every one portwatch
+    /// sees, up to [`metrics::MAX_RANGE_NETNS`] of them.
+    fn measure_ports(&mut self) {
+        let Some(m) = self.metrics.clone() else {
+            return;
+        };
+        if self
+            .ports_measured
+            .is_some_and(|t| t.elapsed() < PORTS_INTERVAL)
+        {
+            return;
+        }
+        self.ports_measured = Some(Instant::now());
+        let namespaces = match self.filter.netns {
+            Some(n) => vec![n],
+            None => self.namespaces.discover(),
+        };
+        // Its own pass: the events' caches are neither used nor left behind.
+        self.facts.new_batch();
+        let mut measured = Vec::new();
+        for n in namespaces.into_iter().take(metrics::MAX_RANGE_NETNS) {
+            match self
+                .facts
+                .netns_ports(&mut self.ebpf, &mut self.namespaces, n, 1, 0)
+            {
+                Ok(p) => {
+                    for proto in [crate::sockets::Proto::Tcp, crate::sockets::Proto::Udp] {
+                        if let Some(r) = p.worst_ratio(proto) {
+                            m.set_ephemeral_ratio(n, proto, r);
+                        }
+                    }
+                    measured.push(n);
+                }
+                Err(why) => debug!("netns {n}: ephemeral range not measured: {why}"),
+            }
+        }
+        m.retain_ephemeral_netns(&measured);
+        self.facts.new_batch();
     }
 
     fn done(&self) -> bool {
@@ -420,6 +467,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
     );
     session.metrics = metrics;
     session.quiet = settings.quiet;
+    session.measure_ports();
     if !session.quiet {
         session.printer.header().context("writing to stdout")?;
     }
@@ -435,6 +483,7 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                session.measure_ports();
                 outcome = session.drain(ring.get_mut(), Instant::now() + DRAIN_SLICE);
                 if outcome.is_ok() {
                     outcome = session.report_lost();
