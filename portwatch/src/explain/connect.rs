@@ -68,13 +68,18 @@ fn range_size(r: Range) -> String {
     )
 }
 
-/// The counts toward one destination, as one phrase.
-fn dest_numbers(d: &DestUse) -> String {
-    let from = match d.source {
+/// " from 10.0.0.5", " from one source address".
+fn from_words(d: &DestUse) -> String {
+    match d.source {
         Some(s) => format!(" from {s}"),
         None if d.sources == 1 => " from one source address".to_string(),
         None => format!(" from {} source addresses", d.sources),
-    };
+    }
+}
+
+/// The counts toward one destination, as one phrase.
+fn dest_numbers(d: &DestUse) -> String {
+    let from = from_words(d);
     format!(
         "{} of the {} usable ports of {} have a connection to {}{from} ({} of them only in \
          TIME_WAIT), and {} are held by bound or listening sockets (bind()), which connect() \
@@ -114,11 +119,22 @@ fn ports_exhausted(at: &Attempt, f: &Facts, d: &DestUse) -> Verdict {
         false,
         Rule::ConnectPortsExhausted,
         format!(
-            "{e}: no local port is free toward {dest}: connect() shares a local port between \
-             destinations, but toward one destination from one source address each port \
-             serves one connection, and {}.",
-            dest_numbers(d)
+            "{e}: no local port is free toward {dest}: all {} usable ports of {} are taken \
+             toward it, {} by connections to it{} ({} of them only in TIME_WAIT) and {} by \
+             bound or listening sockets.",
+            d.range.usable(),
+            range_words(d.range),
+            d.to_dest,
+            from_words(d),
+            d.to_dest_time_wait,
+            d.by_binds
         ),
+    );
+    v.details.push(
+        "connect() shares a local port between destinations, but toward one destination from \
+         one source address each port serves one connection (TIME_WAIT ones too), and it never \
+         takes a port that a bind() placed a socket on"
+            .to_string(),
     );
     v.details.push(format!(
         "{}: {}",
@@ -287,4 +303,233 @@ fn not_shown(at: &Attempt, numbers: &str) -> Verdict {
              (connections may have closed since the call)."
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::{Call, Event, Requested},
+        explain::{explain, tests::sock},
+        facts::{
+            Sysctls,
+            port_use::{self, Range},
+        },
+        sockets::{Holder, Owner, OwnerStatus, Proto, Source, State},
+    };
+
+    const RANGE: Range = Range {
+        lo: 40000,
+        hi: 40001,
+        reserved: 0,
+    };
+
+    /// A connect() of a socket bound to `local` (0.0.0.0:0: not bound) to `dest`.
+    fn connect(proto: Proto, local: (&str, u16), dest: (&str, u16), errno: i32) -> Event {
+        let mut s = sock(proto, local.0, local.1);
+        s.ino = 1;
+        Event {
+            call: Call::Connect,
+            backend: None,
+            boot_ns: 0,
+            pid: 42,
+            tid: 42,
+            uid: 1000,
+            comm: "client".into(),
+            cgroup_id: 0,
+            workload: None,
+            fd: Some(3),
+            requested: Some(Requested {
+                sa_family: s.family.af(),
+                addr: dest.0.parse().unwrap(),
+                port: dest.1,
+                scope_id: 0,
+                scope_name: None,
+            }),
+            ret: -errno,
+            socket: Some(s),
+            kernel_holders: vec![],
+            walk: None,
+            holders_sent: 0,
+        }
+    }
+
+    /// A connection from 127.0.0.1:`port` to `dest`, owned by `pid` (none in TIME_WAIT).
+    fn conn(proto: Proto, port: u16, dest: (&str, u16), state: State, pid: u32) -> Holder {
+        let mut s = sock(proto, "127.0.0.1", port);
+        s.state = state;
+        s.peer = Some((dest.0.parse().unwrap(), dest.1));
+        Holder {
+            status: OwnerStatus::Live,
+            socket: s,
+            owners: if state.is_time_wait() {
+                vec![]
+            } else {
+                vec![Owner {
+                    pid,
+                    comm: "worker".into(),
+                    fd: 5,
+                    workload: None,
+                    forward: None,
+                }]
+            },
+            source: Source::SocketTable,
+        }
+    }
+
+    /// The facts a failed connect() gets from `all` (the namespace's sockets).
+    fn facts(ev: &Event, all: &[Holder], tw_reuse: u8) -> Facts {
+        let sock = ev.socket.as_ref().unwrap();
+        let r = ev.requested.as_ref().unwrap();
+        let dest = sock.proto.shares_ports_with(Proto::Tcp).then(|| {
+            port_use::dest_use(all, RANGE, |_| false, (r.addr, r.port), Some(sock.addr), 3)
+        });
+        Facts {
+            sysctls: Sysctls {
+                ip_local_port_range: Some((RANGE.lo, RANGE.hi)),
+                ip_local_reserved_ports: Some(String::new()),
+                tcp_tw_reuse: Some(tw_reuse),
+                ..Sysctls::default()
+            },
+            range_use: Some(Ok(RangeUse {
+                space: port_use::space_use(all, sock.proto, RANGE),
+                dest,
+                owners: port_use::space_owners(all, sock.proto, RANGE, |_| false, 3),
+            })),
+            ..Facts::default()
+        }
+    }
+
+    const DB: (&str, u16) = ("127.0.0.1", 5432);
+
+    fn text(v: &Verdict) -> String {
+        format!(
+            "{}\n{}\n{}",
+            v.message,
+            v.details.join("\n"),
+            v.fix.as_deref().unwrap_or("")
+        )
+    }
+
+    #[test]
+    fn a_full_range_toward_one_destination() {
+        let ev = connect(Proto::Tcp, ("0.0.0.0", 0), DB, libc::EADDRNOTAVAIL);
+        let all = vec![
+            conn(Proto::Tcp, 40000, DB, State::ESTABLISHED, 7),
+            conn(Proto::Tcp, 40001, DB, State::ESTABLISHED, 7),
+            // Another destination on the same port: shared, not counted.
+            conn(Proto::Tcp, 40000, ("127.0.0.1", 6379), State::ESTABLISHED, 8),
+        ];
+        let v = explain(&ev, &facts(&ev, &all, 2)).unwrap();
+        assert_eq!(v.rule, Rule::ConnectPortsExhausted, "{}", v.message);
+        assert!(
+            v.message.starts_with(
+                "EADDRNOTAVAIL at connect(): no local port is free toward 127.0.0.1:5432: all 2 \
+                 usable ports of net.ipv4.ip_local_port_range 40000–40001 are taken toward it, 2 \
+                 by connections to it from one source address (0 of them only in TIME_WAIT) and \
+                 0 by bound or listening sockets."
+            ),
+            "{}",
+            v.message
+        );
+        let t = text(&v);
+        assert!(t.contains("connections to 127.0.0.1:5432 held by: pid 7 (worker) 2"), "{t}");
+        assert!(t.contains("net.ipv4.tcp_tw_reuse=2 (the default)"), "{t}");
+        // Live connections: pooling first; no tcp_tw_reuse advice, no IP_BIND_ADDRESS_NO_PORT.
+        let fix = v.fix.unwrap();
+        assert!(fix.starts_with("reuse connections"), "{fix}");
+        assert!(!fix.contains("tcp_tw_reuse"), "{fix}");
+        assert!(!fix.contains("IP_BIND_ADDRESS_NO_PORT"), "{fix}");
+    }
+
+    #[test]
+    fn time_wait_and_binds_change_the_fix() {
+        let ev = connect(Proto::Tcp, ("0.0.0.0", 0), DB, libc::EADDRNOTAVAIL);
+        let mut bound = sock(Proto::Tcp, "127.0.0.1", 40001);
+        bound.ino = 9;
+        let all = vec![
+            conn(Proto::Tcp, 40000, DB, State::TIME_WAIT, 0),
+            Holder {
+                status: OwnerStatus::Live,
+                socket: bound,
+                owners: vec![],
+                source: Source::FdTable,
+            },
+        ];
+        let v = explain(&ev, &facts(&ev, &all, 0)).unwrap();
+        assert_eq!(v.rule, Rule::ConnectPortsExhausted, "{}", v.message);
+        assert!(v.message.contains("1 by connections to it from one source address (1 of them only in TIME_WAIT) and 1 by bound or listening sockets"), "{}", v.message);
+        let t = text(&v);
+        assert!(t.contains("net.ipv4.tcp_tw_reuse=0: a TIME_WAIT port is never reused"), "{t}");
+        assert!(t.contains("held only by TIME_WAIT connections"), "{t}");
+        let fix = v.fix.unwrap();
+        assert!(fix.contains("net.ipv4.tcp_tw_reuse=1 lets new connections take them"), "{fix}");
+        assert!(fix.contains("IP_BIND_ADDRESS_NO_PORT"), "{fix}");
+    }
+
+    /// Never `connect-ports-exhausted` unless the numbers show it.
+    #[test]
+    fn numbers_that_do_not_show_it_are_said_as_such() {
+        let ev = connect(Proto::Tcp, ("0.0.0.0", 0), DB, libc::EADDRNOTAVAIL);
+        let all = vec![conn(Proto::Tcp, 40000, DB, State::ESTABLISHED, 7)];
+        let v = explain(&ev, &facts(&ev, &all, 2)).unwrap();
+        assert_eq!(v.rule, Rule::ConnectUnexplained);
+        assert!(v.message.contains("1 are free toward it now"), "{}", v.message);
+        let mut f = facts(&ev, &all, 2);
+        f.range_use = Some(Err("the socket table could not be read: EPERM".into()));
+        let v = explain(&ev, &f).unwrap();
+        assert_eq!(v.rule, Rule::ConnectUnexplained);
+        assert!(v.message.contains("could not be read: the socket table"), "{}", v.message);
+    }
+
+    #[test]
+    fn a_fixed_local_port_whose_tuple_exists() {
+        let ev = connect(Proto::Tcp, ("127.0.0.1", 45000), DB, libc::EADDRNOTAVAIL);
+        let mut f = facts(&ev, &[], 2);
+        f.holders = Some(vec![conn(Proto::Tcp, 45000, DB, State::ESTABLISHED, 812)]);
+        let v = explain(&ev, &f).unwrap();
+        assert_eq!(v.rule, Rule::ConnectTupleInUse);
+        assert!(
+            v.message.contains(
+                "this socket is bound to 127.0.0.1:45000, and pid 812 (worker) already has the \
+                 connection 127.0.0.1:45000 → 127.0.0.1:5432"
+            ),
+            "{}",
+            v.message
+        );
+        assert_eq!(v.holders.len(), 1);
+        // Not found: said, never made up.
+        f.holders = Some(vec![]);
+        let v = explain(&ev, &f).unwrap();
+        assert_eq!(v.rule, Rule::ConnectTupleInUse);
+        assert!(v.message.contains("portwatch did not find it"), "{}", v.message);
+        assert!(v.holders.is_empty());
+    }
+
+    #[test]
+    fn a_source_address_that_is_gone() {
+        let ev = connect(Proto::Tcp, ("10.9.9.9", 0), DB, libc::EADDRNOTAVAIL);
+        let mut f = facts(&ev, &[], 2);
+        f.addr_is_local = Some(false);
+        let v = explain(&ev, &f).unwrap();
+        assert_eq!(v.rule, Rule::AddressNotLocal);
+        assert!(v.message.contains("source address 10.9.9.9 is not an address"), "{}", v.message);
+    }
+
+    #[test]
+    fn a_full_udp_range() {
+        let dns = ("127.0.0.1", 53);
+        let ev = connect(Proto::Udp, ("0.0.0.0", 0), ("127.0.0.1", 54), libc::EAGAIN);
+        let all = vec![
+            conn(Proto::Udp, 40000, dns, State::ESTABLISHED, 7),
+            conn(Proto::Udp, 40001, dns, State::ESTABLISHED, 7),
+        ];
+        let v = explain(&ev, &facts(&ev, &all, 2)).unwrap();
+        assert_eq!(v.rule, Rule::ConnectUdpPortsExhausted);
+        assert!(v.message.starts_with("EAGAIN at connect(): the UDP socket had no local port"));
+        assert!(text(&v).contains("UDP ports held by: pid 7 (worker) 2"));
+        let v = explain(&ev, &facts(&ev, &all[..1], 2)).unwrap();
+        assert_eq!(v.rule, Rule::ConnectUnexplained);
+        assert!(v.message.contains("1 of the 2 usable UDP ports"), "{}", v.message);
+    }
 }

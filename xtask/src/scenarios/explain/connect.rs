@@ -101,9 +101,9 @@ fn ports_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         &ev,
         &[
             "EADDRNOTAVAIL at connect(): no local port is free toward 127.0.0.1:9999",
-            "2 of the 2 usable ports of net.ipv4.ip_local_port_range 40000–40001 have a \
-             connection to 127.0.0.1:9999",
-            "0 of them only in TIME_WAIT",
+            "all 2 usable ports of net.ipv4.ip_local_port_range 40000–40001 are taken toward \
+             it, 2 by connections to it",
+            "(0 of them only in TIME_WAIT) and 0 by bound or listening sockets",
         ],
     )?;
     text_says(
