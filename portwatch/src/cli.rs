@@ -20,7 +20,8 @@ would do).",
 sudo portwatch trace --port 8080          watch every bind and listen on port 8080\n  \
 sudo portwatch trace --failed --json      every failure, one JSON object per line\n  \
 sudo portwatch who 8080                   who holds port 8080 right now\n  \
-sudo portwatch who 8080 --addr 0.0.0.0    ... and would a bind to 0.0.0.0:8080 work?"
+sudo portwatch who 8080 --addr 0.0.0.0    ... and would a bind to 0.0.0.0:8080 work?\n  \
+sudo portwatch ports                      how close connect() is to running out of ports"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -41,6 +42,9 @@ and port it asked for (as asked, even when the call fails), the protocol, the so
 that decide whether two sockets may share a port (SO_REUSEADDR, SO_REUSEPORT, IPV6_V6ONLY, \
 SO_BINDTODEVICE, IP_FREEBIND, IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT), and the result. \
 For a port 0 bind it shows the port the kernel picked.\n\n\
+It also explains a connect() that fails for want of a local port (EADDRNOTAVAIL \"Cannot \
+assign requested address\", UDP EAGAIN): how full the ephemeral range is toward that \
+destination, and who holds it (--no-connect turns that off).\n\n\
 Stop with Ctrl-C: portwatch detaches from the kernel and prints a summary (events, failures \
 by errno, and events lost, if any).",
         after_help = "How the kernel decides (what the explanations refer to):\n  \
@@ -55,11 +59,13 @@ A TIME_WAIT connection left by a server counts as a holder with the SO_REUSEADDR
 Output:\n  \
 Human format: one line per call, columns TIME PID COMM CALL PROTO ADDRESS RESULT DETAILS,\n  \
 and under it the explanation (↳) and the fix.\n  \
---json: one object per line; \"type\" is \"bind\", \"listen\", \"lost\" or \"summary\".\n  \
+--json: one object per line; \"type\" is \"bind\", \"listen\", \"connect\", \"lost\" or\n  \
+\"summary\".\n  \
 Status lines (ready, lost events, summary) go to stderr in human format.\n\n\
 Filters:\n  \
 --port and --pid are applied in the kernel, so calls you filter out cost almost nothing.\n  \
-A port filter matches the port asked for, or the port the kernel assigned for port 0.\n  \
+A port filter matches the port asked for, or the port the kernel assigned for port 0;\n  \
+for connect(), the destination port.\n  \
 The short flags are bcc's (bindsnoop): -p PID, -P PORT, -x (failed only), -j (JSON)."
     )]
     Trace(TraceArgs),

@@ -5,13 +5,15 @@
 //! separate processes, so the owner portwatch names is checked, in a namespace whose
 //! `ip_local_port_range` is two ports wide. A connect() that succeeds is never an event.
 
-use anyhow::{Result, ensure};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 
 use super::expect::says;
 use crate::scenarios::{
     Ctx, Scenario,
-    check::fields,
+    check::{fields, fields_of},
     holder::Holder,
     netns::{self, Netns},
     portwatch::{Portwatch, lookup},
@@ -28,6 +30,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario::shared("explain_connect_time_wait_holds_ports", time_wait_holds_ports),
         Scenario::shared("explain_connect_tuple_in_use", tuple_in_use),
         Scenario::shared("explain_connect_udp_ports_exhausted", udp_exhausted),
+        Scenario::shared("ports_toward_each_destination", ports_snapshot),
     ]
 }
 
@@ -254,5 +257,62 @@ fn udp_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     text_says(
         &ev,
         &[&format!("UDP ports held by: pid {} ({}) 2", h.pid, h.comm)],
+    )
+}
+
+/// `portwatch ports --netns NS --json`: in a 4-port range, a bound socket (placed by bind(),
+/// so blocked toward every destination), 3 connections to one server and 1 to another, and one
+/// connected UDP socket. The busiest destination is full (3 connections + the bound port), the
+/// other half full; UDP a quarter; each with the process holding it.
+fn ports_snapshot(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    netns::set_sysctl("net/ipv4/ip_local_port_range", "40000 40003")?;
+    let mut server = Holder::spawn(ns, "pw-server")?;
+    for addr in [SERVER, OTHER_SERVER] {
+        server.bind_ok(&SockSpec::tcp(addr).listening())?;
+    }
+    let mut bound = Holder::spawn(ns, "pw-bound")?;
+    let b = bound.bind_ok(&SockSpec::tcp("127.0.0.1:40003"))?;
+    pw.wait_call(ns, "bind", bound.pid, b.ino)?;
+    let mut client = Holder::spawn(ns, "pw-client")?;
+    let tcp = SockSpec::tcp("0.0.0.0:0");
+    for _ in 0..3 {
+        client.connect_ok(&tcp, false, SERVER)?;
+    }
+    client.connect_ok(&tcp, false, OTHER_SERVER)?;
+    let mut udp = Holder::spawn(ns, "pw-udp")?;
+    udp.connect_ok(&SockSpec::udp("0.0.0.0:0"), false, "127.0.0.1:53")?;
+    let out = Command::new(&cx.pw.exe)
+        .args(["ports", "--netns", &ns.path(), "--json"])
+        .output()
+        .context("running portwatch ports")?;
+    ensure!(
+        out.status.success(),
+        "portwatch ports failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).context("parsing portwatch ports --json")?;
+    fields_of(
+        &v,
+        &[
+            ("type", json!("ports")),
+            ("namespaces.0.netns", json!(ns.inode())),
+            ("namespaces.0.range.usable", json!(4)),
+            ("namespaces.0.tcp.worst_ratio", json!(1.0)),
+            ("namespaces.0.tcp.held_by_binds", json!(1)),
+            ("namespaces.0.tcp.destinations.0.port", json!(9999)),
+            ("namespaces.0.tcp.destinations.0.connections", json!(3)),
+            ("namespaces.0.tcp.destinations.0.blocked", json!(4)),
+            ("namespaces.0.tcp.destinations.0.free", json!(0)),
+            ("namespaces.0.tcp.destinations.0.owners.0.pid", json!(client.pid)),
+            ("namespaces.0.tcp.destinations.0.owners.0.comm", json!(client.comm)),
+            ("namespaces.0.tcp.destinations.0.owners.0.count", json!(3)),
+            ("namespaces.0.tcp.destinations.1.port", json!(9998)),
+            ("namespaces.0.tcp.destinations.1.connections", json!(1)),
+            ("namespaces.0.tcp.destinations.1.blocked", json!(2)),
+            ("namespaces.0.tcp.destinations.1.ratio", json!(0.5)),
+            ("namespaces.0.udp.used", json!(1)),
+            ("namespaces.0.udp.ratio", json!(0.25)),
+            ("namespaces.0.udp.owners.0.pid", json!(udp.pid)),
+        ],
     )
 }
