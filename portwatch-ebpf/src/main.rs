@@ -233,7 +233,8 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
         return;
     }
     if global(&SETTINGS.filter_ports) != 0 {
-        let asked = rec != record::LISTEN && req.ok != 0 && req.port != 0 && port_in_filter(req.port);
+        let asked =
+            rec != record::LISTEN && req.ok != 0 && req.port != 0 && port_in_filter(req.port);
         // A connect() is matched by its destination port only.
         if !asked && (rec == record::CONNECT || !(bound_port != 0 && port_in_filter(bound_port))) {
             return;
@@ -248,10 +249,7 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
     if let Some(sk) = &sk {
         body = sk.body();
         // EAGAIN is about the local port only for UDP (autobind found none free).
-        if rec == record::CONNECT
-            && ret == -connect_errno::EAGAIN
-            && body.protocol != IPPROTO_UDP
-        {
+        if rec == record::CONNECT && ret == -connect_errno::EAGAIN && body.protocol != IPPROTO_UDP {
             return;
         }
         // The port the call is about: as asked for a failed bind, as bound otherwise. A connect

@@ -135,7 +135,9 @@ pub enum Record {
 
 pub fn decode(bytes: &[u8]) -> Option<Record> {
     match *bytes.first()? {
-        record::BIND | record::LISTEN | record::CONNECT if bytes.len() >= size_of::<BindEvent>() => {
+        record::BIND | record::LISTEN | record::CONNECT
+            if bytes.len() >= size_of::<BindEvent>() =>
+        {
             // SAFETY: length checked; BindEvent is plain integers, any bit pattern is valid.
             let raw: BindEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
             Some(Record::Call(decode_call(&raw)))

@@ -254,7 +254,10 @@ fn tracepoint_ret_offset(connect: bool) -> Result<u32, LoadError> {
     let ret = tracepoint_field_offset("sys_exit_bind", "ret")?;
     let mut others = vec![("listen", tracepoint_field_offset("sys_exit_listen", "ret")?)];
     if connect {
-        others.push(("connect", tracepoint_field_offset("sys_exit_connect", "ret")?));
+        others.push((
+            "connect",
+            tracepoint_field_offset("sys_exit_connect", "ret")?,
+        ));
     }
     if let Some((call, at)) = others.into_iter().find(|&(_, at)| at != ret) {
         return Err(LoadError::TracepointFormat {
@@ -312,12 +315,13 @@ pub fn load(
 
     let (backend, fallback, conflict_hook) = match choice {
         BackendChoice::Only(Backend::Fexit) => {
-            let hook = attach_fexit(&mut ebpf, kernel, &aya_btf, filter.connect).map_err(
-                |detail| LoadError::Backend {
-                    backend: Backend::Fexit,
-                    detail,
-                },
-            )?;
+            let hook =
+                attach_fexit(&mut ebpf, kernel, &aya_btf, filter.connect).map_err(|detail| {
+                    LoadError::Backend {
+                        backend: Backend::Fexit,
+                        detail,
+                    }
+                })?;
             (Backend::Fexit, None, hook)
         }
         BackendChoice::Only(Backend::Tracepoint) => {

@@ -35,7 +35,12 @@ pub fn run(args: PortsArgs) -> Result<()> {
     let mut idle = 0;
     for &n in &namespaces {
         match finder.netns_ports(&mut ebpf, &mut ns, n, usize::from(args.top), OWNERS_EACH) {
-            Ok(p) if only.is_none() && p.tcp.is_empty() && p.udp.used == 0 && p.tcp_space.used == 0 => {
+            Ok(p)
+                if only.is_none()
+                    && p.tcp.is_empty()
+                    && p.udp.used == 0
+                    && p.tcp_space.used == 0 =>
+            {
                 idle += 1
             }
             Ok(p) => found.push(p),

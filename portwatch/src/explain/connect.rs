@@ -136,11 +136,8 @@ fn ports_exhausted(at: &Attempt, f: &Facts, d: &DestUse) -> Verdict {
          takes a port that a bind() placed a socket on"
             .to_string(),
     );
-    v.details.push(format!(
-        "{}: {}",
-        range_words(d.range),
-        range_size(d.range)
-    ));
+    v.details
+        .push(format!("{}: {}", range_words(d.range), range_size(d.range)));
     v.details.push(tw_reuse_words(f.sysctls.tcp_tw_reuse));
     if !d.owners.is_empty() {
         v.details.push(format!(
@@ -224,9 +221,9 @@ fn tuple_in_use(at: &Attempt, f: &Facts) -> Verdict {
     let same = |h: &&Holder| {
         h.socket.port == sock.port
             && (sock.ino == 0 || h.socket.ino != sock.ino)
-            && h.socket.peer.is_some_and(|(a, p)| {
-                p == at.port && a.to_canonical() == at.addr.to_canonical()
-            })
+            && h.socket
+                .peer
+                .is_some_and(|(a, p)| p == at.port && a.to_canonical() == at.addr.to_canonical())
             && (sock.addr.is_unspecified()
                 || h.socket.addr.to_canonical() == sock.addr.to_canonical())
     };
@@ -254,8 +251,11 @@ fn tuple_in_use(at: &Attempt, f: &Facts) -> Verdict {
     };
     let mut v = Verdict::new(false, Rule::ConnectTupleInUse, message);
     if let Some(h) = found {
-        v.holders
-            .push(Involved::new(h, Rule::ConnectTupleInUse, holder_desc(&h.socket)));
+        v.holders.push(Involved::new(
+            h,
+            Rule::ConnectTupleInUse,
+            holder_desc(&h.socket),
+        ));
     }
     v.fix = Some(
         "do not bind a fixed local port for outgoing connections: leave the port to connect() \
@@ -418,7 +418,13 @@ mod tests {
             conn(Proto::Tcp, 40000, DB, State::ESTABLISHED, 7),
             conn(Proto::Tcp, 40001, DB, State::ESTABLISHED, 7),
             // Another destination on the same port: shared, not counted.
-            conn(Proto::Tcp, 40000, ("127.0.0.1", 6379), State::ESTABLISHED, 8),
+            conn(
+                Proto::Tcp,
+                40000,
+                ("127.0.0.1", 6379),
+                State::ESTABLISHED,
+                8,
+            ),
         ];
         let v = explain(&ev, &facts(&ev, &all, 2)).unwrap();
         assert_eq!(v.rule, Rule::ConnectPortsExhausted, "{}", v.message);
@@ -433,7 +439,10 @@ mod tests {
             v.message
         );
         let t = text(&v);
-        assert!(t.contains("connections to 127.0.0.1:5432 held by: pid 7 (worker) 2"), "{t}");
+        assert!(
+            t.contains("connections to 127.0.0.1:5432 held by: pid 7 (worker) 2"),
+            "{t}"
+        );
         assert!(t.contains("net.ipv4.tcp_tw_reuse=2 (the default)"), "{t}");
         // Live connections: pooling first; no tcp_tw_reuse advice, no IP_BIND_ADDRESS_NO_PORT.
         let fix = v.fix.unwrap();
@@ -460,10 +469,16 @@ mod tests {
         assert_eq!(v.rule, Rule::ConnectPortsExhausted, "{}", v.message);
         assert!(v.message.contains("1 by connections to it from one source address (1 of them only in TIME_WAIT) and 1 by bound or listening sockets"), "{}", v.message);
         let t = text(&v);
-        assert!(t.contains("net.ipv4.tcp_tw_reuse=0: a TIME_WAIT port is never reused"), "{t}");
+        assert!(
+            t.contains("net.ipv4.tcp_tw_reuse=0: a TIME_WAIT port is never reused"),
+            "{t}"
+        );
         assert!(t.contains("held only by TIME_WAIT connections"), "{t}");
         let fix = v.fix.unwrap();
-        assert!(fix.contains("net.ipv4.tcp_tw_reuse=1 lets new connections take them"), "{fix}");
+        assert!(
+            fix.contains("net.ipv4.tcp_tw_reuse=1 lets new connections take them"),
+            "{fix}"
+        );
         assert!(fix.contains("IP_BIND_ADDRESS_NO_PORT"), "{fix}");
     }
 
@@ -474,12 +489,20 @@ mod tests {
         let all = vec![conn(Proto::Tcp, 40000, DB, State::ESTABLISHED, 7)];
         let v = explain(&ev, &facts(&ev, &all, 2)).unwrap();
         assert_eq!(v.rule, Rule::ConnectUnexplained);
-        assert!(v.message.contains("1 are free toward it now"), "{}", v.message);
+        assert!(
+            v.message.contains("1 are free toward it now"),
+            "{}",
+            v.message
+        );
         let mut f = facts(&ev, &all, 2);
         f.range_use = Some(Err("the socket table could not be read: EPERM".into()));
         let v = explain(&ev, &f).unwrap();
         assert_eq!(v.rule, Rule::ConnectUnexplained);
-        assert!(v.message.contains("could not be read: the socket table"), "{}", v.message);
+        assert!(
+            v.message.contains("could not be read: the socket table"),
+            "{}",
+            v.message
+        );
     }
 
     #[test]
@@ -502,7 +525,11 @@ mod tests {
         f.holders = Some(vec![]);
         let v = explain(&ev, &f).unwrap();
         assert_eq!(v.rule, Rule::ConnectTupleInUse);
-        assert!(v.message.contains("portwatch did not find it"), "{}", v.message);
+        assert!(
+            v.message.contains("portwatch did not find it"),
+            "{}",
+            v.message
+        );
         assert!(v.holders.is_empty());
     }
 
@@ -513,7 +540,12 @@ mod tests {
         f.addr_is_local = Some(false);
         let v = explain(&ev, &f).unwrap();
         assert_eq!(v.rule, Rule::AddressNotLocal);
-        assert!(v.message.contains("source address 10.9.9.9 is not an address"), "{}", v.message);
+        assert!(
+            v.message
+                .contains("source address 10.9.9.9 is not an address"),
+            "{}",
+            v.message
+        );
     }
 
     #[test]
@@ -526,10 +558,17 @@ mod tests {
         ];
         let v = explain(&ev, &facts(&ev, &all, 2)).unwrap();
         assert_eq!(v.rule, Rule::ConnectUdpPortsExhausted);
-        assert!(v.message.starts_with("EAGAIN at connect(): the UDP socket had no local port"));
+        assert!(
+            v.message
+                .starts_with("EAGAIN at connect(): the UDP socket had no local port")
+        );
         assert!(text(&v).contains("UDP ports held by: pid 7 (worker) 2"));
         let v = explain(&ev, &facts(&ev, &all[..1], 2)).unwrap();
         assert_eq!(v.rule, Rule::ConnectUnexplained);
-        assert!(v.message.contains("1 of the 2 usable UDP ports"), "{}", v.message);
+        assert!(
+            v.message.contains("1 of the 2 usable UDP ports"),
+            "{}",
+            v.message
+        );
     }
 }

@@ -22,7 +22,12 @@ pub const TOP_OWNERS: usize = 3;
 impl FactFinder {
     /// Reads now what [`FactFinder::connect_facts`] will need: the namespace's whole socket
     /// table, once per batch however many connects failed in it.
-    pub(super) fn prefetch_connect(&mut self, ebpf: &mut Ebpf, ns: &mut Namespaces, sock: &SocketView) {
+    pub(super) fn prefetch_connect(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ns: &mut Namespaces,
+        sock: &SocketView,
+    ) {
         if needs_range(sock) {
             let _ = self.cached_holders(ebpf, ns, sock.netns, None);
         }

@@ -41,9 +41,7 @@ impl Range {
     pub fn of(s: &Sysctls) -> Option<Range> {
         let (lo, hi) = s.ip_local_port_range?;
         s.ip_local_reserved_ports.as_ref()?;
-        let reserved = (lo..=hi)
-            .filter(|&p| s.reserved(p) == Some(true))
-            .count() as u32;
+        let reserved = (lo..=hi).filter(|&p| s.reserved(p) == Some(true)).count() as u32;
         Some(Range { lo, hi, reserved })
     }
 
@@ -168,14 +166,10 @@ pub fn space_use(holders: &[Holder], proto: Proto, range: Range) -> SpaceUse {
 }
 
 /// The sockets of `proto`'s port space on a usable port of the range.
-fn in_space<'h>(
-    holders: &'h [Holder],
-    proto: Proto,
-    range: Range,
-) -> impl Iterator<Item = &'h Holder> {
-    holders.iter().filter(move |h| {
-        h.socket.proto.shares_ports_with(proto) && range.contains(h.socket.port)
-    })
+fn in_space(holders: &[Holder], proto: Proto, range: Range) -> impl Iterator<Item = &Holder> {
+    holders
+        .iter()
+        .filter(move |h| h.socket.proto.shares_ports_with(proto) && range.contains(h.socket.port))
 }
 
 /// Range ports toward `dest` for a TCP connect() from `source` (None: the socket had no
@@ -414,7 +408,12 @@ mod tests {
     fn splits_a_port_space_by_connections_and_binds() {
         let holders = vec![
             sock(Proto::Tcp, 40000, State::ESTABLISHED, Some(DB)),
-            sock(Proto::Tcp, 40000, State::ESTABLISHED, Some(("127.0.0.1", 1))),
+            sock(
+                Proto::Tcp,
+                40000,
+                State::ESTABLISHED,
+                Some(("127.0.0.1", 1)),
+            ),
             sock(Proto::Tcp, 40001, State::LISTEN, None),
             sock(Proto::Udp, 40002, State::CLOSE, None),
         ];
@@ -444,7 +443,10 @@ mod tests {
         let busy = busy_destinations(&holders, r, |_| false, 5, 3);
         assert_eq!(busy.len(), 2);
         assert_eq!(busy[0].dest.1, 5432);
-        assert_eq!((busy[0].to_dest, busy[0].blocked, busy[0].free()), (3, 3, 1));
+        assert_eq!(
+            (busy[0].to_dest, busy[0].blocked, busy[0].free()),
+            (3, 3, 1)
+        );
         assert_eq!((busy[1].dest.1, busy[1].to_dest), (1, 1));
         // Unreadable sysctls give no range: nothing is assumed.
         assert_eq!(Range::of(&Sysctls::default()), None);

@@ -161,10 +161,7 @@ fn ephemeral_ratio(cx: &Ctx, ns: &Netns) -> Result<()> {
     }
     client.connect_ok(&tcp, false, "127.0.0.1:9998")?;
     client.connect_ok(&SockSpec::udp("0.0.0.0:0"), false, "127.0.0.1:53")?;
-    let pw = Portwatch::start(
-        &cx.pw,
-        &["--netns", &ns.path(), "--metrics", "127.0.0.1:0"],
-    )?;
+    let pw = Portwatch::start(&cx.pw, &["--netns", &ns.path(), "--metrics", "127.0.0.1:0"])?;
     let addr = metrics_addr(&pw)?;
     let series = |proto: &str| {
         format!(
@@ -174,7 +171,10 @@ fn ephemeral_ratio(cx: &Ctx, ns: &Netns) -> Result<()> {
     };
     let mut text = String::new();
     let seen = eventually(cx.pw.timeout(15.0), || {
-        text = cx.pw.root_ns.run(|| prometheus::http_get(addr, "/metrics", ""))?;
+        text = cx
+            .pw
+            .root_ns
+            .run(|| prometheus::http_get(addr, "/metrics", ""))?;
         Ok(text.contains(&series("tcp")))
     })?;
     ensure!(seen, "no tcp gauge for netns {}:\n{text}", ns.inode());

@@ -27,7 +27,10 @@ const OTHER_SERVER: &str = "127.0.0.1:9998";
 pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::shared("explain_connect_ports_exhausted", ports_exhausted),
-        Scenario::shared("explain_connect_time_wait_holds_ports", time_wait_holds_ports),
+        Scenario::shared(
+            "explain_connect_time_wait_holds_ports",
+            time_wait_holds_ports,
+        ),
         Scenario::shared("explain_connect_tuple_in_use", tuple_in_use),
         Scenario::shared("explain_connect_udp_ports_exhausted", udp_exhausted),
         Scenario::shared("ports_toward_each_destination", ports_snapshot),
@@ -36,18 +39,31 @@ pub fn scenarios() -> Vec<Scenario> {
 
 /// The explanation's sentence, details and fix, as one text.
 fn whole_text(ev: &Value) -> String {
-    let mut parts = vec![lookup(ev, "explain.message").as_str().unwrap_or_default().to_string()];
+    let mut parts = vec![
+        lookup(ev, "explain.message")
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    ];
     if let Some(d) = lookup(ev, "explain.details").as_array() {
         parts.extend(d.iter().filter_map(|l| l.as_str().map(String::from)));
     }
-    parts.push(lookup(ev, "explain.fix").as_str().unwrap_or_default().to_string());
+    parts.push(
+        lookup(ev, "explain.fix")
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
     parts.join("\n")
 }
 
 fn text_says(ev: &crate::scenarios::portwatch::Event, words: &[&str]) -> Result<()> {
     let t = whole_text(&ev.0);
     for w in words {
-        ensure!(t.contains(w), "the explanation lacks {w:?}:\n{t}\n  line: {ev}");
+        ensure!(
+            t.contains(w),
+            "the explanation lacks {w:?}:\n{t}\n  line: {ev}"
+        );
     }
     Ok(())
 }
@@ -136,7 +152,10 @@ fn ports_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     let b = a.bind_fails(&SockSpec::tcp("127.0.0.1:0"), libc::EADDRINUSE)?;
     let bev = pw.wait_call(ns, "bind", a.pid, b.ino)?;
     fields(&bev, &[("explain.rule", json!("ephemeral-exhausted"))])?;
-    text_says(&bev, &["2 are held by connections", "IP_BIND_ADDRESS_NO_PORT"])?;
+    text_says(
+        &bev,
+        &["2 are held by connections", "IP_BIND_ADDRESS_NO_PORT"],
+    )?;
     let connects: Vec<String> = pw
         .events_in(ns)
         .into_iter()
@@ -253,7 +272,10 @@ fn udp_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
             ("explain.rule", json!("connect-udp-ports-exhausted")),
         ],
     )?;
-    says(&ev, &["all 2 usable ports of net.ipv4.ip_local_port_range 40000–40001"])?;
+    says(
+        &ev,
+        &["all 2 usable ports of net.ipv4.ip_local_port_range 40000–40001"],
+    )?;
     text_says(
         &ev,
         &[&format!("UDP ports held by: pid {} ({}) 2", h.pid, h.comm)],
@@ -303,8 +325,14 @@ fn ports_snapshot(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
             ("namespaces.0.tcp.destinations.0.connections", json!(3)),
             ("namespaces.0.tcp.destinations.0.blocked", json!(4)),
             ("namespaces.0.tcp.destinations.0.free", json!(0)),
-            ("namespaces.0.tcp.destinations.0.owners.0.pid", json!(client.pid)),
-            ("namespaces.0.tcp.destinations.0.owners.0.comm", json!(client.comm)),
+            (
+                "namespaces.0.tcp.destinations.0.owners.0.pid",
+                json!(client.pid),
+            ),
+            (
+                "namespaces.0.tcp.destinations.0.owners.0.comm",
+                json!(client.comm),
+            ),
             ("namespaces.0.tcp.destinations.0.owners.0.count", json!(3)),
             ("namespaces.0.tcp.destinations.1.port", json!(9998)),
             ("namespaces.0.tcp.destinations.1.connections", json!(1)),
