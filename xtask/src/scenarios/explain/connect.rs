@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::expect::says;
 use crate::scenarios::{
-    Ctx, Scenario,
+    Ctx, Scenario, eventually,
     check::{fields, fields_of},
     holder::Holder,
     netns::{self, Netns},
@@ -172,7 +172,7 @@ fn ports_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
 
 /// Client-side TIME_WAIT holds range ports: with tcp_tw_reuse=0 the next connect() fails, and
 /// the explanation counts the TIME_WAIT ports and says no process holds them.
-fn time_wait_holds_ports(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+fn time_wait_holds_ports(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     netns::set_sysctl("net/ipv4/tcp_tw_reuse", "0")?;
     netns::set_sysctl("net/ipv4/ip_local_port_range", "40000 40001")?;
     let mut server = Holder::spawn(ns, "pw-server")?;
@@ -183,6 +183,28 @@ fn time_wait_holds_ports(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         let c = client.connect_ok(&SockSpec::tcp("0.0.0.0:0"), false, SERVER)?;
         client.close(c.id)?;
     }
+    // Closed first, the client's side becomes a timewait sock (TIME_WAIT, or FIN_WAIT2 while
+    // the server has not closed) once its FIN is acked: wait for both, so that the count is
+    // of settled states (a slow VM may still be in FIN_WAIT1, a full socket, for a moment).
+    let settled = eventually(cx.pw.timeout(5.0), || {
+        let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
+        Ok(tcp
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let local_port = f.get(1).and_then(|a| a.rsplit(':').next());
+                let remote_port = f.get(2).and_then(|a| a.rsplit(':').next());
+                matches!(local_port, Some("9C40" | "9C41"))
+                    && remote_port == Some("270F")
+                    && matches!(f.get(3), Some(&"05" | &"06"))
+            })
+            .count()
+            == 2)
+    })?;
+    ensure!(
+        settled,
+        "set-up: the two closed connections did not reach TIME_WAIT or FIN_WAIT2"
+    );
     let mut a = Holder::spawn(ns, "pw-asker")?;
     let c = a.connect(&SockSpec::tcp("0.0.0.0:0"), false, SERVER)?;
     ensure!(
