@@ -78,8 +78,8 @@ enum Request {
     BindInFlight {
         spec: SockSpec,
     },
-    /// A socket from `spec` (its options; bound to its address first when `bind`), then
-    /// connect() to `to`. The socket is kept, connected or not.
+    /// A socket from `spec` (its options; bound to its address first when `bind`, and
+    /// listening when the spec says so), then connect() to `to`. The socket is kept, connected or not.
     Connect {
         spec: SockSpec,
         bind: bool,

@@ -135,7 +135,7 @@ impl Stopped {
         self.records
             .iter()
             .filter_map(|r| r.as_ref().ok())
-            .filter(|v| matches!(v["type"].as_str(), Some("bind" | "listen")))
+            .filter(|v| matches!(v["type"].as_str(), Some("bind" | "listen" | "connect")))
             .map(|v| Event(v.clone()))
     }
 

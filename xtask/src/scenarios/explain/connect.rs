@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 
 use super::expect::says;
 use crate::scenarios::{
-    Ctx, Scenario, eventually,
+    Ctx, Scenario,
     check::{fields, fields_of},
+    eventually,
     holder::Holder,
     netns::{self, Netns},
     portwatch::{Portwatch, lookup},
@@ -34,6 +35,8 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario::shared("explain_connect_tuple_in_use", tuple_in_use),
         Scenario::shared("explain_connect_udp_ports_exhausted", udp_exhausted),
         Scenario::shared("ports_toward_each_destination", ports_snapshot),
+        Scenario::shared("connect_other_results_are_not_events", other_results),
+        Scenario::alone("connect_port_filter_and_no_connect", filters),
     ]
 }
 
@@ -73,10 +76,10 @@ fn text_says(ev: &crate::scenarios::portwatch::Event, words: &[&str]) -> Result<
 fn full_toward_server(pw: &Portwatch, ns: &Netns) -> Result<(Holder, Holder)> {
     netns::set_sysctl("net/ipv4/ip_local_port_range", "40000 40001")?;
     let mut server = Holder::spawn(ns, "pw-server")?;
-    for addr in [SERVER, OTHER_SERVER] {
-        let l = server.bind_ok(&SockSpec::tcp(addr).listening())?;
-        pw.wait_call(ns, "listen", server.pid, l.ino)?;
-    }
+    // The other server's events are not awaited: `--port 9999` filters them out.
+    let l = server.bind_ok(&SockSpec::tcp(SERVER).listening())?;
+    server.bind_ok(&SockSpec::tcp(OTHER_SERVER).listening())?;
+    pw.wait_call(ns, "listen", server.pid, l.ino)?;
     let mut client = Holder::spawn(ns, "pw-client")?;
     for _ in 0..2 {
         let c = client.connect_ok(&SockSpec::tcp("0.0.0.0:0"), false, SERVER)?;
@@ -365,4 +368,123 @@ fn ports_snapshot(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
             ("namespaces.0.udp.owners.0.pid", json!(udp.pid)),
         ],
     )
+}
+
+/// Every other connect() result is dropped: refused, unreachable, a connect() on a listening
+/// socket, a UDP disconnect (AF_UNSPEC), a Unix socket, and successes (the bench's loop counts
+/// on that). None is an event; a bind made after them, which is, shows they were all read.
+fn other_results(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    let mut h = Holder::spawn(ns, "pw-asker")?;
+    let tcp = SockSpec::tcp("0.0.0.0:0");
+    let refused = h.connect(&tcp, false, "127.0.0.1:9")?;
+    ensure!(
+        refused.errno == libc::ECONNREFUSED,
+        "set-up: want ECONNREFUSED, got {}",
+        refused.errno
+    );
+    // No route in a fresh namespace (only lo, and it has 127.0.0.0/8).
+    let unreachable = h.connect(&tcp, false, "192.0.2.1:80")?;
+    ensure!(
+        unreachable.errno == libc::ENETUNREACH,
+        "set-up: want ENETUNREACH, got {}",
+        unreachable.errno
+    );
+    let l = h.bind_ok(&SockSpec::tcp("127.0.0.1:9999").listening())?;
+    h.connect_ok(&tcp, false, "127.0.0.1:9999")?;
+    // connect() on a listening socket: refused by the kernel, not about a port.
+    let listening = h.connect(
+        &SockSpec::tcp("127.0.0.1:9998").listening(),
+        true,
+        "127.0.0.1:9999",
+    )?;
+    ensure!(
+        listening.errno != 0,
+        "set-up: connect() on a listening socket should fail"
+    );
+    h.connect_ok(&SockSpec::udp("0.0.0.0:0"), false, "127.0.0.1:53")?;
+    let unix = std::os::unix::net::UnixStream::connect("/nonexistent/portwatch-test.sock");
+    ensure!(
+        unix.is_err(),
+        "set-up: a Unix connect() to nowhere should fail"
+    );
+    let marker = h.bind_ok(&SockSpec::udp("127.0.0.1:0"))?;
+    pw.wait_call(ns, "bind", h.pid, marker.ino)?;
+    pw.wait_call(ns, "listen", h.pid, l.ino)?;
+    let connects: Vec<String> = pw
+        .events_in(ns)
+        .into_iter()
+        .filter(|e| e.kind() == "connect")
+        .map(|e| e.to_string())
+        .collect();
+    ensure!(
+        connects.is_empty(),
+        "connect() results reported:\n{}",
+        connects.join("\n")
+    );
+    Ok(())
+}
+
+/// `--port` matches a connect()'s destination port, not its local one; `--no-connect` leaves
+/// connect() untraced.
+fn filters(cx: &Ctx, ns: &Netns) -> Result<()> {
+    let pw = Portwatch::start(&cx.pw, &["--port", "9999", "--port", "45000"])?;
+    let (_server, _client) = full_toward_server(&pw, ns)?;
+    let mut a = Holder::spawn(ns, "pw-asker")?;
+    // Bound to local port 45000, toward 9998 (not a --port): its tuple exists, it fails, and
+    // it is not reported.
+    let spec = SockSpec::tcp("127.0.0.1:45000").with(|o| o.reuseaddr = true);
+    let mut h = Holder::spawn(ns, "pw-holder")?;
+    h.connect_ok(&spec, true, OTHER_SERVER)?;
+    let local = a.connect(&spec, true, OTHER_SERVER)?;
+    ensure!(
+        local.errno == EADDRNOTAVAIL,
+        "set-up: want EADDRNOTAVAIL, got {}",
+        local.errno
+    );
+    // Toward 9999: reported.
+    let dest = a.connect(&SockSpec::tcp("0.0.0.0:0"), false, SERVER)?;
+    ensure!(
+        dest.errno == EADDRNOTAVAIL,
+        "set-up: want EADDRNOTAVAIL, got {}",
+        dest.errno
+    );
+    pw.wait_call(ns, "connect", a.pid, dest.ino)?;
+    let stopped = pw.stop()?;
+    let wrong: Vec<String> = stopped
+        .events_in(ns)
+        .into_iter()
+        .filter(|e| e.kind() == "connect" && e.sock_ino() != Some(dest.ino))
+        .map(|e| e.to_string())
+        .collect();
+    ensure!(
+        wrong.is_empty(),
+        "--port 9999 45000 reported a connect() to 9998:\n{}",
+        wrong.join("\n")
+    );
+
+    let pw = Portwatch::start(&cx.pw, &["--no-connect"])?;
+    ensure!(
+        !pw.stderr().iter().any(|l| l.contains("connect()")),
+        "--no-connect still says it traces connect(): {:?}",
+        pw.stderr()
+    );
+    let again = a.connect(&SockSpec::tcp("0.0.0.0:0"), false, SERVER)?;
+    ensure!(
+        again.errno == EADDRNOTAVAIL,
+        "set-up: want EADDRNOTAVAIL, got {}",
+        again.errno
+    );
+    let marker = a.bind_ok(&SockSpec::udp("127.0.0.1:0"))?;
+    pw.wait_call(ns, "bind", a.pid, marker.ino)?;
+    let stopped = pw.stop()?;
+    let connects = stopped
+        .events_in(ns)
+        .into_iter()
+        .filter(|e| e.kind() == "connect")
+        .count();
+    ensure!(
+        connects == 0,
+        "--no-connect reported {connects} connect() events"
+    );
+    Ok(())
 }
