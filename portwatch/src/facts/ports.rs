@@ -9,7 +9,11 @@ use super::{
     finder::FactFinder,
     port_use::{self, DestUse, PortOwner, Range, SpaceUse},
 };
-use crate::{netns::Namespaces, sockets::Proto};
+use crate::{
+    netns::Namespaces,
+    sockets::{Holder, OwnerStatus, Proto, Source},
+    tables,
+};
 
 /// One namespace's range use.
 #[derive(Clone, Debug)]
@@ -66,14 +70,7 @@ impl FactFinder {
             Ok(all) => all,
             Err(e) => return Err(format!("the socket table could not be read: {e}")),
         };
-        let mut out = NetnsPorts {
-            netns,
-            range,
-            tcp: port_use::busy_destinations(all, range, reserved, top, owners),
-            tcp_space: port_use::space_use(all, Proto::Tcp, range),
-            udp: port_use::space_use(all, Proto::Udp, range),
-            udp_owners: port_use::space_owners(all, Proto::Udp, range, reserved, owners),
-        };
+        let mut out = count(netns, all, range, reserved, top, owners);
         for o in out
             .udp_owners
             .iter_mut()
@@ -82,5 +79,53 @@ impl FactFinder {
             super::connect::name_owner(o);
         }
         Ok(out)
+    }
+
+    /// [`FactFinder::netns_ports`] for the gauge: the kernel's socket tables alone, no owner
+    /// looked up and no fd table read (on a host with 100k connections, ~0.2 s instead of
+    /// ~0.9 s). Bound sockets that are not listening are in no table, so their ports are not
+    /// counted here.
+    pub fn netns_ratios(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ns: &mut Namespaces,
+        netns: u32,
+    ) -> Result<NetnsPorts, String> {
+        let sysctls = self.netns_facts(ns, netns).0;
+        let range = Range::of(&sysctls)
+            .ok_or("net.ipv4.ip_local_port_range or ip_local_reserved_ports could not be read")?;
+        let all: Vec<Holder> = tables::read(ebpf, ns, netns, None)
+            .map_err(|e| format!("the socket table could not be read: {e}"))?
+            .into_iter()
+            .map(|socket| Holder {
+                socket,
+                owners: Vec::new(),
+                source: Source::SocketTable,
+                status: OwnerStatus::Unknown {
+                    why: "not looked up for the gauge",
+                },
+            })
+            .collect();
+        let reserved = |p: u16| sysctls.reserved(p) == Some(true);
+        Ok(count(netns, &all, range, reserved, 1, 0))
+    }
+}
+
+/// The range use of one namespace's sockets `all`.
+fn count(
+    netns: u32,
+    all: &[Holder],
+    range: Range,
+    reserved: impl Fn(u16) -> bool + Copy,
+    top: usize,
+    owners: usize,
+) -> NetnsPorts {
+    NetnsPorts {
+        netns,
+        range,
+        tcp: port_use::busy_destinations(all, range, reserved, top, owners),
+        tcp_space: port_use::space_use(all, Proto::Tcp, range),
+        udp: port_use::space_use(all, Proto::Udp, range),
+        udp_owners: port_use::space_owners(all, Proto::Udp, range, reserved, owners),
     }
 }
