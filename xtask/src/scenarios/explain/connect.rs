@@ -36,7 +36,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario::shared("explain_connect_udp_ports_exhausted", udp_exhausted),
         Scenario::shared("ports_toward_each_destination", ports_snapshot),
         Scenario::shared("connect_other_results_are_not_events", other_results),
-        Scenario::alone("connect_port_filter_and_no_connect", filters),
+        Scenario::alone("connect_port_is_the_destination_and_no_connect", filters),
     ]
 }
 
