@@ -432,9 +432,9 @@ impl FactFinder {
         match self.table_lookup(ev) {
             TableLookup::Nothing => {}
             TableLookup::EphemeralRange => {
-                facts.ephemeral_ports_in_use =
-                    self.ephemeral_in_use(ebpf, ns, sock, &facts.sysctls);
-                facts.range_use = Some(self.range_use(ebpf, ns, sock, &facts.sysctls, None));
+                let range = self.range_use(ebpf, ns, sock, &facts.sysctls, None);
+                facts.ephemeral_ports_in_use = range.as_ref().ok().map(|r| r.space.used);
+                facts.range_use = Some(range);
             }
             TableLookup::Port {
                 port,
@@ -579,24 +579,6 @@ impl FactFinder {
                 }
             }
         }
-    }
-
-    fn ephemeral_in_use(
-        &mut self,
-        ebpf: &mut Ebpf,
-        ns: &mut Namespaces,
-        sock: &SocketView,
-        sysctls: &Sysctls,
-    ) -> Option<u32> {
-        let (lo, hi) = sysctls.ip_local_port_range?;
-        let all = self.holders(ebpf, ns, sock.netns, None).ok()?;
-        let ports: HashSet<u16> = all
-            .iter()
-            .filter(|h| h.socket.proto.shares_ports_with(sock.proto))
-            .map(|h| h.socket.port)
-            .filter(|p| (lo..=hi).contains(p))
-            .collect();
-        Some(ports.len() as u32)
     }
 
     fn other_netns(
