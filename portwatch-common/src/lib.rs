@@ -21,6 +21,43 @@ pub mod record {
     /// [`crate::HolderRecord`]. Holders come just before the bind or listen event of the same
     /// thread, which says how many were sent ([`crate::BindEvent::holders`]).
     pub const HOLDER: u8 = 3;
+    /// A connect() that failed for want of a local port: [`crate::BindEvent`], with the
+    /// destination in the `req_*` fields and the local address (if any) in `bound_*`.
+    pub const CONNECT: u8 = 4;
+}
+
+/// The errnos a connect() is traced for: the ones about the local port. Every other result
+/// (success, EINPROGRESS, ECONNREFUSED...) is dropped in the kernel right after the return value
+/// is read, so tracing connect() costs next to nothing.
+pub mod connect_errno {
+    /// UDP: autobind found no free local port.
+    pub const EAGAIN: i32 = 11;
+    /// TCP: the local address/port is taken (rare; the kernel mostly says EADDRNOTAVAIL).
+    pub const EADDRINUSE: i32 = 98;
+    /// TCP: no local port free toward this destination, the 4-tuple exists, or the source
+    /// address is not local.
+    pub const EADDRNOTAVAIL: i32 = 99;
+
+    /// Whether a connect() return value is one portwatch traces.
+    #[inline(always)]
+    pub const fn traced(ret: i32) -> bool {
+        ret == -EADDRNOTAVAIL || ret == -EADDRINUSE || ret == -EAGAIN
+    }
+}
+
+/// Names of the connect() programs in the kernel object (the kernel side's functions carry
+/// exactly these names; the loader attaches them only when connect() is traced).
+pub mod connect_programs {
+    /// Tracepoint backend: `syscalls/sys_exit_connect`.
+    pub const SYS_EXIT_CONNECT: &str = "sys_exit_connect";
+    /// fexit backend: TCP (and every SOCK_STREAM inet socket), IPv4 and IPv6.
+    pub const FEXIT_STREAM: &str = "fexit_inet_stream_connect";
+    pub const STREAM_FUNC: &str = "inet_stream_connect";
+    /// fexit backend: UDP, IPv4 and IPv6.
+    pub const FEXIT_DGRAM: &str = "fexit_inet_dgram_connect";
+    pub const DGRAM_FUNC: &str = "inet_dgram_connect";
+    /// Both take (sock, uaddr, addr_len, flags): the result is read after four parameters.
+    pub const PARAMS: usize = 4;
 }
 
 /// Bits in [`BindEvent::walk`]: how the kernel side looked for the port's other owners.
@@ -289,11 +326,11 @@ pub struct KernelLayout {
     pub udp_hslot_size: Field,
 }
 
-/// One bind() or listen() as the kernel saw it.
+/// One bind(), listen() or failed connect() as the kernel saw it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct BindEvent {
-    /// [`record::BIND`] or [`record::LISTEN`].
+    /// [`record::BIND`], [`record::LISTEN`] or [`record::CONNECT`].
     pub record: u8,
     /// A [`Backend`] as its `u8` value.
     pub backend: u8,
@@ -417,11 +454,12 @@ pub struct Settings {
     /// before they trust the saved registers.
     pub nr_bind: u32,
     pub nr_listen: u32,
+    pub nr_connect: u32,
     /// 1 = keep only calls whose requested or bound port is set in [`maps::PORT_BITS`].
     pub filter_ports: u8,
     /// 1 = keep only calls that failed.
     pub filter_failed: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// `ITER_PORT[0]` value meaning "dump every socket".

@@ -33,8 +33,8 @@ use aya_ebpf::{
 };
 use kernel::{LAYOUT, Sock, global, probe_kernel, probe_user, read_field, tp_arg};
 use portwatch_common::{
-    AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, COMM_LEN, IPPROTO_TCP, PORT_WORDS,
-    RING_BYTES, Settings, flags, lost, record,
+    AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP,
+    PORT_WORDS, RING_BYTES, Settings, connect_errno, flags, lost, record,
 };
 
 // ---- configuration written by user space before load (read-only, so the verifier sees
@@ -49,9 +49,10 @@ static SETTINGS: Settings = Settings {
     tp_exit_ret: 16,
     nr_bind: 0,
     nr_listen: 0,
+    nr_connect: 0,
     filter_ports: 0,
     filter_failed: 0,
-    _pad: [0; 2],
+    _pad: [0; 6],
 };
 
 // ---- maps
@@ -232,8 +233,10 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
         return;
     }
     if global(&SETTINGS.filter_ports) != 0 {
-        let asked = rec == record::BIND && req.ok != 0 && req.port != 0 && port_in_filter(req.port);
-        if !asked && !(bound_port != 0 && port_in_filter(bound_port)) {
+        let asked =
+            rec != record::LISTEN && req.ok != 0 && req.port != 0 && port_in_filter(req.port);
+        // A connect() is matched by its destination port only.
+        if !asked && (rec == record::CONNECT || !(bound_port != 0 && port_in_filter(bound_port))) {
             return;
         }
     }
@@ -245,20 +248,35 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
     };
     if let Some(sk) = &sk {
         body = sk.body();
-        // The port the call is about: as asked for a failed bind, as bound otherwise.
+        // EAGAIN is about the local port only for UDP (autobind found none free).
+        if rec == record::CONNECT && ret == -connect_errno::EAGAIN && body.protocol != IPPROTO_UDP {
+            return;
+        }
+        // The port the call is about: as asked for a failed bind, as bound otherwise. A connect
+        // that failed on a socket bound to a fixed port: that port's owners, among them the
+        // connection that has the same 4-tuple.
         let port = if ret == 0 {
             bound_port
         } else if ret == -EADDRINUSE && rec == record::BIND && req.ok != 0 {
             req.port
-        } else if ret == -EADDRINUSE && rec == record::LISTEN {
+        } else if (ret == -EADDRINUSE && rec == record::LISTEN)
+            || (ret == -connect_errno::EADDRNOTAVAIL && rec == record::CONNECT)
+        {
             bound_port
         } else {
             0
         };
         if port != 0 {
             let protocol = u64::from(body.protocol);
-            let found =
-                holders::portwatch_walk_port(sk.sk, protocol, u64::from(port), u64::from(ret == 0));
+            // The socket sits in its own bind bucket after a successful call, and after a
+            // failed connect() on a socket bound to that port.
+            let own_bucket = ret == 0 || rec == record::CONNECT;
+            let found = holders::portwatch_walk_port(
+                sk.sk,
+                protocol,
+                u64::from(port),
+                u64::from(own_bucket),
+            );
             sent = holders::portwatch_send_found(
                 protocol,
                 u64::from(sk.netns()),
@@ -302,7 +320,7 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
     unsafe {
         (*e).record = rec;
         (*e).backend = (meta >> 8) as u8;
-        (*e).flags = if req.ok == 0 && rec == record::BIND {
+        (*e).flags = if req.ok == 0 && rec != record::LISTEN {
             flags::NO_REQUEST
         } else {
             0
@@ -391,41 +409,60 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A failed connect(). Everything but the errnos about the local port is dropped right after
+/// the return value is read, before any helper runs: connect() is frequent.
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx, record::CONNECT);
+    0
+}
+
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, rec: u8) {
+    let ret = tp_arg(ctx, global(&SETTINGS.tp_exit_ret)) as i64 as i32;
+    // connect(): only the errnos about the local port go on.
+    if rec == record::CONNECT && !connect_errno::traced(ret) {
+        return;
+    }
     if !pid_wanted() {
         return;
     }
-    let ret = tp_arg(ctx, global(&SETTINGS.tp_exit_ret)) as i64 as i32;
     if global(&SETTINGS.filter_failed) != 0 && ret >= 0 {
         return;
     }
     let nr = if rec == record::BIND {
         global(&SETTINGS.nr_bind)
-    } else {
+    } else if rec == record::LISTEN {
         global(&SETTINGS.nr_listen)
+    } else {
+        global(&SETTINGS.nr_connect)
     };
     let Some(args) = kernel::syscall_args(nr) else {
         return;
     };
     let mut req = Request::NONE;
-    if rec == record::BIND {
+    if rec != record::LISTEN {
         let (uaddr, addrlen) = (args.si, args.dx);
         let head = read_head(uaddr, true);
         if let Some(head) = head
             && addrlen >= 8
         {
             let family = u16::from_ne_bytes([head[0], head[1]]);
-            if family != AF_INET && family != AF_INET6 && family != AF_UNSPEC {
-                return; // AF_UNIX, AF_NETLINK, AF_PACKET...: not ours
+            // AF_UNIX, AF_NETLINK, AF_PACKET...: not ours; AF_UNSPEC disconnects a connect().
+            let unspec_ok = rec == record::BIND && family == AF_UNSPEC;
+            if family != AF_INET && family != AF_INET6 && !unspec_ok {
+                return;
             }
-            // With a port filter most binds stop here, before anything else is read.
+            // With a port filter most calls stop here, before anything else is read.
             // Port 0 binds stay: the port the kernel picked is on the socket.
             let port = u16::from_be_bytes([head[2], head[3]]);
-            if global(&SETTINGS.filter_ports) != 0 && port != 0 && !port_in_filter(port) {
+            let any = port == 0 && rec == record::BIND;
+            if global(&SETTINGS.filter_ports) != 0 && !any && !port_in_filter(port) {
                 return;
             }
             complete_request(&mut req, &head, uaddr, addrlen, 1);
+        } else if rec == record::CONNECT {
+            return;
         }
     }
     let fd = args.di as i64;
@@ -473,6 +510,37 @@ fn fexit_bind(ctx: &FExitContext) {
     let addrlen = kernel::fexit_arg(ctx, 2) as i32;
     let req = read_request(uaddr, if addrlen < 0 { 0 } else { addrlen as u64 }, false);
     emit(record::BIND, Backend::Fexit, &req, -1, sock, ret);
+}
+
+#[fexit(function = "inet_stream_connect")]
+pub fn fexit_inet_stream_connect(ctx: FExitContext) -> i32 {
+    fexit_connect(&ctx);
+    0
+}
+
+#[fexit(function = "inet_dgram_connect")]
+pub fn fexit_inet_dgram_connect(ctx: FExitContext) -> i32 {
+    fexit_connect(&ctx);
+    0
+}
+
+/// `int inet_stream_connect(struct socket *sock, struct sockaddr *uaddr, int addr_len, int
+/// flags)`, and the same shape for inet_dgram_connect: every connect path (io_uring too).
+/// Only the errnos about the local port go on; the rest stop at the return value.
+#[inline(always)]
+fn fexit_connect(ctx: &FExitContext) {
+    let ret = kernel::fexit_arg(ctx, 4) as i32;
+    if !connect_errno::traced(ret) || !pid_wanted() {
+        return;
+    }
+    let sock = kernel::fexit_arg(ctx, 0);
+    let uaddr = kernel::fexit_arg(ctx, 1);
+    let addrlen = kernel::fexit_arg(ctx, 2) as i32;
+    let req = read_request(uaddr, if addrlen < 0 { 0 } else { addrlen as u64 }, false);
+    if req.ok == 0 || (req.family != AF_INET && req.family != AF_INET6) {
+        return;
+    }
+    emit(record::CONNECT, Backend::Fexit, &req, -1, sock, ret);
 }
 
 /// `int inet_listen(struct socket *sock, int backlog)`.

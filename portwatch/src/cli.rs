@@ -32,7 +32,8 @@ sudo portwatch trace --port 8080          watch every bind and listen on port 80
 sudo portwatch trace --failed --json      every failure, one JSON object per line\n  \
 sudo portwatch who 8080                   who holds port 8080 right now\n  \
 sudo portwatch who 8080 --addr 0.0.0.0    ... and would a bind to 0.0.0.0:8080 work?\n  \
-sudo portwatch why 8080                   why did port 8080 fail, a while ago?"
+sudo portwatch why 8080                   why did port 8080 fail, a while ago?\n  \
+sudo portwatch ports                      how close connect() is to running out of ports"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -53,6 +54,9 @@ and port it asked for (as asked, even when the call fails), the protocol, the so
 that decide whether two sockets may share a port (SO_REUSEADDR, SO_REUSEPORT, IPV6_V6ONLY, \
 SO_BINDTODEVICE, IP_FREEBIND, IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT), and the result. \
 For a port 0 bind it shows the port the kernel picked.\n\n\
+It also explains a connect() that fails for want of a local port (EADDRNOTAVAIL \"Cannot \
+assign requested address\", UDP EAGAIN): how full the ephemeral range is toward that \
+destination, and who holds it (--no-connect turns that off).\n\n\
 Stop with Ctrl-C: portwatch detaches from the kernel and prints a summary (events, failures \
 by errno, and events lost, if any).",
         after_help = "How the kernel decides (what the explanations refer to):\n  \
@@ -67,11 +71,13 @@ A TIME_WAIT connection left by a server counts as a holder with the SO_REUSEADDR
 Output:\n  \
 Human format: one line per call, columns TIME PID COMM CALL PROTO ADDRESS RESULT DETAILS,\n  \
 and under it the explanation (↳) and the fix.\n  \
---json: one object per line; \"type\" is \"bind\", \"listen\", \"lost\" or \"summary\".\n  \
+--json: one object per line; \"type\" is \"bind\", \"listen\", \"connect\", \"lost\" or\n  \
+\"summary\".\n  \
 Status lines (ready, lost events, summary) go to stderr in human format.\n\n\
 Filters:\n  \
 --port and --pid are applied in the kernel, so calls you filter out cost almost nothing.\n  \
-A port filter matches the port asked for, or the port the kernel assigned for port 0.\n  \
+A port filter matches the port asked for, or the port the kernel assigned for port 0;\n  \
+for connect(), the destination port.\n  \
 The short flags are bcc's (bindsnoop): -p PID, -P PORT, -x (failed only), -j (JSON)."
     )]
     Trace(TraceArgs),
@@ -93,6 +99,28 @@ sudo portwatch who 8080 --addr 0.0.0.0 --reuseaddr\n  \
 sudo portwatch who 53 --addr 127.0.0.1 --udp --netns /run/netns/blue --json"
     )]
     Who(WhoArgs),
+    /// How full the ephemeral port range is, per namespace and destination: see "Cannot
+    /// assign requested address" coming.
+    #[command(
+        long_about = "How full the ephemeral port range is, per network namespace and \
+destination: see connect()'s \"Cannot assign requested address\" coming.\n\n\
+connect() takes its local port from net.ipv4.ip_local_port_range (less \
+ip_local_reserved_ports). It shares a port between different destinations, but toward one \
+destination from one source address each port serves one connection, TIME_WAIT ones \
+included; and it never takes a port that a bind() placed a socket on. So the range runs out \
+per destination: a client with thousands of connections to one database fails with \
+EADDRNOTAVAIL while other destinations still work. UDP does not share ports at all: an \
+unbound UDP socket's connect() or sendto() fails with EAGAIN once the range is full.\n\n\
+For each namespace, this lists the busiest TCP destinations (ports connect() cannot take \
+toward each, how many are TIME_WAIT, and the processes holding most of the connections) and \
+the UDP ports in use. `trace --metrics` exports the worst ratio per namespace as \
+portwatch_ephemeral_ports_used_ratio, to alert on before anything fails.",
+        after_help = "Examples:\n  \
+sudo portwatch ports\n  \
+sudo portwatch ports --top 10 --netns /run/netns/blue\n  \
+sudo portwatch ports --json"
+    )]
+    Ports(PortsArgs),
     /// Can two programs use the same port? Try it on this kernel, and see why.
     #[command(
         long_about = "Can two programs use the same port? Try it on this kernel, and see why.\n\n\
@@ -251,8 +279,25 @@ pub struct WhoArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct PortsArgs {
+    /// Show this many TCP destinations per namespace, busiest first.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    pub top: u16,
+
+    /// Only this network namespace: its inode or a path (/run/netns/NAME, /proc/PID/ns/net).
+    /// Default: every namespace portwatch can see.
+    #[arg(long, value_name = "INODE|PATH")]
+    pub netns: Option<String>,
+
+    /// One JSON object (schema in the README).
+    #[arg(short, long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct TraceArgs {
-    /// Only calls on this port (repeat for several). -P as in bcc's bindsnoop.
+    /// Only calls on this port (repeat for several); a connect() matches by its destination
+    /// port. -P as in bcc's bindsnoop.
     #[arg(short = 'P', long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
 
@@ -293,6 +338,13 @@ pub struct TraceArgs {
     /// Only calls that failed (-x as in bcc's tools).
     #[arg(short = 'x', long)]
     pub failed: bool,
+
+    /// Do not trace connect(). By default, a connect() that fails for want of a local port
+    /// (EADDRNOTAVAIL "Cannot assign requested address" and EADDRINUSE for TCP, EAGAIN for
+    /// UDP) is traced and explained too; every other connect() result is dropped in the
+    /// kernel. --port matches a connect()'s destination port.
+    #[arg(long)]
+    pub no_connect: bool,
 
     /// One JSON object per line (schema in the README).
     #[arg(short, long)]

@@ -145,6 +145,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             ports: vec![PORT],
             failed_only: false,
             include_self: true,
+            connect: false,
         },
         &kernel,
     )?;

@@ -18,6 +18,8 @@ use crate::{
 pub enum Call {
     Bind,
     Listen,
+    /// A connect() that failed for want of a local port (only those are traced).
+    Connect,
 }
 
 impl Call {
@@ -25,11 +27,17 @@ impl Call {
         match self {
             Call::Bind => "bind",
             Call::Listen => "listen",
+            Call::Connect => "connect",
         }
+    }
+
+    /// Whether the call passes an address: bind()'s to take, connect()'s to reach.
+    pub fn has_address(self) -> bool {
+        matches!(self, Call::Bind | Call::Connect)
     }
 }
 
-/// The address and port as the caller passed them.
+/// The address and port as the caller passed them: for connect(), the destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Requested {
     /// `sa_family` as passed (AF_UNSPEC is accepted for 0.0.0.0 on IPv4 sockets).
@@ -60,7 +68,8 @@ pub struct Event {
     /// was not looked up or not found.
     pub workload: Option<Arc<Workload>>,
     pub fd: Option<i32>,
-    /// What was asked for (bind only; None when it could not be read).
+    /// What was asked for (bind: the address to take; connect: the destination; None for
+    /// listen or when it could not be read).
     pub requested: Option<Requested>,
     /// 0 or -errno.
     pub ret: i32,
@@ -88,7 +97,8 @@ impl Event {
         (self.ret < 0).then_some(-self.ret)
     }
 
-    /// The port this call is about: the one asked for, else the one bound.
+    /// The port this call is about: the one asked for (a connect()'s destination), else the
+    /// one bound.
     pub fn port(&self) -> u16 {
         match (&self.requested, &self.socket) {
             (Some(r), _) if r.port != 0 => r.port,
@@ -129,7 +139,9 @@ pub enum Record {
 
 pub fn decode(bytes: &[u8]) -> Option<Record> {
     match *bytes.first()? {
-        record::BIND | record::LISTEN if bytes.len() >= size_of::<BindEvent>() => {
+        record::BIND | record::LISTEN | record::CONNECT
+            if bytes.len() >= size_of::<BindEvent>() =>
+        {
             // SAFETY: length checked; BindEvent is plain integers, any bit pattern is valid.
             let raw: BindEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
             Some(Record::Call(decode_call(&raw)))
@@ -160,12 +172,12 @@ pub fn comm_str(comm: &[u8]) -> String {
 }
 
 fn decode_call(raw: &BindEvent) -> Event {
-    let call = if raw.record == record::LISTEN {
-        Call::Listen
-    } else {
-        Call::Bind
+    let call = match raw.record {
+        record::LISTEN => Call::Listen,
+        record::CONNECT => Call::Connect,
+        _ => Call::Bind,
     };
-    let requested = (call == Call::Bind && raw.flags & flags::NO_REQUEST == 0).then(|| {
+    let requested = (call.has_address() && raw.flags & flags::NO_REQUEST == 0).then(|| {
         // AF_UNSPEC is only accepted on IPv4 sockets, and means 0.0.0.0.
         let fam = if raw.req_family == AF_UNSPEC {
             AF_INET

@@ -9,6 +9,7 @@
 mod clash;
 mod classify;
 pub mod conflict;
+mod connect;
 mod phrase;
 mod refusal;
 mod rule;
@@ -96,8 +97,8 @@ impl<'a> Attempt<'a> {
     pub fn new(ev: &'a Event) -> Option<Self> {
         let sock = ev.socket.as_ref()?;
         let (addr, port) = match (ev.call, &ev.requested) {
-            (EventCall::Bind, Some(r)) => (r.addr, r.port),
-            (EventCall::Bind, None) => return None,
+            (EventCall::Bind | EventCall::Connect, Some(r)) => (r.addr, r.port),
+            (EventCall::Bind | EventCall::Connect, None) => return None,
             (EventCall::Listen, _) => (sock.addr, sock.port),
         };
         // After a successful bind the socket says what was bound (the port for port 0).
@@ -133,7 +134,8 @@ impl<'a> Attempt<'a> {
 
     fn call(&self) -> Call {
         match self.ev.call {
-            EventCall::Bind => Call::Bind,
+            // A connect() is never related to holders by the bind rules.
+            EventCall::Bind | EventCall::Connect => Call::Bind,
             EventCall::Listen => Call::Listen,
         }
     }
@@ -146,6 +148,7 @@ impl<'a> Attempt<'a> {
     fn asked_port_zero(&self) -> bool {
         match self.ev.call {
             EventCall::Bind => self.ev.requested.as_ref().is_some_and(|r| r.port == 0),
+            EventCall::Connect => false,
             // listen() on an unbound socket picks a port like bind(port 0).
             EventCall::Listen => {
                 self.ev.requested.is_none() && !self.ev.ok() && self.sock.port == 0
@@ -177,7 +180,11 @@ pub fn explain(ev: &Event, facts: &Facts) -> Option<Verdict> {
     if !at.sock.proto.has_ports() {
         return None;
     }
-    let mut v = decide(&at, ev, facts);
+    let mut v = if ev.call == EventCall::Connect {
+        connect::explain(&at, facts)
+    } else {
+        decide(&at, ev, facts)
+    };
     note_kernel_socket(&mut v, ev);
     note_gone_owners(&mut v);
     note_forwards(&mut v);

@@ -2,7 +2,10 @@
 //! namespace's sysctls and addresses, the caller's capabilities. Pure data here;
 //! [`finder`] gathers them (the I/O half), [`crate::explain`] reasons over them.
 
+mod connect;
 pub mod finder;
+pub mod port_use;
+pub mod ports;
 
 use std::net::IpAddr;
 
@@ -21,6 +24,8 @@ pub struct Sysctls {
     pub ip_autobind_reuse: Option<bool>,
     /// As the kernel prints it: "8080,9000-9010" (empty when none).
     pub ip_local_reserved_ports: Option<String>,
+    /// net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only (the default).
+    pub tcp_tw_reuse: Option<u8>,
 }
 
 impl Sysctls {
@@ -93,4 +98,18 @@ pub struct Facts {
     pub socket_units: Option<Vec<SocketUnit>>,
     /// Names of BPF programs attached to the caller's cgroup for bind (for EPERM).
     pub cgroup_bind_programs: Vec<String>,
+    /// How full the ephemeral range is (a failed connect(), or bind() to port 0): the
+    /// numbers, or why they could not be read. None when not looked at.
+    pub range_use: Option<Result<RangeUse, String>>,
+}
+
+/// The ephemeral range's use in the call's namespace and port space, read after the call
+/// (the numbers may have moved since: the sentences say "now").
+#[derive(Clone, Debug)]
+pub struct RangeUse {
+    pub space: port_use::SpaceUse,
+    /// TCP connect(): the ports toward its destination.
+    pub dest: Option<port_use::DestUse>,
+    /// UDP: the processes holding most of the range's ports.
+    pub owners: Vec<port_use::PortOwner>,
 }

@@ -15,7 +15,7 @@ use aya::{
 };
 use log::debug;
 pub use portwatch_common::Backend;
-use portwatch_common::{KernelLayout, RING_BYTES, Settings, maps};
+use portwatch_common::{KernelLayout, RING_BYTES, Settings, connect_programs, maps};
 use thiserror::Error;
 
 use crate::{
@@ -99,6 +99,8 @@ pub struct KernelFilter {
     /// Trace portwatch's own calls too (`demo`, whose experiments are its own sockets). Off
     /// for `trace`: its probe binds must not trace themselves.
     pub include_self: bool,
+    /// Trace connect()s that fail for want of a local port (`trace`, unless `--no-connect`).
+    pub connect: bool,
 }
 
 pub struct Loaded {
@@ -179,6 +181,7 @@ pub fn kernel_info() -> Result<KernelInfo, LoadError> {
         FEXIT_PROGRAMS
             .iter()
             .chain([&CONFLICT_PROGRAM])
+            .chain(&CONNECT_PROGRAMS)
             .map(|t| t.func)
     };
     let funcs = fexit_targets()
@@ -242,15 +245,22 @@ fn ensure_tracefs() -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Offset of `ret` in the bind and listen exit tracepoint records (the programs share it).
-fn tracepoint_ret_offset() -> Result<u32, LoadError> {
+/// Offset of `ret` in the bind, listen (and connect) exit tracepoint records (the programs
+/// share it).
+fn tracepoint_ret_offset(connect: bool) -> Result<u32, LoadError> {
     ensure_tracefs()?;
     let ret = tracepoint_field_offset("sys_exit_bind", "ret")?;
-    let listen_ret = tracepoint_field_offset("sys_exit_listen", "ret")?;
-    if listen_ret != ret {
+    let mut others = vec![("listen", tracepoint_field_offset("sys_exit_listen", "ret")?)];
+    if connect {
+        others.push((
+            "connect",
+            tracepoint_field_offset("sys_exit_connect", "ret")?,
+        ));
+    }
+    if let Some((call, at)) = others.into_iter().find(|&(_, at)| at != ret) {
         return Err(LoadError::TracepointFormat {
             path: format!("{TRACEFS}/events/syscalls"),
-            detail: format!("unexpected layout: bind ret at {ret}, listen ret at {listen_ret}"),
+            detail: format!("unexpected layout: bind ret at {ret}, {call} ret at {at}"),
         });
     }
     Ok(ret)
@@ -294,7 +304,7 @@ pub fn load(
     let tp = if choice == BackendChoice::Only(Backend::Fexit) {
         None
     } else {
-        Some(tracepoint_ret_offset())
+        Some(tracepoint_ret_offset(filter.connect))
     };
     let settings = settings(filter, tp.as_ref().and_then(|r| r.as_ref().ok().copied()));
     // aya finds fexit and iterator targets in a BTF of its own; it gets the stub.
@@ -304,9 +314,11 @@ pub fn load(
     let (backend, fallback, conflict_hook) = match choice {
         BackendChoice::Only(Backend::Fexit) => {
             let hook =
-                attach_fexit(&mut ebpf, kernel, &aya_btf).map_err(|detail| LoadError::Backend {
-                    backend: Backend::Fexit,
-                    detail,
+                attach_fexit(&mut ebpf, kernel, &aya_btf, filter.connect).map_err(|detail| {
+                    LoadError::Backend {
+                        backend: Backend::Fexit,
+                        detail,
+                    }
                 })?;
             (Backend::Fexit, None, hook)
         }
@@ -314,19 +326,19 @@ pub fn load(
             if let Some(Err(e)) = tp {
                 return Err(e);
             }
-            attach_tracepoints(&mut ebpf).map_err(|detail| LoadError::Backend {
+            attach_tracepoints(&mut ebpf, filter.connect).map_err(|detail| LoadError::Backend {
                 backend: Backend::Tracepoint,
                 detail,
             })?;
             (Backend::Tracepoint, None, false)
         }
-        BackendChoice::Auto => match attach_fexit(&mut ebpf, kernel, &aya_btf) {
+        BackendChoice::Auto => match attach_fexit(&mut ebpf, kernel, &aya_btf, filter.connect) {
             Ok(hook) => (Backend::Fexit, None, hook),
             Err(fexit) => {
                 unload_fexit(&mut ebpf);
                 let attached = match tp {
                     Some(Err(e)) => Err(e.to_string()),
-                    _ => attach_tracepoints(&mut ebpf),
+                    _ => attach_tracepoints(&mut ebpf, filter.connect),
                 };
                 if let Err(tracepoint) = attached {
                     return Err(LoadError::NoBackend { fexit, tracepoint });
@@ -364,9 +376,10 @@ fn settings(filter: &KernelFilter, tp_exit_ret: Option<u32>) -> Settings {
         tp_exit_ret: tp_exit_ret.unwrap_or(TP_EXIT_RET_DEFAULT),
         nr_bind: libc::SYS_bind as u32,
         nr_listen: libc::SYS_listen as u32,
+        nr_connect: libc::SYS_connect as u32,
         filter_ports: u8::from(!filter.ports.is_empty()),
         filter_failed: u8::from(filter.failed_only),
-        _pad: [0; 2],
+        _pad: [0; 6],
     }
 }
 
@@ -485,8 +498,29 @@ const CONFLICT_PROGRAM: FexitTarget = FexitTarget {
     params: 6,
 };
 
-fn attach_fexit(ebpf: &mut Ebpf, kernel: &KernelInfo, btf: &aya::Btf) -> Result<bool, String> {
-    for target in &FEXIT_PROGRAMS {
+/// inet_stream_connect(sock, uaddr, addr_len, flags), inet_dgram_connect likewise: every
+/// connect path, io_uring included.
+const CONNECT_PROGRAMS: [FexitTarget; 2] = [
+    FexitTarget {
+        prog: connect_programs::FEXIT_STREAM,
+        func: connect_programs::STREAM_FUNC,
+        params: connect_programs::PARAMS,
+    },
+    FexitTarget {
+        prog: connect_programs::FEXIT_DGRAM,
+        func: connect_programs::DGRAM_FUNC,
+        params: connect_programs::PARAMS,
+    },
+];
+
+fn attach_fexit(
+    ebpf: &mut Ebpf,
+    kernel: &KernelInfo,
+    btf: &aya::Btf,
+    connect: bool,
+) -> Result<bool, String> {
+    let connects: &[FexitTarget] = if connect { &CONNECT_PROGRAMS } else { &[] };
+    for target in FEXIT_PROGRAMS.iter().chain(connects) {
         kernel.check(target)?;
         let FexitTarget { prog, func, .. } = *target;
         let p: &mut FExit = ebpf
@@ -541,7 +575,11 @@ fn describe_load_error(func: &str, e: &aya::programs::ProgramError) -> String {
 }
 
 fn unload_fexit(ebpf: &mut Ebpf) {
-    for FexitTarget { prog, .. } in FEXIT_PROGRAMS.iter().chain([&CONFLICT_PROGRAM]) {
+    for FexitTarget { prog, .. } in FEXIT_PROGRAMS
+        .iter()
+        .chain([&CONFLICT_PROGRAM])
+        .chain(&CONNECT_PROGRAMS)
+    {
         if let Some(p) = ebpf.program_mut(prog)
             && let Ok(p) = <&mut FExit>::try_from(p)
         {
@@ -554,11 +592,18 @@ fn unload_fexit(ebpf: &mut Ebpf) {
 /// registers, so no enter program has to carry them across.
 const TRACEPOINT_PROGRAMS: [&str; 2] = ["sys_exit_bind", "sys_exit_listen"];
 
+/// The tracepoint programs to attach: bind and listen, and connect when it is traced.
+fn tracepoint_programs(connect: bool) -> impl Iterator<Item = &'static str> {
+    TRACEPOINT_PROGRAMS
+        .into_iter()
+        .chain(connect.then_some(connect_programs::SYS_EXIT_CONNECT))
+}
+
 /// Detaches and unloads every tracing program; the socket table iterators stay for the last
 /// explanations.
 pub fn detach(ebpf: &mut Ebpf) {
     unload_fexit(ebpf);
-    for name in TRACEPOINT_PROGRAMS {
+    for name in tracepoint_programs(true) {
         if let Some(p) = ebpf.program_mut(name)
             && let Ok(p) = <&mut TracePoint>::try_from(p)
         {
@@ -567,8 +612,8 @@ pub fn detach(ebpf: &mut Ebpf) {
     }
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
-    for name in TRACEPOINT_PROGRAMS {
+fn attach_tracepoints(ebpf: &mut Ebpf, connect: bool) -> Result<(), String> {
+    for name in tracepoint_programs(connect) {
         let p: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("program {name} missing from the object"))?
@@ -621,7 +666,11 @@ mod tests {
             "this kernel's BTF (/sys/kernel/btf/vmlinux): portwatch cannot run without it, and \
              every machine this project tests on has it",
         );
-        for t in FEXIT_PROGRAMS.iter().chain([&CONFLICT_PROGRAM]) {
+        for t in FEXIT_PROGRAMS
+            .iter()
+            .chain([&CONFLICT_PROGRAM])
+            .chain(&CONNECT_PROGRAMS)
+        {
             if let Some(n) = btf.func_param_count(t.func) {
                 assert_eq!(t.check(Some(n)), Ok(()));
             }

@@ -18,6 +18,7 @@ mod loader;
 mod metrics;
 mod netns;
 mod output;
+mod ports;
 mod prediction;
 mod procfs;
 mod query;
@@ -83,6 +84,7 @@ fn main() {
             Command::Trace(args) => trace::run(TraceSettings::resolve(args)?).await,
             Command::Who(args) => who::run(args),
             Command::Why(args) => why::run(args),
+            Command::Ports(args) => ports::run(args),
             Command::Demo(args) => demo::run(args),
             Command::Completions { .. } | Command::Man => Ok(()),
         }

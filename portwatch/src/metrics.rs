@@ -8,7 +8,10 @@
 
 pub mod server;
 
-use std::{collections::BTreeSet, sync::atomic::AtomicU64};
+use std::{
+    collections::BTreeSet,
+    sync::{Mutex, atomic::AtomicU64},
+};
 
 use portwatch_common::Backend;
 use prometheus_client::{
@@ -48,6 +51,17 @@ struct PortLabels {
     rule: &'static str,
 }
 
+/// One watched network namespace's port space. `netns` is the namespace's inode: bounded by
+/// the namespaces portwatch watches (at most [`MAX_RANGE_NETNS`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RangeLabels {
+    netns: String,
+    protocol: &'static str,
+}
+
+/// How many namespaces the ephemeral-range gauge covers, at most.
+pub const MAX_RANGE_NETNS: usize = 32;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -61,6 +75,9 @@ pub struct Metrics {
     explanations: Family<RuleLabels, Counter>,
     port_failures: Family<PortLabels, Counter>,
     lost: Counter<u64, AtomicU64>,
+    ephemeral_ratio: Family<RangeLabels, Gauge<f64, AtomicU64>>,
+    /// The namespaces `ephemeral_ratio` has series for.
+    ephemeral_netns: Mutex<BTreeSet<u32>>,
     /// The ports `--port` named: the only ports that become label values.
     ports: BTreeSet<u16>,
 }
@@ -92,6 +109,16 @@ impl Metrics {
             "Events the kernel side dropped (ring buffer full or no room for a pending call)",
             lost.clone(),
         );
+        let ephemeral_ratio = Family::<RangeLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "portwatch_ephemeral_ports_used_ratio",
+            "Worst share of the usable ephemeral ports (ip_local_port_range less \
+             ip_local_reserved_ports) in use, per watched network namespace: tcp, toward its \
+             busiest destination (connections to it and bound sockets: connect() fails with \
+             EADDRNOTAVAIL at 1); udp, in all (a UDP connect() or sendto() on an unbound socket \
+             fails with EAGAIN at 1)",
+            ephemeral_ratio.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -110,6 +137,8 @@ impl Metrics {
             explanations,
             port_failures,
             lost,
+            ephemeral_ratio,
+            ephemeral_netns: Mutex::default(),
             ports: ports.iter().copied().collect(),
         }
     }
@@ -133,7 +162,7 @@ impl Metrics {
             return;
         }
         let port = match ev.call {
-            Call::Bind => ev.requested.as_ref().map(|r| r.port),
+            Call::Bind | Call::Connect => ev.requested.as_ref().map(|r| r.port),
             Call::Listen => sock.map(|s| s.port),
         };
         if let Some(port) = port.filter(|p| self.ports.contains(p)) {
@@ -146,6 +175,38 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Sets the ephemeral-range gauge of namespace `netns` and protocol `proto`.
+    pub fn set_ephemeral_ratio(&self, netns: u32, proto: Proto, ratio: f64) {
+        self.ephemeral_ratio
+            .get_or_create(&RangeLabels {
+                netns: netns.to_string(),
+                protocol: protocol_name(proto),
+            })
+            .set(ratio);
+        if let Ok(mut seen) = self.ephemeral_netns.lock() {
+            seen.insert(netns);
+        }
+    }
+
+    /// Drops the ephemeral-range series of namespaces not in `watched` (gone, or no longer
+    /// readable): a gauge that is not measured is not shown.
+    pub fn retain_ephemeral_netns(&self, watched: &[u32]) {
+        let Ok(mut seen) = self.ephemeral_netns.lock() else {
+            return;
+        };
+        for &netns in seen.iter() {
+            if !watched.contains(&netns) {
+                for protocol in ["tcp", "udp"] {
+                    self.ephemeral_ratio.remove(&RangeLabels {
+                        netns: netns.to_string(),
+                        protocol,
+                    });
+                }
+            }
+        }
+        seen.retain(|n| watched.contains(n));
     }
 
     /// Adds events the kernel side reported lost since the last call.

@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod json;
+pub mod ports;
 pub mod terminal;
 pub mod who;
 pub mod why;
@@ -225,8 +226,8 @@ impl Printer {
             .map(SocketView::proto_family)
             .unwrap_or_else(|| "?".into());
         let address = match (ev.call, &ev.requested, sock) {
-            (Call::Bind, Some(r), _) => requested_endpoint(r),
-            (Call::Bind, None, _) => "(unreadable)".to_string(),
+            (Call::Bind | Call::Connect, Some(r), _) => requested_endpoint(r),
+            (Call::Bind | Call::Connect, None, _) => "(unreadable)".to_string(),
             (Call::Listen, _, Some(s)) => s.endpoint(),
             (Call::Listen, _, None) => "?".to_string(),
         };
@@ -247,6 +248,10 @@ impl Printer {
             }
             if ev.kernel_socket {
                 details.push("in-kernel socket".to_string());
+            }
+            // A connect()'s ADDRESS is the destination; the local end, when it had one.
+            if ev.call == Call::Connect && sock.port != 0 {
+                details.push(format!("from {}", sock.endpoint()));
             }
             details.extend(sock.options.words(sock.family));
             if sock.netns != 0 && sock.netns != self.own_netns {
@@ -314,11 +319,16 @@ impl Printer {
                 .join(", ")
         };
         status(format_args!(
-            "portwatch: {} event{} ({} bind, {} listen) in {:.1}s; failures: {failures}; lost: {}{}",
+            "portwatch: {} event{} ({} bind, {} listen{}) in {:.1}s; failures: {failures}; lost: {}{}",
             sum.events,
             if sum.events == 1 { "" } else { "s" },
             sum.binds,
             sum.listens,
+            if sum.connects > 0 {
+                format!(", {} connect", sum.connects)
+            } else {
+                String::new()
+            },
             sum.seconds,
             sum.lost,
             if sum.unexplained_at_exit > 0 {
@@ -355,6 +365,8 @@ pub struct Summary {
     pub events: u64,
     pub binds: u64,
     pub listens: u64,
+    /// Failed connect()s (only those for want of a local port are traced).
+    pub connects: u64,
     pub by_errno: BTreeMap<String, u64>,
     /// Events the kernel dropped because the ring buffer was full.
     pub lost: u64,
@@ -371,6 +383,7 @@ impl Summary {
             events: 0,
             binds: 0,
             listens: 0,
+            connects: 0,
             by_errno: BTreeMap::new(),
             lost: 0,
             unexplained_at_exit: 0,
@@ -384,6 +397,7 @@ impl Summary {
         match ev.call {
             Call::Bind => self.binds += 1,
             Call::Listen => self.listens += 1,
+            Call::Connect => self.connects += 1,
         }
         if let Some(e) = ev.errno() {
             *self.by_errno.entry(errno::name(e)).or_default() += 1;

@@ -56,6 +56,7 @@ impl TraceSettings {
                 ports: args.ports.clone(),
                 failed_only: args.failed,
                 include_self: false,
+                connect: !args.no_connect,
             },
             filter: EventFilter {
                 comm: args.comm,
@@ -95,7 +96,7 @@ impl TraceSettings {
 }
 
 /// `--netns`: an inode as portwatch prints it, or a path that must be a network namespace.
-fn netns_arg(arg: &str) -> Result<u32> {
+pub fn netns_arg(arg: &str) -> Result<u32> {
     if let Ok(ino) = arg.parse::<u32>() {
         return Ok(ino);
     }

@@ -15,10 +15,16 @@
  *   getppid N W   W untimed, then N timed getppid() system calls (BINDS is then N): what a
  *                 tracer costs a process that never binds (syscall tracepoints put every
  *                 task on the kernel's slow syscall path)
+ *   connect N W   W untimed, then N timed successful connect()s to a listener on
+ *                 127.0.0.1:PORT+1 in the same namespace, each accepted and both ends closed
+ *                 (BINDS is then N): what a tracer costs connect(), which portwatch hooks too
+ *                 but reports only when it fails for want of a port. The client closes with
+ *                 SO_LINGER 0 (a reset), so no TIME_WAIT piles up in the range.
  * EOF or "quit" exits.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -34,6 +40,8 @@
 #include <unistd.h>
 
 static struct sockaddr_in addr;
+static struct sockaddr_in server_addr;
+static int listener = -1;
 static unsigned long errors;
 static volatile sig_atomic_t stop;
 
@@ -54,6 +62,32 @@ static void one_bind(void) {
     close(fd);
 }
 
+/* The connect loop's listener, made on first use. */
+static int ensure_listener(void) {
+    if (listener >= 0) return 0;
+    int one = 1;
+    listener = socket(AF_INET, SOCK_STREAM, 0);
+    if (listener < 0) return -1;
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(listener, (struct sockaddr *)&server_addr, sizeof server_addr) != 0) return -1;
+    return listen(listener, 4096);
+}
+
+static void one_connect(void) {
+    struct linger off = {1, 0};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) { errors++; return; }
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof off);
+    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) != 0) {
+        errors++;
+        close(fd);
+        return;
+    }
+    int a = accept(listener, NULL, NULL);
+    close(fd);
+    if (a >= 0) close(a); else errors++;
+}
+
 /* syscall(2), so no libc may answer from a cache without entering the kernel. */
 static void one_getppid(void) { syscall(SYS_getppid); }
 
@@ -64,6 +98,8 @@ int main(int argc, char **argv) {
     addr.sin_family = AF_INET;
     addr.sin_port = htons((unsigned short)atoi(argv[1]));
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    server_addr = addr;
+    server_addr.sin_port = htons((unsigned short)(atoi(argv[1]) + 1));
 
     if (unshare(CLONE_NEWNET) != 0) return die("unshare(CLONE_NEWNET)");
     int s = socket(AF_INET, SOCK_DGRAM, 0);
@@ -101,6 +137,17 @@ int main(int argc, char **argv) {
             for (unsigned long i = 0; i < w; i++) one_getppid();
             t0 = now_ns();
             for (unsigned long i = 0; i < n; i++) one_getppid();
+            t1 = now_ns();
+            binds = n;
+        } else if (sscanf(line, "connect %lu %lu", &n, &w) == 2) {
+            if (ensure_listener() != 0) {
+                printf("error listener: %s\n", strerror(errno));
+                fflush(stdout);
+                continue;
+            }
+            for (unsigned long i = 0; i < w; i++) one_connect();
+            t0 = now_ns();
+            for (unsigned long i = 0; i < n; i++) one_connect();
             t1 = now_ns();
             binds = n;
         } else if (sscanf(line, "pace %lf %lu", &rate, &n) == 2) {

@@ -6,7 +6,9 @@
 //! a port filter that never matches, portwatch writing every event as JSON and as text, and a
 //! bpftrace peer (xtask/bench/peer.bt). In the untraced, empty-program and JSON slots of each
 //! round the same loop also times getppid() calls: what portwatch costs processes that never
-//! bind, since syscall tracepoints put every task on the kernel's slow syscall path.
+//! bind, since syscall tracepoints put every task on the kernel's slow syscall path; and
+//! successful connect()s to a local listener, which portwatch hooks (to explain the ones that
+//! fail for want of a port) and must drop at next to no cost.
 //!
 //! Why the shape: single runs differ by ±20% on these shared machines, so the configurations
 //! alternate within each round (rotated by one each round, so none always follows the same
@@ -71,6 +73,10 @@ const HOST_CONFIGS: [Tracer; 6] = [
     Tracer::Peer,
 ];
 
+/// The configurations that also time the connect() loop: untraced, the empty-program floor on
+/// the same hooks (sys_exit_connect included), and portwatch with no filter.
+const CONNECT_CONFIGS: [Tracer; 3] = GETPPID_CONFIGS;
+
 /// The configurations that also time the getppid() loop: untraced, the empty-program floor,
 /// and portwatch with every event written (no filter), as rows 1, 2 and 4 of the main table.
 const GETPPID_CONFIGS: [Tracer; 3] = [
@@ -105,6 +111,11 @@ pub struct BenchArgs {
     /// configurations [default: 2000000, --quick: 1000000]; a tenth more warm up. 0 skips them.
     #[arg(long)]
     getppids: Option<u64>,
+    /// Timed successful connect()s (to a local listener, accepted and closed) per measurement
+    /// in the untraced, empty-program and JSON configurations [default: 30000, --quick:
+    /// 10000]; a tenth more warm up. 0 skips them.
+    #[arg(long)]
+    connects: Option<u64>,
     /// Seconds per step of the keeping-up sweep [default: 3, --quick: 1].
     #[arg(long)]
     sweep_secs: Option<f64>,
@@ -163,6 +174,7 @@ struct Settings {
     binds: u64,
     warmup: u64,
     getppids: u64,
+    connects: u64,
     sweep_ms: u64,
     /// Binds per configuration in the kernel-side cost pass.
     bpf_binds: u64,
@@ -199,6 +211,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         getppids: args
             .getppids
             .unwrap_or(if q { 1_000_000 } else { 2_000_000 }),
+        connects: args.connects.unwrap_or(if q { 10_000 } else { 30_000 }),
         sweep_ms: (args.sweep_secs.unwrap_or(if q { 1.0 } else { 3.0 }) * 1e3) as u64,
         bpf_binds: if q { 10_000 } else { 30_000 },
         attach_samples: args.attach_samples.unwrap_or(if q { 3 } else { 5 }),
@@ -253,6 +266,7 @@ pub fn smoke() -> Result<()> {
         binds: 2000,
         warmup: 200,
         getppids: 200_000,
+        connects: 2000,
         sweep_ms: 300,
         bpf_binds: 2000,
         attach_samples: 1,
@@ -321,6 +335,8 @@ fn execute(s: &Settings) -> Result<Results> {
             warmup: s.warmup,
             getppids: s.getppids,
             getppid_on: &GETPPID_CONFIGS,
+            connects: s.connects,
+            connect_on: &CONNECT_CONFIGS,
         },
         s.disturbance,
         &mut || !foreign_tracers().is_empty(),
@@ -398,6 +414,12 @@ fn execute(s: &Settings) -> Result<Results> {
         getppids: s.getppids,
         getppid_configs: if s.getppids > 0 {
             GETPPID_CONFIGS.to_vec()
+        } else {
+            Vec::new()
+        },
+        connects: s.connects,
+        connect_configs: if s.connects > 0 {
+            CONNECT_CONFIGS.to_vec()
         } else {
             Vec::new()
         },

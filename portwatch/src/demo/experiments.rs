@@ -47,6 +47,7 @@ impl Trial {
         let call = match caller.call {
             Call::Bind => "bind",
             Call::Listen => "listen",
+            Call::Connect => "connect",
         };
         let name = SERVER_NAMES.get(idx).copied().unwrap_or("server");
         let who = match uid {

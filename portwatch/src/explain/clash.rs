@@ -315,6 +315,7 @@ fn call_name(at: &Attempt) -> &'static str {
     match at.ev.call {
         Call::Bind => "bind()",
         Call::Listen => "listen()",
+        Call::Connect => "connect()",
     }
 }
 
@@ -398,11 +399,42 @@ pub fn ephemeral_exhausted(at: &Attempt, f: &Facts) -> Verdict {
             }
         ));
     }
-    v.fix = Some(
+    let by_connections = match &f.range_use {
+        Some(Ok(r)) => {
+            let s = &r.space;
+            v.details.push(format!(
+                "of the {} range ports in use now, {} are held by connections and {} by bound \
+                 or listening sockets",
+                s.used, s.by_connections, s.by_binds
+            ));
+            s.by_connections
+        }
+        Some(Err(why)) => {
+            v.details.push(format!(
+                "which sockets hold the range could not be counted: {why}"
+            ));
+            0
+        }
+        None => 0,
+    };
+    if by_connections > 0 {
+        v.details.push(
+            "bind() to port 0 needs a port no socket uses, while connect() shares a port \
+             between destinations: IP_BIND_ADDRESS_NO_PORT on a socket that binds before it \
+             connects leaves the choice of port to connect()"
+                .to_string(),
+        );
+    }
+    v.fix = Some(if by_connections > 0 {
+        "if this socket binds only to connect, set IP_BIND_ADDRESS_NO_PORT before bind(); else \
+         widen net.ipv4.ip_local_port_range, close sockets you no longer need, or bind a fixed \
+         port"
+            .to_string()
+    } else {
         "widen net.ipv4.ip_local_port_range, close sockets you no longer need, or bind a fixed \
          port"
-            .to_string(),
-    );
+            .to_string()
+    });
     v
 }
 

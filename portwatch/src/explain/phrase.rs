@@ -16,6 +16,7 @@ pub fn err_name(at: &Attempt) -> String {
     match at.ev.call {
         Call::Bind => name,
         Call::Listen => format!("{name} at listen()"),
+        Call::Connect => format!("{name} at connect()"),
     }
 }
 

@@ -67,6 +67,15 @@ rules! {
     ListenEphemeralExhausted => "listen-ephemeral-exhausted",
     /// The socket in the way was not found.
     HolderNotFound => "holder-not-found",
+    // connect(): the local port.
+    /// TCP connect(): no local port free toward the destination.
+    ConnectPortsExhausted => "connect-ports-exhausted",
+    /// connect() on a socket bound to a fixed port: its 4-tuple to the destination exists.
+    ConnectTupleInUse => "connect-tuple-in-use",
+    /// UDP connect(): autobind found no free UDP port.
+    ConnectUdpPortsExhausted => "connect-udp-ports-exhausted",
+    /// connect() failed for want of a port, but the numbers read after it do not show why.
+    ConnectUnexplained => "connect-unexplained",
     // The other errors.
     /// EACCES: a privileged port without CAP_NET_BIND_SERVICE.
     PrivilegedPort => "privileged-port",

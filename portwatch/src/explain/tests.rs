@@ -113,6 +113,7 @@ fn facts(holders: Vec<Holder>) -> Facts {
             bindv6only: Some(false),
             ip_autobind_reuse: Some(false),
             ip_local_reserved_ports: Some(String::new()),
+            tcp_tw_reuse: Some(2),
         },
         ..Facts::default()
     }

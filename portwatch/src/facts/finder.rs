@@ -160,7 +160,7 @@ impl FactFinder {
     }
 
     /// [`FactFinder::holders`] without the copy: read from the tables once per batch.
-    fn cached_holders(
+    pub(super) fn cached_holders(
         &mut self,
         ebpf: &mut Ebpf,
         ns: &mut Namespaces,
@@ -314,6 +314,10 @@ impl FactFinder {
         let netns = sock.netns;
         let (sysctls, addrs) = self.netns_facts(ns, netns);
         facts.sysctls = sysctls;
+        if ev.call == crate::event::Call::Connect {
+            self.connect_facts(ebpf, ns, ev, sock, &mut facts);
+            return facts;
+        }
         let errno = ev.errno();
         if errno == Some(libc::EADDRNOTAVAIL) {
             facts.local_addrs = addrs;
@@ -389,6 +393,10 @@ impl FactFinder {
         let Some(sock) = ev.socket.as_ref() else {
             return;
         };
+        if ev.call == crate::event::Call::Connect {
+            self.prefetch_connect(ebpf, ns, sock);
+            return;
+        }
         self.note_bound(ev, sock);
         let netns = sock.netns;
         match self.table_lookup(ev) {
@@ -430,8 +438,9 @@ impl FactFinder {
         match self.table_lookup(ev) {
             TableLookup::Nothing => {}
             TableLookup::EphemeralRange => {
-                facts.ephemeral_ports_in_use =
-                    self.ephemeral_in_use(ebpf, ns, sock, &facts.sysctls);
+                let range = self.range_use(ebpf, ns, sock, &facts.sysctls, None);
+                facts.ephemeral_ports_in_use = range.as_ref().ok().map(|r| r.space.used);
+                facts.range_use = Some(range);
             }
             TableLookup::Port {
                 port,
@@ -473,7 +482,7 @@ impl FactFinder {
     /// Holders as the kernel had them at the call: the whole evidence, in the caller's
     /// namespace by construction. Owners are looked up now; one that is gone is named from
     /// what portwatch saw bind it.
-    fn kernel_facts(
+    pub(super) fn kernel_facts(
         &mut self,
         ebpf: &mut Ebpf,
         ns: &mut Namespaces,
@@ -574,24 +583,6 @@ impl FactFinder {
                 }
             }
         }
-    }
-
-    fn ephemeral_in_use(
-        &mut self,
-        ebpf: &mut Ebpf,
-        ns: &mut Namespaces,
-        sock: &SocketView,
-        sysctls: &Sysctls,
-    ) -> Option<u32> {
-        let (lo, hi) = sysctls.ip_local_port_range?;
-        let all = self.holders(ebpf, ns, sock.netns, None).ok()?;
-        let ports: HashSet<u16> = all
-            .iter()
-            .filter(|h| h.socket.proto.shares_ports_with(sock.proto))
-            .map(|h| h.socket.port)
-            .filter(|p| (lo..=hi).contains(p))
-            .collect();
-        Some(ports.len() as u32)
     }
 
     fn other_netns(
@@ -698,7 +689,7 @@ fn needs_holders(ev: &Event) -> bool {
 }
 
 /// Whether the kernel side read the call's port's owners at the call.
-fn walked(ev: &Event) -> bool {
+pub(super) fn walked(ev: &Event) -> bool {
     ev.walk.is_some_and(|w| w & walk::DONE != 0)
 }
 
@@ -834,6 +825,7 @@ fn read_sysctls() -> Sysctls {
         bindv6only: sysctl_bool("net/ipv6/bindv6only"),
         ip_autobind_reuse: sysctl_bool("net/ipv4/ip_autobind_reuse"),
         ip_local_reserved_ports: sysctl("net/ipv4/ip_local_reserved_ports"),
+        tcp_tw_reuse: sysctl("net/ipv4/tcp_tw_reuse").and_then(|v| v.parse().ok()),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Every JSON wire type portwatch writes, and nothing else: what `trace --json` prints (one
-//! object per line: `bind`/`listen`, `lost`, `summary`) and what `who --json` prints (one `who`
-//! object). The README's JSON section describes these types; field names and order here are
+//! object per line: `bind`/`listen`/`connect`, `lost`, `summary`), what `who --json` prints
+//! (one `who` object) and what `ports --json` prints (one `ports` object). The README's JSON section describes these types; field names and order here are
 //! the schema. Each type borrows from the value it shows and is built just before it is written.
 
 use std::{
@@ -16,8 +16,9 @@ use crate::{
     errno,
     event::Event,
     explain::{Involved, Verdict},
+    facts::{port_use::PortOwner, ports::NetnsPorts},
     prediction::Prediction,
-    sockets::{Family, Holder, Owner, OwnerStatus, SocketView},
+    sockets::{Family, Holder, Owner, OwnerStatus, Proto, SocketView},
     workload::{Kind, Workload},
 };
 
@@ -43,7 +44,8 @@ pub fn write_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()
     })
 }
 
-/// One bind() or listen() and its explanation (`"type": "bind"` or `"listen"`).
+/// One bind(), listen() or failed connect() and its explanation (`"type": "bind"`,
+/// `"listen"` or `"connect"`; a connect's `requested` is its destination).
 #[derive(Serialize)]
 pub struct JsonEvent<'a> {
     #[serde(rename = "type")]
@@ -414,6 +416,8 @@ pub struct JsonSummary<'a> {
     events: u64,
     binds: u64,
     listens: u64,
+    /// Failed connect()s traced (those for want of a local port).
+    connects: u64,
     failed: u64,
     by_errno: &'a BTreeMap<String, u64>,
     lost: u64,
@@ -430,6 +434,7 @@ impl<'a> From<&'a Summary> for JsonSummary<'a> {
             events: s.events,
             binds: s.binds,
             listens: s.listens,
+            connects: s.connects,
             failed: s.by_errno.values().sum(),
             by_errno: &s.by_errno,
             lost: s.lost,
@@ -569,6 +574,148 @@ impl JsonRecord {
             dropped,
             max_failures,
             max_bytes,
+        }
+    }
+}
+
+/// `portwatch ports --json`: how full the ephemeral range is, per network namespace.
+#[derive(Serialize)]
+pub struct JsonPorts<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    namespaces: Vec<JsonNetnsPorts<'a>>,
+    /// Namespaces whose numbers could not be read, and why.
+    unreadable: Vec<JsonUnreadable<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonNetnsPorts<'a> {
+    netns: u32,
+    range: JsonRange,
+    tcp: JsonTcpPorts<'a>,
+    udp: JsonUdpPorts<'a>,
+}
+
+#[derive(Serialize)]
+struct JsonRange {
+    lo: u16,
+    hi: u16,
+    size: u32,
+    reserved: u32,
+    usable: u32,
+}
+
+#[derive(Serialize)]
+struct JsonTcpPorts<'a> {
+    /// Ports connect() cannot take toward the busiest destination / usable ports.
+    worst_ratio: Option<f64>,
+    /// Range ports held by bound or listening sockets: blocked toward every destination.
+    held_by_binds: u32,
+    destinations: Vec<JsonDest<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonDest<'a> {
+    addr: String,
+    port: u16,
+    /// Range ports with a connection to this destination.
+    connections: u32,
+    /// Of those, ports held only by TIME_WAIT connections.
+    time_wait: u32,
+    /// Ports connect() cannot take toward it (connections and binds).
+    blocked: u32,
+    free: u32,
+    ratio: Option<f64>,
+    owners: Vec<JsonPortOwner<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonUdpPorts<'a> {
+    used: u32,
+    free: u32,
+    ratio: Option<f64>,
+    owners: Vec<JsonPortOwner<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonPortOwner<'a> {
+    pid: u32,
+    comm: &'a str,
+    workload: Option<JsonWorkload<'a>>,
+    /// Ports (connections, for a TCP destination) this process holds.
+    count: u32,
+}
+
+#[derive(Serialize)]
+struct JsonUnreadable<'a> {
+    netns: u32,
+    why: &'a str,
+}
+
+fn ratio(n: u32, of: u32) -> Option<f64> {
+    (of > 0).then(|| (f64::from(n) / f64::from(of) * 1e4).round() / 1e4)
+}
+
+fn port_owners(owners: &[PortOwner]) -> Vec<JsonPortOwner<'_>> {
+    owners
+        .iter()
+        .map(|o| JsonPortOwner {
+            pid: o.pid,
+            comm: &o.comm,
+            workload: o.workload.as_ref().map(JsonWorkload::of),
+            count: o.count,
+        })
+        .collect()
+}
+
+impl<'a> JsonPorts<'a> {
+    pub fn new(found: &'a [NetnsPorts], unreadable: &'a [(u32, String)]) -> Self {
+        JsonPorts {
+            kind: "ports",
+            namespaces: found
+                .iter()
+                .map(|n| {
+                    let usable = n.range.usable();
+                    JsonNetnsPorts {
+                        netns: n.netns,
+                        range: JsonRange {
+                            lo: n.range.lo,
+                            hi: n.range.hi,
+                            size: n.range.size(),
+                            reserved: n.range.reserved,
+                            usable,
+                        },
+                        tcp: JsonTcpPorts {
+                            worst_ratio: n.worst_ratio(Proto::Tcp),
+                            held_by_binds: n.tcp_space.by_binds,
+                            destinations: n
+                                .tcp
+                                .iter()
+                                .map(|d| JsonDest {
+                                    addr: d.dest.0.to_string(),
+                                    port: d.dest.1,
+                                    connections: d.to_dest,
+                                    time_wait: d.to_dest_time_wait,
+                                    blocked: d.blocked,
+                                    free: d.free(),
+                                    ratio: ratio(d.blocked, usable),
+                                    owners: port_owners(&d.owners),
+                                })
+                                .collect(),
+                        },
+                        udp: JsonUdpPorts {
+                            used: n.udp.used,
+                            free: usable.saturating_sub(n.udp.used),
+                            ratio: ratio(n.udp.used, usable),
+                            owners: port_owners(&n.udp_owners),
+                        },
+                    }
+                })
+                .collect(),
+            unreadable: unreadable
+                .iter()
+                .map(|(netns, why)| JsonUnreadable { netns: *netns, why })
+                .collect(),
         }
     }
 }

@@ -97,6 +97,8 @@ pub fn main(a: GuestArgs) -> Result<()> {
             warmup: a.binds / 10,
             getppids: 0,
             getppid_on: &[],
+            connects: 0,
+            connect_on: &[],
         },
         Disturbance {
             max_other_cpu: f64::INFINITY,

@@ -26,6 +26,10 @@ pub struct Measurement {
     /// [`Sizes::getppid_on`].
     #[serde(default)]
     pub ns_per_getppid: Option<f64>,
+    /// ns per successful connect() (+ accept + close) under the same tracer, for the
+    /// configurations in [`Sizes::connect_on`].
+    #[serde(default)]
+    pub ns_per_connect: Option<f64>,
     pub stats: Option<TracerStats>,
     /// CPU used by everything but the bind loop and the tracer while the loop ran, in cores:
     /// another job on this shared machine competing with the measurement.
@@ -54,6 +58,9 @@ pub struct Sizes<'a> {
     /// Timed getppid() calls (a tenth more warm up), for the tracers in `getppid_on` only.
     pub getppids: u64,
     pub getppid_on: &'a [Tracer],
+    /// Timed connect()s (a tenth more warm up), for the tracers in `connect_on` only.
+    pub connects: u64,
+    pub connect_on: &'a [Tracer],
 }
 
 /// Runs every configuration once per round, rotated by one each round.
@@ -89,7 +96,10 @@ pub fn run_rounds(
                 m.ns_per_bind,
                 m.ns_per_getppid
                     .map(|g| format!("  {g:>5.0} ns/getppid"))
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    + &m.ns_per_connect
+                        .map(|c| format!("  {c:>5.0} ns/connect"))
+                        .unwrap_or_default(),
                 tracer.label(),
                 m.stats
                     .as_ref()
@@ -157,13 +167,19 @@ fn measure(
     } else {
         None
     };
+    let connect = if sizes.connects > 0 && sizes.connect_on.contains(&tracer) {
+        Some(worker.connect(sizes.connects, sizes.connects / 10)?)
+    } else {
+        None
+    };
     let sample = worker.run(sizes.binds, sizes.warmup)?;
     let (busy1, ours1) = (noise::busy_cpu_s(), ours(&running));
     let timed_s = |s: &Sample, warmup: u64| {
         s.ns as f64 / 1e9 * (s.binds + warmup) as f64 / s.binds.max(1) as f64
     };
-    let secs =
-        timed_s(&sample, sizes.warmup) + getppid.map_or(0.0, |g| timed_s(&g, sizes.getppids / 10));
+    let secs = timed_s(&sample, sizes.warmup)
+        + getppid.map_or(0.0, |g| timed_s(&g, sizes.getppids / 10))
+        + connect.map_or(0.0, |c| timed_s(&c, sizes.connects / 10));
     let stats = match running {
         Some(r) => Some(r.stop(&[worker.pid])?),
         None => None,
@@ -173,8 +189,9 @@ fn measure(
         tracer,
         ns_per_bind: sample.ns_per_bind(),
         binds: sample.binds,
-        errors: sample.errors,
+        errors: sample.errors + connect.map_or(0, |c| c.errors),
         ns_per_getppid: getppid.map(|g| g.ns_per_bind()),
+        ns_per_connect: connect.map(|c| c.ns_per_bind()),
         stats,
         other_cpu: (((busy1 - busy0) - (ours1 - ours0)) / secs.max(1e-3)).max(0.0),
         foreign_tracer: false,

@@ -33,7 +33,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// itself (bpftrace compiles `{ }` to `r0 = 0; exit`, 2 instructions). The BEGIN probe is a
 /// uprobe in bpftrace's own process, off the bind path; it says "attached".
 const EMPTY_BT: &str = "BEGIN { printf(\"READY\\n\"); }\n\
-tracepoint:syscalls:sys_exit_bind, tracepoint:syscalls:sys_exit_listen { }\n";
+tracepoint:syscalls:sys_exit_bind, tracepoint:syscalls:sys_exit_listen, \
+tracepoint:syscalls:sys_exit_connect { }\n";
 
 /// The peer script (row 6), kept in the repo as the comparison.
 const PEER_BT: &str = include_str!("../../bench/peer.bt");
@@ -77,7 +78,7 @@ impl Tracer {
         match self {
             Tracer::None => "untraced".into(),
             Tracer::EmptyBpf => {
-                "empty BPF programs on portwatch's hooks, sys_exit_bind + sys_exit_listen (bpftrace `{ }`)"
+                "empty BPF programs on portwatch's hooks, sys_exit_bind + sys_exit_listen + sys_exit_connect (bpftrace `{ }`)"
                     .into()
             }
             Tracer::Portwatch(b, Mode::Filtered) => {

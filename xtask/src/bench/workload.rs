@@ -135,6 +135,13 @@ impl Worker {
         self.reply()
     }
 
+    /// `warmup` untimed, then `connects` timed connect()s to a local listener (accepted and
+    /// closed): what a tracer costs a successful connect().
+    pub fn connect(&mut self, connects: u64, warmup: u64) -> Result<Sample> {
+        self.send(&format!("connect {connects} {warmup}"))?;
+        self.reply()
+    }
+
     /// Starts binding at `rate` per second (∞ for flat out) for `ms`; collect with [`Self::reply`].
     pub fn send_pace(&mut self, rate: f64, ms: u64) -> Result<()> {
         let rate = if rate.is_finite() { rate } else { 1e12 };

@@ -24,6 +24,7 @@ macro_rules! twice {
 }
 
 mod cases;
+mod connect;
 mod expect;
 mod holding;
 mod instant;
@@ -241,5 +242,6 @@ pub fn scenarios() -> Vec<Scenario> {
     ));
     v.extend(real_server::scenarios());
     v.extend(instant::scenarios());
+    v.extend(connect::scenarios());
     v
 }

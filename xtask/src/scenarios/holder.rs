@@ -83,6 +83,13 @@ enum Request {
     UringBind {
         spec: SockSpec,
     },
+    /// A socket from `spec` (its options; bound to its address first when `bind`, and
+    /// listening when the spec says so), then connect() to `to`. The socket is kept, connected or not.
+    Connect {
+        spec: SockSpec,
+        bind: bool,
+        to: SocketAddr,
+    },
     /// `n` times: a new socket from `spec`, bind, hold it `hold_us`, close, wait `gap_us`.
     BindLoop {
         spec: SockSpec,
@@ -276,6 +283,33 @@ impl Holder {
             Reply::Bound(b) => Ok(b),
             other => Err(anyhow!("unexpected reply {other:?}")),
         }
+    }
+
+    /// A socket from `spec`, bound to its address first when `bind`, connected to `to`. A
+    /// failed connect (or bind) is not an error: see [`Bound::errno`].
+    pub fn connect(&mut self, spec: &SockSpec, bind: bool, to: &str) -> Result<Bound> {
+        let req = Request::Connect {
+            spec: spec.clone(),
+            bind,
+            to: to.parse().with_context(|| format!("bad address {to:?}"))?,
+        };
+        match self.request(&req)? {
+            Reply::Bound(b) => Ok(b),
+            other => Err(anyhow!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// Like [`Holder::connect`], but it must succeed.
+    pub fn connect_ok(&mut self, spec: &SockSpec, bind: bool, to: &str) -> Result<Bound> {
+        let b = self.connect(spec, bind, to)?;
+        if b.errno != 0 {
+            bail!(
+                "holder connect of {} to {to} failed: {}",
+                spec.proto.name(),
+                sock::errno_text(b.errno)
+            );
+        }
+        Ok(b)
     }
 
     pub fn close(&mut self, id: u32) -> Result<()> {

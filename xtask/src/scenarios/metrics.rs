@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use super::{
     Ctx, Scenario, eventually,
     holder::Holder,
-    netns::Netns,
+    netns::{self, Netns},
     portwatch::Portwatch,
     prometheus::{self, Prometheus},
     sock::SockSpec,
@@ -18,7 +18,10 @@ use super::{
 const EADDRINUSE: i32 = libc::EADDRINUSE;
 
 pub fn scenarios() -> Vec<Scenario> {
-    vec![Scenario::alone("metrics_scraped_by_prometheus", scraped_by_prometheus).host_only()]
+    vec![
+        Scenario::alone("metrics_scraped_by_prometheus", scraped_by_prometheus).host_only(),
+        Scenario::alone("metrics_ephemeral_ports_used_ratio", ephemeral_ratio),
+    ]
 }
 
 /// Where portwatch said it serves metrics.
@@ -139,5 +142,63 @@ fn scrape(cx: &Ctx, addr: SocketAddr) -> Result<()> {
         inuse.first().map(|r| r.1) == Some(3.0),
         "EADDRINUSE binds by PromQL: {inuse:?}"
     );
+    Ok(())
+}
+
+/// The gauge `portwatch_ephemeral_ports_used_ratio` (issue 17): in a namespace whose range has
+/// 4 ports, a client holding 3 connections to one server makes tcp 0.75 (another
+/// destination's connection does not count toward it), one connected UDP socket makes udp
+/// 0.25. The sockets exist before portwatch starts, so its first measurement sees them.
+fn ephemeral_ratio(cx: &Ctx, ns: &Netns) -> Result<()> {
+    netns::set_sysctl("net/ipv4/ip_local_port_range", "40000 40003")?;
+    let mut server = Holder::spawn(ns, "pw-server")?;
+    server.bind_ok(&SockSpec::tcp("127.0.0.1:9999").listening())?;
+    server.bind_ok(&SockSpec::tcp("127.0.0.1:9998").listening())?;
+    let mut client = Holder::spawn(ns, "pw-client")?;
+    let tcp = SockSpec::tcp("0.0.0.0:0");
+    for _ in 0..3 {
+        client.connect_ok(&tcp, false, "127.0.0.1:9999")?;
+    }
+    client.connect_ok(&tcp, false, "127.0.0.1:9998")?;
+    client.connect_ok(&SockSpec::udp("0.0.0.0:0"), false, "127.0.0.1:53")?;
+    let pw = Portwatch::start(&cx.pw, &["--netns", &ns.path(), "--metrics", "127.0.0.1:0"])?;
+    let addr = metrics_addr(&pw)?;
+    let series = |proto: &str| {
+        format!(
+            "portwatch_ephemeral_ports_used_ratio{{netns=\"{}\",protocol=\"{proto}\"}} ",
+            ns.inode()
+        )
+    };
+    let mut text = String::new();
+    let seen = eventually(cx.pw.timeout(15.0), || {
+        text = cx
+            .pw
+            .root_ns
+            .run(|| prometheus::http_get(addr, "/metrics", ""))?;
+        Ok(text.contains(&series("tcp")))
+    })?;
+    ensure!(seen, "no tcp gauge for netns {}:\n{text}", ns.inode());
+    let value = |proto: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series(proto)))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    ensure!(
+        value("tcp") == Some(0.75) && value("udp") == Some(0.25),
+        "want tcp 0.75 and udp 0.25 for netns {}, got tcp {:?}, udp {:?}:\n{text}",
+        ns.inode(),
+        value("tcp"),
+        value("udp")
+    );
+    // Only the watched namespace (--netns) has series.
+    let others = text
+        .lines()
+        .filter(|l| l.starts_with("portwatch_ephemeral_ports_used_ratio{"))
+        .filter(|l| !l.contains(&format!("netns=\"{}\"", ns.inode())))
+        .count();
+    ensure!(others == 0, "series of unwatched namespaces:\n{text}");
+    client.exit()?;
+    server.exit()?;
+    pw.stop()?;
     Ok(())
 }

@@ -139,7 +139,7 @@ impl Stopped {
         self.records
             .iter()
             .filter_map(|r| r.as_ref().ok())
-            .filter(|v| matches!(v["type"].as_str(), Some("bind" | "listen")))
+            .filter(|v| matches!(v["type"].as_str(), Some("bind" | "listen" | "connect")))
             .map(|v| Event(v.clone()))
     }
 
@@ -459,7 +459,7 @@ fn events_of(lines: &[String], netns: u64) -> Vec<Event> {
     lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| matches!(v["type"].as_str(), Some("bind" | "listen")))
+        .filter(|v| matches!(v["type"].as_str(), Some("bind" | "listen" | "connect")))
         .filter(|v| v["netns"].as_u64() == Some(netns))
         .map(Event)
         .collect()

@@ -387,7 +387,8 @@ fn json_lines(_cx: &Ctx, run: &SharedRun) -> Result<()> {
             Ok(v) => {
                 let t = v["type"].as_str();
                 ensure!(
-                    v.is_object() && matches!(t, Some("bind" | "listen" | "lost" | "summary")),
+                    v.is_object()
+                        && matches!(t, Some("bind" | "listen" | "connect" | "lost" | "summary")),
                     "stdout line {} has no known \"type\": {v}",
                     i + 1
                 );

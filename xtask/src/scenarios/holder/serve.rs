@@ -135,6 +135,17 @@ impl State {
                 self.in_flight.push(f);
                 Reply::Bound(b)
             }
+            Request::Connect { spec, bind, to } => {
+                let s = Sock::open(&spec).map_err(|e| format!("creating the socket: {e}"))?;
+                let mut r = if bind { s.bind() } else { Ok(()) };
+                if r.is_ok() && bind && spec.listen {
+                    r = s.listen(128);
+                }
+                if r.is_ok() {
+                    r = s.connect(to);
+                }
+                Reply::Bound(self.keep(s, &r, None))
+            }
             Request::BindLoop {
                 spec,
                 n,
