@@ -458,6 +458,9 @@ fn why_running_tracer(cx: &Ctx, ns: &Netns) -> Result<()> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .with_context(|| format!("why --json printed {out}"))?;
+    for o in &objs {
+        super::schema::check(o).context("why --json")?;
+    }
     ensure!(
         objs == [ev.0.clone()],
         "why --json must give the object trace --json printed:\n  trace: {}\n  why:   {out}",

@@ -338,6 +338,7 @@ fn ports_snapshot(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).context("parsing portwatch ports --json")?;
+    crate::scenarios::schema::check(&v).context("ports --json")?;
     fields_of(
         &v,
         &[
