@@ -136,6 +136,51 @@ fn connect_ns(m: &Measurement) -> Option<f64> {
     m.ns_per_connect
 }
 
+/// The table of a loop timed in the slots of rows 1, 2 and 4 (getppid(), connect()): time per
+/// `call`, speed against untraced, the ns added per `unit`, and the time against the empty
+/// programs'.
+fn per_call_table(
+    out: &mut String,
+    ms: &[Measurement],
+    configs: &[Tracer],
+    call: &str,
+    unit: &str,
+    value: fn(&Measurement) -> Option<f64>,
+) {
+    let _ = writeln!(
+        out,
+        "| # | Configuration | ns per {call}, median (min–max) | Speed vs untraced, median (min–max of rounds) | Added ns per {unit} | Time / the empty programs' time |\n\
+         |---|---|---|---|---|---|"
+    );
+    for &t in configs {
+        let ns: Vec<f64> = of(ms, t).values().filter_map(|m| value(m)).collect();
+        let (untraced, floor) = (t == Tracer::None, t == Tracer::EmptyBpf);
+        let vs_floor = paired_by(ms, t, Tracer::EmptyBpf, value, |x, e| x / e);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            row_number(t),
+            t.label(),
+            spread_ns(&Spread::of(&ns)),
+            if untraced {
+                "100%".into()
+            } else {
+                spread_pct(&paired_by(ms, Tracer::None, t, value, |u, x| u / x))
+            },
+            if untraced {
+                "–".into()
+            } else {
+                spread_ns(&paired_by(ms, t, Tracer::None, value, |x, u| x - u))
+            },
+            match vs_floor {
+                _ if untraced || floor => "–".into(),
+                Some(v) => format!("{:.3} ({:.3}–{:.3})", v.median, v.min, v.max),
+                None => "n/a".into(),
+            },
+        );
+    }
+}
+
 /// What the tracers cost a successful connect(): the connect loop under rows 1, 2, 4. The
 /// issue's targets: ≥ 0.98 of untraced on fexit (VM, not measured here), within 1% of the
 /// empty programs on the tracepoint backend.
@@ -151,37 +196,14 @@ fn connect_section(r: &Results, out: &mut String) {
         r.connects,
         r.connects / 10
     );
-    out.push_str(
-        "| # | Configuration | ns per connect(), median (min–max) | Speed vs untraced, median (min–max of rounds) | Added ns per connect | Time / the empty programs' time |\n\
-         |---|---|---|---|---|---|\n",
+    per_call_table(
+        out,
+        ms,
+        &r.connect_configs,
+        "connect()",
+        "connect",
+        connect_ns,
     );
-    for &t in &r.connect_configs {
-        let ns: Vec<f64> = of(ms, t).values().filter_map(|m| connect_ns(m)).collect();
-        let (untraced, floor) = (t == Tracer::None, t == Tracer::EmptyBpf);
-        let vs_floor = paired_by(ms, t, Tracer::EmptyBpf, connect_ns, |x, e| x / e);
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} |",
-            row_number(t),
-            t.label(),
-            spread_ns(&Spread::of(&ns)),
-            if untraced {
-                "100%".into()
-            } else {
-                spread_pct(&paired_by(ms, Tracer::None, t, connect_ns, |u, x| u / x))
-            },
-            if untraced {
-                "–".into()
-            } else {
-                spread_ns(&paired_by(ms, t, Tracer::None, connect_ns, |x, u| x - u))
-            },
-            match vs_floor {
-                _ if untraced || floor => "–".into(),
-                Some(v) => format!("{:.3} ({:.3}–{:.3})", v.median, v.min, v.max),
-                None => "n/a".into(),
-            },
-        );
-    }
     let json = Tracer::Portwatch(Backend::Tracepoint, Mode::Json);
     if let Some(v) = paired_by(ms, json, Tracer::EmptyBpf, connect_ns, |x, e| x / e) {
         let _ = writeln!(
@@ -211,37 +233,7 @@ fn getppid_section(r: &Results, out: &mut String) {
         r.getppids,
         r.getppids / 10
     );
-    out.push_str(
-        "| # | Configuration | ns per getppid(), median (min–max) | Speed vs untraced, median (min–max of rounds) | Added ns per call | Time / the empty programs' time |\n\
-         |---|---|---|---|---|---|\n",
-    );
-    for &t in &r.getppid_configs {
-        let ns: Vec<f64> = of(ms, t).values().filter_map(|m| getppid_ns(m)).collect();
-        let (untraced, floor) = (t == Tracer::None, t == Tracer::EmptyBpf);
-        let vs_floor = paired_by(ms, t, Tracer::EmptyBpf, getppid_ns, |x, e| x / e);
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} |",
-            row_number(t),
-            t.label(),
-            spread_ns(&Spread::of(&ns)),
-            if untraced {
-                "100%".into()
-            } else {
-                spread_pct(&paired_by(ms, Tracer::None, t, getppid_ns, |u, x| u / x))
-            },
-            if untraced {
-                "–".into()
-            } else {
-                spread_ns(&paired_by(ms, t, Tracer::None, getppid_ns, |x, u| x - u))
-            },
-            match vs_floor {
-                _ if untraced || floor => "–".into(),
-                Some(v) => format!("{:.3} ({:.3}–{:.3})", v.median, v.min, v.max),
-                None => "n/a".into(),
-            },
-        );
-    }
+    per_call_table(out, ms, &r.getppid_configs, "getppid()", "call", getppid_ns);
     let json = Tracer::Portwatch(Backend::Tracepoint, Mode::Json);
     let added = |t| paired_by(ms, t, Tracer::None, getppid_ns, |x, u| x - u);
     let base = Spread::of(
