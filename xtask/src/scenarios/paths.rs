@@ -117,12 +117,7 @@ fn uring_who(cx: &Ctx, _pw: &Portwatch, ns: &Netns) -> Result<()> {
         errno_text(b.errno)
     );
     let v = super::who::who(cx, &["8080"])?;
-    let mine: Vec<&Value> = v["holders"]
-        .as_array()
-        .context("no holders array")?
-        .iter()
-        .filter(|x| x["netns"].as_u64() == Some(ns.inode()))
-        .collect();
+    let mine = super::who::holders_in(&v, ns)?;
     ensure!(
         mine.len() == 1,
         "want the io_uring-bound socket in netns {}, got {mine:?}",

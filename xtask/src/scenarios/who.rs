@@ -76,12 +76,7 @@ fn who_without_ptrace(cx: &Ctx, _pw: &Portwatch, ns: &Netns) -> Result<()> {
             ],
         )
         .context(as_whom)?;
-        let mine: Vec<&Value> = v["holders"]
-            .as_array()
-            .context("no holders array")?
-            .iter()
-            .filter(|x| x["netns"].as_u64() == Some(ns.inode()))
-            .collect();
+        let mine = holders_in(v, ns)?;
         ensure!(
             mine.len() == 1,
             "{as_whom}: want one holder here, got {mine:?}"
@@ -93,6 +88,16 @@ fn who_without_ptrace(cx: &Ctx, _pw: &Portwatch, ns: &Netns) -> Result<()> {
         .context(as_whom)?;
     }
     Ok(())
+}
+
+/// The holders `who --json` listed in `ns`.
+pub(super) fn holders_in<'a>(v: &'a Value, ns: &Netns) -> Result<Vec<&'a Value>> {
+    Ok(v["holders"]
+        .as_array()
+        .context("no holders array")?
+        .iter()
+        .filter(|x| x["netns"].as_u64() == Some(ns.inode()))
+        .collect())
 }
 
 pub(super) fn who(cx: &Ctx, args: &[&str]) -> Result<Value> {
@@ -117,11 +122,7 @@ fn who_bound_only(cx: &Ctx, _pw: &Portwatch, ns: &Netns) -> Result<()> {
     let mut h = Holder::spawn(ns, "pw-holder")?;
     let b = h.bind_ok(&SockSpec::tcp("127.0.0.1:8080").with(|o| o.reuseaddr = true))?;
     let v = who(cx, &["8080"])?;
-    let holders = v["holders"].as_array().context("no holders array")?;
-    let mine: Vec<&Value> = holders
-        .iter()
-        .filter(|x| x["netns"].as_u64() == Some(ns.inode()))
-        .collect();
+    let mine = holders_in(&v, ns)?;
     ensure!(
         mine.len() == 1,
         "want the one holder in netns {}, got {mine:?}",
