@@ -35,6 +35,20 @@ pub const VM_CONFIGS: [Tracer; 5] = [
     Tracer::Portwatch(Backend::Fexit, Mode::Json),
 ];
 
+/// The configurations that also time the getppid() and connect() loops in the VM: untraced and
+/// each backend with every event written. A process that never binds should pay nothing for
+/// fexit (its hooks are on the socket functions, not on every system call), and a successful
+/// connect() next to nothing on either backend.
+pub const VM_CALL_CONFIGS: [Tracer; 3] = [
+    Tracer::None,
+    Tracer::Portwatch(Backend::Tracepoint, Mode::Json),
+    Tracer::Portwatch(Backend::Fexit, Mode::Json),
+];
+
+/// getppid() calls and connect()s timed per measurement in the VM, per timed bind.
+pub const VM_GETPPIDS_PER_BIND: u64 = 50;
+pub const VM_BINDS_PER_CONNECT: u64 = 3;
+
 /// Boot, several portwatch starts (BTF parsing under emulation takes a while), power-off.
 const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
@@ -95,10 +109,10 @@ pub fn main(a: GuestArgs) -> Result<()> {
         Sizes {
             binds: a.binds,
             warmup: a.binds / 10,
-            getppids: 0,
-            getppid_on: &[],
-            connects: 0,
-            connect_on: &[],
+            getppids: a.binds * VM_GETPPIDS_PER_BIND,
+            getppid_on: &VM_CALL_CONFIGS,
+            connects: a.binds / VM_BINDS_PER_CONNECT,
+            connect_on: &VM_CALL_CONFIGS,
         },
         Disturbance {
             max_other_cpu: f64::INFINITY,
