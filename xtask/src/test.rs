@@ -332,6 +332,7 @@ fn vm_scenarios(
         command,
         timeout: VM_TIMEOUT,
         memory_mb: 1024,
+        cpus: 1,
     };
     let work = workspace_root()
         .join("target/xtask-vm-test")

@@ -426,6 +426,8 @@ pub struct Guest {
     /// Wall-clock limit for boot + command + power-off. TCG boots take ~3-5 s.
     pub timeout: Duration,
     pub memory_mb: u32,
+    /// vCPUs (`-smp`): 1 for the tests; the bench gives the loop a vCPU of its own.
+    pub cpus: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -471,33 +473,25 @@ pub fn run(kernel: &Kernel, guest: &Guest, work: &Path) -> Result<GuestOutput> {
     fs::write(&results_path, b"")?;
 
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-smp",
-        "1",
-        "-no-reboot",
-        "-nographic",
-    ])
-    .args(["-m", &guest.memory_mb.to_string()])
-    // No NIC: the guest only needs `lo`, and this skips the iPXE option ROM.
-    .args(["-nic", "none"])
-    .arg("-kernel")
-    .arg(&kernel.vmlinuz)
-    .arg("-initrd")
-    .arg(&initrd)
-    // panic=-1: reboot at once on panic, which -no-reboot turns into QEMU exiting.
-    .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
-    // The first -serial is ttyS0 (console, multiplexed with the monitor on stdio as
-    // -nographic does by default); the second is ttyS1, the results channel.
-    .args(["-serial", "mon:stdio"])
-    .arg("-serial")
-    .arg(format!("file:{}", results_path.display()))
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-no-reboot", "-nographic"])
+        .args(["-m", &guest.memory_mb.to_string()])
+        .args(["-smp", &guest.cpus.to_string()])
+        // No NIC: the guest only needs `lo`, and this skips the iPXE option ROM.
+        .args(["-nic", "none"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        // panic=-1: reboot at once on panic, which -no-reboot turns into QEMU exiting.
+        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        // The first -serial is ttyS0 (console, multiplexed with the monitor on stdio as
+        // -nographic does by default); the second is ttyS1, the results channel.
+        .args(["-serial", "mon:stdio"])
+        .arg("-serial")
+        .arg(format!("file:{}", results_path.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // qboot (qemu-system-data) jumps straight to the kernel; SeaBIOS is the fallback.
     if Path::new(QBOOT).exists() {
         cmd.args(["-bios", QBOOT]);
@@ -900,6 +894,7 @@ pub fn run_cli(args: VmArgs) -> Result<()> {
         command: args.command.join(" "),
         timeout: Duration::from_secs(args.timeout),
         memory_mb: args.memory,
+        cpus: 1,
     };
     let out = run(&kernel, &guest, &args.work)?;
     eprintln!("===== console ({}) =====", kernel.version);

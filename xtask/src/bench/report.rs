@@ -695,7 +695,7 @@ fn vm_kernel(vm: &Result<GuestResults, String>, out: &mut String) {
     let _ = writeln!(out, "### {}\n", g.kernel);
     let _ = writeln!(
         out,
-        "Kernel {} under QEMU TCG, {} vCPU shared by the bind loop and portwatch; {} rounds × {} binds; \
+        "Kernel {} under QEMU TCG, {} vCPUs (the loop pinned to the last, portwatch free to run on the others); {} rounds × {} binds; \
          boot to power-off {:.0} s. **TCG emulates every instruction: only these ratios, taken inside \
          the VM, mean anything; do not compare them with the host's table.**\n",
         g.kernel, g.nproc, g.rounds, g.binds, g.vm_seconds
