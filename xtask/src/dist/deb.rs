@@ -81,7 +81,7 @@ pub fn build(release: &Release, binary: &Path, out_dir: &Path) -> Result<PathBuf
         .sum::<std::io::Result<u64>>()?;
     put(
         "DEBIAN/control",
-        control(release, installed_kib).as_bytes(),
+        control(release, installed_kib)?.as_bytes(),
         0o644,
     )?;
     // Directories as dpkg expects them, whatever the umask was.
@@ -110,13 +110,14 @@ fn walk_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-fn control(release: &Release, installed_kib: u64) -> String {
-    format!(
+fn control(release: &Release, installed_kib: u64) -> Result<String> {
+    Ok(format!(
         "Package: portwatch\n\
          Version: {}-1\n\
          Architecture: amd64\n\
          Maintainer: {MAINTAINER}\n\
          Installed-Size: {installed_kib}\n\
+         Built-Using: glibc (= {})\n\
          Section: net\n\
          Priority: optional\n\
          Description: explains bind() and listen() results live, with eBPF\n \
@@ -128,13 +129,99 @@ fn control(release: &Release, installed_kib: u64) -> String {
          .\n \
          Needs Linux 5.17 or later with BTF (/sys/kernel/btf/vmlinux). The binary is\n \
          statically linked; the systemd unit is installed but not enabled.\n",
-        release.version
+        release.version,
+        glibc_version()?
+    ))
+}
+
+/// The Debian source version of the glibc the binary is statically linked with (libc6-dev's
+/// source): Built-Using names it, as Debian policy asks of a static link, so that the exact
+/// LGPL source stays available from the archive.
+fn glibc_version() -> Result<String> {
+    let v =
+        cmd::probe(Command::new("dpkg-query").args(["-W", "-f=${source:Version}", "libc6-dev"]))
+            .context("dpkg-query libc6-dev (apt-get install libc6-dev)")?;
+    Ok(v.trim().to_string())
+}
+
+/// A crate linked into the binary (or its embedded eBPF object), as `cargo metadata` names it.
+struct LinkedCrate {
+    name: String,
+    version: String,
+    license: String,
+}
+
+/// The registry crates compiled into `/usr/bin/portwatch`: the normal (not build or dev)
+/// dependencies of `portwatch` and of `portwatch-ebpf`, whose object is embedded in it.
+fn linked_crates() -> Result<Vec<LinkedCrate>> {
+    let out = cmd::probe(
+        Command::new("cargo")
+            .args(["metadata", "--format-version", "1", "--filter-platform"])
+            .arg("x86_64-unknown-linux-gnu")
+            .current_dir(workspace_root()),
     )
+    .context("cargo metadata")?;
+    let meta: serde_json::Value = serde_json::from_str(&out).context("parsing cargo metadata")?;
+    let packages = meta["packages"].as_array().context("no packages")?;
+    let nodes = meta["resolve"]["nodes"]
+        .as_array()
+        .context("no resolve graph")?;
+    let members: Vec<&str> = meta["workspace_members"]
+        .as_array()
+        .context("no workspace members")?
+        .iter()
+        .filter_map(|m| m.as_str())
+        .collect();
+    let id_of = |name: &str| {
+        packages
+            .iter()
+            .find(|p| p["name"] == name && members.contains(&p["id"].as_str().unwrap_or("")))
+            .and_then(|p| p["id"].as_str())
+    };
+    let mut todo: Vec<&str> = ["portwatch", "portwatch-ebpf"]
+        .iter()
+        .map(|n| id_of(n).with_context(|| format!("no workspace package {n}")))
+        .collect::<Result<_>>()?;
+    let mut seen: std::collections::BTreeSet<&str> = todo.iter().copied().collect();
+    while let Some(id) = todo.pop() {
+        let node = nodes.iter().find(|n| n["id"] == id).context("a node")?;
+        for dep in node["deps"].as_array().into_iter().flatten() {
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|k| k["kind"].is_null());
+            if let Some(pkg) = dep["pkg"].as_str()
+                && normal
+                && seen.insert(pkg)
+            {
+                todo.push(pkg);
+            }
+        }
+    }
+    let mut crates: Vec<LinkedCrate> = packages
+        .iter()
+        .filter(|p| {
+            let id = p["id"].as_str().unwrap_or("");
+            seen.contains(id) && !members.contains(&id)
+        })
+        .map(|p| LinkedCrate {
+            name: p["name"].as_str().unwrap_or("").to_string(),
+            version: p["version"].as_str().unwrap_or("").to_string(),
+            license: p["license"].as_str().unwrap_or("not stated").to_string(),
+        })
+        .collect();
+    crates.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    Ok(crates)
 }
 
 /// machine-readable copyright (DEP-5). The eBPF programs inside the binary are MIT or GPL-2.0
 /// (the kernel requires a GPL-compatible license for the helpers they call).
 fn copyright(release: &Release) -> Result<String> {
+    let crates: String = linked_crates()?
+        .iter()
+        .map(|c| format!(" {} {}: {}\n", c.name, c.version, c.license))
+        .collect();
     let mit = fs::read_to_string(workspace_root().join("LICENSE-MIT"))?;
     let mit: String = mit
         .lines()
@@ -154,7 +241,13 @@ fn copyright(release: &Release) -> Result<String> {
          Files: *\n\
          Copyright: portwatch developers\n\
          License: MIT or Apache-2.0\n\
-         Comment: The eBPF programs embedded in /usr/bin/portwatch are MIT or GPL-2.\n\
+         Comment: The eBPF programs embedded in /usr/bin/portwatch are MIT or GPL-2.\n \
+         .\n \
+         /usr/bin/portwatch is statically linked. It contains the Rust standard library\n \
+         (MIT or Apache-2.0), the GNU C Library (LGPL-2.1+; Built-Using names the exact\n \
+         source version, which Debian's archive keeps) and these crates from crates.io,\n \
+         each under the license its authors state:\n\
+         {crates}\
          \n\
          License: MIT\n{mit}\
          \n\
