@@ -152,7 +152,8 @@ struct LinkedCrate {
 }
 
 /// The registry crates compiled into `/usr/bin/portwatch`: the normal (not build or dev)
-/// dependencies of `portwatch` and of `portwatch-ebpf`, whose object is embedded in it.
+/// dependencies of `portwatch` and of `portwatch-ebpf`, whose object is embedded in it,
+/// procedural macros left out.
 fn linked_crates() -> Result<Vec<LinkedCrate>> {
     let out = cmd::probe(
         Command::new("cargo")
@@ -203,7 +204,15 @@ fn linked_crates() -> Result<Vec<LinkedCrate>> {
         .iter()
         .filter(|p| {
             let id = p["id"].as_str().unwrap_or("");
-            seen.contains(id) && !members.contains(&id)
+            // Procedural macros run in the compiler; nothing of theirs is in the binary.
+            let proc_macro = p["targets"].as_array().into_iter().flatten().any(|t| {
+                t["kind"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|k| k == "proc-macro")
+            });
+            seen.contains(id) && !members.contains(&id) && !proc_macro
         })
         .map(|p| LinkedCrate {
             name: p["name"].as_str().unwrap_or("").to_string(),
