@@ -230,6 +230,20 @@ fn installed(release: &Release) -> Result<()> {
             "dpkg -L does not list /{f}"
         );
     }
+    // What an auditor reads: the crates inside the static binary, with their licenses, and
+    // the glibc source it was linked from.
+    let copyright = std::fs::read_to_string("/usr/share/doc/portwatch/copyright")?;
+    ensure!(
+        copyright.contains("\n aya 0.") && copyright.contains("GNU C Library"),
+        "the copyright file should list the linked crates (aya among them) and glibc:\n{copyright}"
+    );
+    let built_using =
+        cmd::probe(Command::new("dpkg-query").args(["-W", "-f", "${Built-Using}", "portwatch"]))
+            .unwrap_or_default();
+    ensure!(
+        built_using.starts_with("glibc (= "),
+        "the installed package should say Built-Using: glibc (= VERSION), got {built_using:?}"
+    );
     let version = super::output_of(Path::new("/usr/bin/portwatch"), &["--version"])?;
     let version = String::from_utf8_lossy(&version);
     ensure!(
