@@ -89,6 +89,31 @@ pub struct Event {
 }
 
 impl Event {
+    /// A call by `pid` (`comm`) that did not come from the kernel side: the bind `who --addr`
+    /// imagines, and the tests' calls. Nothing is known of it yet (no request, no socket, no
+    /// holders, result 0): fill in what is.
+    pub fn imagined(call: Call, pid: u32, comm: &str) -> Self {
+        Event {
+            call,
+            backend: None,
+            boot_ns: 0,
+            pid,
+            tid: pid,
+            uid: 0,
+            comm: comm.into(),
+            cgroup_id: 0,
+            workload: None,
+            fd: None,
+            requested: None,
+            ret: 0,
+            socket: None,
+            kernel_holders: vec![],
+            walk: None,
+            holders_sent: 0,
+            kernel_socket: false,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.ret >= 0
     }

@@ -207,23 +207,8 @@ mod tests {
         assert_ne!(pid, tid, "tests run on worker threads");
         let process = procfs::comm(pid).expect("our own /proc entry");
         let ev = Event {
-            call: crate::event::Call::Bind,
-            backend: None,
-            boot_ns: 0,
-            pid,
             tid,
-            uid: 0,
-            comm: "worker-1".into(),
-            cgroup_id: 0,
-            workload: None,
-            fd: None,
-            requested: None,
-            ret: 0,
-            socket: None,
-            kernel_holders: vec![],
-            walk: None,
-            holders_sent: 0,
-            kernel_socket: false,
+            ..Event::imagined(crate::event::Call::Bind, pid, "worker-1")
         };
         let filter = |name: &str| EventFilter {
             comm: Some(name.to_string()),

@@ -191,16 +191,8 @@ fn predict(
         tw_left_ms: None,
     };
     let ev = Event {
-        call: Call::Bind,
-        backend: None,
-        boot_ns: 0,
-        pid: std::process::id(),
         tid: 0,
         uid,
-        comm: "portwatch".into(),
-        cgroup_id: 0,
-        workload: None,
-        fd: None,
         requested: Some(Requested {
             sa_family: family.af(),
             addr,
@@ -210,12 +202,8 @@ fn predict(
                 .then(|| socket.options.device.clone())
                 .flatten(),
         }),
-        ret: 0,
         socket: Some(socket.clone()),
-        kernel_holders: vec![],
-        walk: None,
-        holders_sent: 0,
-        kernel_socket: false,
+        ..Event::imagined(Call::Bind, std::process::id(), "portwatch")
     };
     let mut holders = finder
         .holders(ebpf, ns, target, Some(args.port))

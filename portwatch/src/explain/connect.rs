@@ -330,15 +330,7 @@ mod tests {
         let mut s = sock(proto, local.0, local.1);
         s.ino = 1;
         Event {
-            call: Call::Connect,
-            backend: None,
-            boot_ns: 0,
-            pid: 42,
-            tid: 42,
             uid: 1000,
-            comm: "client".into(),
-            cgroup_id: 0,
-            workload: None,
             fd: Some(3),
             requested: Some(Requested {
                 sa_family: s.family.af(),
@@ -349,10 +341,7 @@ mod tests {
             }),
             ret: -errno,
             socket: Some(s),
-            kernel_holders: vec![],
-            walk: None,
-            holders_sent: 0,
-            kernel_socket: false,
+            ..Event::imagined(Call::Connect, 42, "client")
         }
     }
 

@@ -45,15 +45,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
         };
     }
     Event {
-        call: Call::Bind,
-        backend: None,
-        boot_ns: 0,
-        pid: 42,
-        tid: 42,
         uid: 1000,
-        comm: "server".into(),
-        cgroup_id: 0,
-        workload: None,
         fd: Some(3),
         requested: Some(Requested {
             sa_family: s.family.af(),
@@ -64,10 +56,7 @@ fn bind(proto: Proto, addr: &str, port: u16, ret: i32, opts: Options) -> Event {
         }),
         ret,
         socket: Some(s),
-        kernel_holders: vec![],
-        walk: None,
-        holders_sent: 0,
-        kernel_socket: false,
+        ..Event::imagined(Call::Bind, 42, "server")
     }
 }
 

@@ -11,13 +11,8 @@ use crate::{
 fn call(call: Call, proto: Proto, addr: &str, port: u16, ret: i32) -> Event {
     let socket = explain::tests::sock(proto, addr, port);
     Event {
-        call,
         backend: Some(Backend::Tracepoint),
-        boot_ns: 0,
-        pid: 4242,
-        tid: 4242,
         uid: 1000,
-        comm: "server".into(),
         cgroup_id: 77,
         fd: Some(3),
         requested: (call == Call::Bind).then_some(Requested {
@@ -29,11 +24,7 @@ fn call(call: Call, proto: Proto, addr: &str, port: u16, ret: i32) -> Event {
         }),
         ret,
         socket: Some(socket),
-        kernel_holders: vec![],
-        walk: None,
-        holders_sent: 0,
-        kernel_socket: false,
-        workload: None,
+        ..Event::imagined(call, 4242, "server")
     }
 }
 

@@ -18,13 +18,6 @@ fn failure(comm: &str, cgroup: &str) -> (Event, Verdict) {
     let mut s = sock(Proto::Tcp, "0.0.0.0", 0);
     s.ino = 1;
     let ev = Event {
-        call: Call::Bind,
-        backend: None,
-        boot_ns: 0,
-        pid: 812,
-        tid: 812,
-        uid: 0,
-        comm: comm.into(),
         cgroup_id: 77,
         workload: Some(Arc::new(Workload::parse(cgroup))),
         fd: Some(6),
@@ -37,10 +30,7 @@ fn failure(comm: &str, cgroup: &str) -> (Event, Verdict) {
         }),
         ret: -libc::EADDRINUSE,
         socket: Some(s),
-        kernel_holders: vec![],
-        walk: None,
-        holders_sent: 0,
-        kernel_socket: false,
+        ..Event::imagined(Call::Bind, 812, comm)
     };
     let mut held = sock(Proto::Tcp, "0.0.0.0", 80);
     held.state = State::LISTEN;
