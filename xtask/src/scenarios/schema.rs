@@ -216,7 +216,7 @@ mod tests {
     fn the_schema_file_parses_and_accepts_what_portwatch_writes() {
         check(&json!({"type": "lost", "lost": 3, "total_lost": 5})).unwrap();
         check(&json!({
-            "type": "summary", "backend": "fexit", "events": 1, "binds": 1, "listens": 0,
+            "type": "summary", "backend": "fexit", "events": 1, "binds": 1, "listens": 0, "connects": 0,
             "failed": 0, "by_errno": {}, "lost": 0, "unexplained_at_exit": 0, "seconds": 0.5
         }))
         .unwrap();
