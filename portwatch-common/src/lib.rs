@@ -1,7 +1,12 @@
 //! Types shared by the kernel programs and the CLI. Everything here is `#[repr(C)]` plain data:
 //! the kernel side writes these bytes into maps and the ring buffer, and user space reads them
 //! back with the same layout.
-#![no_std]
+//!
+//! It is the whole contract: every record, every name one side looks up in the other (maps,
+//! programs, globals), every bit and how numbers are packed where the kernel side passes them
+//! between its functions ([`pack`]). A `const` assertion pins the size of every record, so a
+//! field added on one side only fails the build.
+#![cfg_attr(not(test), no_std)]
 
 /// Length of `task_struct.comm`.
 pub const COMM_LEN: usize = 16;
@@ -26,17 +31,27 @@ pub mod record {
     pub const CONNECT: u8 = 4;
 }
 
+/// The errno values both sides compare results with (as the kernel numbers them on every
+/// architecture portwatch builds for: `asm-generic/errno-base.h` and `errno.h`).
+pub mod errno {
+    pub const EBADF: i32 = 9;
+    /// UDP: autobind found no free local port.
+    pub const EAGAIN: i32 = 11;
+    pub const EFAULT: i32 = 14;
+    pub const ENOTSOCK: i32 = 88;
+    /// The local address/port is taken (TCP connect(): rare, the kernel mostly says
+    /// EADDRNOTAVAIL).
+    pub const EADDRINUSE: i32 = 98;
+    /// TCP connect(): no local port free toward this destination, the 4-tuple exists, or the
+    /// source address is not local.
+    pub const EADDRNOTAVAIL: i32 = 99;
+}
+
 /// The errnos a connect() is traced for: the ones about the local port. Every other result
 /// (success, EINPROGRESS, ECONNREFUSED...) is dropped in the kernel right after the return value
 /// is read, so tracing connect() costs next to nothing.
 pub mod connect_errno {
-    /// UDP: autobind found no free local port.
-    pub const EAGAIN: i32 = 11;
-    /// TCP: the local address/port is taken (rare; the kernel mostly says EADDRNOTAVAIL).
-    pub const EADDRINUSE: i32 = 98;
-    /// TCP: no local port free toward this destination, the 4-tuple exists, or the source
-    /// address is not local.
-    pub const EADDRNOTAVAIL: i32 = 99;
+    use crate::errno::{EADDRINUSE, EADDRNOTAVAIL, EAGAIN};
 
     /// Whether a connect() return value is one portwatch traces.
     #[inline(always)]
@@ -45,19 +60,111 @@ pub mod connect_errno {
     }
 }
 
-/// Names of the connect() programs in the kernel object (the kernel side's functions carry
-/// exactly these names; the loader attaches them only when connect() is traced).
-pub mod connect_programs {
-    /// Tracepoint backend: `syscalls/sys_exit_connect`.
+/// An fexit program and the kernel function it attaches to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FexitTarget {
+    /// The program's name in the object.
+    pub prog: &'static str,
+    /// The kernel function.
+    pub func: &'static str,
+    /// How many parameters the program assumes `func` takes. An fexit program reads the
+    /// return value from the context slot right after the parameters (the kernel side reads
+    /// slot `params`), so where a kernel's `func` takes a different number, the program would
+    /// take a parameter for the result: the loader checks it against the kernel's BTF.
+    pub params: usize,
+}
+
+/// Names of the programs in the kernel object. aya names a program after its function, so the
+/// kernel side's functions carry exactly these names (a unit test of `portwatch` finds each
+/// one in the built object); user space finds programs only through these.
+pub mod programs {
+    use crate::FexitTarget;
+
+    /// The tracepoints' category: `syscalls/sys_exit_*`.
+    pub const TRACEPOINT_CATEGORY: &str = "syscalls";
+    /// Tracepoint backend: one program per syscall, at its exit.
+    pub const SYS_EXIT_BIND: &str = "sys_exit_bind";
+    pub const SYS_EXIT_LISTEN: &str = "sys_exit_listen";
+    /// Attached only when connect() is traced.
     pub const SYS_EXIT_CONNECT: &str = "sys_exit_connect";
-    /// fexit backend: TCP (and every SOCK_STREAM inet socket), IPv4 and IPv6.
-    pub const FEXIT_STREAM: &str = "fexit_inet_stream_connect";
-    pub const STREAM_FUNC: &str = "inet_stream_connect";
-    /// fexit backend: UDP, IPv4 and IPv6.
-    pub const FEXIT_DGRAM: &str = "fexit_inet_dgram_connect";
-    pub const DGRAM_FUNC: &str = "inet_dgram_connect";
-    /// Both take (sock, uaddr, addr_len, flags): the result is read after four parameters.
-    pub const PARAMS: usize = 4;
+
+    /// `int inet_bind(struct socket *sock, struct sockaddr *uaddr, int addr_len)`.
+    pub const FEXIT_INET_BIND: FexitTarget = FexitTarget {
+        prog: "fexit_inet_bind",
+        func: "inet_bind",
+        params: 3,
+    };
+    /// `inet6_bind`: the same shape.
+    pub const FEXIT_INET6_BIND: FexitTarget = FexitTarget {
+        prog: "fexit_inet6_bind",
+        func: "inet6_bind",
+        params: 3,
+    };
+    /// `int inet_listen(struct socket *sock, int backlog)`.
+    pub const FEXIT_INET_LISTEN: FexitTarget = FexitTarget {
+        prog: "fexit_inet_listen",
+        func: "inet_listen",
+        params: 2,
+    };
+    /// `bool inet_bind_conflict(sk, sk2, uid, relax, reuseport_cb_ok, reuseport_ok)`.
+    pub const FEXIT_INET_BIND_CONFLICT: FexitTarget = FexitTarget {
+        prog: "fexit_inet_bind_conflict",
+        func: "inet_bind_conflict",
+        params: 6,
+    };
+    /// `int inet_stream_connect(sock, uaddr, addr_len, flags)`: TCP (and every SOCK_STREAM
+    /// inet socket), IPv4 and IPv6. Attached only when connect() is traced.
+    pub const FEXIT_INET_STREAM_CONNECT: FexitTarget = FexitTarget {
+        prog: "fexit_inet_stream_connect",
+        func: "inet_stream_connect",
+        params: 4,
+    };
+    /// `inet_dgram_connect`: the same shape, for UDP.
+    pub const FEXIT_INET_DGRAM_CONNECT: FexitTarget = FexitTarget {
+        prog: "fexit_inet_dgram_connect",
+        func: "inet_dgram_connect",
+        params: 4,
+    };
+
+    /// The socket table iterators (iter/tcp, iter/udp) and the task-file one.
+    pub const ITER_TCP: &str = "iter_tcp";
+    pub const ITER_UDP: &str = "iter_udp";
+    pub const ITER_TASK_FILE: &str = "iter_task_file";
+
+    /// How much of a program's name the kernel keeps (BPF_OBJ_NAME_LEN, 16, less the NUL):
+    /// what bpftool shows.
+    pub const KERNEL_NAME_LEN: usize = 15;
+
+    /// `name` as the kernel keeps it ([`KERNEL_NAME_LEN`]). Names are ASCII.
+    pub fn kernel_name(name: &str) -> &str {
+        &name[..name.len().min(KERNEL_NAME_LEN)]
+    }
+}
+
+/// Names of the kernel side's read-only globals, which user space fills in before load. The
+/// kernel side's statics carry exactly these names (`#[unsafe(no_mangle)]`).
+pub mod globals {
+    /// The [`crate::KernelLayout`].
+    pub const LAYOUT: &str = "LAYOUT";
+    /// The [`crate::Settings`].
+    pub const SETTINGS: &str = "SETTINGS";
+}
+
+/// Whether two names are the same: for `const` assertions that a name the kernel side must
+/// spell as a literal (an attribute's argument) is the contract's.
+pub const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Bits in [`BindEvent::walk`]: how the kernel side looked for the port's other owners.
@@ -161,6 +268,114 @@ pub const RING_BYTES: u32 = 1 << 22;
 
 /// Words of the [`maps::PORT_BITS`] bitmap: one bit per port.
 pub const PORT_WORDS: u32 = 65536 / 64;
+
+/// Where a port sits in the [`maps::PORT_BITS`] bitmap: bit `port % 64` of word `port / 64`.
+/// User space sets the bits, the kernel side tests them.
+pub mod port_bits {
+    /// The word that holds `port`'s bit.
+    #[inline(always)]
+    pub const fn word(port: u16) -> u32 {
+        (port >> 6) as u32
+    }
+
+    /// `port`'s bit in its word.
+    #[inline(always)]
+    pub const fn bit(port: u16) -> u64 {
+        1u64 << (port & 63)
+    }
+}
+
+/// How the kernel side packs several numbers into one `u64` where it passes them between its
+/// own functions: a BPF function takes at most five arguments and returns one number, and a
+/// global one takes plain numbers only. Written once here, with host tests, so the packing and
+/// the unpacking cannot drift apart. Nothing packed here crosses to user space.
+pub mod pack {
+    /// A holder walk's result: how many holders it found (or sent), and its [`crate::walk`]
+    /// bits.
+    #[inline(always)]
+    pub const fn walk_result(count: u8, walk: u8) -> u64 {
+        count as u64 | (walk as u64) << 8
+    }
+
+    /// The count of a [`walk_result`].
+    #[inline(always)]
+    pub const fn walk_count(result: u64) -> u8 {
+        result as u8
+    }
+
+    /// The [`crate::walk`] bits of a [`walk_result`].
+    #[inline(always)]
+    pub const fn walk_bits(result: u64) -> u8 {
+        (result >> 8) as u8
+    }
+
+    /// A call's return value and fd.
+    #[inline(always)]
+    pub const fn ret_fd(ret: i32, fd: i32) -> u64 {
+        ret as u32 as u64 | (fd as u32 as u64) << 32
+    }
+
+    /// The return value of a [`ret_fd`].
+    #[inline(always)]
+    pub const fn ret(ret_fd: u64) -> i32 {
+        ret_fd as u32 as i32
+    }
+
+    /// The fd of a [`ret_fd`].
+    #[inline(always)]
+    pub const fn fd(ret_fd: u64) -> i32 {
+        (ret_fd >> 32) as u32 as i32
+    }
+
+    /// An event's [`crate::record`] tag, its [`crate::Backend`] value and the
+    /// [`walk_result`] of its holders.
+    #[inline(always)]
+    pub const fn meta(record: u8, backend: u8, walked: u64) -> u64 {
+        record as u64 | (backend as u64) << 8 | walked << 16
+    }
+
+    /// The record tag of a [`meta`].
+    #[inline(always)]
+    pub const fn meta_record(meta: u64) -> u8 {
+        meta as u8
+    }
+
+    /// The backend value of a [`meta`].
+    #[inline(always)]
+    pub const fn meta_backend(meta: u64) -> u8 {
+        (meta >> 8) as u8
+    }
+
+    /// The [`walk_result`] of a [`meta`].
+    #[inline(always)]
+    pub const fn meta_walked(meta: u64) -> u64 {
+        meta >> 16
+    }
+
+    /// A socket's protocol, type and `sk_uid`.
+    #[inline(always)]
+    pub const fn body(protocol: u16, sock_type: u16, uid: u32) -> u64 {
+        protocol as u64 | (sock_type as u64) << 16 | (uid as u64) << 32
+    }
+
+    /// The protocol of a [`body`].
+    #[inline(always)]
+    pub const fn body_protocol(body: u64) -> u16 {
+        body as u16
+    }
+
+    /// The socket type of a [`body`].
+    #[inline(always)]
+    pub const fn body_sock_type(body: u64) -> u16 {
+        (body >> 16) as u16
+    }
+
+    /// The `sk_uid` of a [`body`].
+    #[inline(always)]
+    pub const fn body_uid(body: u64) -> u32 {
+        (body >> 32) as u32
+    }
+}
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 pub mod tcp_state {
@@ -462,6 +677,35 @@ pub struct Settings {
     pub _pad: [u8; 6],
 }
 
+impl Settings {
+    /// Where `ret` sits in a `sys_exit_*` record on every kernel so far (after the common
+    /// header and the syscall number): used when tracefs was not read (fexit, `who`).
+    pub const TP_EXIT_RET_DEFAULT: u32 = 16;
+
+    /// What the object holds before user space writes its settings: no filter.
+    pub const UNSET: Settings = Settings {
+        filter_pid: 0,
+        self_pid: 0,
+        wakeup_bytes: 0,
+        tp_exit_ret: Settings::TP_EXIT_RET_DEFAULT,
+        nr_bind: 0,
+        nr_listen: 0,
+        nr_connect: 0,
+        filter_ports: 0,
+        filter_failed: 0,
+        _pad: [0; 6],
+    };
+}
+
+// The records' sizes, as both sides lay them out: a field added, removed or resized on one
+// side only fails the build here.
+const _: () = assert!(core::mem::size_of::<Field>() == 8);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 63 * core::mem::size_of::<Field>());
+const _: () = assert!(core::mem::size_of::<BindEvent>() == 136);
+const _: () = assert!(core::mem::size_of::<HolderRecord>() == 88);
+const _: () = assert!(core::mem::size_of::<TaskFileRecord>() == 112);
+const _: () = assert!(core::mem::size_of::<Settings>() == 40);
+
 /// `ITER_PORT[0]` value meaning "dump every socket".
 pub const ITER_ALL_PORTS: u32 = 0;
 
@@ -473,4 +717,76 @@ mod pod {
     unsafe impl aya::Pod for super::HolderRecord {}
     unsafe impl aya::Pod for super::TaskFileRecord {}
     unsafe impl aya::Pod for super::Settings {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_map_to_one_bit_each() {
+        assert_eq!((port_bits::word(0), port_bits::bit(0)), (0, 1));
+        assert_eq!((port_bits::word(63), port_bits::bit(63)), (0, 1 << 63));
+        assert_eq!((port_bits::word(64), port_bits::bit(64)), (1, 1));
+        assert_eq!(
+            (port_bits::word(8080), port_bits::bit(8080)),
+            (126, 1 << 16)
+        );
+        assert_eq!(port_bits::word(u16::MAX), PORT_WORDS - 1);
+        // Every port has its own (word, bit).
+        let mut seen = [0u64; PORT_WORDS as usize];
+        for port in 0..=u16::MAX {
+            let w = &mut seen[port_bits::word(port) as usize];
+            assert_eq!(*w & port_bits::bit(port), 0, "port {port}");
+            *w |= port_bits::bit(port);
+        }
+        assert!(seen.iter().all(|&w| w == u64::MAX));
+    }
+
+    #[test]
+    fn packed_numbers_unpack_to_themselves() {
+        for (ret, fd) in [(0, 3), (-98, -1), (i32::MIN, i32::MAX), (-1, 0)] {
+            let v = pack::ret_fd(ret, fd);
+            assert_eq!((pack::ret(v), pack::fd(v)), (ret, fd));
+        }
+        let walked = pack::walk_result(MAX_HOLDERS, walk::DONE | walk::CUT | walk::LOST);
+        assert_eq!(pack::walk_count(walked), MAX_HOLDERS);
+        assert_eq!(pack::walk_bits(walked), walk::DONE | walk::CUT | walk::LOST);
+        let meta = pack::meta(record::CONNECT, Backend::Fexit as u8, walked);
+        assert_eq!(pack::meta_record(meta), record::CONNECT);
+        assert_eq!(pack::meta_backend(meta), Backend::Fexit as u8);
+        assert_eq!(pack::meta_walked(meta), walked);
+        let body = pack::body(IPPROTO_UDP, 2, u32::MAX);
+        assert_eq!(pack::body_protocol(body), IPPROTO_UDP);
+        assert_eq!(pack::body_sock_type(body), 2);
+        assert_eq!(pack::body_uid(body), u32::MAX);
+    }
+
+    #[test]
+    fn program_names_as_the_kernel_keeps_them() {
+        assert_eq!(
+            programs::kernel_name(programs::FEXIT_INET6_BIND.prog),
+            "fexit_inet6_bin"
+        );
+        assert_eq!(
+            programs::kernel_name(programs::SYS_EXIT_BIND),
+            "sys_exit_bind"
+        );
+    }
+
+    #[test]
+    fn names_compare_whole() {
+        assert!(same_name(globals::LAYOUT, "LAYOUT"));
+        assert!(!same_name("LAYOUT", "LAYOUTS"));
+        assert!(!same_name("inet_bind", "inet6bind"));
+    }
+
+    #[test]
+    fn only_local_port_errnos_of_connect_are_traced() {
+        assert!(connect_errno::traced(-errno::EADDRNOTAVAIL));
+        assert!(connect_errno::traced(-errno::EAGAIN));
+        assert!(!connect_errno::traced(0));
+        assert!(!connect_errno::traced(-111)); // ECONNREFUSED
+        assert!(!connect_errno::traced(-115)); // EINPROGRESS
+    }
 }

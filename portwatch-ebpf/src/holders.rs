@@ -28,7 +28,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
 };
 use portwatch_common::{
-    HolderRecord, IPPROTO_TCP, IPPROTO_UDP, MAX_HOLDERS, holder, lost, record, walk,
+    HolderRecord, IPPROTO_TCP, IPPROTO_UDP, MAX_HOLDERS, holder, lost, pack, record, walk,
 };
 
 use crate::{
@@ -92,7 +92,7 @@ const BPF_LOOP_GO_ON: i64 = 0;
 /// Finds the sockets other than `sk` (a `struct sock *`) that hold `port` in `sk`'s namespace
 /// and port space, into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them.
 /// `own_bucket`: the socket is bound (a success), so its bind bucket is known without hashing.
-/// Returns a [`Sent`] packed as `count found | walk << 8`.
+/// Returns a [`Sent`] packed as a [`pack::walk_result`].
 ///
 /// A global BPF function: the verifier checks it once, not once per state of its caller.
 /// Arguments are plain numbers, as global functions need.
@@ -102,7 +102,7 @@ const BPF_LOOP_GO_ON: i64 = 0;
 #[inline(never)]
 pub extern "C" fn portwatch_walk_port(sk: u64, protocol: u64, port: u64, own_bucket: u64) -> u64 {
     let sent = walk_port(sk, protocol as u16, port as u16, own_bucket != 0);
-    u64::from(sent.count) | u64::from(sent.walk) << 8
+    pack::walk_result(sent.count, sent.walk)
 }
 
 #[inline(always)]
@@ -179,24 +179,25 @@ fn walk_port(sk: u64, protocol: u16, port: u16, own_bucket: bool) -> Sent {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn portwatch_send_found(protocol: u64, netns: u64, tid: u64, walked: u64) -> u64 {
+    let mut bits = pack::walk_bits(walked);
     let Some(w) = state() else {
-        return walked & !0xff;
+        return pack::walk_result(0, bits);
     };
-    let mut result = walked & !0xff;
-    let mut sent = 0u64;
+    let found = u64::from(pack::walk_count(walked));
+    let mut sent = 0u8;
     let mut i = 0;
     while i < MAX_HOLDERS as usize {
-        if (i as u64) >= w.n || (i as u64) >= (walked & 0xff) {
+        if (i as u64) >= w.n || (i as u64) >= found {
             break;
         }
         if send(w.found[i], protocol as u16, netns as u32, tid as u32, 0) {
             sent += 1;
         } else {
-            result |= u64::from(walk::LOST) << 8;
+            bits |= walk::LOST;
         }
         i += 1;
     }
-    result | sent
+    pack::walk_result(sent, bits)
 }
 
 /// The value of an `hlist` field read as a pointer: the first node of a head, or a node's

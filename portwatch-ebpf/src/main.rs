@@ -34,7 +34,9 @@ use aya_ebpf::{
 use kernel::{LAYOUT, Sock, global, probe_kernel, probe_user, read_field, tp_arg};
 use portwatch_common::{
     AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP,
-    PORT_WORDS, RING_BYTES, Settings, connect_errno, flags, lost, record,
+    PORT_WORDS, RING_BYTES, Settings, connect_errno,
+    errno::{EADDRINUSE, EADDRNOTAVAIL, EAGAIN, EBADF, EFAULT, ENOTSOCK},
+    flags, globals, lost, maps, pack, port_bits, programs, record, same_name,
 };
 
 // ---- configuration written by user space before load (read-only, so the verifier sees
@@ -42,41 +44,29 @@ use portwatch_common::{
 
 /// Filters, syscall numbers and tracepoint offsets: see [`Settings`].
 #[unsafe(no_mangle)]
-static SETTINGS: Settings = Settings {
-    filter_pid: 0,
-    self_pid: 0,
-    wakeup_bytes: 0,
-    tp_exit_ret: 16,
-    nr_bind: 0,
-    nr_listen: 0,
-    nr_connect: 0,
-    filter_ports: 0,
-    filter_failed: 0,
-    _pad: [0; 6],
-};
+static SETTINGS: Settings = Settings::UNSET;
+const _: () = assert!(same_name(stringify!(SETTINGS), globals::SETTINGS));
 
 // ---- maps
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+const _: () = assert!(same_name(stringify!(EVENTS), maps::EVENTS));
 
 /// The `--port` set as a bitmap: bit `port % 64` of word `port / 64`. An array lookup is
 /// inlined by the verifier, so a filtered-out bind costs a few instructions, not a hash probe.
 #[map]
 static PORT_BITS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+const _: () = assert!(same_name(stringify!(PORT_BITS), maps::PORT_BITS));
 
 /// Events dropped in the kernel, indexed by [`lost`].
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
+const _: () = assert!(same_name(stringify!(LOST), maps::LOST));
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
-
-const EBADF: i32 = 9;
-const EFAULT: i32 = 14;
-const ENOTSOCK: i32 = 88;
-const EADDRINUSE: i32 = 98;
 
 /// The address the caller asked for, as it was passed (never what the kernel left behind).
 #[repr(C)]
@@ -118,8 +108,8 @@ fn pid_wanted() -> bool {
 #[inline(always)]
 fn port_in_filter(port: u16) -> bool {
     PORT_BITS
-        .get(u32::from(port >> 6))
-        .is_some_and(|w| w & (1u64 << (port & 63)) != 0)
+        .get(port_bits::word(port))
+        .is_some_and(|w| w & port_bits::bit(port) != 0)
 }
 
 /// Decodes a sockaddr_in / sockaddr_in6 from raw bytes (network order as in memory).
@@ -249,7 +239,7 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
     if let Some(sk) = &sk {
         body = sk.body();
         // EAGAIN is about the local port only for UDP (autobind found none free).
-        if rec == record::CONNECT && ret == -connect_errno::EAGAIN && body.protocol != IPPROTO_UDP {
+        if rec == record::CONNECT && ret == -EAGAIN && body.protocol != IPPROTO_UDP {
             return;
         }
         // The port the call is about: as asked for a failed bind, as bound otherwise. A connect
@@ -260,7 +250,7 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
         } else if ret == -EADDRINUSE && rec == record::BIND && req.ok != 0 {
             req.port
         } else if (ret == -EADDRINUSE && rec == record::LISTEN)
-            || (ret == -connect_errno::EADDRNOTAVAIL && rec == record::CONNECT)
+            || (ret == -EADDRNOTAVAIL && rec == record::CONNECT)
         {
             bound_port
         } else {
@@ -271,7 +261,7 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
             // The socket sits in its own bind bucket after a successful call, and after a
             // failed connect() on a socket bound to that port.
             let own_bucket = ret == 0 || rec == record::CONNECT;
-            let found = holders::portwatch_walk_port(
+            let walked = holders::portwatch_walk_port(
                 sk.sk,
                 protocol,
                 u64::from(port),
@@ -281,7 +271,7 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
                 protocol,
                 u64::from(sk.netns()),
                 bpf_get_current_pid_tgid(),
-                found,
+                walked,
             ) as u32;
         }
     }
@@ -292,9 +282,9 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
     write_event(
         req,
         sk_ptr,
-        u64::from(ret as u32) | u64::from(fd as u32) << 32,
-        u64::from(rec) | u64::from(backend as u8) << 8 | u64::from(sent) << 16,
-        u64::from(body.protocol) | u64::from(body.sock_type) << 16 | u64::from(body.uid) << 32,
+        pack::ret_fd(ret, fd),
+        pack::meta(rec, backend as u8, u64::from(sent)),
+        pack::body(body.protocol, body.sock_type, body.uid),
     );
 }
 
@@ -304,22 +294,22 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
 /// adds up the frames of a call chain against one 512-byte limit (6.1 counts the holder walk's
 /// frame on top of the caller's), and this keeps both chains under it. `sk` is null when the
 /// socket could not be reached; the numbers are packed because a BPF function takes at most
-/// five arguments: `ret_fd` = ret | fd << 32, `meta` = record | backend << 8 | walk result
-/// << 16, `body` = protocol | type << 16 | uid << 32.
+/// five arguments: [`pack::ret_fd`], [`pack::meta`] (with the holder walk's result) and
+/// [`pack::body`].
 #[inline(never)]
 fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64) {
     let Some(mut entry) = EVENTS.reserve::<BindEvent>(0) else {
         count_lost(lost::RINGBUF);
         return;
     };
-    let rec = meta as u8;
-    let sent = (meta >> 16) as u32;
+    let rec = pack::meta_record(meta);
+    let walked = pack::meta_walked(meta);
     let e = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
     let sk = unsafe { sk.as_ref() };
     unsafe {
         (*e).record = rec;
-        (*e).backend = (meta >> 8) as u8;
+        (*e).backend = pack::meta_backend(meta);
         (*e).flags = if req.ok == 0 && rec != record::LISTEN {
             flags::NO_REQUEST
         } else {
@@ -329,16 +319,16 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
         (*e).req_port = req.port;
         (*e).req_addr = req.addr;
         (*e).req_scope_id = req.scope_id;
-        (*e).ret = ret_fd as u32 as i32;
+        (*e).ret = pack::ret(ret_fd);
         (*e).ts_ns = bpf_ktime_get_boot_ns();
         (*e).cgroup_id = bpf_get_current_cgroup_id();
         (*e).pid = (pid_tgid >> 32) as u32;
         (*e).tid = pid_tgid as u32;
         (*e).uid = bpf_get_current_uid_gid() as u32;
-        (*e).fd = (ret_fd >> 32) as u32 as i32;
+        (*e).fd = pack::fd(ret_fd);
         (*e).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        (*e).walk = (sent >> 8) as u8;
-        (*e).holders = sent as u8;
+        (*e).walk = pack::walk_bits(walked);
+        (*e).holders = pack::walk_count(walked);
         (*e)._pad = [0; 7];
         match sk {
             Some(sk) => {
@@ -347,9 +337,9 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
                 (*e).family = family;
                 (*e).bound_port = sk.num();
                 (*e).bound_addr = sk.rcv_saddr(family);
-                (*e).protocol = body as u16;
-                (*e).sock_type = (body >> 16) as u16;
-                (*e).sk_uid = (body >> 32) as u32;
+                (*e).protocol = pack::body_protocol(body);
+                (*e).sock_type = pack::body_sock_type(body);
+                (*e).sk_uid = pack::body_uid(body);
                 (*e).netns = sk.netns();
                 (*e).bound_dev_if = sk.bound_dev_if();
                 (*e).reuse = sk.reuse();
@@ -358,7 +348,7 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
                 (*e).sock_ino = sk.ino_of(socket);
                 // A socket without a file is the kernel's own (the syscall backend only ever
                 // sees sockets behind an fd, so it need not look).
-                if (meta >> 8) as u8 == Backend::Fexit as u8
+                if pack::meta_backend(meta) == Backend::Fexit as u8
                     && socket != 0
                     && read_field(socket, &LAYOUT.socket_file) == 0
                 {
@@ -402,12 +392,20 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     on_exit(&ctx, record::BIND);
     0
 }
+const _: () = assert!(same_name(
+    stringify!(sys_exit_bind),
+    programs::SYS_EXIT_BIND
+));
 
 #[tracepoint]
 pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     on_exit(&ctx, record::LISTEN);
     0
 }
+const _: () = assert!(same_name(
+    stringify!(sys_exit_listen),
+    programs::SYS_EXIT_LISTEN
+));
 
 /// A failed connect(). Everything but the errnos about the local port is dropped right after
 /// the return value is read, before any helper runs: connect() is frequent.
@@ -416,6 +414,10 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     on_exit(&ctx, record::CONNECT);
     0
 }
+const _: () = assert!(same_name(
+    stringify!(sys_exit_connect),
+    programs::SYS_EXIT_CONNECT
+));
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, rec: u8) {
@@ -487,12 +489,22 @@ pub fn fexit_inet_bind(ctx: FExitContext) -> i32 {
     fexit_bind(&ctx);
     0
 }
+const _: () = assert!(
+    same_name(stringify!(fexit_inet_bind), programs::FEXIT_INET_BIND.prog)
+        && same_name("inet_bind", programs::FEXIT_INET_BIND.func)
+);
 
 #[fexit(function = "inet6_bind")]
 pub fn fexit_inet6_bind(ctx: FExitContext) -> i32 {
     fexit_bind(&ctx);
     0
 }
+const _: () = assert!(
+    same_name(
+        stringify!(fexit_inet6_bind),
+        programs::FEXIT_INET6_BIND.prog
+    ) && same_name("inet6_bind", programs::FEXIT_INET6_BIND.func)
+);
 
 /// `int inet_bind(struct socket *sock, struct sockaddr *uaddr, int addr_len)`, and the same
 /// shape for inet6_bind. The sockaddr was already copied into kernel memory.
@@ -501,7 +513,7 @@ fn fexit_bind(ctx: &FExitContext) {
     if !pid_wanted() {
         return;
     }
-    let ret = kernel::fexit_arg(ctx, 3) as i32;
+    let ret = kernel::fexit_arg(ctx, programs::FEXIT_INET_BIND.params as u64) as i32;
     if global(&SETTINGS.filter_failed) != 0 && ret >= 0 {
         return;
     }
@@ -517,19 +529,37 @@ pub fn fexit_inet_stream_connect(ctx: FExitContext) -> i32 {
     fexit_connect(&ctx);
     0
 }
+const _: () = assert!(
+    same_name(
+        stringify!(fexit_inet_stream_connect),
+        programs::FEXIT_INET_STREAM_CONNECT.prog
+    ) && same_name(
+        "inet_stream_connect",
+        programs::FEXIT_INET_STREAM_CONNECT.func
+    )
+);
 
 #[fexit(function = "inet_dgram_connect")]
 pub fn fexit_inet_dgram_connect(ctx: FExitContext) -> i32 {
     fexit_connect(&ctx);
     0
 }
+const _: () = assert!(
+    same_name(
+        stringify!(fexit_inet_dgram_connect),
+        programs::FEXIT_INET_DGRAM_CONNECT.prog
+    ) && same_name(
+        "inet_dgram_connect",
+        programs::FEXIT_INET_DGRAM_CONNECT.func
+    )
+);
 
 /// `int inet_stream_connect(struct socket *sock, struct sockaddr *uaddr, int addr_len, int
 /// flags)`, and the same shape for inet_dgram_connect: every connect path (io_uring too).
 /// Only the errnos about the local port go on; the rest stop at the return value.
 #[inline(always)]
 fn fexit_connect(ctx: &FExitContext) {
-    let ret = kernel::fexit_arg(ctx, 4) as i32;
+    let ret = kernel::fexit_arg(ctx, programs::FEXIT_INET_STREAM_CONNECT.params as u64) as i32;
     if !connect_errno::traced(ret) || !pid_wanted() {
         return;
     }
@@ -549,7 +579,7 @@ pub fn fexit_inet_listen(ctx: FExitContext) -> i32 {
     if !pid_wanted() {
         return 0;
     }
-    let ret = kernel::fexit_arg(&ctx, 2) as i32;
+    let ret = kernel::fexit_arg(&ctx, programs::FEXIT_INET_LISTEN.params as u64) as i32;
     if global(&SETTINGS.filter_failed) != 0 && ret >= 0 {
         return 0;
     }
@@ -564,6 +594,12 @@ pub fn fexit_inet_listen(ctx: FExitContext) -> i32 {
     );
     0
 }
+const _: () = assert!(
+    same_name(
+        stringify!(fexit_inet_listen),
+        programs::FEXIT_INET_LISTEN.prog
+    ) && same_name("inet_listen", programs::FEXIT_INET_LISTEN.func)
+);
 
 /// `bool inet_bind_conflict(const struct sock *sk, struct sock *sk2, kuid_t uid, bool relax,
 /// bool reuseport_cb_ok, bool reuseport_ok)`: true means sk2 is in the way of sk. This is the
@@ -574,7 +610,7 @@ pub fn fexit_inet_bind_conflict(ctx: FExitContext) -> i32 {
     if !pid_wanted() {
         return 0;
     }
-    if kernel::fexit_arg(&ctx, 6) & 0xff == 0 {
+    if kernel::fexit_arg(&ctx, programs::FEXIT_INET_BIND_CONFLICT.params as u64) & 0xff == 0 {
         return 0;
     }
     let sk = kernel::fexit_arg(&ctx, 0);
@@ -590,6 +626,15 @@ pub fn fexit_inet_bind_conflict(ctx: FExitContext) -> i32 {
     );
     0
 }
+const _: () = assert!(
+    same_name(
+        stringify!(fexit_inet_bind_conflict),
+        programs::FEXIT_INET_BIND_CONFLICT.prog
+    ) && same_name(
+        "inet_bind_conflict",
+        programs::FEXIT_INET_BIND_CONFLICT.func
+    )
+);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -15,7 +15,9 @@ use aya::{
 };
 use log::debug;
 pub use portwatch_common::Backend;
-use portwatch_common::{KernelLayout, RING_BYTES, Settings, connect_programs, maps};
+use portwatch_common::{
+    FexitTarget, KernelLayout, RING_BYTES, Settings, globals, maps, port_bits, programs,
+};
 use thiserror::Error;
 
 use crate::{
@@ -130,7 +132,7 @@ impl KernelInfo {
     /// when not.
     fn check(&self, target: &FexitTarget) -> Result<(), String> {
         let found = self.funcs.iter().find(|(f, _)| *f == target.func);
-        target.check(found.map(|(_, n)| *n))
+        fits(target, found.map(|(_, n)| *n))
     }
 
     fn aya_btf(&self) -> Result<aya::Btf, LoadError> {
@@ -249,17 +251,20 @@ fn ensure_tracefs() -> Result<(), LoadError> {
 /// share it).
 fn tracepoint_ret_offset(connect: bool) -> Result<u32, LoadError> {
     ensure_tracefs()?;
-    let ret = tracepoint_field_offset("sys_exit_bind", "ret")?;
-    let mut others = vec![("listen", tracepoint_field_offset("sys_exit_listen", "ret")?)];
+    let ret = tracepoint_field_offset(programs::SYS_EXIT_BIND, "ret")?;
+    let mut others = vec![(
+        "listen",
+        tracepoint_field_offset(programs::SYS_EXIT_LISTEN, "ret")?,
+    )];
     if connect {
         others.push((
             "connect",
-            tracepoint_field_offset("sys_exit_connect", "ret")?,
+            tracepoint_field_offset(programs::SYS_EXIT_CONNECT, "ret")?,
         ));
     }
     if let Some((call, at)) = others.into_iter().find(|&(_, at)| at != ret) {
         return Err(LoadError::TracepointFormat {
-            path: format!("{TRACEFS}/events/syscalls"),
+            path: format!("{TRACEFS}/events/{}", programs::TRACEPOINT_CATEGORY),
             detail: format!("unexpected layout: bind ret at {ret}, {call} ret at {at}"),
         });
     }
@@ -268,7 +273,10 @@ fn tracepoint_ret_offset(connect: bool) -> Result<u32, LoadError> {
 
 /// Offset of `field` in a syscall tracepoint's record, from its tracefs format file.
 fn tracepoint_field_offset(event: &str, field: &str) -> Result<u32, LoadError> {
-    let path = format!("{TRACEFS}/events/syscalls/{event}/format");
+    let path = format!(
+        "{TRACEFS}/events/{}/{event}/format",
+        programs::TRACEPOINT_CATEGORY
+    );
     let err = |detail: String| LoadError::TracepointFormat {
         path: path.clone(),
         detail,
@@ -373,7 +381,7 @@ fn settings(filter: &KernelFilter, tp_exit_ret: Option<u32>) -> Settings {
             std::process::id()
         },
         wakeup_bytes: WAKEUP_BYTES,
-        tp_exit_ret: tp_exit_ret.unwrap_or(TP_EXIT_RET_DEFAULT),
+        tp_exit_ret: tp_exit_ret.unwrap_or(Settings::TP_EXIT_RET_DEFAULT),
         nr_bind: libc::SYS_bind as u32,
         nr_listen: libc::SYS_listen as u32,
         nr_connect: libc::SYS_connect as u32,
@@ -382,10 +390,6 @@ fn settings(filter: &KernelFilter, tp_exit_ret: Option<u32>) -> Settings {
         _pad: [0; 6],
     }
 }
-
-/// Where `ret` sits in a `sys_exit_*` record on every kernel so far (after the common header
-/// and the syscall number).
-const TP_EXIT_RET_DEFAULT: u32 = 16;
 
 /// Loads the object (maps created, no program loaded yet) with the layout and settings written
 /// into its read-only globals and the port filter into its bitmap.
@@ -397,8 +401,8 @@ fn open_object(
 ) -> Result<Ebpf, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .btf(btf)
-        .override_global("LAYOUT", &kernel.layout, true)
-        .override_global("SETTINGS", settings, true)
+        .override_global(globals::LAYOUT, &kernel.layout, true)
+        .override_global(globals::SETTINGS, settings, true)
         .map_max_entries(maps::EVENTS, RING_BYTES)
         .load(EBPF_OBJECT)?;
     let map_err = |e: aya::maps::MapError| LoadError::PortFilter {
@@ -412,9 +416,9 @@ fn open_object(
     )
     .map_err(map_err)?;
     for &p in ports {
-        let word = u32::from(p >> 6);
+        let word = port_bits::word(p);
         let old = bits.get(&word, 0).map_err(map_err)?;
-        bits.set(word, &(old | (1u64 << (p & 63))), 0)
+        bits.set(word, &(old | port_bits::bit(p)), 0)
             .map_err(map_err)?;
     }
     Ok(ebpf)
@@ -446,71 +450,33 @@ fn bump_memlock() {
     }
 }
 
-/// An fexit program and the kernel function it attaches to.
-struct FexitTarget {
-    prog: &'static str,
-    func: &'static str,
-    /// How many parameters the program assumes `func` takes. An fexit program reads the
-    /// return value from the context slot right after the parameters (portwatch-ebpf's
-    /// `fexit_arg(ctx, N)` with N = this count), so where a kernel's `func` takes a different
-    /// number, the program would take a parameter for the result.
-    params: usize,
-}
-
-impl FexitTarget {
-    /// Whether the program fits a kernel whose BTF gives `found` parameters for `func`
-    /// (`None`: no such function); the one-line reason when not.
-    fn check(&self, found: Option<usize>) -> Result<(), String> {
-        match found {
-            None => Err(format!("the kernel's BTF has no function {}", self.func)),
-            Some(n) if n != self.params => Err(format!(
-                "{} takes {n} parameters in the kernel's BTF, but fexit/{} expects {} (it \
-                 reads the return value after them)",
-                self.func, self.func, self.params
-            )),
-            Some(_) => Ok(()),
-        }
+/// Whether `target`'s program fits a kernel whose BTF gives `found` parameters for its
+/// function (`None`: no such function); the one-line reason when not.
+fn fits(target: &FexitTarget, found: Option<usize>) -> Result<(), String> {
+    match found {
+        None => Err(format!("the kernel's BTF has no function {}", target.func)),
+        Some(n) if n != target.params => Err(format!(
+            "{} takes {n} parameters in the kernel's BTF, but fexit/{} expects {} (it reads \
+             the return value after them)",
+            target.func, target.func, target.params
+        )),
+        Some(_) => Ok(()),
     }
 }
 
-/// inet_bind(sock, uaddr, addr_len), inet6_bind likewise, inet_listen(sock, backlog).
+/// inet_bind, inet6_bind, inet_listen: the fexit backend.
 const FEXIT_PROGRAMS: [FexitTarget; 3] = [
-    FexitTarget {
-        prog: "fexit_inet_bind",
-        func: "inet_bind",
-        params: 3,
-    },
-    FexitTarget {
-        prog: "fexit_inet6_bind",
-        func: "inet6_bind",
-        params: 3,
-    },
-    FexitTarget {
-        prog: "fexit_inet_listen",
-        func: "inet_listen",
-        params: 2,
-    },
+    programs::FEXIT_INET_BIND,
+    programs::FEXIT_INET6_BIND,
+    programs::FEXIT_INET_LISTEN,
 ];
-/// inet_bind_conflict(sk, sk2, uid, relax, reuseport_cb_ok, reuseport_ok).
-const CONFLICT_PROGRAM: FexitTarget = FexitTarget {
-    prog: "fexit_inet_bind_conflict",
-    func: "inet_bind_conflict",
-    params: 6,
-};
+/// The kernel's own conflict check: a bonus, see [`attach_fexit`].
+const CONFLICT_PROGRAM: FexitTarget = programs::FEXIT_INET_BIND_CONFLICT;
 
-/// inet_stream_connect(sock, uaddr, addr_len, flags), inet_dgram_connect likewise: every
-/// connect path, io_uring included.
+/// inet_stream_connect, inet_dgram_connect: every connect path, io_uring included.
 const CONNECT_PROGRAMS: [FexitTarget; 2] = [
-    FexitTarget {
-        prog: connect_programs::FEXIT_STREAM,
-        func: connect_programs::STREAM_FUNC,
-        params: connect_programs::PARAMS,
-    },
-    FexitTarget {
-        prog: connect_programs::FEXIT_DGRAM,
-        func: connect_programs::DGRAM_FUNC,
-        params: connect_programs::PARAMS,
-    },
+    programs::FEXIT_INET_STREAM_CONNECT,
+    programs::FEXIT_INET_DGRAM_CONNECT,
 ];
 
 fn attach_fexit(
@@ -590,13 +556,13 @@ fn unload_fexit(ebpf: &mut Ebpf) {
 
 /// One program per syscall, at its exit: it reads the arguments from the caller's saved
 /// registers, so no enter program has to carry them across.
-const TRACEPOINT_PROGRAMS: [&str; 2] = ["sys_exit_bind", "sys_exit_listen"];
+const TRACEPOINT_PROGRAMS: [&str; 2] = [programs::SYS_EXIT_BIND, programs::SYS_EXIT_LISTEN];
 
 /// The tracepoint programs to attach: bind and listen, and connect when it is traced.
 fn tracepoint_programs(connect: bool) -> impl Iterator<Item = &'static str> {
     TRACEPOINT_PROGRAMS
         .into_iter()
-        .chain(connect.then_some(connect_programs::SYS_EXIT_CONNECT))
+        .chain(connect.then_some(programs::SYS_EXIT_CONNECT))
 }
 
 /// Detaches and unloads every tracing program; the socket table iterators stay for the last
@@ -624,8 +590,13 @@ fn attach_tracepoints(ebpf: &mut Ebpf, connect: bool) -> Result<(), String> {
         if let Some(n) = p.info().ok().and_then(|i| i.verified_instruction_count()) {
             debug!("{name}: the verifier processed {n} instructions");
         }
-        p.attach("syscalls", name)
-            .map_err(|e| format!("attaching to syscalls/{name}: {}", crate::errno::chain(&e)))?;
+        let category = programs::TRACEPOINT_CATEGORY;
+        p.attach(category, name).map_err(|e| {
+            format!(
+                "attaching to {category}/{name}: {}",
+                crate::errno::chain(&e)
+            )
+        })?;
     }
     Ok(())
 }
@@ -644,12 +615,12 @@ mod tests {
     #[test]
     fn an_fexit_target_needs_its_parameter_count() {
         let t = &FEXIT_PROGRAMS[0];
-        assert_eq!(t.check(Some(t.params)), Ok(()));
+        assert_eq!(fits(t, Some(t.params)), Ok(()));
         assert_eq!(
-            t.check(None),
+            fits(t, None),
             Err("the kernel's BTF has no function inet_bind".to_string())
         );
-        let wrong = t.check(Some(t.params + 1)).unwrap_err();
+        let wrong = fits(t, Some(t.params + 1)).unwrap_err();
         assert!(
             wrong.starts_with(
                 "inet_bind takes 4 parameters in the kernel's BTF, but fexit/inet_bind expects 3"
@@ -672,8 +643,61 @@ mod tests {
             .chain(&CONNECT_PROGRAMS)
         {
             if let Some(n) = btf.func_param_count(t.func) {
-                assert_eq!(t.check(Some(n)), Ok(()));
+                assert_eq!(fits(t, Some(n)), Ok(()));
             }
         }
+    }
+
+    /// Every name user space looks up in the kernel object is defined there, in the section
+    /// that makes it what user space takes it for: the contract's names are the object's.
+    #[test]
+    fn the_object_defines_every_name_of_the_contract() {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        let obj = object::File::parse(EBPF_OBJECT).expect("the embedded eBPF object parses");
+        let section_of = |name: &str| -> Option<String> {
+            let sym = obj
+                .symbols()
+                .find(|s| s.name() == Ok(name) && !s.is_undefined())?;
+            let section = obj.section_by_index(sym.section_index()?).ok()?;
+            Some(section.name().ok()?.to_string())
+        };
+        for name in tracepoint_programs(true) {
+            assert_eq!(section_of(name).as_deref(), Some("tracepoint"), "{name}");
+        }
+        for t in FEXIT_PROGRAMS
+            .iter()
+            .chain([&CONFLICT_PROGRAM])
+            .chain(&CONNECT_PROGRAMS)
+        {
+            let want = format!("fexit/{}", t.func);
+            assert_eq!(section_of(t.prog), Some(want), "{}", t.prog);
+        }
+        for (name, target) in [
+            (programs::ITER_TCP, "tcp"),
+            (programs::ITER_UDP, "udp"),
+            (programs::ITER_TASK_FILE, "task_file"),
+        ] {
+            let want = format!("iter/{target}");
+            assert_eq!(section_of(name), Some(want), "{name}");
+        }
+        for name in [maps::EVENTS, maps::PORT_BITS, maps::LOST, maps::ITER_PORT] {
+            assert_eq!(section_of(name).as_deref(), Some("maps"), "{name}");
+        }
+        for name in [globals::LAYOUT, globals::SETTINGS] {
+            let section = section_of(name).unwrap_or_default();
+            assert!(section.starts_with(".rodata"), "{name} in {section:?}");
+        }
+    }
+
+    /// The errno values the kernel side compares with are this architecture's.
+    #[test]
+    fn the_contracts_errnos_are_the_kernels() {
+        use portwatch_common::errno;
+        assert_eq!(errno::EBADF, libc::EBADF);
+        assert_eq!(errno::EAGAIN, libc::EAGAIN);
+        assert_eq!(errno::EFAULT, libc::EFAULT);
+        assert_eq!(errno::ENOTSOCK, libc::ENOTSOCK);
+        assert_eq!(errno::EADDRINUSE, libc::EADDRINUSE);
+        assert_eq!(errno::EADDRNOTAVAIL, libc::EADDRNOTAVAIL);
     }
 }

@@ -4,6 +4,9 @@
 //! only see its own. So portwatch keeps a handle (an open /proc/PID/ns/net) per namespace it
 //! meets, and runs lookups on a short-lived thread that has joined it: `setns(CLONE_NEWNET)`
 //! changes only the calling thread.
+//!
+//! What is read inside a namespace lives next to this: its sysctls ([`sysctls`]) and which
+//! addresses its kernel takes as local ([`probe`]).
 
 use std::{
     collections::HashMap,
@@ -19,6 +22,9 @@ use std::{
 use log::debug;
 
 use crate::sockets::SocketView;
+
+pub mod probe;
+pub mod sysctls;
 
 /// Namespace handles kept open at most; each pins its namespace in memory.
 const MAX_HANDLES: usize = 256;

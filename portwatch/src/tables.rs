@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, MapData, MapError},
     programs::{Iter, ProgramError, links::LinkError},
 };
-use portwatch_common::{HolderRecord, ITER_ALL_PORTS, TaskFileRecord, maps};
+use portwatch_common::{HolderRecord, ITER_ALL_PORTS, TaskFileRecord, maps, programs};
 use thiserror::Error;
 
 use crate::{
@@ -22,10 +22,10 @@ use crate::{
     sockets::{Owner, SocketView},
 };
 
-const PROGRAMS: [(&str, &str); 2] = [("iter_tcp", "tcp"), ("iter_udp", "udp")];
+const PROGRAMS: [(&str, &str); 2] = [(programs::ITER_TCP, "tcp"), (programs::ITER_UDP, "udp")];
 /// Every process's open socket files: owners without /proc, bound-only sockets without
 /// duplicating anyone's fd. Optional: without it, /proc and pidfd_getfd serve instead.
-const TASK_FILES: (&str, &str) = ("iter_task_file", "task_file");
+const TASK_FILES: (&str, &str) = (programs::ITER_TASK_FILE, "task_file");
 
 /// Why the socket tables could not be read. The text of each variant is what a user reads
 /// in an explanation ("could not look up who holds it (...)"), so it carries its cause inline.

@@ -210,7 +210,7 @@ fn predict(
         .with_context(|| format!("reading the socket tables of netns {target}"))?;
     finder.enrich(ns, &mut holders);
     let facts = Facts {
-        socket_units: facts::finder::socket_units_for(&holders, args.port),
+        socket_units: facts::enrich::socket_units_for(&holders, args.port),
         holders: Some(holders),
         sysctls,
         local_addrs,

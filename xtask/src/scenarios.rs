@@ -50,12 +50,20 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use portwatch_common::Backend;
 use serde::{Deserialize, Serialize};
 
 use self::{
     netns::{Netns, RootNs},
     portwatch::{Config, Portwatch, Stopped},
 };
+
+/// `--backend` and `--auto-expect`: a backend by its stable name.
+fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Backend::ALL.map(Backend::name))
+        .map(|name| Backend::from_name(&name).expect("one of the possible values"))
+}
 
 /// `xtask scenarios`
 #[derive(clap::Args, Debug, Clone)]
@@ -64,8 +72,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", required_unless_present = "list")]
     pub portwatch: Option<PathBuf>,
     /// Backend to test with (repeat to run the scenarios once per backend).
-    #[arg(long, value_parser = ["fexit", "tracepoint"], required_unless_present = "list")]
-    pub backend: Vec<String>,
+    #[arg(long, value_parser = backend_parser(), required_unless_present = "list")]
+    pub backend: Vec<Backend>,
     /// Only scenarios whose name contains one of these (repeatable).
     #[arg(long, value_name = "SUBSTRING")]
     pub filter: Vec<String>,
@@ -74,8 +82,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH|-")]
     pub json_results: Option<String>,
     /// What `--backend auto` must pick on this kernel; enables the backend_auto scenario.
-    #[arg(long, value_parser = ["fexit", "tracepoint"])]
-    pub auto_expect: Option<String>,
+    #[arg(long, value_parser = backend_parser())]
+    pub auto_expect: Option<Backend>,
     /// Multiply all timeouts (emulated VMs are 10-50x slower than the host).
     #[arg(long, default_value_t = 1.0)]
     pub timeout_scale: f64,
@@ -92,7 +100,7 @@ pub struct Ctx {
     pub pw: Config,
     /// `uname -r`.
     pub kernel: String,
-    pub auto_expect: Option<String>,
+    pub auto_expect: Option<Backend>,
     /// Inode of the namespace portwatch runs in (not any scenario's).
     pub root_netns: u64,
 }
@@ -115,7 +123,7 @@ pub struct Scenario {
     pub name: &'static str,
     pub body: Body,
     /// Runs only under these backends (`None`: all).
-    pub backends: Option<&'static [&'static str]>,
+    pub backends: Option<&'static [Backend]>,
     /// Needs `--auto-expect`.
     pub needs_auto_expect: bool,
     /// Needs a program that only the host has (python3, ss): skipped with `--in-vm`.
@@ -154,7 +162,7 @@ impl Scenario {
             modules: &[],
         }
     }
-    pub fn only_backends(mut self, b: &'static [&'static str]) -> Self {
+    pub fn only_backends(mut self, b: &'static [Backend]) -> Self {
         self.backends = Some(b);
         self
     }
@@ -199,7 +207,7 @@ pub fn all() -> Vec<Scenario> {
 /// Whether `s` runs for `backend` with these filters.
 fn selected(
     s: &Scenario,
-    backend: &str,
+    backend: Backend,
     filters: &[String],
     auto_expect: bool,
     in_vm: bool,
@@ -215,9 +223,9 @@ pub fn modules_needed(filters: &[String]) -> Vec<&'static str> {
     let mut m: Vec<&'static str> = all()
         .iter()
         .filter(|s| {
-            ["fexit", "tracepoint"]
+            Backend::ALL
                 .iter()
-                .any(|b| selected(s, b, filters, true, true))
+                .any(|&b| selected(s, b, filters, true, true))
         })
         .flat_map(|s| s.modules.iter().copied())
         .collect();
@@ -229,7 +237,7 @@ pub fn modules_needed(filters: &[String]) -> Vec<&'static str> {
 /// The (scenario, backend) pairs a run with these arguments will report, so the caller can
 /// tell a missing result (runner crashed, VM died) from a pass.
 pub fn planned(
-    backends: &[String],
+    backends: &[Backend],
     filters: &[String],
     auto_expect: bool,
     in_vm: bool,
@@ -239,8 +247,8 @@ pub fn planned(
         .iter()
         .flat_map(|b| {
             all.iter()
-                .filter(|s| selected(s, b, filters, auto_expect, in_vm))
-                .map(|s| (s.name.to_string(), b.clone()))
+                .filter(|s| selected(s, *b, filters, auto_expect, in_vm))
+                .map(|s| (s.name.to_string(), b.name().to_string()))
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -344,16 +352,16 @@ pub fn main(args: RunArgs) -> Result<()> {
         passed: 0,
         failed: 0,
     };
-    for backend in &args.backend {
+    for &backend in &args.backend {
         let ctx = Ctx {
             pw: Config {
                 exe: exe.clone(),
-                backend: backend.clone(),
+                backend: Some(backend),
                 timeout_scale: args.timeout_scale,
                 root_ns: RootNs::open()?,
             },
             kernel: kernel.clone(),
-            auto_expect: args.auto_expect.clone(),
+            auto_expect: args.auto_expect,
             root_netns: netns::current_inode()?,
         };
         let chosen: Vec<&Scenario> = scenarios
@@ -392,7 +400,7 @@ pub fn main(args: RunArgs) -> Result<()> {
 fn run_backend(ctx: &Ctx, chosen: &[&Scenario], rep: &mut Reporter) -> Result<()> {
     let outcome = |name: &str, started: Instant, r: Result<()>| Outcome {
         name: name.to_string(),
-        backend: ctx.pw.backend.clone(),
+        backend: ctx.pw.backend_flag().to_string(),
         kernel: ctx.kernel.clone(),
         ok: r.is_ok(),
         reason: r.err().map(|e| format!("{e:#}")),
@@ -480,7 +488,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len());
-        let b = ["fexit".to_string()];
+        let b = [Backend::Fexit];
         let with_auto = planned(&b, &[], true, false).len();
         assert_eq!(planned(&b, &[], false, false).len(), with_auto - 1);
         assert_eq!(planned(&b, &["filter_".into()], true, false).len(), 4);

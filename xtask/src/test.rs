@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use portwatch_common::Backend;
 
 use crate::{
     bench,
@@ -252,24 +253,32 @@ fn host_has_fexit() -> Result<bool> {
 fn host_scenarios(suite: &mut Suite, bin: &Path, filters: &[String]) -> Result<()> {
     // On these machines only the tracepoint backend loads, so auto must fall back to it.
     let fexit = host_has_fexit()?;
-    let mut backends = vec!["tracepoint".to_string()];
+    let mut backends = vec![Backend::Tracepoint];
     if fexit {
-        backends.insert(0, "fexit".to_string());
+        backends.insert(0, Backend::Fexit);
     }
-    let auto = if fexit { "fexit" } else { "tracepoint" };
+    let auto = if fexit {
+        Backend::Fexit
+    } else {
+        Backend::Tracepoint
+    };
     eprintln!(
         "kernel {} ; backends: {} ; --backend auto must pick {auto}",
         std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
-        backends.join(", ")
+        backends
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let results = workspace_root().join("target/xtask-scenarios-host.jsonl");
     let _ = std::fs::remove_file(&results);
     let mut c = cmd::privileged(std::env::current_exe()?);
     c.arg("scenarios").arg("--portwatch").arg(bin);
     for b in &backends {
-        c.args(["--backend", b]);
+        c.args(["--backend", b.name()]);
     }
-    c.args(["--auto-expect", auto])
+    c.args(["--auto-expect", auto.name()])
         .arg("--json-results")
         .arg(&results);
     for f in filters {
@@ -295,7 +304,7 @@ fn vm_scenarios(
     distro: vm::Distro,
 ) -> Result<()> {
     let kernel = vm::ensure_kernel(&workspace_root().join("vm-cache"), distro)?;
-    let backends = ["fexit".to_string(), "tracepoint".to_string()];
+    let backends = Backend::ALL;
     // Modules the kernel package has and the guest loads: TUN, which the SO_BINDTODEVICE
     // scenarios use, and what the selected scenarios need (vxlan for a kernel-made socket),
     // with their dependencies.
@@ -303,8 +312,11 @@ fn vm_scenarios(
     wanted.extend(scenarios::modules_needed(filters));
     let (module_files, load_modules) = vm::modules(&kernel, &wanted)?;
     let mut command = format!(
-        "{load_modules}/bin/xtask scenarios --portwatch /bin/portwatch --backend fexit \
-         --backend tracepoint --auto-expect fexit --json-results /dev/ttyS1 --in-vm"
+        "{load_modules}/bin/xtask scenarios --portwatch /bin/portwatch --backend {} \
+         --backend {} --auto-expect {} --json-results /dev/ttyS1 --in-vm",
+        Backend::Fexit,
+        Backend::Tracepoint,
+        Backend::Fexit,
     );
     command.push_str(&format!(" --timeout-scale {VM_TIMEOUT_SCALE}"));
     for f in filters {
@@ -371,7 +383,7 @@ fn collect(
     suite: &mut Suite,
     text: &str,
     kernel: &str,
-    backends: &[String],
+    backends: &[Backend],
     filters: &[String],
     in_vm: bool,
 ) -> (usize, usize) {

@@ -7,7 +7,8 @@ use aya::Ebpf;
 
 use super::{
     Facts, RangeUse, Sysctls, address_is_local,
-    finder::{FactFinder, walked},
+    finder::FactFinder,
+    plan::walked,
     port_use::{self, PortOwner, Range},
 };
 use crate::{

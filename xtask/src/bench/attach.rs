@@ -18,12 +18,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    tracer::{Backend, PORTWATCH_READY, Tools, wait_rusage},
+    tracer::{Backend, BackendDef, PORTWATCH_READY, Tools, wait_rusage},
     workload::Worker,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AttachSample {
+    #[serde(with = "BackendDef")]
     pub backend: Backend,
     /// Spawn to the kernel timestamp of the first event, ms.
     pub to_first_event_ms: f64,
@@ -54,7 +55,7 @@ fn sample_spinning(tools: &Tools, backend: Backend, port: u16) -> Result<AttachS
         .args([
             "trace",
             "--backend",
-            backend.as_str(),
+            backend.name(),
             "--json",
             "--count",
             "1",

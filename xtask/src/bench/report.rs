@@ -771,7 +771,7 @@ fn vm_kernel(vm: &Result<GuestResults, String>, out: &mut String) {
             let _ = writeln!(
                 out,
                 "- start to first event, {} backend (VM, emulated): median {:.0} ms; portwatch's own \"attached in\": {}",
-                b.as_str(),
+                b.name(),
                 sp.median,
                 rep.map_or("n/a".into(), |r| format!("{:.0} ms", r.median))
             );

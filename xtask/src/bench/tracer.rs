@@ -39,19 +39,15 @@ tracepoint:syscalls:sys_exit_connect { }\n";
 /// The peer script (row 6), kept in the repo as the comparison.
 const PEER_BT: &str = include_str!("../../bench/peer.bt");
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Backend {
+pub use portwatch_common::Backend;
+
+/// How the bench's JSON (rounds from the VM, cached results) writes a [`Backend`]: by its
+/// variant's name, as it always has.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Backend")]
+pub enum BackendDef {
     Tracepoint,
     Fexit,
-}
-
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Tracepoint => "tracepoint",
-            Backend::Fexit => "fexit",
-        }
-    }
 }
 
 /// What portwatch does with the events it gets.
@@ -69,7 +65,7 @@ pub enum Mode {
 pub enum Tracer {
     None,
     EmptyBpf,
-    Portwatch(Backend, Mode),
+    Portwatch(#[serde(with = "BackendDef")] Backend, Mode),
     Peer,
 }
 
@@ -84,14 +80,14 @@ impl Tracer {
             Tracer::Portwatch(b, Mode::Filtered) => {
                 format!(
                     "portwatch --backend {} --port {FILTER_PORT} (never matches)",
-                    b.as_str()
+                    b.name()
                 )
             }
             Tracer::Portwatch(b, Mode::Json) => {
-                format!("portwatch --backend {} --json > file", b.as_str())
+                format!("portwatch --backend {} --json > file", b.name())
             }
             Tracer::Portwatch(b, Mode::Human) => {
-                format!("portwatch --backend {} --color never > file", b.as_str())
+                format!("portwatch --backend {} --color never > file", b.name())
             }
             Tracer::Peer => "peer: bpftrace xtask/bench/peer.bt > file".into(),
         }
@@ -208,7 +204,7 @@ pub fn start(tools: &Tools, tracer: Tracer, tag: &str) -> Result<Option<Running>
         }
         Tracer::Portwatch(backend, mode) => {
             let mut c = Command::new(&tools.portwatch);
-            c.args(["trace", "--backend", backend.as_str()]);
+            c.args(["trace", "--backend", backend.name()]);
             match mode {
                 Mode::Filtered => c.args(["--port", &FILTER_PORT.to_string(), "--json"]),
                 Mode::Json => c.arg("--json"),

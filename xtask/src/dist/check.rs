@@ -111,7 +111,7 @@ fn explains_conflict(
 ) -> Result<Value> {
     let cfg = Config {
         exe: exe.to_path_buf(),
-        backend: "auto".into(),
+        backend: None,
         timeout_scale: 1.0,
         root_ns: RootNs::open()?,
     };

@@ -55,7 +55,7 @@ fn hostile_comm_is_escaped(cx: &Ctx, ns: &Netns) -> Result<()> {
         [
             "trace",
             "--backend",
-            &cx.pw.backend,
+            cx.pw.backend_flag(),
             "--color",
             "never",
             "--pid",
@@ -279,9 +279,15 @@ fn link_local_scope(cx: &Ctx, _ns: &Netns) -> Result<()> {
     }
     let pw = Portwatch::start_args(
         &cx.pw,
-        ["trace", "--backend", &cx.pw.backend, "--port", "45300"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "trace",
+            "--backend",
+            cx.pw.backend_flag(),
+            "--port",
+            "45300",
+        ]
+        .map(String::from)
+        .to_vec(),
     )?;
     // A process in the namespace binds, then stays a moment (longer under emulation) so that
     // its namespace can be entered to name the interface.
@@ -380,7 +386,7 @@ fn soak_memory_stays_flat(cx: &Ctx, ns: &Netns) -> Result<()> {
         "trace",
         "--json",
         "--backend",
-        &cx.pw.backend,
+        cx.pw.backend_flag(),
         "--port",
         "45200",
     ])

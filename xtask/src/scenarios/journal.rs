@@ -165,7 +165,7 @@ impl Drop for PrivateRun {
 
 /// `trace --json --backend B` plus `extra`.
 fn trace_args(cx: &Ctx, extra: &[&str]) -> Vec<String> {
-    ["trace", "--json", "--backend", &cx.pw.backend]
+    ["trace", "--json", "--backend", cx.pw.backend_flag()]
         .iter()
         .chain(extra)
         .map(|s| s.to_string())

@@ -6,6 +6,7 @@
 //! and fd tables, so it must still name such a holder.
 
 use anyhow::{Context, Result, ensure};
+use portwatch_common::Backend;
 use serde_json::{Value, json};
 
 use super::{
@@ -19,7 +20,8 @@ use super::{
 
 pub fn scenarios() -> Vec<Scenario> {
     vec![
-        Scenario::shared("io_uring_bind_listen_traced", uring_traced).only_backends(&["fexit"]),
+        Scenario::shared("io_uring_bind_listen_traced", uring_traced)
+            .only_backends(&[Backend::Fexit]),
         Scenario::shared("who_names_io_uring_holder", uring_who),
     ]
 }

@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
+use portwatch_common::Backend;
 use serde_json::Value;
 
 use super::netns::{Netns, RootNs};
@@ -29,13 +30,19 @@ const BUSY_LINES: usize = 2000;
 /// How to start portwatch in this run.
 pub struct Config {
     pub exe: PathBuf,
-    pub backend: String,
+    /// The backend portwatch is asked for; None: `auto`.
+    pub backend: Option<Backend>,
     /// Multiplies every timeout: 1 on the host, more under TCG emulation.
     pub timeout_scale: f64,
     pub root_ns: RootNs,
 }
 
 impl Config {
+    /// `--backend`'s value.
+    pub fn backend_flag(&self) -> &'static str {
+        self.backend.map_or("auto", Backend::name)
+    }
+
     pub fn timeout(&self, base_secs: f64) -> Duration {
         Duration::from_secs_f64(base_secs * self.timeout_scale)
     }
@@ -187,7 +194,7 @@ impl Portwatch {
     /// `portwatch trace --json --backend <cfg.backend> <extra>`, started in the root network
     /// namespace; returns once it printed its ready line.
     pub fn start(cfg: &Config, extra: &[&str]) -> Result<Portwatch> {
-        let mut args: Vec<String> = ["trace", "--json", "--backend", &cfg.backend]
+        let mut args: Vec<String> = ["trace", "--json", "--backend", cfg.backend_flag()]
             .iter()
             .map(|s| s.to_string())
             .collect();

@@ -5,6 +5,7 @@
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, ensure};
+use portwatch_common::Backend;
 use serde_json::json;
 
 use super::{
@@ -23,7 +24,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario::alone("least_privilege_trace", least_privilege_trace).host_only(),
         Scenario::alone("missing_capability_named", missing_capability_named)
             .host_only()
-            .only_backends(&["tracepoint"]),
+            .only_backends(&[Backend::Tracepoint]),
     ]
 }
 
@@ -59,7 +60,7 @@ fn least_privilege_trace(cx: &Ctx, ns: &Netns) -> Result<()> {
         "trace",
         "--json",
         "--backend",
-        &cx.pw.backend,
+        cx.pw.backend_flag(),
         "--port",
         "47200",
     ]
@@ -109,7 +110,7 @@ fn missing_capability_named(cx: &Ctx, _ns: &Netns) -> Result<()> {
         let out = Command::new(&argv[0])
             .args(&argv[1..])
             .arg(&cx.pw.exe)
-            .args(["trace", "--json", "--backend", &cx.pw.backend])
+            .args(["trace", "--json", "--backend", cx.pw.backend_flag()])
             .stdin(Stdio::null())
             .output()
             .context("running setpriv")?;

@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use portwatch_common::{Backend, programs};
 use serde_json::{Value, json};
 
 use super::{
@@ -89,7 +90,7 @@ fn family(spec: &SockSpec) -> &'static str {
 /// Who made the call and on which socket, for a call made on the current (scenario) thread.
 fn caller(cx: &Ctx, ns: &Netns, s: &Sock) -> Result<Vec<Want<'static>>> {
     Ok(vec![
-        ("backend", json!(cx.pw.backend)),
+        ("backend", json!(cx.pw.backend_flag())),
         ("pid", json!(me())),
         // SAFETY: gettid and getuid cannot fail.
         ("tid", json!(unsafe { libc::gettid() })),
@@ -106,7 +107,7 @@ fn caller(cx: &Ctx, ns: &Netns, s: &Sock) -> Result<Vec<Want<'static>>> {
 /// The tracepoints see the syscall's fd; fexit hooks inet_bind(), which gets the socket, not
 /// the fd, so portwatch shows null there.
 fn fd_shown(cx: &Ctx, fd: i32) -> Value {
-    if cx.pw.backend == "tracepoint" {
+    if cx.pw.backend == Some(Backend::Tracepoint) {
         json!(fd)
     } else {
         Value::Null
@@ -280,7 +281,7 @@ fn option_bound_device(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     let b = h.bind_ok(&spec)?;
     let ev = pw.wait_call(ns, "bind", h.pid, b.ino)?;
     let mut want = vec![
-        ("backend", json!(cx.pw.backend)),
+        ("backend", json!(cx.pw.backend_flag())),
         ("pid", json!(h.pid)),
         ("comm", json!(h.comm)),
         ("netns", json!(ns.inode())),
@@ -415,12 +416,19 @@ fn json_lines(_cx: &Ctx, run: &SharedRun) -> Result<()> {
     Ok(())
 }
 
-/// The program names portwatch loads per backend, as bpftool shows them (cut at 15 bytes).
-fn expected_programs(backend: &str) -> &'static [&'static str] {
-    match backend {
-        "fexit" => &["fexit_inet_bind", "fexit_inet6_bin", "fexit_inet_list"],
-        _ => &["sys_exit_bind", "sys_exit_listen"],
-    }
+/// The program names portwatch loads per backend (besides connect's), as bpftool shows them
+/// (older kernels keep 15 bytes).
+fn expected_programs(backend: Option<Backend>) -> Vec<&'static str> {
+    let names = match backend {
+        Some(Backend::Fexit) => [
+            programs::FEXIT_INET_BIND.prog,
+            programs::FEXIT_INET6_BIND.prog,
+            programs::FEXIT_INET_LISTEN.prog,
+        ]
+        .to_vec(),
+        _ => vec![programs::SYS_EXIT_BIND, programs::SYS_EXIT_LISTEN],
+    };
+    names.into_iter().map(programs::kernel_name).collect()
 }
 
 /// While running, the shared portwatch held its backend's programs (by bpftool's pid
@@ -431,7 +439,7 @@ fn no_programs_left(cx: &Ctx, run: &SharedRun) -> Result<()> {
         .as_ref()
         .map_err(|e| anyhow::anyhow!("listing programs while running: {e}"))?;
     let names: Vec<&str> = held.iter().map(|(_, n)| n.as_str()).collect();
-    for want in expected_programs(&cx.pw.backend) {
+    for want in expected_programs(cx.pw.backend) {
         // Older bpftool/kernels cut names at 15 bytes, newer ones show the full name.
         ensure!(
             names.iter().any(|n| n.starts_with(want)),
@@ -606,7 +614,7 @@ fn summary_counts(cx: &Ctx, ns: &Netns) -> Result<()> {
     check::fields_of(
         summary,
         &[
-            ("backend", json!(cx.pw.backend)),
+            ("backend", json!(cx.pw.backend_flag())),
             ("events", json!(4)),
             ("binds", json!(3)),
             ("listens", json!(1)),
@@ -630,9 +638,15 @@ fn summary_counts(cx: &Ctx, ns: &Netns) -> Result<()> {
 fn human_output(cx: &Ctx, _ns: &Netns) -> Result<()> {
     let pw = Portwatch::start_args(
         &cx.pw,
-        ["trace", "--backend", &cx.pw.backend, "--port", "45000"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "trace",
+            "--backend",
+            cx.pw.backend_flag(),
+            "--port",
+            "45000",
+        ]
+        .map(String::from)
+        .to_vec(),
     )?;
     let _a = bind_ok(&SockSpec::tcp("127.0.0.1:45000"))?;
     let _b = bind_fails(&SockSpec::tcp("127.0.0.1:45000"), EADDRINUSE)?;
@@ -682,7 +696,7 @@ fn human_output(cx: &Ctx, _ns: &Netns) -> Result<()> {
 /// `portwatch: error:` that says how to fix it, exit code 1, nothing on stdout.
 fn unprivileged_error(cx: &Ctx, _ns: &Netns) -> Result<()> {
     let mut cmd = Command::new(&cx.pw.exe);
-    cmd.args(["trace", "--json", "--backend", &cx.pw.backend])
+    cmd.args(["trace", "--json", "--backend", cx.pw.backend_flag()])
         .uid(65534)
         .gid(65534)
         .stdin(Stdio::null())
@@ -740,7 +754,7 @@ fn unprivileged_error(cx: &Ctx, _ns: &Netns) -> Result<()> {
 /// `--backend auto` picks what `--auto-expect` says this kernel supports; when it falls back
 /// to the tracepoints it says why, in exactly one stderr line before the ready line.
 fn backend_auto(cx: &Ctx, ns: &Netns) -> Result<()> {
-    let want = cx.auto_expect.as_deref().context("needs --auto-expect")?;
+    let want = cx.auto_expect.context("needs --auto-expect")?;
     let pw = Portwatch::start_args(
         &cx.pw,
         ["trace", "--json", "--backend", "auto"]
@@ -760,7 +774,7 @@ fn backend_auto(cx: &Ctx, ns: &Netns) -> Result<()> {
         "auto did not pick {want}; {}",
         shown()
     );
-    if want == "tracepoint" {
+    if want == Backend::Tracepoint {
         ensure!(
             before.len() == 1,
             "want exactly one line before the ready line; {}",
@@ -783,8 +797,8 @@ fn backend_auto(cx: &Ctx, ns: &Netns) -> Result<()> {
     }
     let s = bind_ok(&SockSpec::tcp("127.0.0.1:46000"))?;
     let ev = pw.wait_call(ns, "bind", me(), s.ino()?)?;
-    fields(&ev, &[("backend", json!(want))])?;
+    fields(&ev, &[("backend", json!(want.name()))])?;
     let st = pw.stop()?;
     let summary = st.summary().context("no summary")?;
-    check::fields_of(summary, &[("backend", json!(want))])
+    check::fields_of(summary, &[("backend", json!(want.name()))])
 }

@@ -3,6 +3,7 @@
 //! the sentence, where the holder was found.
 
 use anyhow::{Result, ensure};
+use portwatch_common::Backend;
 use serde_json::{Value, json};
 
 use super::holding::Holding;
@@ -70,7 +71,7 @@ pub(super) fn says(ev: &Event, words: &[&str]) -> Result<()> {
 /// the call: named by its own conflict check with fexit, read from the port's bucket at the
 /// syscall's exit with the tracepoints; so the same whether the holder is kept or gone.
 pub(super) fn source_is(cx: &Ctx, ev: &Event) -> Result<()> {
-    let want = if cx.pw.backend == "fexit" {
+    let want = if cx.pw.backend == Some(Backend::Fexit) {
         "kernel-conflict-check"
     } else {
         "kernel-at-call"

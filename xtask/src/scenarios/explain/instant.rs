@@ -11,6 +11,7 @@
 use std::{thread, time::Duration};
 
 use anyhow::{Context, Result, ensure};
+use portwatch_common::Backend;
 use serde_json::{Value, json};
 
 use super::{
@@ -213,7 +214,7 @@ fn in_kernel_holder(cx: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     )
     .context("set-up: a VXLAN device (is the vxlan module there?)")?;
     netns::ip(Some(ns), &["link", "set", "pw-vx0", "up"])?;
-    let fexit = cx.pw.backend == "fexit";
+    let fexit = cx.pw.backend == Some(Backend::Fexit);
     if fexit {
         let evs = pw.wait_for(ns, "the kernel's own bind of udp 4789", |evs| {
             evs.iter().any(|e| e.0["bound"]["port"] == json!(4789))
@@ -430,7 +431,7 @@ fn own_socket(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         evs.iter().any(failed)
     })?;
     let ev = evs.into_iter().find(failed).context("the event")?;
-    let fd = if lookup(&ev.0, "backend") == &json!("fexit") {
+    let fd = if lookup(&ev.0, "backend") == &json!(Backend::Fexit.name()) {
         json!(null)
     } else {
         json!(held.fd)
