@@ -60,8 +60,8 @@ static SETTINGS: Settings = Settings {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// The `--port` set as a bitmap: bit `port % 64` of word `port / 64`. An array lookup is
-/// inlined by the verifier, so a filtered-out bind costs a few instructions, not a hash probe.
+/// The `--port` set as a bitmap ([`kernel::port_bit`]): a filtered-out bind costs a few
+/// instructions, not a hash probe.
 #[map]
 static PORT_BITS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
@@ -117,9 +117,7 @@ fn pid_wanted() -> bool {
 
 #[inline(always)]
 fn port_in_filter(port: u16) -> bool {
-    PORT_BITS
-        .get(u32::from(port >> 6))
-        .is_some_and(|w| w & (1u64 << (port & 63)) != 0)
+    kernel::port_bit(&PORT_BITS, port)
 }
 
 /// Decodes a sockaddr_in / sockaddr_in6 from raw bytes (network order as in memory).

@@ -205,6 +205,7 @@ impl<P: EventSink> Session<P> {
     fn handle_batch(&mut self, batch: Vec<Record>, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         self.passes += 1;
         let pass = self.passes;
+        let started = Instant::now();
         self.conflicts.retain(|_, (at, _)| *at + 1 >= pass);
         let bound_at = bound_in(&batch);
         // First the tables, for every call of the pass; the facts of each call are gathered
@@ -237,6 +238,9 @@ impl<P: EventSink> Session<P> {
                 }
             }
         }
+        // The range's sockets, read once per namespace for all the pass's calls that count them.
+        self.facts
+            .read_wanted_ranges(&mut self.ebpf, &mut self.namespaces);
         take(ring, &mut self.lookahead, BATCH);
         let future = bound_in(&self.lookahead);
         for (i, r) in batch.into_iter().enumerate() {
@@ -272,6 +276,13 @@ impl<P: EventSink> Session<P> {
             if self.done() {
                 break;
             }
+        }
+        let explained = keep.iter().filter(|&&k| k).count();
+        if explained > 0 {
+            debug!(
+                "pass {pass}: {explained} calls explained in {:.1?}",
+                started.elapsed()
+            );
         }
         Ok(())
     }

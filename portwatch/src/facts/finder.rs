@@ -14,7 +14,7 @@ use std::{
 use aya::Ebpf;
 use portwatch_common::walk;
 
-use super::{Facts, Sysctls};
+use super::{Facts, RangeUse, Sysctls};
 use crate::{
     docker_proxy::{self, DockerProxy, Forward},
     event::{Event, KernelHolder},
@@ -54,7 +54,9 @@ pub struct FactFinder {
     /// False once the task-file iterator failed: /proc is read instead from then on.
     task_files_work: bool,
     /// Table reads allowed per batch (None: as many as asked, as `who` needs).
-    read_budget: Option<usize>,
+    pub(super) read_budget: Option<usize>,
+    /// Per-drain: the ephemeral range's sockets, read filtered in the kernel.
+    pub(super) range_reads: super::range_sockets::RangeReads,
     netns_facts: HashMap<u32, (Sysctls, Option<Vec<IpAddr>>)>,
     /// Who bound each socket portwatch saw bound: names the owner of a holder that has been
     /// closed since.
@@ -83,6 +85,7 @@ impl FactFinder {
             task_files: None,
             task_files_work: true,
             read_budget: None,
+            range_reads: Default::default(),
             netns_facts: HashMap::new(),
             bound_ports: HashMap::new(),
             binders: Binders::default(),
@@ -102,6 +105,7 @@ impl FactFinder {
         self.owners = None;
         self.task_files = None;
         self.netns_facts.clear();
+        self.range_reads.clear();
     }
 
     /// Socket inode → the processes that hold it, read once per batch: from the kernel's fd
@@ -137,7 +141,7 @@ impl FactFinder {
     /// per batch. None when the iterator is not available (then /proc and pidfd_getfd serve).
     fn task_files(&mut self, ebpf: &mut Ebpf) -> Option<&[TaskFile]> {
         if self.task_files.is_none() && self.task_files_work {
-            match tables::read_task_files(ebpf, None) {
+            match tables::read_task_files(ebpf, &tables::Filter::port(None)) {
                 Ok(files) => self.task_files = Some(files),
                 Err(e) => {
                     log::debug!("task-file iterator unavailable ({e}); reading /proc instead");
@@ -192,7 +196,8 @@ impl FactFinder {
         port: Option<u16>,
     ) -> Result<Vec<Holder>, HoldersError> {
         self.tables.clone()?;
-        let in_tables = tables::read(ebpf, ns, netns, port).map_err(Arc::new)?;
+        let in_tables =
+            tables::read(ebpf, ns, netns, &tables::Filter::port(port)).map_err(Arc::new)?;
         let seen: HashSet<u64> = in_tables
             .iter()
             .map(|s| s.ino)
@@ -394,7 +399,7 @@ impl FactFinder {
             return;
         };
         if ev.call == crate::event::Call::Connect {
-            self.prefetch_connect(ebpf, ns, sock);
+            self.prefetch_connect(ebpf, ns, ev, sock);
             return;
         }
         self.note_bound(ev, sock);
@@ -402,9 +407,7 @@ impl FactFinder {
         match self.table_lookup(ev) {
             TableLookup::Nothing => {}
             TableLookup::EphemeralRange => {
-                if self.netns_facts(ns, netns).0.ip_local_port_range.is_some() {
-                    self.cached_holders(ebpf, ns, netns, None);
-                }
+                self.want_range(netns, super::range_sockets::Peers::All);
             }
             TableLookup::Port {
                 port,
@@ -439,7 +442,11 @@ impl FactFinder {
             TableLookup::Nothing => {}
             TableLookup::EphemeralRange => {
                 let range = self.range_use(ebpf, ns, sock, &facts.sysctls, None);
-                facts.ephemeral_ports_in_use = range.as_ref().ok().map(|r| r.space.used);
+                facts.ephemeral_ports_in_use = range
+                    .as_ref()
+                    .ok()
+                    .and_then(RangeUse::space)
+                    .map(|s| s.used);
                 facts.range_use = Some(range);
             }
             TableLookup::Port {
