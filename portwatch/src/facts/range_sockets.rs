@@ -221,18 +221,31 @@ impl FactFinder {
 /// [`FactFinder::holders`] lists them. Owners are in the order the fd tables were walked:
 /// the first is the one a count names.
 fn with_owners(netns: u32, table: Vec<SocketView>, files: Vec<TaskFile>) -> Vec<Holder> {
-    let mut owners: HashMap<u64, Vec<Owner>> = HashMap::new();
-    for f in &files {
-        if f.socket.ino != 0 {
-            owners
-                .entry(f.socket.ino)
-                .or_default()
-                .push(f.owner.clone());
+    let in_table: HashSet<u64> = table.iter().map(|s| s.ino).filter(|&i| i != 0).collect();
+    // Each file's owner goes to its table socket, or else to a socket only the fd tables have:
+    // moved, not copied (tens of thousands of them toward a busy destination).
+    let mut owners: HashMap<u64, Vec<Owner>> = HashMap::with_capacity(files.len());
+    let mut bound_only: HashMap<u64, Holder> = HashMap::new();
+    for f in files {
+        let s = &f.socket;
+        if in_table.contains(&s.ino) {
+            owners.entry(s.ino).or_default().push(f.owner);
+        } else if s.netns == netns && s.port != 0 {
+            bound_only
+                .entry(s.ino)
+                .or_insert_with(|| Holder {
+                    socket: f.socket.clone(),
+                    owners: Vec::new(),
+                    source: Source::FdTable,
+                    status: OwnerStatus::Live,
+                })
+                .owners
+                .push(f.owner);
         }
     }
-    let seen: HashSet<u64> = table.iter().map(|s| s.ino).filter(|&i| i != 0).collect();
-    let mut out: Vec<Holder> = Vec::with_capacity(table.len());
+    let mut out: Vec<Holder> = Vec::with_capacity(table.len() + bound_only.len());
     for socket in table {
+        // A socket is in a table once; were it listed twice, its copies share the owners.
         let who = owners.get(&socket.ino).cloned().unwrap_or_default();
         out.push(Holder {
             status: status(&socket, &who),
@@ -240,23 +253,6 @@ fn with_owners(netns: u32, table: Vec<SocketView>, files: Vec<TaskFile>) -> Vec<
             socket,
             source: Source::SocketTable,
         });
-    }
-    let mut bound_only: HashMap<u64, Holder> = HashMap::new();
-    for f in files {
-        let s = &f.socket;
-        if s.netns != netns || s.port == 0 || seen.contains(&s.ino) {
-            continue;
-        }
-        bound_only
-            .entry(s.ino)
-            .or_insert_with(|| Holder {
-                socket: f.socket.clone(),
-                owners: Vec::new(),
-                source: Source::FdTable,
-                status: OwnerStatus::Live,
-            })
-            .owners
-            .push(f.owner);
     }
     out.extend(bound_only.into_values());
     out
