@@ -172,32 +172,23 @@ impl FactFinder {
         range: Range,
         peers: &Peers,
     ) -> Result<Vec<Holder>, HoldersError> {
-        let filter = filter(range, peers);
+        let filter = Filter {
+            netns: Some(netns),
+            ..filter(range, peers)
+        };
         let started = std::time::Instant::now();
-        let read = tables::read(ebpf, ns, netns, &filter).and_then(|table| {
-            let tables_done = started.elapsed();
-            let files = tables::read_task_files(
-                ebpf,
-                &Filter {
-                    netns: Some(netns),
-                    ..filter.clone()
-                },
-            )?;
-            Ok((tables_done, table, files))
-        });
-        match read {
-            Ok((tables_done, table, files)) => {
+        match tables::read_with_task_files(ebpf, ns, netns, &filter) {
+            Ok((table, files)) => {
                 let (in_table, in_files) = (table.len(), files.len());
-                let files_done = started.elapsed();
+                let read = started.elapsed();
                 let out = with_owners(netns, table, files);
                 log::debug!(
-                    "netns {netns}: range {}–{} ({peers:?}): {in_table} sockets in the tables \
-                     ({tables_done:.1?}), {in_files} in fd tables ({:.1?}), {} listed ({:.1?})",
+                    "netns {netns}: range {}–{} ({peers:?}): {in_table} sockets in the tables and \
+                     {in_files} in fd tables read in {read:.1?}, {} listed in {:.1?}",
                     range.lo,
                     range.hi,
-                    files_done - tables_done,
                     out.len(),
-                    started.elapsed() - files_done,
+                    started.elapsed() - read,
                 );
                 Ok(out)
             }
@@ -245,8 +236,9 @@ fn with_owners(netns: u32, table: Vec<SocketView>, files: Vec<TaskFile>) -> Vec<
     }
     let mut out: Vec<Holder> = Vec::with_capacity(table.len() + bound_only.len());
     for socket in table {
-        // A socket is in a table once; were it listed twice, its copies share the owners.
-        let who = owners.get(&socket.ino).cloned().unwrap_or_default();
+        // Moved too: a socket is listed once (were a table walk to show one twice, as a
+        // kernel may when its bucket changes under the walk, its owners would count once).
+        let who = owners.remove(&socket.ino).unwrap_or_default();
         out.push(Holder {
             status: status(&socket, &who),
             owners: who,
