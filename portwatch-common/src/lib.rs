@@ -250,8 +250,12 @@ pub mod maps {
     pub const PORT_BITS: &str = "PORT_BITS";
     /// Per-CPU counters of events dropped in the kernel, indexed by [`crate::lost`].
     pub const LOST: &str = "LOST";
-    /// `[0]`: the port the socket table iterators dump, or [`crate::ITER_ALL_PORTS`].
-    pub const ITER_PORT: &str = "ITER_PORT";
+    /// `[0]`: which sockets the socket-table and task-file iterators dump, an
+    /// [`crate::IterFilter`].
+    pub const ITER_FILTER: &str = "ITER_FILTER";
+    /// The peer ports an [`crate::IterFilter`] with `peer_ports` keeps, as a bitmap of
+    /// [`crate::PORT_WORDS`] u64 words.
+    pub const ITER_PEER_PORTS: &str = "ITER_PEER_PORTS";
 }
 
 /// Indices into the [`maps::LOST`] counters.
@@ -266,7 +270,7 @@ pub mod lost {
 /// pile up between two polls of the reader at the bind rates BENCHMARKS.md measures.
 pub const RING_BYTES: u32 = 1 << 22;
 
-/// Words of the [`maps::PORT_BITS`] bitmap: one bit per port.
+/// Words of the [`maps::PORT_BITS`] and [`maps::ITER_PEER_PORTS`] bitmaps: one bit per port.
 pub const PORT_WORDS: u32 = 65536 / 64;
 
 /// Where a port sits in the [`maps::PORT_BITS`] bitmap: bit `port % 64` of word `port / 64`.
@@ -705,9 +709,39 @@ const _: () = assert!(core::mem::size_of::<BindEvent>() == 136);
 const _: () = assert!(core::mem::size_of::<HolderRecord>() == 88);
 const _: () = assert!(core::mem::size_of::<TaskFileRecord>() == 112);
 const _: () = assert!(core::mem::size_of::<Settings>() == 40);
+const _: () = assert!(core::mem::size_of::<IterFilter>() == 12);
 
-/// `ITER_PORT[0]` value meaning "dump every socket".
-pub const ITER_ALL_PORTS: u32 = 0;
+/// Which sockets the iterators dump: the one entry of [`maps::ITER_FILTER`], written by user
+/// space before each read. Checked in the kernel on the head of `sock_common`, which the
+/// programs read anyway, before anything is described or copied: counting the connections
+/// toward one destination on a host with 100k sockets then copies those connections, not the
+/// whole table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IterFilter {
+    /// Only sockets whose local port is in `port_lo..=port_hi`.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// 1 = a socket with a peer is dumped only when its peer port is set in
+    /// [`maps::ITER_PEER_PORTS`]; sockets without a peer (bound, listening: connect() takes
+    /// their ports toward no destination) are always dumped.
+    pub peer_ports: u8,
+    pub _pad: [u8; 3],
+    /// The task-file iterator only (the table iterators see one namespace anyway): sockets of
+    /// this network namespace (its inode); 0 = of every namespace.
+    pub netns: u32,
+}
+
+impl IterFilter {
+    /// Every socket.
+    pub const ALL: IterFilter = IterFilter {
+        port_lo: 0,
+        port_hi: u16::MAX,
+        peer_ports: 0,
+        _pad: [0; 3],
+        netns: 0,
+    };
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -717,6 +751,7 @@ mod pod {
     unsafe impl aya::Pod for super::HolderRecord {}
     unsafe impl aya::Pod for super::TaskFileRecord {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::IterFilter {}
 }
 
 #[cfg(test)]

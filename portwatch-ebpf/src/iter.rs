@@ -1,5 +1,9 @@
 //! Socket table iterators (iter/tcp, iter/udp): every socket the kernel hashes on a port, in the
-//! network namespace of the process that reads the iterator.
+//! network namespace of the process that reads the iterator, and (iter/task_file) every socket a
+//! process holds. Each read dumps only what user space's filter keeps ([`IterFilter`]: one port,
+//! the ephemeral range, connections toward some peer ports), decided on the head of
+//! `sock_common` before anything else is read, so a question about a few sockets on a host with
+//! 100k of them does not copy them all.
 //!
 //! These are how the tracepoint backend finds holders, and how `portwatch who` sees TIME_WAIT
 //! sockets with their SO_REUSEADDR bit (which no ss option shows). They cannot see TCP sockets
@@ -12,18 +16,37 @@ use core::mem::offset_of;
 
 use aya_ebpf::{helpers::generated::bpf_seq_write, macros::map, maps::Array};
 use portwatch_common::{
-    AF_INET, AF_INET6, COMM_LEN, HolderRecord, IPPROTO_TCP, IPPROTO_UDP, ITER_ALL_PORTS,
+    AF_INET, AF_INET6, COMM_LEN, HolderRecord, IPPROTO_TCP, IPPROTO_UDP, IterFilter, PORT_WORDS,
     TaskFileRecord, tcp_state,
 };
 
 use crate::{
     holders::describe,
-    kernel::{LAYOUT, Sock, global, probe_kernel, read_field},
+    kernel::{LAYOUT, Sock, global, port_bit, probe_kernel, read_field},
 };
 
-/// [0]: the port to dump, or [`ITER_ALL_PORTS`]. Set by user space before each read.
+/// [0]: which sockets to dump. Set by user space before each read.
 #[map]
-static ITER_PORT: Array<u32> = Array::with_max_entries(1, 0);
+static ITER_FILTER: Array<IterFilter> = Array::with_max_entries(1, 0);
+
+/// The peer ports [`IterFilter::peer_ports`] keeps, as a port bitmap ([`port_bit`]). Set by
+/// user space before a read that uses it.
+#[map]
+static ITER_PEER_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+
+/// The filter of this read; None (dump nothing) if the map cannot be read.
+#[inline(always)]
+fn filter() -> Option<&'static IterFilter> {
+    ITER_FILTER.get(0)
+}
+
+/// Whether `f` keeps a socket on local port `port` whose peer port is `dport` (0: no peer).
+#[inline(always)]
+fn keeps(f: &IterFilter, port: u16, dport: u16) -> bool {
+    port >= f.port_lo
+        && port <= f.port_hi
+        && (f.peer_ports == 0 || dport == 0 || port_bit(&ITER_PEER_PORTS, dport))
+}
 
 /// `struct bpf_iter_meta`: only `seq` is used.
 #[repr(C)]
@@ -60,8 +83,8 @@ const _: () = assert!(offset_of!(TaskFileCtx, file) == 24);
 const S_IFMT: u64 = 0o170000;
 const S_IFSOCK: u64 = 0o140000;
 
-/// Every open file of every process: the TCP and UDP sockets among them (on `ITER_PORT[0]`,
-/// or all), each with its holder. This is how portwatch names a socket's owners without
+/// Every open file of every process: the TCP and UDP sockets among them that the filter keeps
+/// ([`ITER_FILTER`]), each with its holder. This is how portwatch names a socket's owners without
 /// reading /proc or duplicating anyone's fd, and finds sockets that are bound but not
 /// listening (in no socket table).
 // SAFETY (both attributes): a unique name of portwatch's own, in the section that makes the
@@ -105,12 +128,18 @@ fn task_file(ctx: *const TaskFileCtx) {
     if family != AF_INET && family != AF_INET6 {
         return;
     }
-    let want = ITER_PORT.get(0).copied().unwrap_or(ITER_ALL_PORTS);
-    if want != ITER_ALL_PORTS && u32::from(sock.num()) != want {
+    let Some(f) = filter() else {
+        return;
+    };
+    if !keeps(f, sock.num(), sock.dport()) {
         return;
     }
     let protocol = sock.body().protocol;
     if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return;
+    }
+    let netns = sock.netns();
+    if f.netns != 0 && netns != f.netns {
         return;
     }
     let mut rec = TaskFileRecord {
@@ -125,7 +154,7 @@ fn task_file(ctx: *const TaskFileCtx) {
         rec.comm = c;
     }
     // SAFETY: `rec.sock` is a HolderRecord on this stack frame, used by nothing else.
-    unsafe { describe(&raw mut rec.sock, &sock, protocol, sock.netns(), 0, 0) };
+    unsafe { describe(&raw mut rec.sock, &sock, protocol, netns, 0, 0) };
     // SAFETY: `seq` is the iterator's own seq_file (above), and `rec` is that many readable
     // bytes on this stack frame.
     unsafe {
@@ -168,9 +197,10 @@ fn dump(ctx: *const IterCtx, protocol: u16) {
         return;
     }
     let sock = Sock::from_sk(sk);
-    let port = sock.num();
-    let want = ITER_PORT.get(0).copied().unwrap_or(ITER_ALL_PORTS);
-    if want != ITER_ALL_PORTS && u32::from(port) != want {
+    let Some(f) = filter() else {
+        return;
+    };
+    if !keeps(f, sock.num(), sock.dport()) {
         return;
     }
     if sock.state() == tcp_state::NEW_SYN_RECV {

@@ -12,9 +12,10 @@ use aya_ebpf::{
             bpf_probe_read_kernel as probe_read_raw, bpf_task_pt_regs,
         },
     },
+    maps::Array,
     programs::{FExitContext, TracePointContext},
 };
-use portwatch_common::{AF_INET6, Field, KernelLayout, opt, tcp_state};
+use portwatch_common::{AF_INET6, Field, KernelLayout, opt, port_bits, tcp_state};
 
 /// Where the fields live in the running kernel. Written by user space before load; zero here.
 #[unsafe(no_mangle)]
@@ -53,6 +54,15 @@ pub fn read_bytes(addr: u64, size: u32) -> u64 {
         )
     };
     u64::from_le_bytes(buf)
+}
+
+/// Whether `port`'s bit is set in a port bitmap (bit `port % 64` of word `port / 64`, as
+/// [`portwatch_common::PORT_WORDS`] words). An array lookup is inlined by the verifier: a few
+/// instructions, not a hash probe.
+#[inline(always)]
+pub fn port_bit(bits: &Array<u64>, port: u16) -> bool {
+    bits.get(port_bits::word(port))
+        .is_some_and(|w| w & port_bits::bit(port) != 0)
 }
 
 /// A pointer-sized value at `addr`, 0 where unreadable.

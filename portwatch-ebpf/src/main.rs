@@ -36,7 +36,7 @@ use portwatch_common::{
     AF_INET, AF_INET6, AF_UNSPEC, Backend, BindEvent, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP,
     PORT_WORDS, RING_BYTES, Settings, connect_errno,
     errno::{EADDRINUSE, EADDRNOTAVAIL, EAGAIN, EBADF, EFAULT, ENOTSOCK},
-    flags, globals, lost, maps, pack, port_bits, programs, record, same_name,
+    flags, globals, lost, maps, pack, programs, record, same_name,
 };
 
 // ---- configuration written by user space before load (read-only, so the verifier sees
@@ -53,8 +53,8 @@ const _: () = assert!(same_name(stringify!(SETTINGS), globals::SETTINGS));
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 const _: () = assert!(same_name(stringify!(EVENTS), maps::EVENTS));
 
-/// The `--port` set as a bitmap: bit `port % 64` of word `port / 64`. An array lookup is
-/// inlined by the verifier, so a filtered-out bind costs a few instructions, not a hash probe.
+/// The `--port` set as a bitmap ([`kernel::port_bit`]): a filtered-out bind costs a few
+/// instructions, not a hash probe.
 #[map]
 static PORT_BITS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 const _: () = assert!(same_name(stringify!(PORT_BITS), maps::PORT_BITS));
@@ -107,9 +107,7 @@ fn pid_wanted() -> bool {
 
 #[inline(always)]
 fn port_in_filter(port: u16) -> bool {
-    PORT_BITS
-        .get(port_bits::word(port))
-        .is_some_and(|w| w & port_bits::bit(port) != 0)
+    kernel::port_bit(&PORT_BITS, port)
 }
 
 /// Decodes a sockaddr_in / sockaddr_in6 from raw bytes (network order as in memory).

@@ -10,6 +10,7 @@ pub mod holders;
 mod plan;
 pub mod port_use;
 pub mod ports;
+mod range_sockets;
 
 use std::net::IpAddr;
 
@@ -55,10 +56,24 @@ pub struct Facts {
 /// The ephemeral range's use in the call's namespace and port space, read after the call
 /// (the numbers may have moved since: the sentences say "now").
 #[derive(Clone, Debug)]
-pub struct RangeUse {
-    pub space: port_use::SpaceUse,
-    /// TCP connect(): the ports toward its destination.
-    pub dest: Option<port_use::DestUse>,
-    /// UDP: the processes holding most of the range's ports.
-    pub owners: Vec<port_use::PortOwner>,
+pub enum RangeUse {
+    /// A TCP connect(): the range's ports toward its destination. Only the sockets that count
+    /// toward it were read, so nothing is said of the rest of the range.
+    Toward(port_use::DestUse),
+    /// The whole port space (bind() to port 0, a UDP connect(), a TCP connect() whose
+    /// destination is unknown), and the processes holding most of its ports.
+    Space {
+        space: port_use::SpaceUse,
+        owners: Vec<port_use::PortOwner>,
+    },
+}
+
+impl RangeUse {
+    /// The whole port space's use, when that was read.
+    pub fn space(&self) -> Option<&port_use::SpaceUse> {
+        match self {
+            RangeUse::Space { space, .. } => Some(space),
+            RangeUse::Toward(_) => None,
+        }
+    }
 }

@@ -680,7 +680,13 @@ mod tests {
             let want = format!("iter/{target}");
             assert_eq!(section_of(name), Some(want), "{name}");
         }
-        for name in [maps::EVENTS, maps::PORT_BITS, maps::LOST, maps::ITER_PORT] {
+        for name in [
+            maps::EVENTS,
+            maps::PORT_BITS,
+            maps::LOST,
+            maps::ITER_FILTER,
+            maps::ITER_PEER_PORTS,
+        ] {
             assert_eq!(section_of(name).as_deref(), Some("maps"), "{name}");
         }
         for name in [globals::LAYOUT, globals::SETTINGS] {

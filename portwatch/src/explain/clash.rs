@@ -12,7 +12,7 @@ use super::{
 use crate::{
     address::endpoint,
     event::Call,
-    facts::Facts,
+    facts::{Facts, RangeUse},
     sockets::{Holder, OwnerStatus, Proto, Source},
 };
 
@@ -400,8 +400,7 @@ pub fn ephemeral_exhausted(at: &Attempt, f: &Facts) -> Verdict {
         ));
     }
     let by_connections = match &f.range_use {
-        Some(Ok(r)) => {
-            let s = &r.space;
+        Some(Ok(RangeUse::Space { space: s, .. })) => {
             v.details.push(format!(
                 "of the {} range ports in use now, {} are held by connections and {} by bound \
                  or listening sockets",
@@ -415,7 +414,8 @@ pub fn ephemeral_exhausted(at: &Attempt, f: &Facts) -> Verdict {
             ));
             0
         }
-        None => 0,
+        // A bind()'s numbers are never read toward one destination.
+        Some(Ok(RangeUse::Toward(_))) | None => 0,
     };
     if by_connections > 0 {
         v.details.push(

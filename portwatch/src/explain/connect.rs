@@ -14,7 +14,7 @@ use crate::{
     address::endpoint,
     facts::{
         Facts, RangeUse,
-        port_use::{DestUse, PortOwner, Range},
+        port_use::{DestUse, PortOwner, Range, SpaceUse},
     },
     sockets::{Holder, Proto},
 };
@@ -29,22 +29,22 @@ pub fn explain(at: &Attempt, f: &Facts) -> Verdict {
         return tuple_in_use(at, f);
     }
     match &f.range_use {
-        Some(Ok(r)) if sock.proto.shares_ports_with(Proto::Tcp) => match &r.dest {
-            Some(d) if d.free() == 0 => ports_exhausted(at, f, d),
-            Some(d) => not_shown(at, &dest_numbers(d)),
-            None => not_shown(at, "the destination could not be read"),
-        },
-        Some(Ok(r)) => {
-            if r.space.used >= r.space.range.usable() {
-                udp_exhausted(at, r)
+        Some(Ok(RangeUse::Toward(d))) if d.free() == 0 => ports_exhausted(at, f, d),
+        Some(Ok(RangeUse::Toward(d))) => not_shown(at, &dest_numbers(d)),
+        Some(Ok(RangeUse::Space { .. })) if sock.proto.shares_ports_with(Proto::Tcp) => {
+            not_shown(at, "the destination could not be read")
+        }
+        Some(Ok(RangeUse::Space { space, owners })) => {
+            if space.used >= space.range.usable() {
+                udp_exhausted(at, space, owners)
             } else {
                 not_shown(
                     at,
                     &format!(
                         "{} of the {} usable UDP ports of {} are held now",
-                        r.space.used,
-                        r.space.range.usable(),
-                        range_words(r.space.range)
+                        space.used,
+                        space.range.usable(),
+                        range_words(space.range)
                     ),
                 )
             }
@@ -184,9 +184,9 @@ fn ports_exhausted(at: &Attempt, f: &Facts, d: &DestUse) -> Verdict {
     v
 }
 
-fn udp_exhausted(at: &Attempt, r: &RangeUse) -> Verdict {
+fn udp_exhausted(at: &Attempt, space: &SpaceUse, owners: &[PortOwner]) -> Verdict {
     let e = err_name(at);
-    let range = r.space.range;
+    let range = space.range;
     let mut v = Verdict::new(
         false,
         Rule::ConnectUdpPortsExhausted,
@@ -200,9 +200,9 @@ fn udp_exhausted(at: &Attempt, r: &RangeUse) -> Verdict {
     );
     v.details
         .push(format!("{}: {}", range_words(range), range_size(range)));
-    if !r.owners.is_empty() {
+    if !owners.is_empty() {
         v.details
-            .push(format!("UDP ports held by: {}", PortOwner::list(&r.owners)));
+            .push(format!("UDP ports held by: {}", PortOwner::list(owners)));
     }
     v.fix = Some(format!(
         "send from one bound UDP socket to many destinations (sendto()) instead of a socket \
@@ -372,9 +372,21 @@ mod tests {
     fn facts(ev: &Event, all: &[Holder], tw_reuse: u8) -> Facts {
         let sock = ev.socket.as_ref().unwrap();
         let r = ev.requested.as_ref().unwrap();
-        let dest = sock.proto.shares_ports_with(Proto::Tcp).then(|| {
-            port_use::dest_use(all, RANGE, |_| false, (r.addr, r.port), Some(sock.addr), 3)
-        });
+        let range_use = if sock.proto.shares_ports_with(Proto::Tcp) {
+            RangeUse::Toward(port_use::dest_use(
+                all,
+                RANGE,
+                |_| false,
+                (r.addr, r.port),
+                Some(sock.addr),
+                3,
+            ))
+        } else {
+            RangeUse::Space {
+                space: port_use::space_use(all, sock.proto, RANGE),
+                owners: port_use::space_owners(all, sock.proto, RANGE, |_| false, 3),
+            }
+        };
         Facts {
             sysctls: Sysctls {
                 ip_local_port_range: Some((RANGE.lo, RANGE.hi)),
@@ -382,11 +394,7 @@ mod tests {
                 tcp_tw_reuse: Some(tw_reuse),
                 ..Sysctls::default()
             },
-            range_use: Some(Ok(RangeUse {
-                space: port_use::space_use(all, sock.proto, RANGE),
-                dest,
-                owners: port_use::space_owners(all, sock.proto, RANGE, |_| false, 3),
-            })),
+            range_use: Some(Ok(range_use)),
             ..Facts::default()
         }
     }

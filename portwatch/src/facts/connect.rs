@@ -1,7 +1,7 @@
 //! The facts of a connect() that failed for want of a local port, and the range numbers of a
 //! failed bind() to port 0: how full the ephemeral range is in the caller's namespace, toward
-//! the call's destination, and who holds it. Read from the namespace's socket table once per
-//! batch (cached by [`FactFinder`]), counted per event by [`super::port_use`].
+//! the call's destination, and who holds it. Read from the namespace's sockets on range ports
+//! once per batch ([`super::range_sockets`]), counted per event by [`super::port_use`].
 
 use aya::Ebpf;
 
@@ -10,6 +10,7 @@ use super::{
     finder::FactFinder,
     plan::walked,
     port_use::{self, PortOwner, Range},
+    range_sockets::Peers,
 };
 use crate::{
     event::Event,
@@ -21,16 +22,17 @@ use crate::{
 pub const TOP_OWNERS: usize = 3;
 
 impl FactFinder {
-    /// Reads now what [`FactFinder::connect_facts`] will need: the namespace's whole socket
-    /// table, once per batch however many connects failed in it.
+    /// Reads now, or notes for the batch's one read of the range, what
+    /// [`FactFinder::connect_facts`] will need.
     pub(super) fn prefetch_connect(
         &mut self,
         ebpf: &mut Ebpf,
         ns: &mut Namespaces,
+        ev: &Event,
         sock: &SocketView,
     ) {
-        if needs_range(sock) {
-            let _ = self.cached_holders(ebpf, ns, sock.netns, None);
+        if let Some(peers) = range_peers(ev, sock) {
+            self.want_range(sock.netns, peers);
         }
         if sock.port != 0 {
             let _ = self.cached_holders(ebpf, ns, sock.netns, Some(sock.port));
@@ -64,7 +66,7 @@ impl FactFinder {
             }
             crate::cgroup::name_owners(facts.holders.iter_mut().flatten());
         }
-        if needs_range(sock) {
+        if range_peers(ev, sock).is_some() {
             let dest = ev.requested.as_ref().map(|r| (r.addr, r.port));
             facts.range_use = Some(self.range_use(ebpf, ns, sock, &facts.sysctls, dest));
         }
@@ -87,41 +89,31 @@ impl FactFinder {
                 sock.netns
             )
         })?;
-        let all = match self.cached_holders(ebpf, ns, sock.netns, None) {
-            Ok(all) => all,
-            Err(e) => return Err(format!("the socket table could not be read: {e}")),
-        };
+        let dest = dest.filter(|_| sock.proto.shares_ports_with(Proto::Tcp));
+        let peers = Peers::toward(dest.map(|d| d.1));
+        let all = self
+            .range_sockets(ebpf, ns, sock.netns, range, peers)
+            .map_err(|e| format!("the socket table could not be read: {e}"))?;
         let reserved = |p: u16| sysctls.reserved(p) == Some(true);
-        let space = port_use::space_use(all, sock.proto, range);
-        let (dest, owners) = match (sock.proto.shares_ports_with(Proto::Tcp), dest) {
-            (true, Some(d)) => (
-                Some(port_use::dest_use(
-                    all,
-                    range,
-                    reserved,
-                    d,
-                    Some(sock.addr),
-                    TOP_OWNERS,
-                )),
-                Vec::new(),
-            ),
-            _ => (
-                None,
-                port_use::space_owners(all, sock.proto, range, reserved, TOP_OWNERS),
-            ),
+        let mut out = match dest {
+            Some(d) => RangeUse::Toward(port_use::dest_use(
+                all,
+                range,
+                reserved,
+                d,
+                Some(sock.addr),
+                TOP_OWNERS,
+            )),
+            None => RangeUse::Space {
+                space: port_use::space_use(all, sock.proto, range),
+                owners: port_use::space_owners(all, sock.proto, range, reserved, TOP_OWNERS),
+            },
         };
-        let mut out = RangeUse {
-            space,
-            dest,
-            owners,
+        let owners = match &mut out {
+            RangeUse::Toward(d) => &mut d.owners,
+            RangeUse::Space { owners, .. } => owners,
         };
-        for o in out
-            .owners
-            .iter_mut()
-            .chain(out.dest.iter_mut().flat_map(|d| d.owners.iter_mut()))
-        {
-            name_owner(o);
-        }
+        owners.iter_mut().for_each(name_owner);
         Ok(out)
     }
 }
@@ -134,7 +126,14 @@ pub(super) fn name_owner(o: &mut PortOwner) {
 }
 
 /// A connect() with no local port yet (the kernel had to pick one) is explained by the
-/// range's numbers; one on a socket bound to a fixed port by the 4-tuple that exists.
-fn needs_range(sock: &SocketView) -> bool {
-    sock.port == 0
+/// range's numbers, for which it needs the range's sockets with these peers: a TCP one's
+/// connections toward its destination port, a UDP one's every socket. One on a socket bound to
+/// a fixed port is explained by the 4-tuple that exists (None: no range read).
+fn range_peers(ev: &Event, sock: &SocketView) -> Option<Peers> {
+    let tcp_dest = ev
+        .requested
+        .as_ref()
+        .filter(|_| sock.proto.shares_ports_with(Proto::Tcp))
+        .map(|r| r.port);
+    (sock.port == 0).then(|| Peers::toward(tcp_dest))
 }

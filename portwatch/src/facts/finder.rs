@@ -13,7 +13,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 use aya::Ebpf;
 
 use super::{
-    Facts, Sysctls, address_is_local,
+    Facts, RangeUse, Sysctls, address_is_local,
     binders::{Binder, Binders},
     enrich::socket_units_for,
     holders::{HoldersError, Known},
@@ -45,6 +45,8 @@ pub struct FactFinder {
     pub(super) task_files_work: bool,
     /// Table reads allowed per batch (None: as many as asked, as `who` needs).
     pub(super) read_budget: Option<usize>,
+    /// Per-drain: the ephemeral range's sockets, read filtered in the kernel.
+    pub(super) range_reads: super::range_sockets::RangeReads,
     netns_facts: HashMap<u32, (Sysctls, Option<Vec<IpAddr>>)>,
     /// Who bound each socket portwatch saw bound: names the owner of a holder that has been
     /// closed since.
@@ -68,6 +70,7 @@ impl FactFinder {
             task_files: None,
             task_files_work: true,
             read_budget: None,
+            range_reads: Default::default(),
             netns_facts: HashMap::new(),
             bound_ports: BoundPorts::default(),
             binders: Binders::default(),
@@ -87,6 +90,7 @@ impl FactFinder {
         self.owners = None;
         self.task_files = None;
         self.netns_facts.clear();
+        self.range_reads.clear();
     }
 
     /// Forgets that ports were bound in namespace `ino` (see [`crate::trace::Session::forget_netns`]).
@@ -156,7 +160,7 @@ impl FactFinder {
             return;
         };
         if ev.call == crate::event::Call::Connect {
-            self.prefetch_connect(ebpf, ns, sock);
+            self.prefetch_connect(ebpf, ns, ev, sock);
             return;
         }
         self.note_bound(ev, sock);
@@ -164,9 +168,7 @@ impl FactFinder {
         match plan::table_lookup(ev, &self.bound_ports) {
             TableLookup::Nothing => {}
             TableLookup::EphemeralRange => {
-                if self.netns_facts(ns, netns).0.ip_local_port_range.is_some() {
-                    self.cached_holders(ebpf, ns, netns, None);
-                }
+                self.want_range(netns, super::range_sockets::Peers::All);
             }
             TableLookup::Port {
                 port,
@@ -201,7 +203,11 @@ impl FactFinder {
             TableLookup::Nothing => {}
             TableLookup::EphemeralRange => {
                 let range = self.range_use(ebpf, ns, sock, &facts.sysctls, None);
-                facts.ephemeral_ports_in_use = range.as_ref().ok().map(|r| r.space.used);
+                facts.ephemeral_ports_in_use = range
+                    .as_ref()
+                    .ok()
+                    .and_then(RangeUse::space)
+                    .map(|s| s.used);
                 facts.range_use = Some(range);
             }
             TableLookup::Port {

@@ -58,11 +58,11 @@ impl HolderReads for Ebpf {
         netns: u32,
         port: Option<u16>,
     ) -> Result<Vec<SocketView>, TablesError> {
-        tables::read(self, ns, netns, port)
+        tables::read(self, ns, netns, &tables::Filter::port(port))
     }
 
     fn task_files(&mut self) -> Result<Vec<TaskFile>, TablesError> {
-        tables::read_task_files(self, None)
+        tables::read_task_files(self, &tables::Filter::port(None))
     }
 
     fn proc_socket_owners(&mut self) -> HashMap<u64, Vec<Owner>> {

@@ -54,7 +54,7 @@ impl Range {
         self.size().saturating_sub(self.reserved)
     }
 
-    fn contains(&self, port: u16) -> bool {
+    pub fn contains(&self, port: u16) -> bool {
         (self.lo..=self.hi).contains(&port)
     }
 }
