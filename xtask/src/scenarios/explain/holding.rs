@@ -249,26 +249,30 @@ fn explained(s: &Seen) -> (String, String, String) {
 fn mask(text: &str, varying: &[(u64, &str)]) -> String {
     let mut out = String::new();
     let mut digits = String::new();
-    let flush = |digits: &mut String, out: &mut String| {
+    // A number that is a port (after ':') or a part of a dotted address (127.0.0.1: after a
+    // '.', or before a '.' that a digit follows) is never a pid, whatever its value.
+    let flush = |digits: &mut String, out: &mut String, in_address: bool| {
         let is_port = out.ends_with(':');
         let label = digits
             .parse::<u64>()
             .ok()
-            .filter(|_| !is_port)
+            .filter(|_| !is_port && !in_address && !out.ends_with('.'))
             .and_then(|n| varying.iter().find(|(v, _)| *v == n))
             .map(|(_, l)| *l);
         out.push_str(label.unwrap_or(digits));
         digits.clear();
     };
-    for c in text.chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
         if c.is_ascii_digit() {
             digits.push(c);
         } else {
-            flush(&mut digits, &mut out);
+            let dotted = c == '.' && chars.peek().is_some_and(char::is_ascii_digit);
+            flush(&mut digits, &mut out, dotted);
             out.push(c);
         }
     }
-    flush(&mut digits, &mut out);
+    flush(&mut digits, &mut out, false);
     out
 }
 
@@ -282,6 +286,15 @@ mod tests {
         assert_eq!(
             mask("pid 812 (java) holds 0.0.0.0:8080; pids 80, 812", &varying),
             "pid <holder> (java) holds 0.0.0.0:8080; pids <caller>, <holder>"
+        );
+        // A pid that is also a byte of an address (pid 127 next to 127.0.0.1).
+        let varying = [(127, "<asker>")];
+        assert_eq!(
+            mask(
+                "pid 127 (nc) holds 127.0.0.1:8080 and 10.0.0.127 too, pid 127.",
+                &varying
+            ),
+            "pid <asker> (nc) holds 127.0.0.1:8080 and 10.0.0.127 too, pid <asker>."
         );
     }
 }
