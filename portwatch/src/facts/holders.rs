@@ -608,17 +608,7 @@ mod tests {
         let mut mine = sock(Proto::Tcp, "0.0.0.0", 0);
         mine.ino = 30;
         let ev = Event {
-            call: Call::Bind,
-            backend: None,
-            boot_ns: 0,
-            pid: 42,
-            tid: 42,
             uid: 1000,
-            comm: "server".into(),
-            cgroup_id: 0,
-            workload: None,
-            fd: None,
-            requested: None,
             ret: -libc::EADDRINUSE,
             socket: Some(mine),
             kernel_holders: vec![
@@ -628,7 +618,7 @@ mod tests {
             ],
             walk: Some(walk::DONE | walk::CUT),
             holders_sent: 2,
-            kernel_socket: false,
+            ..Event::imagined(Call::Bind, 42, "server")
         };
         let mut finder = FactFinder::new(Ok(()));
         // portwatch saw pid 300 bind socket 11, which no process holds now.

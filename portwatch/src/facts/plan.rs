@@ -146,15 +146,7 @@ mod tests {
     fn bind(ret: i32, asked: u16, bound: u16, walk: Option<u8>) -> Event {
         let socket = sock(Proto::Tcp, "0.0.0.0", bound);
         Event {
-            call: Call::Bind,
-            backend: None,
-            boot_ns: 0,
-            pid: 42,
-            tid: 42,
             uid: 1000,
-            comm: "server".into(),
-            cgroup_id: 0,
-            workload: None,
             fd: Some(3),
             requested: Some(Requested {
                 sa_family: socket.family.af(),
@@ -165,10 +157,8 @@ mod tests {
             }),
             ret,
             socket: Some(socket),
-            kernel_holders: vec![],
             walk,
-            holders_sent: 0,
-            kernel_socket: false,
+            ..Event::imagined(Call::Bind, 42, "server")
         }
     }
 
