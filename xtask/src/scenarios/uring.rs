@@ -124,6 +124,15 @@ impl Drop for Map {
     }
 }
 
+/// A completion's result as the system call's would be: 0, or the errno.
+fn completed(res: i32) -> io::Result<()> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(())
+    }
+}
+
 /// Submits one SQE on a new ring and waits for its completion: the call's result (0 or
 /// -errno), as the kernel completed it.
 fn submit_one(sqe: Sqe) -> io::Result<i32> {
@@ -207,11 +216,7 @@ pub fn bind(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
         off: u64::from(sa.len()),
         ..Sqe::default()
     })?;
-    if res < 0 {
-        Err(io::Error::from_raw_os_error(-res))
-    } else {
-        Ok(())
-    }
+    completed(res)
 }
 
 /// listen(fd, backlog) as IORING_OP_LISTEN.
@@ -222,9 +227,5 @@ pub fn listen(fd: RawFd, backlog: u32) -> io::Result<()> {
         len: backlog,
         ..Sqe::default()
     })?;
-    if res < 0 {
-        Err(io::Error::from_raw_os_error(-res))
-    } else {
-        Ok(())
-    }
+    completed(res)
 }
