@@ -178,6 +178,10 @@ pub mod walk {
     pub const NO_TABLE: u8 = 1 << 2;
     /// Holder records were dropped because the ring buffer was full.
     pub const LOST: u8 = 1 << 3;
+    /// A successful bind on a port the caller chose: the other protocol's owners of the same
+    /// number (TCP next to UDP) were read at the call too, in full, and sent with the call's
+    /// own. Without it, user space reads them after the fact, when they may be gone.
+    pub const OTHER_SPACE: u8 = 1 << 4;
 }
 
 /// Bits in [`HolderRecord::flags`].
@@ -679,6 +683,10 @@ pub struct Settings {
     /// 1 = keep only calls that failed.
     pub filter_failed: u8,
     pub _pad: [u8; 6],
+    /// Address of the kernel's `udp_table`, from /proc/kallsyms, on kernels that keep no UDP
+    /// table per namespace (before 6.2): how a TCP socket's program finds the UDP owners of its
+    /// port. 0 where it is not needed or could not be read; the UDP side is then not read.
+    pub udp_table: u64,
 }
 
 impl Settings {
@@ -698,6 +706,7 @@ impl Settings {
         filter_ports: 0,
         filter_failed: 0,
         _pad: [0; 6],
+        udp_table: 0,
     };
 }
 
@@ -708,7 +717,7 @@ const _: () = assert!(core::mem::size_of::<KernelLayout>() == 63 * core::mem::si
 const _: () = assert!(core::mem::size_of::<BindEvent>() == 136);
 const _: () = assert!(core::mem::size_of::<HolderRecord>() == 88);
 const _: () = assert!(core::mem::size_of::<TaskFileRecord>() == 112);
-const _: () = assert!(core::mem::size_of::<Settings>() == 40);
+const _: () = assert!(core::mem::size_of::<Settings>() == 48);
 const _: () = assert!(core::mem::size_of::<IterFilter>() == 12);
 
 /// Which sockets the iterators dump: the one entry of [`maps::ITER_FILTER`], written by user

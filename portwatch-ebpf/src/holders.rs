@@ -10,6 +10,10 @@
 //!   the bind2 buckets it lists (6.8+), always through `skc_bind_node`.
 //! - UDP: the port's slot in the UDP hash, through `skc_node`.
 //!
+//! A successful bind on a port the caller chose also reads the other protocol's owners of the
+//! number ([`walk_other_space`]): that TCP and UDP have separate port spaces is what explains
+//! such a success, and it must survive the other socket closing right after.
+//!
 //! The walk is bounded ([`MAX_STEPS`] list nodes, [`MAX_HOLDERS`] records), and says when it
 //! was cut. Each holder goes out as its own [`HolderRecord`], just before the call's event.
 //!
@@ -32,7 +36,7 @@ use portwatch_common::{
 };
 
 use crate::{
-    EVENTS, count_lost,
+    EVENTS, SETTINGS, count_lost,
     kernel::{self, LAYOUT, Sock, global, read_field, read_u64},
     wakeup_flag,
 };
@@ -86,13 +90,24 @@ pub struct Walk {
 #[map]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
+/// Where a walk starts, [`portwatch_walk_port`]'s `start`.
+pub mod start {
+    /// The call's own port space: hash the port to find its bucket.
+    pub const HASH: u64 = 0;
+    /// The call's own port space, from the socket's own bind bucket (it is bound).
+    pub const OWN_BUCKET: u64 = 1;
+    /// The other protocol's port space: the socket is not of the walked protocol.
+    pub const OTHER_SPACE: u64 = 2;
+}
+
 const BPF_LOOP_STOP: i64 = 1;
 const BPF_LOOP_GO_ON: i64 = 0;
 
-/// Finds the sockets other than `sk` (a `struct sock *`) that hold `port` in `sk`'s namespace
-/// and port space, into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them.
-/// `own_bucket`: the socket is bound (a success), so its bind bucket is known without hashing.
-/// Returns a [`Sent`] packed as a [`pack::walk_result`].
+/// Finds the sockets other than `sk` (a `struct sock *`) that hold `port` for `protocol` in
+/// `sk`'s namespace, into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them.
+/// `start` is one of [`start`]: the socket's own port space (from its own bind bucket when it
+/// is bound, a success) or the other protocol's. Returns a [`Sent`] packed as a
+/// [`pack::walk_result`].
 ///
 /// A global BPF function: the verifier checks it once, not once per state of its caller.
 /// Arguments are plain numbers, as global functions need.
@@ -100,13 +115,36 @@ const BPF_LOOP_GO_ON: i64 = 0;
 // it by that name.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn portwatch_walk_port(sk: u64, protocol: u64, port: u64, own_bucket: u64) -> u64 {
-    let sent = walk_port(sk, protocol as u16, port as u16, own_bucket != 0);
+pub extern "C" fn portwatch_walk_port(sk: u64, protocol: u64, port: u64, start: u64) -> u64 {
+    let sent = walk_port(sk, protocol as u16, port as u16, start);
     pack::walk_result(sent.count, sent.walk)
 }
 
+/// After a successful bind of `sk` (a `protocol` socket) on a `port` the caller chose: reads
+/// the other protocol's owners of the port and sends them, as records of thread `tid`, after
+/// the call's own (`own`, a [`pack::walk_result`]). Returns `own` with their count added and
+/// [`walk::OTHER_SPACE`] set; unchanged when the walk was cut or found no table, so that user
+/// space reads that side after the fact, as it does without this.
 #[inline(always)]
-fn walk_port(sk: u64, protocol: u16, port: u16, own_bucket: bool) -> Sent {
+pub fn walk_other_space(sk: u64, protocol: u16, port: u16, netns: u32, tid: u64, own: u64) -> u64 {
+    let other = match protocol {
+        IPPROTO_TCP => IPPROTO_UDP,
+        IPPROTO_UDP => IPPROTO_TCP,
+        _ => return own,
+    };
+    let walked = portwatch_walk_port(sk, u64::from(other), u64::from(port), start::OTHER_SPACE);
+    if pack::walk_bits(walked) != walk::DONE {
+        return own;
+    }
+    let sent = portwatch_send_found(u64::from(other), u64::from(netns), tid, walked);
+    pack::walk_result(
+        pack::walk_count(own).saturating_add(pack::walk_count(sent)),
+        pack::walk_bits(own) | (pack::walk_bits(sent) & walk::LOST) | walk::OTHER_SPACE,
+    )
+}
+
+#[inline(always)]
+fn walk_port(sk: u64, protocol: u16, port: u16, start: u64) -> Sent {
     let Some(w) = WALK.get_ptr_mut(0) else {
         return Sent::NO_TABLE;
     };
@@ -129,13 +167,13 @@ fn walk_port(sk: u64, protocol: u16, port: u16, own_bucket: bool) -> Sent {
     w.n = 0;
     w.cut = 0;
     let step: extern "C" fn(u64, *mut c_void) -> i64 = if protocol == IPPROTO_TCP {
-        let Some(first) = tcp_start(w, sk, net, port, own_bucket) else {
+        let Some(first) = tcp_start(w, sk, net, port, start == start::OWN_BUCKET) else {
             return Sent::NO_TABLE;
         };
         w.tb_node = first;
         tcp_step
     } else if protocol == IPPROTO_UDP {
-        let Some(first) = udp_start(sk, net, port) else {
+        let Some(first) = udp_start(sk, net, port, start == start::OTHER_SPACE) else {
             return Sent::NO_TABLE;
         };
         w.owner = first;
@@ -325,14 +363,20 @@ extern "C" fn tcp_step(_i: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// The first socket of the port's UDP hash slot. None when the table cannot be reached.
+/// `other_space`: `me` is not a UDP socket, so its protocol does not lead to the UDP table.
 #[inline(always)]
-fn udp_start(me: u64, net: u64, port: u16) -> Option<u64> {
+fn udp_start(me: u64, net: u64, port: u16, other_space: bool) -> Option<u64> {
     let table = if global(&LAYOUT.net_udp_table).size != 0 {
         read_field(net, &LAYOUT.net_udp_table)
+    } else if other_space {
+        global(&SETTINGS.udp_table)
     } else {
         let prot = read_field(me, &LAYOUT.sk_prot);
         read_field(prot, &LAYOUT.proto_udp_table)
     };
+    if table == 0 {
+        return None;
+    }
     let hash = read_field(table, &LAYOUT.udp_table_hash);
     if hash == 0 {
         return None;

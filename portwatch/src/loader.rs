@@ -125,6 +125,9 @@ pub struct KernelInfo {
     funcs: Vec<(&'static str, usize)>,
     /// The BTF aya gets to find fexit and iterator targets: see [`Btf::func_stub`].
     aya_stub: Vec<u8>,
+    /// Where the kernel's one UDP table is, on kernels without a UDP table per namespace
+    /// ([`Settings::udp_table`]); 0 where not needed or not readable.
+    udp_table: u64,
 }
 
 impl KernelInfo {
@@ -177,8 +180,28 @@ pub fn kernel_info() -> Result<KernelInfo, LoadError> {
         });
     }
     let started = Instant::now();
+    // Only kernels before 6.2 keep a single UDP table, found by its symbol; reading the symbol
+    // list takes tens of milliseconds, so it runs while the BTF is parsed.
+    let single_udp_table = parse_version(&release).is_none_or(|v| v < (6, 2));
+    let udp_symbol =
+        single_udp_table.then(|| std::thread::spawn(|| kernel_symbol(KALLSYMS, "udp_table")));
     let btf = Btf::from_file(path)?;
     let layout = layout::resolve(&btf)?;
+    let udp_table = match udp_symbol {
+        Some(read) if layout.net_udp_table.size == 0 => match read.join() {
+            Ok(Ok(Some(addr))) => addr,
+            Ok(Ok(None)) => {
+                debug!("udp_table not in {KALLSYMS}, or its address hidden: {AFTER}");
+                0
+            }
+            Ok(Err(e)) => {
+                debug!("{KALLSYMS}: {e}: {AFTER}");
+                0
+            }
+            Err(_) => 0,
+        },
+        _ => 0,
+    };
     let fexit_targets = || {
         FEXIT_PROGRAMS
             .iter()
@@ -203,7 +226,37 @@ pub fn kernel_info() -> Result<KernelInfo, LoadError> {
         layout,
         funcs,
         aya_stub,
+        udp_table,
     })
+}
+
+const KALLSYMS: &str = "/proc/kallsyms";
+
+/// What missing the UDP table's address costs.
+const AFTER: &str = "a TCP bind's UDP neighbours are read after the call, not at it";
+
+/// The address of the kernel's symbol `name` in `path` (/proc/kallsyms), or None when it is
+/// not there or its address is hidden (shown as 0 to a reader without CAP_SYSLOG).
+fn kernel_symbol(path: &str, name: &str) -> std::io::Result<Option<u64>> {
+    use std::io::BufRead;
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    for line in file.lines() {
+        if let Some(addr) = symbol_address(&line?, name) {
+            return Ok((addr != 0).then_some(addr));
+        }
+    }
+    Ok(None)
+}
+
+/// The address on one /proc/kallsyms line (`ffffffff8a2b3c40 D udp_table`) when it names
+/// `name`, a symbol of the kernel itself (not of a module).
+fn symbol_address(line: &str, name: &str) -> Option<u64> {
+    let mut fields = line.split_ascii_whitespace();
+    let (addr, _kind, sym) = (fields.next()?, fields.next()?, fields.next()?);
+    if sym != name || fields.next().is_some() {
+        return None;
+    }
+    u64::from_str_radix(addr, 16).ok()
 }
 
 fn kernel_release() -> String {
@@ -314,7 +367,11 @@ pub fn load(
     } else {
         Some(tracepoint_ret_offset(filter.connect))
     };
-    let settings = settings(filter, tp.as_ref().and_then(|r| r.as_ref().ok().copied()));
+    let settings = settings(
+        filter,
+        tp.as_ref().and_then(|r| r.as_ref().ok().copied()),
+        kernel.udp_table,
+    );
     // aya finds fexit and iterator targets in a BTF of its own; it gets the stub.
     let aya_btf = kernel.aya_btf()?;
     let mut ebpf = open_object(kernel, &settings, &filter.ports, &aya_btf)?;
@@ -371,8 +428,9 @@ pub fn load(
 }
 
 /// The kernel side's [`Settings`] for these filters. `tp_exit_ret` is the offset tracefs gave,
-/// or the one every kernel so far uses when tracefs was not read (fexit, `who`).
-fn settings(filter: &KernelFilter, tp_exit_ret: Option<u32>) -> Settings {
+/// or the one every kernel so far uses when tracefs was not read (fexit, `who`); `udp_table`
+/// is [`KernelInfo::udp_table`].
+fn settings(filter: &KernelFilter, tp_exit_ret: Option<u32>, udp_table: u64) -> Settings {
     Settings {
         filter_pid: filter.pid.unwrap_or(0),
         self_pid: if filter.include_self {
@@ -388,6 +446,7 @@ fn settings(filter: &KernelFilter, tp_exit_ret: Option<u32>) -> Settings {
         filter_ports: u8::from(!filter.ports.is_empty()),
         filter_failed: u8::from(filter.failed_only),
         _pad: [0; 6],
+        udp_table,
     }
 }
 
@@ -429,7 +488,7 @@ fn open_object(
 pub fn load_for_tables(kernel: &KernelInfo) -> Result<Ebpf, LoadError> {
     bump_memlock();
     let btf = kernel.aya_btf()?;
-    let settings = settings(&KernelFilter::default(), None);
+    let settings = settings(&KernelFilter::default(), None, 0);
     let mut ebpf = open_object(kernel, &settings, &[], &btf)?;
     tables::load_iterators(&mut ebpf, &btf).map_err(LoadError::Tables)?;
     Ok(ebpf)
@@ -610,6 +669,27 @@ mod tests {
         assert_eq!(parse_version("6.18.44-fc-v782"), Some((6, 18)));
         assert_eq!(parse_version("6.1.0-40-cloud-amd64"), Some((6, 1)));
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn finds_a_kernel_symbol_not_a_module_one() {
+        assert_eq!(
+            symbol_address("ffffffff8a2b3c40 D udp_table", "udp_table"),
+            Some(0xffff_ffff_8a2b_3c40)
+        );
+        assert_eq!(
+            symbol_address("0000000000000000 D udp_table", "udp_table"),
+            Some(0)
+        );
+        assert_eq!(
+            symbol_address("ffffffff8a2b3c40 D udp_table_x", "udp_table"),
+            None
+        );
+        assert_eq!(
+            symbol_address("ffffffffc0a01000 d udp_table\t[vxlan]", "udp_table"),
+            None
+        );
+        assert_eq!(symbol_address("garbage", "udp_table"), None);
     }
 
     #[test]

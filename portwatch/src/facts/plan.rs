@@ -103,10 +103,12 @@ pub(super) fn table_lookup(ev: &Event, bound: &BoundPorts) -> TableLookup {
         !bound.other_namespaces(netns, port).is_empty()
     };
     // A failure is explained from the kernel's list alone; a success also looks at the
-    // other protocol's sockets on the port, when one was seen there.
+    // other protocol's sockets on the port, when one was seen there and the kernel side did
+    // not read them at the call.
     let tables = !walked(ev)
         || (ev.ok()
             && !asked_zero
+            && !other_space_walked(ev)
             && ev
                 .socket
                 .as_ref()
@@ -130,6 +132,11 @@ fn needs_holders(ev: &Event) -> bool {
 /// Whether the kernel side read the call's port's owners at the call.
 pub(super) fn walked(ev: &Event) -> bool {
     ev.walk.is_some_and(|w| w & walk::DONE != 0)
+}
+
+/// Whether the kernel side also read the other protocol's owners of the port at the call.
+fn other_space_walked(ev: &Event) -> bool {
+    ev.walk.is_some_and(|w| w & walk::OTHER_SPACE != 0)
 }
 
 #[cfg(test)]
@@ -241,6 +248,9 @@ mod tests {
         // UDP seen there: a separate port space the walk did not cover.
         bound.note(8080, 7, Proto::Udp);
         assert_eq!(table_lookup(&ok, &bound), port(8080, false, true));
+        // Unless the kernel side read that space at the call too.
+        let both = bind(0, 8080, 8080, Some(walk::DONE | walk::OTHER_SPACE));
+        assert_eq!(table_lookup(&both, &bound), port(8080, false, false));
         // Not for a port the kernel picked: sharing it is chance.
         let picked = bind(0, 0, 8080, WALKED);
         assert_eq!(table_lookup(&picked, &bound), port(8080, false, false));

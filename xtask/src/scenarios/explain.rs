@@ -7,9 +7,10 @@
 //!
 //! Every scenario with a holder process is registered twice (issue 8, see [`holding`]): as
 //! `NAME`, with the holders kept until portwatch reported, and as `NAME_holder_gone`, with
-//! them exiting right after the deciding call, which must be explained the same. Two are
-//! registered once ([`holding::kept_only`]): the other protocol and the other namespace, which
-//! the kernel side does not read at the call.
+//! them exiting right after the deciding call, which must be explained the same. One is
+//! registered once ([`holding::kept_only`]): the other namespace, which the kernel side does
+//! not read at the call. The other protocol it does read (both ways: a UDP bind next to TCP
+//! and a TCP bind next to UDP).
 //!
 //! This file is the table of them, in the order they run. The bodies: [`cases`] (the generic
 //! shapes: a clash, a share, a refusal), [`rules`] (rules that need their own set-up),
@@ -70,13 +71,21 @@ pub fn scenarios() -> Vec<Scenario> {
             "ok-different-addresses"
         )
     ));
-    v.push(holding::kept_only(
+    v.extend(twice!(
         "explain_tcp_udp_separate_spaces",
         sharing(
             SockSpec::tcp("0.0.0.0:8080").listening(),
             SockSpec::udp("0.0.0.0:8080"),
-            "ok-separate-port-spaces",
-        ),
+            "ok-separate-port-spaces"
+        )
+    ));
+    v.extend(twice!(
+        "explain_udp_tcp_separate_spaces",
+        sharing(
+            SockSpec::udp("0.0.0.0:8080"),
+            SockSpec::tcp("127.0.0.1:8080"),
+            "ok-separate-port-spaces"
+        )
     ));
     v.extend(twice!("explain_dual_stack_covers_ipv4", dual_stack));
     v.extend(twice!(

@@ -182,10 +182,10 @@ where
     ]
 }
 
-/// Only the run with the holders kept, for the two reasons to share a port that the kernel
-/// side does not read at the call: a socket of the other protocol, and one in another network
-/// namespace. portwatch reads those after the call, so once their holder is gone it says the
-/// (true, narrower) "nothing else holds tcp port P here"; the README says so under Limits.
+/// Only the run with the holders kept, for the reason to share a port that the kernel side
+/// does not read at the call: a socket in another network namespace. portwatch reads those
+/// after the call, so once their holder is gone it says the (true, narrower) "nothing else
+/// holds tcp port P here"; the README says so under Limits.
 pub fn kept_only<F>(name: &'static str, body: F) -> Scenario
 where
     F: Fn(&Ctx, &Portwatch, &Netns, Holding) -> Result<Seen> + Send + Sync + 'static,
