@@ -83,6 +83,8 @@ pub struct Walk {
     /// Found so far, and whether more were seen than fit.
     n: u64,
     cut: u64,
+    /// Where the other port space's owners start in `found` ([`how::OTHER_SPACE`]).
+    split: u64,
     found: [u64; MAX_HOLDERS as usize],
 }
 
@@ -90,24 +92,27 @@ pub struct Walk {
 #[map]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
-/// Where a walk starts, [`portwatch_walk_port`]'s `start`.
-pub mod start {
-    /// The call's own port space: hash the port to find its bucket.
-    pub const HASH: u64 = 0;
-    /// The call's own port space, from the socket's own bind bucket (it is bound).
-    pub const OWN_BUCKET: u64 = 1;
-    /// The other protocol's port space: the socket is not of the walked protocol.
-    pub const OTHER_SPACE: u64 = 2;
+/// How a walk starts and what it covers: [`portwatch_walk_port`]'s `how` bits.
+pub mod how {
+    /// The call's own port space from the socket's own bind bucket (it is bound); without
+    /// this bit the port is hashed to find its bucket.
+    pub const OWN_BUCKET: u64 = 1 << 0;
+    /// Then the other protocol's port space too (UDP for a TCP socket, TCP for a UDP one).
+    pub const OTHER_SPACE: u64 = 1 << 1;
 }
 
 const BPF_LOOP_STOP: i64 = 1;
 const BPF_LOOP_GO_ON: i64 = 0;
 
 /// Finds the sockets other than `sk` (a `struct sock *`) that hold `port` for `protocol` in
-/// `sk`'s namespace, into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them.
-/// `start` is one of [`start`]: the socket's own port space (from its own bind bucket when it
-/// is bound, a success) or the other protocol's. Returns a [`Sent`] packed as a
-/// [`pack::walk_result`].
+/// `sk`'s namespace, into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them. `how` holds [`how`] bits. With
+/// [`how::OTHER_SPACE`], the other protocol's owners of the port follow the call's own in the
+/// found list, and [`walk::OTHER_SPACE`] says they are complete; a cut or failed walk of the
+/// other space is dropped whole, so that user space reads that side after the fact, as it
+/// does without this. Returns a [`Sent`] packed as a [`pack::walk_result`].
+///
+/// Both spaces in one call, not two: the caller's stack frame then stays as it was, and 6.1
+/// adds it to the frames of the send below it against one 512-byte limit.
 ///
 /// A global BPF function: the verifier checks it once, not once per state of its caller.
 /// Arguments are plain numbers, as global functions need.
@@ -115,36 +120,23 @@ const BPF_LOOP_GO_ON: i64 = 0;
 // it by that name.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn portwatch_walk_port(sk: u64, protocol: u64, port: u64, start: u64) -> u64 {
-    let sent = walk_port(sk, protocol as u16, port as u16, start);
+pub extern "C" fn portwatch_walk_port(sk: u64, protocol: u64, port: u64, how: u64) -> u64 {
+    let sent = walk_port(sk, protocol as u16, port as u16, how);
     pack::walk_result(sent.count, sent.walk)
 }
 
-/// After a successful bind of `sk` (a `protocol` socket) on a `port` the caller chose: reads
-/// the other protocol's owners of the port and sends them, as records of thread `tid`, after
-/// the call's own (`own`, a [`pack::walk_result`]). Returns `own` with their count added and
-/// [`walk::OTHER_SPACE`] set; unchanged when the walk was cut or found no table, so that user
-/// space reads that side after the fact, as it does without this.
+/// The protocol whose port space is separate from `protocol`'s; 0 for any other.
 #[inline(always)]
-pub fn walk_other_space(sk: u64, protocol: u16, port: u16, netns: u32, tid: u64, own: u64) -> u64 {
-    let other = match protocol {
+fn other_protocol(protocol: u16) -> u16 {
+    match protocol {
         IPPROTO_TCP => IPPROTO_UDP,
         IPPROTO_UDP => IPPROTO_TCP,
-        _ => return own,
-    };
-    let walked = portwatch_walk_port(sk, u64::from(other), u64::from(port), start::OTHER_SPACE);
-    if pack::walk_bits(walked) != walk::DONE {
-        return own;
+        _ => 0,
     }
-    let sent = portwatch_send_found(u64::from(other), u64::from(netns), tid, walked);
-    pack::walk_result(
-        pack::walk_count(own).saturating_add(pack::walk_count(sent)),
-        pack::walk_bits(own) | (pack::walk_bits(sent) & walk::LOST) | walk::OTHER_SPACE,
-    )
 }
 
 #[inline(always)]
-fn walk_port(sk: u64, protocol: u16, port: u16, start: u64) -> Sent {
+fn walk_port(sk: u64, protocol: u16, port: u16, how: u64) -> Sent {
     let Some(w) = WALK.get_ptr_mut(0) else {
         return Sent::NO_TABLE;
     };
@@ -154,26 +146,58 @@ fn walk_port(sk: u64, protocol: u16, port: u16, start: u64) -> Sent {
     // through the map lookup, so no field of it is kept in a register across the call.
     let w = unsafe { &mut *w };
     let tid = bpf_get_current_pid_tgid();
-    let net = read_field(sk, &LAYOUT.sk_net);
     w.tid = tid;
     w.me = sk;
-    w.net = net;
+    w.net = read_field(sk, &LAYOUT.sk_net);
     w.port = u64::from(port);
+    w.n = 0;
+    w.split = u64::from(MAX_HOLDERS);
+    let mut sent = walk_space(w, protocol, how & how::OWN_BUCKET != 0, false);
+    if sent.walk & walk::DONE == 0 || how & how::OTHER_SPACE == 0 {
+        return sent;
+    }
+    let other = other_protocol(protocol);
+    if other == 0 {
+        return sent;
+    }
+    w.split = w.n;
+    let theirs = walk_space(w, other, false, true);
+    // Another thread's walk ran on this CPU meanwhile: the state is not ours to trust.
+    if w.tid != tid {
+        return Sent {
+            count: 0,
+            walk: walk::DONE | walk::CUT,
+        };
+    }
+    if theirs.walk == walk::DONE {
+        sent.walk |= walk::OTHER_SPACE;
+        sent.count = w.n as u8;
+    } else {
+        w.n = w.split;
+    }
+    sent
+}
+
+/// Walks `protocol`'s owners of the walk's port into `w`, after what it holds. `own_bucket`:
+/// start from the socket's own bind bucket; `other_space`: the socket is not of `protocol`.
+#[inline(always)]
+fn walk_space(w: &mut Walk, protocol: u16, own_bucket: bool, other_space: bool) -> Sent {
+    let tid = w.tid;
+    let (sk, net, port) = (w.me, w.net, w.port as u16);
     w.bhash2 = 0;
     w.single = 0;
     w.tb_node = 0;
     w.tb2_node = 0;
     w.owner = 0;
-    w.n = 0;
     w.cut = 0;
     let step: extern "C" fn(u64, *mut c_void) -> i64 = if protocol == IPPROTO_TCP {
-        let Some(first) = tcp_start(w, sk, net, port, start == start::OWN_BUCKET) else {
+        let Some(first) = tcp_start(w, sk, net, port, own_bucket) else {
             return Sent::NO_TABLE;
         };
         w.tb_node = first;
         tcp_step
     } else if protocol == IPPROTO_UDP {
-        let Some(first) = udp_start(sk, net, port, start == start::OTHER_SPACE) else {
+        let Some(first) = udp_start(sk, net, port, other_space) else {
             return Sent::NO_TABLE;
         };
         w.owner = first;
@@ -206,6 +230,22 @@ fn walk_port(sk: u64, protocol: u16, port: u16, start: u64) -> Sent {
     sent
 }
 
+/// [`portwatch_send_found`] for a walk about `sk`'s port, as records of the current thread;
+/// skipped (a global function call and a map lookup) when the walk found nobody, as most
+/// successful binds' walks do.
+#[inline(always)]
+pub fn send_found(protocol: u16, sk: &Sock, walked: u64) -> u64 {
+    if pack::walk_count(walked) == 0 {
+        return walked;
+    }
+    portwatch_send_found(
+        u64::from(protocol),
+        u64::from(sk.netns()),
+        bpf_get_current_pid_tgid(),
+        walked,
+    )
+}
+
 /// Sends the holders the last walk on this CPU found, as records of thread `tid`, and returns
 /// the walk result with its count corrected and LOST added for records the ring had no room
 /// for.
@@ -228,7 +268,13 @@ pub extern "C" fn portwatch_send_found(protocol: u64, netns: u64, tid: u64, walk
         if (i as u64) >= w.n || (i as u64) >= found {
             break;
         }
-        if send(w.found[i], protocol as u16, netns as u32, tid as u32, 0) {
+        // The other port space's owners follow the call's own ([`how::OTHER_SPACE`]).
+        let proto = if (i as u64) < w.split {
+            protocol as u16
+        } else {
+            other_protocol(protocol as u16)
+        };
+        if send(w.found[i], proto, netns as u32, tid as u32, 0) {
             sent += 1;
         } else {
             bits |= walk::LOST;

@@ -258,20 +258,18 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
             let protocol = u64::from(body.protocol);
             // The socket sits in its own bind bucket after a successful call, and after a
             // failed connect() on a socket bound to that port.
-            let start = if ret == 0 || rec == record::CONNECT {
-                holders::start::OWN_BUCKET
+            let mut how = if ret == 0 || rec == record::CONNECT {
+                holders::how::OWN_BUCKET
             } else {
-                holders::start::HASH
+                0
             };
-            let walked = holders::portwatch_walk_port(sk.sk, protocol, u64::from(port), start);
-            let netns = sk.netns();
-            let tid = bpf_get_current_pid_tgid();
-            let mut found = holders::portwatch_send_found(protocol, u64::from(netns), tid, walked);
             // A port the caller chose (not one the kernel picked, which shares nothing on
             // purpose): the other protocol's owners of it explain the success too.
             if ret == 0 && rec == record::BIND && req.ok != 0 && req.port != 0 {
-                found = holders::walk_other_space(sk.sk, body.protocol, port, netns, tid, found);
+                how |= holders::how::OTHER_SPACE;
             }
+            let walked = holders::portwatch_walk_port(sk.sk, protocol, u64::from(port), how);
+            let found = holders::send_found(body.protocol, sk, walked);
             sent = found as u32;
         }
     }
