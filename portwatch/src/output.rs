@@ -162,17 +162,55 @@ pub struct Printer {
     out: file::Sink,
 }
 
-pub(crate) const HEADER: [&str; 8] = [
-    "TIME", "PID", "COMM", "CALL", "PROTO", "ADDRESS", "RESULT", "DETAILS",
-];
+/// One line in `trace`'s columns, as `trace` prints each call and `why` each recorded one: one
+/// layout for both. Cells are ready to print (made safe, painted); `result_len` is the visible
+/// length of `result`, which may carry color codes.
+pub(crate) struct Columns<'a> {
+    pub time: &'a str,
+    pub pid: &'a str,
+    pub comm: &'a str,
+    pub call: &'a str,
+    pub proto: &'a str,
+    pub address: &'a str,
+    pub result: &'a str,
+    pub result_len: usize,
+    pub details: &'a str,
+}
 
-/// Pads `s` to `width` visible characters (escape codes don't count).
-fn pad(s: &str, visible_len: usize, width: usize) -> String {
-    let mut out = s.to_string();
-    for _ in visible_len..width {
-        out.push(' ');
+impl Columns<'_> {
+    /// The column names.
+    pub const HEADER: Columns<'static> = Columns {
+        time: "TIME",
+        pid: "PID",
+        comm: "COMM",
+        call: "CALL",
+        proto: "PROTO",
+        address: "ADDRESS",
+        result: "RESULT",
+        result_len: 6,
+        details: "DETAILS",
+    };
+
+    /// The line, without trailing blanks. CALL is as wide as its longest word, `connect`.
+    pub fn line(&self) -> String {
+        let mut result = self.result.to_string();
+        for _ in self.result_len..13 {
+            result.push(' ');
+        }
+        format!(
+            "{:<15} {:>7} {:<15} {:<7} {:<5} {:<27} {} {}",
+            self.time,
+            self.pid,
+            self.comm,
+            self.call,
+            self.proto,
+            self.address,
+            result,
+            self.details
+        )
+        .trim_end()
+        .to_string()
     }
-    out
 }
 
 impl Printer {
@@ -202,10 +240,7 @@ impl Printer {
         if self.json {
             return Ok(());
         }
-        let line = format!(
-            "{:<15} {:>7} {:<15} {:<6} {:<5} {:<27} {:<13} {}",
-            HEADER[0], HEADER[1], HEADER[2], HEADER[3], HEADER[4], HEADER[5], HEADER[6], HEADER[7]
-        );
+        let line = Columns::HEADER.line();
         writeln!(self.out, "{}", self.style.dim(&line))?;
         self.out.flush()
     }
@@ -261,18 +296,19 @@ impl Printer {
         if let Some(w) = ev.workload.as_ref().filter(|w| !w.is_root()) {
             details.push(w.label());
         }
-        let line = format!(
-            "{:<15} {:>7} {:<15} {:<6} {:<5} {:<27} {} {}",
-            time_of_day(self.clock.unix_ns(ev.boot_ns)),
-            ev.pid,
-            safe(&ev.comm),
-            ev.call.as_str(),
-            proto,
-            address,
-            pad(&result, result_len, 13),
-            s.dim(&safe(&details.join(" "))),
-        );
-        writeln!(self.out, "{}", line.trim_end())?;
+        let line = Columns {
+            time: &time_of_day(self.clock.unix_ns(ev.boot_ns)),
+            pid: &ev.pid.to_string(),
+            comm: &safe(&ev.comm),
+            call: ev.call.as_str(),
+            proto: &proto,
+            address: &address,
+            result: &result,
+            result_len,
+            details: &s.dim(&safe(&details.join(" "))),
+        }
+        .line();
+        writeln!(self.out, "{line}")?;
         if let Some(v) = verdict {
             let mark = if v.ok {
                 s.green("↳")

@@ -7,7 +7,7 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use serde_json::Value;
 
-use super::{HEADER, terminal::safe, time_of_day};
+use super::{Columns, terminal::safe, time_of_day};
 use crate::{
     address::endpoint,
     sockets::{Family, Options},
@@ -16,10 +16,7 @@ use crate::{
 
 /// The column header, as `trace` prints it.
 pub fn header() -> String {
-    format!(
-        "{:<15} {:>7} {:<15} {:<6} {:<5} {:<27} {:<13} {}",
-        HEADER[0], HEADER[1], HEADER[2], HEADER[3], HEADER[4], HEADER[5], HEADER[6], HEADER[7]
-    )
+    Columns::HEADER.line()
 }
 
 fn addr_port(v: &Value) -> Option<String> {
@@ -44,6 +41,23 @@ pub fn event(ev: &Value, unix_ns: i128, own_netns: u32) -> String {
         .unwrap_or_else(|| "?".into());
     let result = ev["errno"].as_str().unwrap_or("ok");
     let mut details = Vec::new();
+    // The same words, in the same order, as trace's line.
+    let bound = addr_port(&ev["bound"]);
+    let asked_zero = ev["type"] == "bind" && ev["requested"]["port"] == 0;
+    if ev["ok"] == true
+        && asked_zero
+        && let Some(port) = ev["bound"]["port"].as_u64()
+    {
+        details.push(format!("got port {port}"));
+    }
+    if ev["kernel_socket"] == true {
+        details.push("in-kernel socket".to_string());
+    }
+    if ev["type"] == "connect"
+        && let Some(from) = &bound
+    {
+        details.push(format!("from {from}"));
+    }
     let o = &ev["options"];
     if o.is_object() {
         let flag = |k: &str| o[k].as_bool().unwrap_or(false);
@@ -69,19 +83,18 @@ pub fn event(ev: &Value, unix_ns: i128, own_netns: u32) -> String {
             details.push(w.label());
         }
     }
-    let mut out = format!(
-        "{:<15} {:>7} {:<15} {:<6} {:<5} {:<27} {:<13} {}",
-        time_of_day(unix_ns),
-        ev["pid"].as_u64().unwrap_or(0),
-        safe(s("comm")),
-        safe(s("type")),
-        proto,
-        address,
-        safe(result),
-        safe(&details.join(" ")),
-    )
-    .trim_end()
-    .to_string();
+    let mut out = Columns {
+        time: &time_of_day(unix_ns),
+        pid: &ev["pid"].as_u64().unwrap_or(0).to_string(),
+        comm: &safe(s("comm")),
+        call: &safe(s("type")),
+        proto: &proto,
+        address: &address,
+        result: &safe(result),
+        result_len: safe(result).chars().count(),
+        details: &safe(&details.join(" ")),
+    }
+    .line();
     out.push('\n');
     let x = &ev["explain"];
     if let Some(m) = x["message"].as_str() {
@@ -137,5 +150,28 @@ mod tests {
             "    ↳ EADDRINUSE: pid 15569 (python3) holds [::]:8080"
         );
         assert_eq!(lines[2], "      fix: set IPV6_V6ONLY=1");
+    }
+
+    #[test]
+    fn a_recorded_connect_lines_up_under_the_header_with_traces_details() {
+        let ev: Value = serde_json::from_str(
+            r#"{"type":"connect","pid":13822,"comm":"python3","netns":7,
+            "family":"ipv4","protocol":"tcp","requested":{"addr":"127.0.0.1","port":5432,"scope_id":0},
+            "bound":{"addr":"127.0.0.1","port":40001},"ok":false,"errno":"EADDRNOTAVAIL",
+            "kernel_socket":false,"explain":{"message":"m"}}"#,
+        )
+        .unwrap();
+        let text = event(&ev, 0, 1);
+        let line = text.lines().next().unwrap();
+        let head = header();
+        for (name, cell) in [
+            ("CALL", "connect tcp4"),
+            ("PROTO", "tcp4"),
+            ("ADDRESS", "127.0.0.1:5432"),
+            ("RESULT", "EADDRNOTAVAIL"),
+            ("DETAILS", "from 127.0.0.1:40001 netns 7"),
+        ] {
+            assert_eq!(head.find(name), line.find(cell), "{name}\n{head}\n{line}");
+        }
     }
 }
