@@ -43,7 +43,7 @@ pub fn run(args: WhoArgs) -> Result<()> {
     holders.sort_by_key(|h| (h.socket.netns, h.socket.proto.name(), h.socket.state.0));
 
     // Bound-but-not-listening sockets are found only through the processes' fd tables.
-    let blind = (!finder.sees_every_socket(&mut ebpf)).then_some(BLIND);
+    let blind = (!finder.sees_every_socket(&mut ebpf, Some(args.port))).then_some(BLIND);
     let prediction = match &args.addr {
         Some(addr) => Some(predict(
             &args,

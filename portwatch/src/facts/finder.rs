@@ -39,8 +39,10 @@ pub struct FactFinder {
     pub(super) known: HashMap<u64, Known>,
     /// Per-drain caches.
     pub(super) holders: HashMap<(u32, u16), Result<Vec<Holder>, HoldersError>>,
-    pub(super) owners: Option<HashMap<u64, Vec<Owner>>>,
-    pub(super) task_files: Option<Vec<TaskFile>>,
+    /// Socket inode → holders, and the task-file iterator's sockets, per read: of one port
+    /// (`Some`) or of every port (`None`). See [`FactFinder::task_files`].
+    pub(super) owners: HashMap<Option<u16>, HashMap<u64, Vec<Owner>>>,
+    pub(super) task_files: HashMap<Option<u16>, Vec<TaskFile>>,
     /// False once the task-file iterator failed: /proc is read instead from then on.
     pub(super) task_files_work: bool,
     /// Table reads allowed per batch (None: as many as asked, as `who` needs).
@@ -66,8 +68,8 @@ impl FactFinder {
             tables: tables.map_err(Arc::new),
             known: HashMap::new(),
             holders: HashMap::new(),
-            owners: None,
-            task_files: None,
+            owners: HashMap::new(),
+            task_files: HashMap::new(),
             task_files_work: true,
             read_budget: None,
             range_reads: Default::default(),
@@ -87,8 +89,8 @@ impl FactFinder {
     /// Forgets the per-batch caches: the world may have changed.
     pub fn new_batch(&mut self) {
         self.holders.clear();
-        self.owners = None;
-        self.task_files = None;
+        self.owners.clear();
+        self.task_files.clear();
         self.netns_facts.clear();
         self.range_reads.clear();
     }

@@ -28,6 +28,10 @@ use crate::{
 /// reported for every call that needed it.
 pub type HoldersError = Arc<TablesError>;
 
+/// Ports whose sockets a batch reads from the task-file iterator one by one, before one read
+/// of every port serves the rest of the batch ([`FactFinder::task_file_scope`]).
+const MAX_PORT_READS: usize = 4;
+
 /// The OS reads holder lookup makes. [`Ebpf`] (the loaded object, with /proc and pidfd beside
 /// it) is the real one; the unit tests pass fixed tables.
 pub trait HolderReads {
@@ -40,8 +44,8 @@ pub trait HolderReads {
         port: Option<u16>,
     ) -> Result<Vec<SocketView>, TablesError>;
     /// Every TCP and UDP socket a process holds, from the task-file iterator
-    /// ([`tables::read_task_files`]).
-    fn task_files(&mut self) -> Result<Vec<TaskFile>, TablesError>;
+    /// ([`tables::read_task_files`]), on `port` only unless None.
+    fn task_files(&mut self, port: Option<u16>) -> Result<Vec<TaskFile>, TablesError>;
     /// Socket inode → the processes that hold it, from /proc/*/fd
     /// ([`procfs::socket_owners`]).
     fn proc_socket_owners(&mut self) -> HashMap<u64, Vec<Owner>>;
@@ -61,8 +65,8 @@ impl HolderReads for Ebpf {
         tables::read(self, ns, netns, &tables::Filter::port(port))
     }
 
-    fn task_files(&mut self) -> Result<Vec<TaskFile>, TablesError> {
-        tables::read_task_files(self, &tables::Filter::port(None))
+    fn task_files(&mut self, port: Option<u16>) -> Result<Vec<TaskFile>, TablesError> {
+        tables::read_task_files(self, &tables::Filter::port(port))
     }
 
     fn proc_socket_owners(&mut self) -> HashMap<u64, Vec<Owner>> {
@@ -88,12 +92,21 @@ pub(super) enum Known {
 }
 
 impl FactFinder {
-    /// Socket inode → the processes that hold it, read once per batch: from the kernel's fd
-    /// tables through the task-file iterator when it loaded (it also lists the bound-only
-    /// sockets, see [`FactFinder::task_files`]), else by reading /proc/*/fd as `ss -p` does.
-    fn owners(&mut self, ebpf: &mut impl HolderReads) -> &HashMap<u64, Vec<Owner>> {
-        if self.owners.is_none() {
-            let owners = match self.task_files(ebpf) {
+    /// Socket inode → the processes that hold it, for sockets on `port` (None: on every
+    /// port), read once per batch: from the kernel's fd tables through the task-file iterator
+    /// when it loaded (it also lists the bound-only sockets, see [`FactFinder::task_files`]),
+    /// else by reading /proc/*/fd as `ss -p` does. The map may hold other ports' sockets too.
+    fn owners(
+        &mut self,
+        ebpf: &mut impl HolderReads,
+        port: Option<u16>,
+    ) -> &HashMap<u64, Vec<Owner>> {
+        let key = match self.task_files(ebpf, port) {
+            Some(_) => self.task_file_scope(port),
+            None => None,
+        };
+        if !self.owners.contains_key(&key) {
+            let owners = match self.task_files(ebpf, port) {
                 Some(files) => {
                     let mut m: HashMap<u64, Vec<Owner>> = HashMap::new();
                     for f in files {
@@ -105,31 +118,60 @@ impl FactFinder {
                 }
                 None => ebpf.proc_socket_owners(),
             };
-            self.owners = Some(owners);
+            self.owners.insert(key, owners);
         }
-        self.owners.get_or_insert_with(HashMap::new)
+        &self.owners[&key]
     }
 
     /// Whether every socket a process holds can be seen: through the task-file iterator, or
     /// (without it) by reading every process's fd table, which needs CAP_SYS_PTRACE and
-    /// CAP_DAC_READ_SEARCH. When not, a bound-but-not-listening socket may be missed.
-    pub fn sees_every_socket(&mut self, ebpf: &mut impl HolderReads) -> bool {
-        self.task_files(ebpf).is_some() || ebpf.sees_all_processes()
+    /// CAP_DAC_READ_SEARCH. When not, a bound-but-not-listening socket may be missed. `port`:
+    /// the port the caller is about, so that the answer comes with the read it needs anyway.
+    pub fn sees_every_socket(&mut self, ebpf: &mut impl HolderReads, port: Option<u16>) -> bool {
+        self.task_files(ebpf, port).is_some() || ebpf.sees_all_processes()
     }
 
-    /// Every TCP and UDP socket that a process holds, from the task-file iterator, read once
-    /// per batch. None when the iterator is not available (then /proc and pidfd_getfd serve).
-    fn task_files(&mut self, ebpf: &mut impl HolderReads) -> Option<&[TaskFile]> {
-        if self.task_files.is_none() && self.task_files_work {
-            match ebpf.task_files() {
-                Ok(files) => self.task_files = Some(files),
+    /// Which read of the task-file iterator serves sockets on `port`: that port's own, while
+    /// a batch has read fewer than [`MAX_PORT_READS`] ports, else (or for None) every port's.
+    ///
+    /// Why per port: the iterator walks every open file of every process in the kernel, and
+    /// keeps only the sockets its filter asks for. On a host with 100k sockets, copying and
+    /// decoding all of them to name the owner of the one socket in the way cost most of a
+    /// second per batch; one port's are a handful.
+    fn task_file_scope(&self, port: Option<u16>) -> Option<u16> {
+        if self.task_files.contains_key(&None) {
+            return None;
+        }
+        port.filter(|p| {
+            self.task_files.contains_key(&Some(*p)) || self.task_files.len() < MAX_PORT_READS
+        })
+    }
+
+    /// The TCP and UDP sockets that processes hold on `port` (or more: see
+    /// [`FactFinder::task_file_scope`]), from the task-file iterator, read once per batch.
+    /// None when the iterator is not available (then /proc and pidfd_getfd serve).
+    fn task_files(
+        &mut self,
+        ebpf: &mut impl HolderReads,
+        port: Option<u16>,
+    ) -> Option<&[TaskFile]> {
+        if !self.task_files_work {
+            return None;
+        }
+        let key = self.task_file_scope(port);
+        if !self.task_files.contains_key(&key) {
+            match ebpf.task_files(key) {
+                Ok(files) => {
+                    self.task_files.insert(key, files);
+                }
                 Err(e) => {
                     log::debug!("task-file iterator unavailable ({e}); reading /proc instead");
                     self.task_files_work = false;
+                    return None;
                 }
             }
         }
-        self.task_files.as_deref()
+        self.task_files.get(&key).map(Vec::as_slice)
     }
 
     /// Every socket on `port` in `netns` (or on all ports for None), with owners.
@@ -183,8 +225,8 @@ impl FactFinder {
             .filter(|&i| i != 0)
             .collect();
         let mut out: Vec<Holder> = Vec::with_capacity(in_tables.len());
-        let owners = self.owners(ebpf).clone();
-        let sees_all = self.sees_every_socket(ebpf);
+        let owners = self.owners(ebpf, port).clone();
+        let sees_all = self.sees_every_socket(ebpf, port);
         for mut s in in_tables {
             ns.name_device(&mut s);
             let who = owners.get(&s.ino).cloned().unwrap_or_default();
@@ -195,12 +237,9 @@ impl FactFinder {
                 source: Source::SocketTable,
             });
         }
-        // What is known of sockets no process holds any more is of no use: they are gone.
-        // This keeps the cache as large as the machine's open sockets, however many churn.
-        self.known.retain(|ino, _| owners.contains_key(ino));
         // Sockets in no table: bound but not listening. The task-file iterator lists them with
         // their state, from the kernel, without touching anyone's fd.
-        if let Some(files) = self.task_files(ebpf) {
+        if let Some(files) = self.task_files(ebpf, port) {
             let mut bound_only: HashMap<u64, Holder> = HashMap::new();
             for f in files {
                 let s = &f.socket;
@@ -226,6 +265,10 @@ impl FactFinder {
             return Ok(out);
         }
         // Without the iterator: ask each candidate directly (pidfd_getfd + getsockname).
+        // What is known of sockets no process holds any more is of no use: they are gone.
+        // This keeps the cache as large as the machine's open sockets, however many churn.
+        // (/proc lists every process's sockets, so `owners` is whole here.)
+        self.known.retain(|ino, _| owners.contains_key(ino));
         for (&ino, who) in &owners {
             if seen.contains(&ino) {
                 continue;
@@ -282,12 +325,14 @@ impl FactFinder {
         facts.holders_incomplete =
             bits & (walk::CUT | walk::LOST) != 0 || walked.len() < usize::from(ev.holders_sent);
         let mut holders = Vec::with_capacity(walked.len());
-        let sees_all = walked.is_empty() || self.sees_every_socket(ebpf);
+        // Every socket a walk finds is on the call's port (the other protocol's too).
+        let port = walked.first().map(|k| k.socket.port);
+        let sees_all = walked.is_empty() || self.sees_every_socket(ebpf, port);
         for k in &walked {
             let mut socket = k.socket.clone();
             ns.name_device(&mut socket);
             let owners = if socket.ino != 0 {
-                self.owners(ebpf)
+                self.owners(ebpf, Some(socket.port))
                     .get(&socket.ino)
                     .cloned()
                     .unwrap_or_default()
@@ -331,8 +376,13 @@ impl FactFinder {
             if let Some(h) = holders.iter_mut().find(|h| same(h)) {
                 h.source = Source::KernelConflictCheck;
             } else {
-                let owners = self.owners(ebpf).get(&r.ino).cloned().unwrap_or_default();
-                let sees_all = self.sees_every_socket(ebpf);
+                let port = Some(r.port);
+                let owners = self
+                    .owners(ebpf, port)
+                    .get(&r.ino)
+                    .cloned()
+                    .unwrap_or_default();
+                let sees_all = self.sees_every_socket(ebpf, port);
                 holders.push(Holder {
                     status: self.binders.status(r, &owners, k.flags, sees_all),
                     socket: r.clone(),
@@ -369,6 +419,8 @@ mod tests {
         inspected: HashMap<(u32, i32), Inspected>,
         table_reads: usize,
         inspections: usize,
+        /// The port of each task-file read (None: every port).
+        task_file_reads: Vec<Option<u16>>,
     }
 
     impl HolderReads for Fixed {
@@ -387,10 +439,16 @@ mod tests {
                 .collect())
         }
 
-        fn task_files(&mut self) -> Result<Vec<TaskFile>, TablesError> {
-            self.task_files
+        fn task_files(&mut self, port: Option<u16>) -> Result<Vec<TaskFile>, TablesError> {
+            self.task_file_reads.push(port);
+            let files = self
+                .task_files
                 .clone()
-                .ok_or(TablesError::ProgramMissing("iter_task_file"))
+                .ok_or(TablesError::ProgramMissing("iter_task_file"))?;
+            Ok(files
+                .into_iter()
+                .filter(|f| port.is_none_or(|p| p == f.socket.port))
+                .collect())
         }
 
         fn proc_socket_owners(&mut self) -> HashMap<u64, Vec<Owner>> {
@@ -484,7 +542,53 @@ mod tests {
             ]
         );
         assert_eq!(reads.inspections, 0);
-        assert!(finder.sees_every_socket(&mut reads));
+        // Owners were read for that port alone, once.
+        assert_eq!(reads.task_file_reads, vec![Some(8080)]);
+        assert!(finder.sees_every_socket(&mut reads, Some(8080)));
+        assert_eq!(reads.task_file_reads, vec![Some(8080)]);
+    }
+
+    #[test]
+    fn owners_are_read_port_by_port_then_all_at_once() {
+        let files: Vec<TaskFile> = (0..8)
+            .map(|i| {
+                file(
+                    100 + i,
+                    5,
+                    socket(7, 8000 + i as u16, 10 + u64::from(i), State::LISTEN),
+                )
+            })
+            .collect();
+        let mut reads = Fixed {
+            table: files.iter().map(|f| f.socket.clone()).collect(),
+            task_files: Some(files),
+            ..Fixed::default()
+        };
+        let mut finder = FactFinder::new(Ok(()));
+        let mut ns = Namespaces::default();
+        for i in 0..8u16 {
+            let holders = finder
+                .holders(&mut reads, &mut ns, 7, Some(8000 + i))
+                .unwrap();
+            // Whichever read served it, the owner is right.
+            assert_eq!(
+                summary(&holders),
+                vec![(
+                    10 + u64::from(i),
+                    Source::SocketTable,
+                    vec![100 + u32::from(i)],
+                    "live"
+                )]
+            );
+        }
+        let mut expected: Vec<Option<u16>> =
+            (8000..8000 + MAX_PORT_READS as u16).map(Some).collect();
+        expected.push(None);
+        assert_eq!(reads.task_file_reads, expected);
+        // A new batch starts over, port by port.
+        finder.new_batch();
+        finder.holders(&mut reads, &mut ns, 7, Some(8001)).unwrap();
+        assert_eq!(reads.task_file_reads.last(), Some(&Some(8001)));
     }
 
     #[test]
@@ -527,7 +631,7 @@ mod tests {
             unreachable!()
         };
         assert!(why.contains("cannot see every process's files"), "{why}");
-        assert!(!finder.sees_every_socket(&mut reads));
+        assert!(!finder.sees_every_socket(&mut reads, None));
         // The table's socket (10) is not inspected; 11, 12 and 13 are.
         assert_eq!(reads.inspections, 3);
 
