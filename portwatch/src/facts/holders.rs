@@ -7,7 +7,7 @@
 //! fixed tables in the unit tests, so the choices made here are tested without root.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, hash_map::Entry},
     sync::Arc,
 };
 
@@ -159,10 +159,10 @@ impl FactFinder {
             return None;
         }
         let key = self.task_file_scope(port);
-        if !self.task_files.contains_key(&key) {
+        if let Entry::Vacant(slot) = self.task_files.entry(key) {
             match ebpf.task_files(key) {
                 Ok(files) => {
-                    self.task_files.insert(key, files);
+                    slot.insert(files);
                 }
                 Err(e) => {
                     log::debug!("task-file iterator unavailable ({e}); reading /proc instead");
