@@ -84,11 +84,13 @@ enum Request {
         spec: SockSpec,
     },
     /// A socket from `spec` (its options; bound to its address first when `bind`, and
-    /// listening when the spec says so), then connect() to `to`. The socket is kept, connected or not.
+    /// listening when the spec says so), then connect() to `to`: the system call, or
+    /// IORING_OP_CONNECT when `uring`. The socket is kept, connected or not.
     Connect {
         spec: SockSpec,
         bind: bool,
         to: SocketAddr,
+        uring: bool,
     },
     /// `n` times: a new socket from `spec`, bind, hold it `hold_us`, close, wait `gap_us`.
     BindLoop {
@@ -288,10 +290,21 @@ impl Holder {
     /// A socket from `spec`, bound to its address first when `bind`, connected to `to`. A
     /// failed connect (or bind) is not an error: see [`Bound::errno`].
     pub fn connect(&mut self, spec: &SockSpec, bind: bool, to: &str) -> Result<Bound> {
+        self.connect_by(spec, bind, to, false)
+    }
+
+    /// Like [`Holder::connect`], the connect() through io_uring ([`super::uring`]): no
+    /// connect system call.
+    pub fn uring_connect(&mut self, spec: &SockSpec, bind: bool, to: &str) -> Result<Bound> {
+        self.connect_by(spec, bind, to, true)
+    }
+
+    fn connect_by(&mut self, spec: &SockSpec, bind: bool, to: &str, uring: bool) -> Result<Bound> {
         let req = Request::Connect {
             spec: spec.clone(),
             bind,
             to: to.parse().with_context(|| format!("bad address {to:?}"))?,
+            uring,
         };
         match self.request(&req)? {
             Reply::Bound(b) => Ok(b),

@@ -8,6 +8,7 @@
 use std::process::Command;
 
 use anyhow::{Context as _, Result, ensure};
+use portwatch_common::Backend;
 use serde_json::{Value, json};
 
 use super::expect::says;
@@ -17,7 +18,7 @@ use crate::scenarios::{
     eventually,
     holder::Holder,
     netns::{self, Netns},
-    portwatch::{Portwatch, lookup},
+    portwatch::{Event, Portwatch, lookup},
     sock::SockSpec,
 };
 
@@ -28,6 +29,16 @@ const OTHER_SERVER: &str = "127.0.0.1:9998";
 pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::shared("explain_connect_ports_exhausted", ports_exhausted),
+        Scenario::shared(
+            "explain_connect_ports_exhausted_io_uring",
+            uring_ports_exhausted,
+        )
+        .only_backends(&[Backend::Fexit]),
+        Scenario::shared(
+            "io_uring_connect_unseen_by_tracepoints",
+            uring_connect_unseen,
+        )
+        .only_backends(&[Backend::Tracepoint]),
         Scenario::shared(
             "explain_connect_time_wait_holds_ports",
             time_wait_holds_ports,
@@ -60,7 +71,7 @@ fn whole_text(ev: &Value) -> String {
     parts.join("\n")
 }
 
-fn text_says(ev: &crate::scenarios::portwatch::Event, words: &[&str]) -> Result<()> {
+fn text_says(ev: &Event, words: &[&str]) -> Result<()> {
     let t = whole_text(&ev.0);
     for w in words {
         ensure!(
@@ -107,39 +118,7 @@ fn ports_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         c.errno
     );
     let ev = pw.wait_call(ns, "connect", a.pid, c.ino)?;
-    fields(
-        &ev,
-        &[
-            ("ok", json!(false)),
-            ("errno", json!("EADDRNOTAVAIL")),
-            ("protocol", json!("tcp")),
-            ("requested.addr", json!("127.0.0.1")),
-            ("requested.port", json!(9999)),
-            ("bound", json!(null)),
-            ("explain.rule", json!("connect-ports-exhausted")),
-        ],
-    )?;
-    says(
-        &ev,
-        &[
-            "EADDRNOTAVAIL at connect(): no local port is free toward 127.0.0.1:9999",
-            "all 2 usable ports of net.ipv4.ip_local_port_range 40000–40001 are taken toward \
-             it, 2 by connections to it",
-            "(0 of them only in TIME_WAIT) and 0 by bound or listening sockets",
-        ],
-    )?;
-    text_says(
-        &ev,
-        &[
-            "2 ports, 0 reserved",
-            &format!(
-                "connections to 127.0.0.1:9999 held by: pid {} ({}) 2",
-                client.pid, client.comm
-            ),
-            "net.ipv4.tcp_tw_reuse=",
-            "reuse connections",
-        ],
-    )?;
+    exhausted_toward_server(&ev, &a, &client)?;
     // Another destination: the same ports serve it.
     let other = a.connect_ok(&SockSpec::tcp("0.0.0.0:0"), false, OTHER_SERVER)?;
     let port = other.local.map(|l| l.port());
@@ -169,6 +148,103 @@ fn ports_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
         connects.is_empty(),
         "successful connect()s were reported:\n{}",
         connects.join("\n")
+    );
+    Ok(())
+}
+
+/// `ev`, the connect() of `asker` that failed toward [`SERVER`] in [`full_toward_server`]'s
+/// namespace: traced under `asker`, and explained with the range's numbers and `client`, which
+/// holds both connections, named.
+fn exhausted_toward_server(ev: &Event, asker: &Holder, client: &Holder) -> Result<()> {
+    fields(
+        ev,
+        &[
+            ("pid", json!(asker.pid)),
+            ("comm", json!(asker.comm)),
+            ("ok", json!(false)),
+            ("errno", json!("EADDRNOTAVAIL")),
+            ("protocol", json!("tcp")),
+            ("requested.addr", json!("127.0.0.1")),
+            ("requested.port", json!(9999)),
+            ("bound", json!(null)),
+            ("explain.rule", json!("connect-ports-exhausted")),
+        ],
+    )?;
+    says(
+        ev,
+        &[
+            "EADDRNOTAVAIL at connect(): no local port is free toward 127.0.0.1:9999",
+            "all 2 usable ports of net.ipv4.ip_local_port_range 40000–40001 are taken toward \
+             it, 2 by connections to it",
+            "(0 of them only in TIME_WAIT) and 0 by bound or listening sockets",
+        ],
+    )?;
+    text_says(
+        ev,
+        &[
+            "2 ports, 0 reserved",
+            &format!(
+                "connections to 127.0.0.1:9999 held by: pid {} ({}) 2",
+                client.pid, client.comm
+            ),
+            "net.ipv4.tcp_tw_reuse=",
+            "reuse connections",
+        ],
+    )
+}
+
+/// The same exhaustion, the failing connect() submitted through io_uring (IORING_OP_CONNECT):
+/// no connect system call. The fexit hooks on inet_stream_connect see it under the submitting
+/// process and it is explained exactly as the system call's is.
+fn uring_ports_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    let (_server, client) = full_toward_server(pw, ns)?;
+    let mut a = Holder::spawn(ns, "pw-uring-ask")?;
+    let c = a.uring_connect(&SockSpec::tcp("0.0.0.0:0"), false, SERVER)?;
+    ensure!(
+        c.errno == EADDRNOTAVAIL,
+        "set-up: the third connect() to {SERVER}, through io_uring, should fail with \
+         EADDRNOTAVAIL, got errno {}",
+        c.errno
+    );
+    let ev = pw.wait_call(ns, "connect", a.pid, c.ino)?;
+    fields(&ev, &[("backend", json!("fexit"))])?;
+    exhausted_toward_server(&ev, &a, &client)
+}
+
+/// The tracepoint backend hooks the connect system call, which io_uring does not make: the
+/// same io_uring connect() makes no event (README, Limits). A connect() system call that fails
+/// the same way right after it does, so once that one is in, the first would have been.
+fn uring_connect_unseen(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    let (_server, client) = full_toward_server(pw, ns)?;
+    let mut a = Holder::spawn(ns, "pw-uring-ask")?;
+    let tcp = SockSpec::tcp("0.0.0.0:0");
+    let c = a.uring_connect(&tcp, false, SERVER)?;
+    ensure!(
+        c.errno == EADDRNOTAVAIL,
+        "set-up: the third connect() to {SERVER}, through io_uring, should fail with \
+         EADDRNOTAVAIL, got errno {}",
+        c.errno
+    );
+    let s = a.connect(&tcp, false, SERVER)?;
+    ensure!(
+        s.errno == EADDRNOTAVAIL,
+        "set-up: the connect() system call after it should fail with EADDRNOTAVAIL, got \
+         errno {}",
+        s.errno
+    );
+    let ev = pw.wait_call(ns, "connect", a.pid, s.ino)?;
+    exhausted_toward_server(&ev, &a, &client)?;
+    let seen: Vec<String> = pw
+        .events_in(ns)
+        .into_iter()
+        .filter(|e| e.sock_ino() == Some(c.ino))
+        .map(|e| e.to_string())
+        .collect();
+    ensure!(
+        seen.is_empty(),
+        "the tracepoint backend reported the io_uring connect(), which README's Limits says \
+         it cannot see:\n{}",
+        seen.join("\n")
     );
     Ok(())
 }

@@ -135,14 +135,23 @@ impl State {
                 self.in_flight.push(f);
                 Reply::Bound(b)
             }
-            Request::Connect { spec, bind, to } => {
+            Request::Connect {
+                spec,
+                bind,
+                to,
+                uring,
+            } => {
                 let s = Sock::open(&spec).map_err(|e| format!("creating the socket: {e}"))?;
                 let mut r = if bind { s.bind() } else { Ok(()) };
                 if r.is_ok() && bind && spec.listen {
                     r = s.listen(128);
                 }
                 if r.is_ok() {
-                    r = s.connect(to);
+                    r = if uring {
+                        uring::connect(s.fd(), to)
+                    } else {
+                        s.connect(to)
+                    };
                 }
                 Reply::Bound(self.keep(s, &r, None))
             }
