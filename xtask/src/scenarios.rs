@@ -364,16 +364,20 @@ pub fn main(args: RunArgs) -> Result<()> {
             auto_expect: args.auto_expect,
             root_netns: netns::current_inode()?,
         };
+        let pick = |s: &Scenario, filters: &[String]| {
+            selected(s, backend, filters, args.auto_expect.is_some(), args.in_vm)
+        };
+        let shared_run = scenarios
+            .iter()
+            .any(|s| matches!(s.body, Body::Shared(_)) && pick(s, &args.filter));
+        // The checks of the shared run as a whole (every JSON line it printed against the
+        // schema, nothing left attached) go with any scenario of it, whatever the filter:
+        // otherwise a filter would drop their failures without a word.
         let chosen: Vec<&Scenario> = scenarios
             .iter()
             .filter(|s| {
-                selected(
-                    s,
-                    backend,
-                    &args.filter,
-                    args.auto_expect.is_some(),
-                    args.in_vm,
-                )
+                pick(s, &args.filter)
+                    || (shared_run && matches!(s.body, Body::After(_)) && pick(s, &[]))
             })
             .collect();
         run_backend(&ctx, &chosen, &mut rep)?;
