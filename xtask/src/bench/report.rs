@@ -358,6 +358,8 @@ fn row_number(t: Tracer) -> &'static str {
         Tracer::Portwatch(_, Mode::Json) => "4",
         Tracer::Portwatch(_, Mode::Human) => "5",
         Tracer::Peer => "6",
+        // VM only: the VM table has no row numbers.
+        Tracer::Portwatch(_, Mode::JsonPaused) | Tracer::EmptyFexit | Tracer::BusyOtherCpu => "–",
     }
 }
 
@@ -741,6 +743,7 @@ fn vm_kernel(vm: &Result<GuestResults, String>, out: &mut String) {
             ))
         );
     }
+    vm_breakdown(out, g);
     let _ = writeln!(
         out,
         "\nIn the same slots, {} getppid() calls (a process that never binds) and {} connect()s \
@@ -777,6 +780,73 @@ fn vm_kernel(vm: &Result<GuestResults, String>, out: &mut String) {
             );
         }
     }
+}
+
+/// What the fexit `--json` row's loss is made of, from the rows that take one part away at a
+/// time (per-round differences to untraced), and the programs' own run time (bpf_stats).
+fn vm_breakdown(out: &mut String, g: &GuestResults) {
+    let ms = &g.measurements;
+    let json = Tracer::Portwatch(Backend::Fexit, Mode::Json);
+    let paused = Tracer::Portwatch(Backend::Fexit, Mode::JsonPaused);
+    let added = |t| paired(ms, t, Tracer::None, |x, u| x - u).map(|s| s.median);
+    let untraced = Spread::of(
+        &of(ms, Tracer::None)
+            .values()
+            .map(|m| m.ns_per_bind)
+            .collect::<Vec<_>>(),
+    )
+    .map(|s| s.median);
+    let speed = |t| paired(ms, Tracer::None, t, |u, x| u / x);
+    if !g.bpf.is_empty() {
+        out.push_str(
+            "\nProgram run time inside the VM (kernel.bpf_stats_enabled=1, a pass of its own after the rounds, \
+             so the timed rounds never pay for the stats; the tracer's programs read from its \
+             /proc/PID/fdinfo):\n\n\
+             | Configuration | Program | Runs per bind | ns per run | ns per bind | Share of an untraced bind |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for c in &g.bpf {
+            for p in &c.programs {
+                let per_bind = p.run_time_ns as f64 / c.binds.max(1) as f64;
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.2} | {:.0} | {:.0} | {} |",
+                    c.tracer.label(),
+                    p.name,
+                    p.run_cnt as f64 / c.binds.max(1) as f64,
+                    p.run_time_ns as f64 / p.run_cnt.max(1) as f64,
+                    per_bind,
+                    untraced.map_or("n/a".into(), |u| pct(per_bind / u)),
+                );
+            }
+        }
+    }
+    let (Some(j), Some(p), Some(e), Some(u)) = (
+        added(json),
+        added(paused),
+        added(Tracer::EmptyFexit),
+        untraced,
+    ) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nWhere the fexit `--json` row's time goes (medians of per-round differences to untraced, \
+         {u:.0} ns per bind): {j:.0} ns added in all ({}); with portwatch stopped during the \
+         binds (its programs still run, its user space does not) {p:.0} ns ({}), of which the empty \
+         programs on the same hooks (the trampolines) {e:.0} ns ({}); so {:.0} ns come from \
+         portwatch's user-space work running on the other vCPU while the loop runs, which costs \
+         the loop's vCPU only because TCG emulates both vCPUs on a shared host: a shell \
+         busy-looping there, with nothing traced, made the loop {}.",
+        spread_pct(&speed(json)),
+        spread_pct(&speed(paused)),
+        spread_pct(&speed(Tracer::EmptyFexit)),
+        j - p,
+        added(Tracer::BusyOtherCpu).map_or("n/a".into(), |b| format!(
+            "{b:.0} ns slower ({})",
+            spread_pct(&speed(Tracer::BusyOtherCpu))
+        )),
+    );
 }
 
 pub fn markdown(r: &Results) -> String {

@@ -172,7 +172,17 @@ fn measure(
     } else {
         None
     };
-    let sample = worker.run(sizes.binds, sizes.warmup)?;
+    // Mode::JsonPaused: portwatch stopped during the binds, resumed to handle them all after.
+    let pause = matches!(tracer, Tracer::Portwatch(_, tracer::Mode::JsonPaused));
+    let paused = running.as_ref().filter(|_| pause);
+    if let Some(r) = paused {
+        r.signal(libc::SIGSTOP);
+    }
+    let sample = worker.run(sizes.binds, sizes.warmup);
+    if let Some(r) = paused {
+        r.signal(libc::SIGCONT);
+    }
+    let sample = sample?;
     let (busy1, ours1) = (noise::busy_cpu_s(), ours(&running));
     let timed_s = |s: &Sample, warmup: u64| {
         s.ns as f64 / 1e9 * (s.binds + warmup) as f64 / s.binds.max(1) as f64
