@@ -38,6 +38,10 @@ pub struct Measurement {
     /// Someone else's program was attached to bind()/listen() just before or after.
     #[serde(default)]
     pub foreign_tracer: bool,
+    /// Times the bind loop was switched out against its will during the timed binds
+    /// (nonvoluntary_ctxt_switches): another task ran on its CPU.
+    #[serde(default)]
+    pub loop_preempted: Option<u64>,
 }
 
 /// Whether a round is fit to keep.
@@ -178,7 +182,11 @@ fn measure(
     if let Some(r) = paused {
         r.signal(libc::SIGSTOP);
     }
+    let preempted0 = tracer::proc_status_kib(wpid, "nonvoluntary_ctxt_switches:");
     let sample = worker.run(sizes.binds, sizes.warmup);
+    let preempted = tracer::proc_status_kib(wpid, "nonvoluntary_ctxt_switches:")
+        .zip(preempted0)
+        .map(|(b, a)| b.saturating_sub(a));
     if let Some(r) = paused {
         r.signal(libc::SIGCONT);
     }
@@ -205,5 +213,6 @@ fn measure(
         stats,
         other_cpu: (((busy1 - busy0) - (ours1 - ours0)) / secs.max(1e-3)).max(0.0),
         foreign_tracer: false,
+        loop_preempted: preempted,
     })
 }

@@ -572,7 +572,8 @@ pub fn proc_cpu_s(pid: i32) -> Option<f64> {
     Some(ticks as f64 / hz)
 }
 
-/// A `kB` line of /proc/PID/status, e.g. "VmHWM:".
+/// The number on a line of /proc/PID/status: a `kB` figure ("VmHWM:") or a count
+/// ("nonvoluntary_ctxt_switches:").
 pub fn proc_status_kib(pid: i32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
