@@ -836,19 +836,31 @@ fn vm_breakdown(out: &mut String, g: &GuestResults) {
     ) else {
         return;
     };
+    let switched = |t| {
+        Spread::of(
+            &of(ms, t)
+                .values()
+                .filter_map(|m| Some(m.loop_preempted? as f64 * 1000.0 / m.binds.max(1) as f64))
+                .collect::<Vec<_>>(),
+        )
+        .map_or("n/a".into(), |s| format!("{:.1}", s.median))
+    };
     let _ = writeln!(
         out,
         "\nWhere the fexit `--json` row's time goes (medians of per-round differences to untraced, \
          {u:.0} ns per bind): {j:.0} ns added in all ({}); with portwatch stopped during the \
          binds (its programs still run, its user space does not) {p:.0} ns ({}), of which the empty \
          programs on the same hooks (the trampolines) {e:.0} ns ({}); so {:.0} ns come from \
-         portwatch's user-space work running on the other vCPU while the loop runs, which costs \
-         the loop's vCPU only because TCG emulates both vCPUs on a shared host: a shell \
-         busy-looping there, with nothing traced, made the loop {}.",
+         portwatch's user-space work while the loop runs. It does not run on the loop's vCPU (the \
+         loop was switched out {} times per 1000 binds with it, {} untraced): under TCG each vCPU \
+         is a host thread, and the reader's competes with the loop's for the host's cores. A \
+         shell busy-looping on the other vCPU, nothing traced, made the loop {}.",
         spread_pct(&speed(json)),
         spread_pct(&speed(paused)),
         spread_pct(&speed(Tracer::EmptyFexit)),
         j - p,
+        switched(json),
+        switched(Tracer::None),
         added(Tracer::BusyOtherCpu).map_or("n/a".into(), |b| format!(
             "{b:.0} ns slower ({})",
             spread_pct(&speed(Tracer::BusyOtherCpu))
