@@ -1,9 +1,13 @@
-//! fexit vs tracepoint, inside the TCG VM with Debian 12's 6.1 kernel (vm.rs): this host's
-//! kernel refuses trampolines, so that is the only place the fexit backend runs.
+//! fexit vs tracepoint, inside TCG VMs with Debian 12's 6.1 and Debian 13's 6.12 kernels
+//! (vm.rs): this host's kernel refuses trampolines, so that is the only place the fexit backend
+//! runs.
 //!
-//! TCG emulates every instruction, and the guest has one vCPU that the bind loop and portwatch
-//! share, so its absolute times say nothing about real hardware. Only ratios between
-//! configurations measured in the same guest, in the same round, are reported.
+//! TCG emulates every instruction, so absolute times say nothing about real hardware. Only
+//! ratios between configurations measured in the same guest, in the same round, are reported.
+//! The guest has two vCPUs, the loop pinned to the last; each is a thread on the host, so
+//! whatever runs on the other vCPU (portwatch's user space) competes with the loop for the
+//! host's cores. The rows after the fexit `--json` one take it apart: the trampolines' floor,
+//! portwatch stopped during the binds, and a busy shell with nothing traced.
 //!
 //! The host copies this xtask binary, portwatch and the bind loop into the initramfs and runs
 //! `xtask bench guest`, which alternates the configurations like the host bench and writes its
