@@ -258,10 +258,14 @@ pub fn send_found(protocol: u16, sk: &Sock, walked: u64) -> u64 {
 #[inline(never)]
 pub extern "C" fn portwatch_send_found(protocol: u64, netns: u64, tid: u64, walked: u64) -> u64 {
     let mut bits = pack::walk_bits(walked);
+    let found = u64::from(pack::walk_count(walked));
+    // Nothing found (a port the caller holds alone): no walk state to look at.
+    if found == 0 {
+        return pack::walk_result(0, bits);
+    }
     let Some(w) = state() else {
         return pack::walk_result(0, bits);
     };
-    let found = u64::from(pack::walk_count(walked));
     let mut sent = 0u8;
     let mut i = 0;
     while i < MAX_HOLDERS as usize {

@@ -236,6 +236,13 @@ pub fn tp_arg(ctx: &TracePointContext, offset: u32) -> u64 {
     v
 }
 
+/// The first `N` slots of an fexit program's context (the arguments, then the return value
+/// after the last one), in one read instead of one per slot.
+#[inline(always)]
+pub fn fexit_args<const N: usize>(ctx: &FExitContext) -> [u64; N] {
+    probe_kernel::<[u64; N]>(ctx.as_ptr() as u64).unwrap_or([0; N])
+}
+
 /// Argument `n` of an fexit program (the return value follows the arguments). Read as a plain
 /// number, so that the verifier lets us add offsets to it.
 #[inline(always)]

@@ -511,13 +511,14 @@ fn fexit_bind(ctx: &FExitContext) {
     if !pid_wanted() {
         return;
     }
-    let ret = kernel::fexit_arg(ctx, programs::FEXIT_INET_BIND.params as u64) as i32;
+    // The three arguments and the return value, in one read.
+    let [sock, uaddr, addrlen, ret] = kernel::fexit_args::<4>(ctx);
+    const _: () = assert!(programs::FEXIT_INET_BIND.params == 3);
+    const _: () = assert!(programs::FEXIT_INET6_BIND.params == 3);
+    let (addrlen, ret) = (addrlen as i32, ret as i32);
     if global(&SETTINGS.filter_failed) != 0 && ret >= 0 {
         return;
     }
-    let sock = kernel::fexit_arg(ctx, 0);
-    let uaddr = kernel::fexit_arg(ctx, 1);
-    let addrlen = kernel::fexit_arg(ctx, 2) as i32;
     let req = read_request(uaddr, if addrlen < 0 { 0 } else { addrlen as u64 }, false);
     emit(record::BIND, Backend::Fexit, &req, -1, sock, ret);
 }
@@ -577,11 +578,13 @@ pub fn fexit_inet_listen(ctx: FExitContext) -> i32 {
     if !pid_wanted() {
         return 0;
     }
-    let ret = kernel::fexit_arg(&ctx, programs::FEXIT_INET_LISTEN.params as u64) as i32;
+    // The socket, the backlog and the return value, in one read.
+    let [sock, _, ret] = kernel::fexit_args::<3>(&ctx);
+    const _: () = assert!(programs::FEXIT_INET_LISTEN.params == 2);
+    let ret = ret as i32;
     if global(&SETTINGS.filter_failed) != 0 && ret >= 0 {
         return 0;
     }
-    let sock = kernel::fexit_arg(&ctx, 0);
     emit(
         record::LISTEN,
         Backend::Fexit,

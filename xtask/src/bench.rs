@@ -30,6 +30,8 @@
 
 pub mod attach;
 mod bpfcost;
+mod fdstats;
+mod fexit_floor;
 mod guest;
 mod noise;
 mod profile;
@@ -165,6 +167,9 @@ enum Inner {
     /// The part of the bench that runs inside the VM (internal).
     #[command(hide = true)]
     Guest(guest::GuestArgs),
+    /// Empty fexit programs on portwatch's fexit hooks, held until killed (VM floor, internal).
+    #[command(hide = true)]
+    EmptyFexit,
 }
 
 /// What one run does; built from [`BenchArgs`] or by [`smoke`].
@@ -195,8 +200,10 @@ struct Settings {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    if let Some(Inner::Guest(g)) = args.inner {
-        return guest::main(g);
+    match args.inner {
+        Some(Inner::Guest(g)) => return guest::main(g),
+        Some(Inner::EmptyFexit) => return fexit_floor::main(),
+        None => {}
     }
     let q = args.quick;
     let binds = args.binds.unwrap_or(if q { 20_000 } else { 60_000 });

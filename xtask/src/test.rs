@@ -345,6 +345,7 @@ fn vm_scenarios(
         timeout: VM_TIMEOUT,
         memory_mb: 1024,
         cpus: 1,
+        kernel_args: String::new(),
     };
     let work = workspace_root()
         .join("target/xtask-vm-test")

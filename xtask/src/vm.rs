@@ -428,6 +428,8 @@ pub struct Guest {
     pub memory_mb: u32,
     /// vCPUs (`-smp`): 1 for the tests; the bench gives the loop a vCPU of its own.
     pub cpus: u32,
+    /// Added to the kernel command line.
+    pub kernel_args: String,
 }
 
 #[derive(Debug, Clone)]
@@ -483,7 +485,11 @@ pub fn run(kernel: &Kernel, guest: &Guest, work: &Path) -> Result<GuestOutput> {
         .arg("-initrd")
         .arg(&initrd)
         // panic=-1: reboot at once on panic, which -no-reboot turns into QEMU exiting.
-        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 rdinit=/init {}",
+            guest.kernel_args
+        ))
         // The first -serial is ttyS0 (console, multiplexed with the monitor on stdio as
         // -nographic does by default); the second is ttyS1, the results channel.
         .args(["-serial", "mon:stdio"])
@@ -853,6 +859,12 @@ pub struct VmArgs {
     timeout: u64,
     #[arg(long, default_value_t = 512)]
     memory: u32,
+    /// vCPUs (`-smp`).
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Added to the guest kernel's command line.
+    #[arg(long, default_value = "")]
+    kernel_args: String,
     /// Which Debian release's kernel to boot.
     #[arg(long, value_enum, default_value = "debian12")]
     kernel: Distro,
@@ -894,7 +906,8 @@ pub fn run_cli(args: VmArgs) -> Result<()> {
         command: args.command.join(" "),
         timeout: Duration::from_secs(args.timeout),
         memory_mb: args.memory,
-        cpus: 1,
+        cpus: args.cpus,
+        kernel_args: args.kernel_args.clone(),
     };
     let out = run(&kernel, &guest, &args.work)?;
     eprintln!("===== console ({}) =====", kernel.version);

@@ -38,6 +38,10 @@ pub struct Measurement {
     /// Someone else's program was attached to bind()/listen() just before or after.
     #[serde(default)]
     pub foreign_tracer: bool,
+    /// Times the bind loop was switched out against its will during the timed binds
+    /// (nonvoluntary_ctxt_switches): another task ran on its CPU.
+    #[serde(default)]
+    pub loop_preempted: Option<u64>,
 }
 
 /// Whether a round is fit to keep.
@@ -172,7 +176,21 @@ fn measure(
     } else {
         None
     };
-    let sample = worker.run(sizes.binds, sizes.warmup)?;
+    // Mode::JsonPaused: portwatch stopped during the binds, resumed to handle them all after.
+    let pause = matches!(tracer, Tracer::Portwatch(_, tracer::Mode::JsonPaused));
+    let paused = running.as_ref().filter(|_| pause);
+    if let Some(r) = paused {
+        r.signal(libc::SIGSTOP);
+    }
+    let preempted0 = tracer::proc_status_kib(wpid, "nonvoluntary_ctxt_switches:");
+    let sample = worker.run(sizes.binds, sizes.warmup);
+    let preempted = tracer::proc_status_kib(wpid, "nonvoluntary_ctxt_switches:")
+        .zip(preempted0)
+        .map(|(b, a)| b.saturating_sub(a));
+    if let Some(r) = paused {
+        r.signal(libc::SIGCONT);
+    }
+    let sample = sample?;
     let (busy1, ours1) = (noise::busy_cpu_s(), ours(&running));
     let timed_s = |s: &Sample, warmup: u64| {
         s.ns as f64 / 1e9 * (s.binds + warmup) as f64 / s.binds.max(1) as f64
@@ -195,5 +213,6 @@ fn measure(
         stats,
         other_cpu: (((busy1 - busy0) - (ours1 - ours0)) / secs.max(1e-3)).max(0.0),
         foreign_tracer: false,
+        loop_preempted: preempted,
     })
 }

@@ -59,6 +59,11 @@ pub enum Mode {
     Json,
     /// The same in the human format.
     Human,
+    /// As [`Mode::Json`], but stopped (SIGSTOP) while the timed binds run and resumed after
+    /// them: it still decodes, explains and writes every event (the ring holds a whole
+    /// measurement's), only not on the other vCPU while the loop is timed. Separates what its
+    /// programs cost the caller from what its user-space work costs the VM (VM only).
+    JsonPaused,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,6 +72,11 @@ pub enum Tracer {
     EmptyBpf,
     Portwatch(#[serde(with = "BackendDef")] Backend, Mode),
     Peer,
+    /// Empty fexit programs on the functions the fexit backend hooks (VM only: fexit_floor.rs).
+    EmptyFexit,
+    /// Untraced, with a shell spinning in a loop on the other vCPU (VM only): what any busy
+    /// process there costs the loop's vCPU under TCG.
+    BusyOtherCpu,
 }
 
 impl Tracer {
@@ -89,7 +99,16 @@ impl Tracer {
             Tracer::Portwatch(b, Mode::Human) => {
                 format!("portwatch --backend {} --color never > file", b.name())
             }
+            Tracer::Portwatch(b, Mode::JsonPaused) => format!(
+                "portwatch --backend {} --json > file, stopped (SIGSTOP) during the timed binds",
+                b.name()
+            ),
             Tracer::Peer => "peer: bpftrace xtask/bench/peer.bt > file".into(),
+            Tracer::EmptyFexit => format!(
+                "empty fexit programs on portwatch's fexit hooks ({})",
+                super::fexit_floor::FUNCTIONS.join(", ")
+            ),
+            Tracer::BusyOtherCpu => "untraced, a shell busy-looping on the other vCPU".into(),
         }
     }
 
@@ -202,12 +221,22 @@ pub fn start(tools: &Tools, tracer: Tracer, tag: &str) -> Result<Option<Running>
             c.arg(script);
             (c, Some(marker))
         }
+        Tracer::EmptyFexit => {
+            let mut c = Command::new(std::env::current_exe().context("finding xtask")?);
+            c.args(["bench", "empty-fexit"]);
+            (c, Some("READY"))
+        }
+        Tracer::BusyOtherCpu => {
+            let mut c = Command::new("sh");
+            c.args(["-c", "echo READY; while :; do :; done"]);
+            (c, Some("READY"))
+        }
         Tracer::Portwatch(backend, mode) => {
             let mut c = Command::new(&tools.portwatch);
             c.args(["trace", "--backend", backend.name()]);
             match mode {
                 Mode::Filtered => c.args(["--port", &FILTER_PORT.to_string(), "--json"]),
-                Mode::Json => c.arg("--json"),
+                Mode::Json | Mode::JsonPaused => c.arg("--json"),
                 Mode::Human => c.args(["--color", "never"]),
             };
             (c, None)
@@ -323,7 +352,8 @@ impl Running {
     }
 
     fn stop_with(mut self, workers: &[u32], wait_idle: bool) -> Result<TracerStats> {
-        if wait_idle {
+        // A busy loop never goes idle.
+        if wait_idle && self.tracer != Tracer::BusyOtherCpu {
             self.wait_idle(Duration::from_millis(250), Duration::from_secs(20));
         }
         let cpu = proc_cpu_s(self.pid).unwrap_or(self.cpu_at_ready);
@@ -457,7 +487,7 @@ fn scan_output(path: &Path, tracer: Tracer, workers: &[u32]) -> Result<Scan> {
         }
         let line = String::from_utf8_lossy(&buf);
         match tracer {
-            Tracer::Portwatch(_, Mode::Json | Mode::Filtered) => {
+            Tracer::Portwatch(_, Mode::Json | Mode::JsonPaused | Mode::Filtered) => {
                 if line.starts_with("{\"type\":\"bind\"")
                     || line.starts_with("{\"type\":\"listen\"")
                 {
@@ -492,11 +522,11 @@ fn scan_output(path: &Path, tracer: Tracer, workers: &[u32]) -> Result<Scan> {
                     worker += u64::from(is_worker(first));
                 }
             }
-            Tracer::None => {}
+            Tracer::None | Tracer::EmptyFexit | Tracer::BusyOtherCpu => {}
         }
     }
     match tracer {
-        Tracer::Portwatch(_, Mode::Json | Mode::Filtered) => {
+        Tracer::Portwatch(_, Mode::Json | Mode::JsonPaused | Mode::Filtered) => {
             scan.json_lost = Some(json_lost);
             scan.json_summary_lost = summary_lost;
         }
@@ -542,7 +572,8 @@ pub fn proc_cpu_s(pid: i32) -> Option<f64> {
     Some(ticks as f64 / hz)
 }
 
-/// A `kB` line of /proc/PID/status, e.g. "VmHWM:".
+/// The number on a line of /proc/PID/status: a `kB` figure ("VmHWM:") or a count
+/// ("nonvoluntary_ctxt_switches:").
 pub fn proc_status_kib(pid: i32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status

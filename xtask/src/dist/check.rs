@@ -638,6 +638,7 @@ cat /tmp/events >/dev/ttyS1
         timeout: Duration::from_secs(300),
         memory_mb: 512,
         cpus: 1,
+        kernel_args: String::new(),
     };
     let work = target_dir().join("xtask-vm-dist").join(distro.dir_name());
     let out = vm::run(&kernel, &guest, &work)?;
