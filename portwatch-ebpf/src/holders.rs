@@ -259,10 +259,7 @@ pub fn send_found(protocol: u16, sk: &Sock, walked: u64) -> u64 {
 pub extern "C" fn portwatch_send_found(protocol: u64, netns: u64, tid: u64, walked: u64) -> u64 {
     let mut bits = pack::walk_bits(walked);
     let found = u64::from(pack::walk_count(walked));
-    // Nothing found (a port the caller holds alone): no walk state to look at.
-    if found == 0 {
-        return pack::walk_result(0, bits);
-    }
+    // (A walk that found nobody never gets here: see [`send_found`].)
     let Some(w) = state() else {
         return pack::walk_result(0, bits);
     };

@@ -210,24 +210,22 @@ fn submit_one(sqe: Sqe) -> io::Result<i32> {
 /// bind(fd, addr) as IORING_OP_BIND: Ok, or the errno the kernel completed it with (EINVAL
 /// on kernels before 6.11, which do not know the operation).
 pub fn bind(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
-    let sa = SockAddr::from(addr);
-    let res = submit_one(Sqe {
-        opcode: IORING_OP_BIND,
-        fd,
-        addr: sa.as_ptr() as u64,
-        off: u64::from(sa.len()),
-        ..Sqe::default()
-    })?;
-    completed(res)
+    with_address(IORING_OP_BIND, fd, addr)
 }
 
 /// connect(fd, addr) as IORING_OP_CONNECT: Ok, or the errno the kernel completed it with.
 /// The kernel first tries it without blocking, so a refusal about the local port
 /// (EADDRNOTAVAIL) completes at once, in the submitting task.
 pub fn connect(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
+    with_address(IORING_OP_CONNECT, fd, addr)
+}
+
+/// One operation on `fd` that takes a socket address (bind, connect), as the kernel reads it
+/// from the SQE: the sockaddr's address and length.
+fn with_address(opcode: u8, fd: RawFd, addr: SocketAddr) -> io::Result<()> {
     let sa = SockAddr::from(addr);
     let res = submit_one(Sqe {
-        opcode: IORING_OP_CONNECT,
+        opcode,
         fd,
         addr: sa.as_ptr() as u64,
         off: u64::from(sa.len()),
