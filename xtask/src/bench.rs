@@ -133,6 +133,11 @@ pub struct BenchArgs {
     /// Rounds in the VM [default: 3, --quick: 2].
     #[arg(long)]
     vm_rounds: Option<usize>,
+    /// Load + attach time samples per backend in the VM [default: 3, --quick: 1]. Each
+    /// attaches while a loop binds on the other vCPU; 0 skips them (under TCG the kernel's
+    /// live code patching can then crash the guest, see BENCHMARKS.md).
+    #[arg(long)]
+    vm_attach_samples: Option<usize>,
     /// CPU the bind loop is pinned to [default: the last one].
     #[arg(long)]
     cpu: Option<usize>,
@@ -226,7 +231,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         vm: (!args.no_vm).then(|| guest::VmSettings {
             binds: args.vm_binds.unwrap_or(if q { 1000 } else { 3000 }),
             rounds: args.vm_rounds.unwrap_or(if q { 2 } else { 3 }),
-            attach_samples: if q { 1 } else { 3 },
+            attach_samples: args.vm_attach_samples.unwrap_or(if q { 1 } else { 3 }),
             port: args.port,
         }),
         cpu: args.cpu.unwrap_or_else(|| nproc().saturating_sub(1)),
