@@ -11,7 +11,7 @@
 //! - UDP: the port's slot in the UDP hash, through `skc_node`.
 //!
 //! A successful bind on a port the caller chose also reads the other protocol's owners of the
-//! number ([`walk_other_space`]): that TCP and UDP have separate port spaces is what explains
+//! number ([`how::OTHER_SPACE`]): that TCP and UDP have separate port spaces is what explains
 //! such a success, and it must survive the other socket closing right after.
 //!
 //! The walk is bounded ([`MAX_STEPS`] list nodes, [`MAX_HOLDERS`] records), and says when it
@@ -105,11 +105,11 @@ const BPF_LOOP_STOP: i64 = 1;
 const BPF_LOOP_GO_ON: i64 = 0;
 
 /// Finds the sockets other than `sk` (a `struct sock *`) that hold `port` for `protocol` in
-/// `sk`'s namespace, into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them. `how` holds [`how`] bits. With
-/// [`how::OTHER_SPACE`], the other protocol's owners of the port follow the call's own in the
-/// found list, and [`walk::OTHER_SPACE`] says they are complete; a cut or failed walk of the
-/// other space is dropped whole, so that user space reads that side after the fact, as it
-/// does without this. Returns a [`Sent`] packed as a [`pack::walk_result`].
+/// `sk`'s namespace, into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them.
+/// `how` holds [`how`] bits. With [`how::OTHER_SPACE`], the other protocol's owners of the
+/// port follow the call's own in the found list, and [`walk::OTHER_SPACE`] says they are
+/// complete; a cut or failed walk of the other space is dropped whole, so that user space
+/// reads that side after the fact, as it does without this. Returns a [`Sent`] packed as a [`pack::walk_result`].
 ///
 /// Both spaces in one call, not two: the caller's stack frame then stays as it was, and 6.1
 /// adds it to the frames of the send below it against one 512-byte limit.

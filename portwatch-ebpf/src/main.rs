@@ -269,8 +269,7 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
                 how |= holders::how::OTHER_SPACE;
             }
             let walked = holders::portwatch_walk_port(sk.sk, protocol, u64::from(port), how);
-            let found = holders::send_found(body.protocol, sk, walked);
-            sent = found as u32;
+            sent = holders::send_found(body.protocol, sk, walked) as u32;
         }
     }
     let sk_ptr = match &sk {

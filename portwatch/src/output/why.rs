@@ -39,7 +39,7 @@ pub fn event(ev: &Value, unix_ns: i128, own_netns: u32) -> String {
     let address = addr_port(&ev["requested"])
         .or_else(|| addr_port(&ev["bound"]))
         .unwrap_or_else(|| "?".into());
-    let result = ev["errno"].as_str().unwrap_or("ok");
+    let result = safe(ev["errno"].as_str().unwrap_or("ok"));
     let mut details = Vec::new();
     // The same words, in the same order, as trace's line.
     let bound = addr_port(&ev["bound"]);
@@ -90,8 +90,8 @@ pub fn event(ev: &Value, unix_ns: i128, own_netns: u32) -> String {
         call: &safe(s("type")),
         proto: &proto,
         address: &address,
-        result: &safe(result),
-        result_len: safe(result).chars().count(),
+        result: &result,
+        result_len: result.chars().count(),
         details: &safe(&details.join(" ")),
     }
     .line();
