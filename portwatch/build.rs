@@ -38,10 +38,16 @@ fn build_ebpf(toolchain: &str) -> anyhow::Result<PathBuf> {
         .arg("--message-format=json")
         .arg("--target-dir")
         .arg(out.join("aya-build/target/portwatch-ebpf"))
+        // --disable-expand-memcpy-in-order: bpf-linker otherwise tells LLVM to expand only
+        // memcpy inline, in order, and to call a `memset` for every zeroing, even of 3 bytes.
+        // That memset is compiler-builtins' byte loop: 5 instructions a byte, about a fifth of
+        // an event's run time before this flag (BENCHMARKS.md, bpf_stats). Without it LLVM
+        // stores whole words inline. In-order copies matter only to JITs that pattern-match
+        // them (offload), not to the x86-64 and arm64 ones portwatch runs on.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             format!(
-                "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f{}",
+                "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Clink-arg=--disable-expand-memcpy-in-order\x1f{}",
                 remap_paths().join("\x1f")
             ),
         )

@@ -85,6 +85,11 @@ pub struct Walk {
     cut: u64,
     /// Where the other port space's owners start in `found` ([`how::OTHER_SPACE`]).
     split: u64,
+    /// What [`portwatch_send_found`] sends the found sockets as: kept here rather than on
+    /// its stack (see there).
+    send_protocol: u64,
+    send_netns: u64,
+    send_tid: u64,
     found: [u64; MAX_HOLDERS as usize],
 }
 
@@ -253,36 +258,45 @@ pub fn send_found(protocol: u16, sk: &Sock, walked: u64) -> u64 {
 /// Called by the program after [`portwatch_walk_port`] returned, not from inside it: the
 /// send's frame then adds to the program's alone, not to the walk's as well (6.1 adds up the
 /// whole chain, `bpf_loop` callbacks included). A global function, checked once.
+///
+/// Its frame must stay within 32 bytes: 6.1 rounds each frame of the chain program → here →
+/// [`portwatch_send_holder`] up to 32 and refuses more than 512 in all. So the loop keeps
+/// only four numbers live across the send (the callee-saved registers): the walk's slot, the
+/// index, the end and the result so far; the rest is read from the slot.
 // SAFETY: a unique name of portwatch's own, as for portwatch_walk_port.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn portwatch_send_found(protocol: u64, netns: u64, tid: u64, walked: u64) -> u64 {
-    let mut bits = pack::walk_bits(walked);
-    let found = u64::from(pack::walk_count(walked));
     // (A walk that found nobody never gets here: see [`send_found`].)
     let Some(w) = state() else {
-        return pack::walk_result(0, bits);
+        return pack::walk_result(0, pack::walk_bits(walked));
     };
-    let mut sent = 0u8;
+    w.send_protocol = protocol;
+    w.send_netns = netns;
+    w.send_tid = tid;
+    let found = u64::from(pack::walk_count(walked));
+    let end = if w.n < found { w.n } else { found };
+    // The result so far, packed: records sent in the low byte, walk bits above.
+    let mut result = u64::from(pack::walk_bits(walked)) << 8;
     let mut i = 0;
     while i < MAX_HOLDERS as usize {
-        if (i as u64) >= w.n || (i as u64) >= found {
+        if (i as u64) >= end {
             break;
         }
         // The other port space's owners follow the call's own ([`how::OTHER_SPACE`]).
         let proto = if (i as u64) < w.split {
-            protocol as u16
+            w.send_protocol as u16
         } else {
-            other_protocol(protocol as u16)
+            other_protocol(w.send_protocol as u16)
         };
-        if send(w.found[i], proto, netns as u32, tid as u32, 0) {
-            sent += 1;
+        if send(w.found[i], proto, w.send_netns as u32, w.send_tid as u32, 0) {
+            result += 1;
         } else {
-            bits |= walk::LOST;
+            result |= u64::from(walk::LOST) << 8;
         }
         i += 1;
     }
-    pack::walk_result(sent, bits)
+    pack::walk_result(result as u8, (result >> 8) as u8)
 }
 
 /// The value of an `hlist` field read as a pointer: the first node of a head, or a node's

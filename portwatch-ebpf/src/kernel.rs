@@ -117,8 +117,7 @@ impl<const WORDS: usize> Window<WORDS> {
     #[inline(always)]
     pub fn load(base: u64, start: u32) -> Self {
         // Left uninitialised for the helper, which zeroes it when the read faults (as it does
-        // for base 0): a zeroing first would be a memset call, whose stack frame adds to
-        // ours, and the fexit programs are close to the 512-byte limit.
+        // for base 0): a zeroing first would only be more stores on every event.
         let mut words = MaybeUninit::<[u64; WORDS]>::uninit();
         let words = unsafe {
             probe_read_raw(
@@ -163,15 +162,18 @@ impl<const WORDS: usize> Window<WORDS> {
             return read_value(self.base, f);
         }
         let rel = f.offset - self.start;
-        let i = (rel / 8) as usize % (WORDS - 1);
+        let i = (rel / 8) as usize;
         let shift = (rel % 8) * 8;
-        let lo = self.words[i] >> shift;
-        let hi = if shift == 0 {
-            0
+        // SAFETY: `inside` keeps the field's bytes within the first WORDS - 1 words, so `i` and,
+        // for a field that runs into the next word, `i + 1` are in bounds. The verifier sees
+        // them as constants (they come from LAYOUT), so no index check is needed at run time:
+        // every instruction here runs for each field of each event.
+        let lo = unsafe { *self.words.get_unchecked(i) } >> shift;
+        let v = if rel % 8 + u32::from(f.size) <= 8 {
+            lo
         } else {
-            self.words[i + 1] << (64 - shift)
+            lo | (unsafe { *self.words.get_unchecked(i + 1) } << (64 - shift))
         };
-        let v = lo | hi;
         let v = if f.size == 8 {
             v
         } else {

@@ -24,8 +24,11 @@ mod kernel;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_comm as bpf_get_current_comm_raw,
+            bpf_ktime_get_boot_ns,
+        },
     },
     macros::{fexit, map, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
@@ -323,7 +326,9 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
         (*e).tid = pid_tgid as u32;
         (*e).uid = bpf_get_current_uid_gid() as u32;
         (*e).fd = pack::fd(ret_fd);
-        (*e).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        // Straight into the ring: the helper zeroes the buffer itself when it fails, and a
+        // copy through the stack would go byte by byte (the array's alignment is 1).
+        bpf_get_current_comm_raw((*e).comm.as_mut_ptr().cast(), COMM_LEN as u32);
         (*e).walk = pack::walk_bits(walked);
         (*e).holders = pack::walk_count(walked);
         (*e)._pad = [0; 7];
