@@ -335,11 +335,11 @@ pub mod pack {
         (ret_fd >> 32) as u32 as i32
     }
 
-    /// An event's [`crate::record`] tag, its [`crate::Backend`] value and the
-    /// [`walk_result`] of its holders.
+    /// An event's [`crate::record`] tag, its [`crate::Backend`] value, the [`walk_result`] of
+    /// its holders and its socket's network namespace (0 when unknown).
     #[inline(always)]
-    pub const fn meta(record: u8, backend: u8, walked: u64) -> u64 {
-        record as u64 | (backend as u64) << 8 | walked << 16
+    pub const fn meta(record: u8, backend: u8, walked: u64, netns: u32) -> u64 {
+        record as u64 | (backend as u64) << 8 | (walked & 0xffff) << 16 | (netns as u64) << 32
     }
 
     /// The record tag of a [`meta`].
@@ -357,7 +357,13 @@ pub mod pack {
     /// The [`walk_result`] of a [`meta`].
     #[inline(always)]
     pub const fn meta_walked(meta: u64) -> u64 {
-        meta >> 16
+        (meta >> 16) & 0xffff
+    }
+
+    /// The network namespace of a [`meta`].
+    #[inline(always)]
+    pub const fn meta_netns(meta: u64) -> u32 {
+        (meta >> 32) as u32
     }
 
     /// A socket's protocol, type and `sk_uid`.
@@ -796,10 +802,11 @@ mod tests {
         let walked = pack::walk_result(MAX_HOLDERS, walk::DONE | walk::CUT | walk::LOST);
         assert_eq!(pack::walk_count(walked), MAX_HOLDERS);
         assert_eq!(pack::walk_bits(walked), walk::DONE | walk::CUT | walk::LOST);
-        let meta = pack::meta(record::CONNECT, Backend::Fexit as u8, walked);
+        let meta = pack::meta(record::CONNECT, Backend::Fexit as u8, walked, 0xf000_0001);
         assert_eq!(pack::meta_record(meta), record::CONNECT);
         assert_eq!(pack::meta_backend(meta), Backend::Fexit as u8);
         assert_eq!(pack::meta_walked(meta), walked);
+        assert_eq!(pack::meta_netns(meta), 0xf000_0001);
         let body = pack::body(IPPROTO_UDP, 2, u32::MAX);
         assert_eq!(pack::body_protocol(body), IPPROTO_UDP);
         assert_eq!(pack::body_sock_type(body), 2);

@@ -110,7 +110,7 @@ const BPF_LOOP_STOP: i64 = 1;
 const BPF_LOOP_GO_ON: i64 = 0;
 
 /// Finds the sockets other than `sk` (a `struct sock *`) that hold `port` for `protocol` in
-/// `sk`'s namespace, into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them.
+/// `sk`'s namespace (`net`, its `struct net *`, which the caller has read already), into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them.
 /// `how` holds [`how`] bits. With [`how::OTHER_SPACE`], the other protocol's owners of the
 /// port follow the call's own in the found list, and [`walk::OTHER_SPACE`] says they are
 /// complete; a cut or failed walk of the other space is dropped whole, so that user space
@@ -125,8 +125,14 @@ const BPF_LOOP_GO_ON: i64 = 0;
 // it by that name.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn portwatch_walk_port(sk: u64, protocol: u64, port: u64, how: u64) -> u64 {
-    let sent = walk_port(sk, protocol as u16, port as u16, how);
+pub extern "C" fn portwatch_walk_port(
+    sk: u64,
+    protocol: u64,
+    port: u64,
+    how: u64,
+    net: u64,
+) -> u64 {
+    let sent = walk_port(sk, protocol as u16, port as u16, how, net);
     pack::walk_result(sent.count, sent.walk)
 }
 
@@ -141,7 +147,7 @@ fn other_protocol(protocol: u16) -> u16 {
 }
 
 #[inline(always)]
-fn walk_port(sk: u64, protocol: u16, port: u16, how: u64) -> Sent {
+fn walk_port(sk: u64, protocol: u16, port: u16, how: u64, net: u64) -> Sent {
     let Some(w) = WALK.get_ptr_mut(0) else {
         return Sent::NO_TABLE;
     };
@@ -153,7 +159,7 @@ fn walk_port(sk: u64, protocol: u16, port: u16, how: u64) -> Sent {
     let tid = bpf_get_current_pid_tgid();
     w.tid = tid;
     w.me = sk;
-    w.net = read_field(sk, &LAYOUT.sk_net);
+    w.net = net;
     w.port = u64::from(port);
     w.n = 0;
     w.split = u64::from(MAX_HOLDERS);
@@ -235,17 +241,17 @@ fn walk_space(w: &mut Walk, protocol: u16, own_bucket: bool, other_space: bool) 
     sent
 }
 
-/// [`portwatch_send_found`] for a walk about `sk`'s port, as records of the current thread;
-/// skipped (a global function call and a map lookup) when the walk found nobody, as most
-/// successful binds' walks do.
+/// [`portwatch_send_found`] for a walk about a port in network namespace `netns`, as records
+/// of the current thread; skipped (a global function call and a map lookup) when the walk
+/// found nobody, as most successful binds' walks do.
 #[inline(always)]
-pub fn send_found(protocol: u16, sk: &Sock, walked: u64) -> u64 {
+pub fn send_found(protocol: u16, netns: u32, walked: u64) -> u64 {
     if pack::walk_count(walked) == 0 {
         return walked;
     }
     portwatch_send_found(
         u64::from(protocol),
-        u64::from(sk.netns()),
+        u64::from(netns),
         bpf_get_current_pid_tgid(),
         walked,
     )
@@ -334,18 +340,14 @@ fn found(w: &mut Walk, sk: u64) {
 #[inline(always)]
 fn tcp_start(w: &mut Walk, me: u64, net: u64, port: u16, own_bucket: bool) -> Option<u64> {
     w.bhash2 = u64::from(global(&LAYOUT.tb_has_bhash2).offset != 0);
-    let own = if own_bucket {
-        read_field(me, &LAYOUT.icsk_bind_hash)
-    } else {
-        0
-    };
-    if own != 0 {
-        if alone_in_bucket(me, own, w.bhash2 != 0) {
-            return Some(0);
+    if own_bucket {
+        // The bind and bind2 bucket pointers sit side by side: one read for both.
+        let buckets =
+            kernel::Window::<3>::around(me, &[&LAYOUT.icsk_bind_hash, &LAYOUT.icsk_bind2_hash]);
+        let own = buckets.field(&LAYOUT.icsk_bind_hash);
+        if own != 0 {
+            return own_start(w, me, own, buckets.field(&LAYOUT.icsk_bind2_hash));
         }
-        // Only our own bucket: the chain may hold other ports' buckets, which we skip anyway.
-        w.single = 1;
-        return Some(own + offset(&LAYOUT.tb_node));
     }
     let hashinfo = read_field(net, &LAYOUT.net_tcp_hashinfo);
     let bhash = read_field(hashinfo, &LAYOUT.hashinfo_bhash);
@@ -359,12 +361,23 @@ fn tcp_start(w: &mut Walk, me: u64, net: u64, port: u16, own_bucket: bool) -> Op
     Some(node(read_u64(bucket + offset(&LAYOUT.bhash_bucket_chain))))
 }
 
+/// [`tcp_start`] from the socket's own bind bucket `own` (and bind2 bucket `own2`, 6.8+).
+#[inline(always)]
+fn own_start(w: &mut Walk, me: u64, own: u64, own2: u64) -> Option<u64> {
+    if alone_in_bucket(me, own, own2, w.bhash2 != 0) {
+        return Some(0);
+    }
+    // Only our own bucket: the chain may hold other ports' buckets, which we skip anyway.
+    w.single = 1;
+    Some(own + offset(&LAYOUT.tb_node))
+}
+
 /// Whether a bound socket is the only one on its port, told from the list links around it
 /// without walking: it is the first and last owner of its bucket (before 6.8), or of its bind2
 /// bucket, which is itself the first and last of its bind bucket (6.8+). This is the common
 /// case of a successful bind, and costs two or three reads instead of a walk's eight.
 #[inline(always)]
-fn alone_in_bucket(me: u64, tb: u64, bhash2: bool) -> bool {
+fn alone_in_bucket(me: u64, tb: u64, tb2: u64, bhash2: bool) -> bool {
     // `hlist_node { next, pprev }`: last when `next` is null, first when `pprev` points at the
     // list head itself.
     let links = |n: u64| kernel::probe_kernel::<[u64; 2]>(n).unwrap_or([1, 0]);
@@ -375,7 +388,6 @@ fn alone_in_bucket(me: u64, tb: u64, bhash2: bool) -> bool {
     if !bhash2 {
         return pprev == tb + offset(&LAYOUT.tb_owners);
     }
-    let tb2 = read_field(me, &LAYOUT.icsk_bind2_hash);
     if tb2 == 0 || pprev != tb2 + offset(&LAYOUT.tb2_owners) {
         return false;
     }
@@ -438,12 +450,14 @@ fn udp_start(me: u64, net: u64, port: u16, other_space: bool) -> Option<u64> {
     if table == 0 {
         return None;
     }
-    let hash = read_field(table, &LAYOUT.udp_table_hash);
+    // The slots and the mask, in one read (they are 16 or 24 bytes apart).
+    let t = kernel::Window::<5>::around(table, &[&LAYOUT.udp_table_hash, &LAYOUT.udp_table_mask]);
+    let hash = t.field(&LAYOUT.udp_table_hash);
     if hash == 0 {
         return None;
     }
     let mix = read_field(net, &LAYOUT.net_hash_mix);
-    let slot = (u64::from(port) + mix) & read_field(table, &LAYOUT.udp_table_mask);
+    let slot = (u64::from(port) + mix) & t.field(&LAYOUT.udp_table_mask);
     // `udp_hslot.head` opens the slot.
     Some(node(read_u64(hash + slot * offset(&LAYOUT.udp_hslot_size))))
 }

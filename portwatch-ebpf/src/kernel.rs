@@ -320,6 +320,12 @@ pub fn socket_of_fd(fd: i64) -> u64 {
     read_field(file, &LAYOUT.file_private_data)
 }
 
+/// The inode number of network namespace `net` (a `struct net *`), 0 when unreadable.
+#[inline(always)]
+pub fn netns_of(net: u64) -> u32 {
+    read_field(net, &LAYOUT.net_inum) as u32
+}
+
 /// The `struct sock` fields that sit outside `sock_common`, read together.
 pub struct SockBody {
     pub protocol: u16,
@@ -416,7 +422,7 @@ impl Sock {
 
     #[inline(always)]
     pub fn netns(&self) -> u32 {
-        read_field(self.net(), &LAYOUT.net_inum) as u32
+        netns_of(self.net())
     }
 
     /// The `struct net *` the socket lives in.

@@ -232,6 +232,7 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
         }
     }
     let mut sent = 0u32;
+    let mut netns = 0u32;
     let mut body = kernel::SockBody {
         protocol: 0,
         sock_type: 0,
@@ -243,6 +244,9 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
         if rec == record::CONNECT && ret == -EAGAIN && body.protocol != IPPROTO_UDP {
             return;
         }
+        // Read once for the walk and the event.
+        let net = sk.net();
+        netns = kernel::netns_of(net);
         // The port the call is about: as asked for a failed bind, as bound otherwise. A connect
         // that failed on a socket bound to a fixed port: that port's owners, among them the
         // connection that has the same 4-tuple.
@@ -271,8 +275,8 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
             if ret == 0 && rec == record::BIND && req.ok != 0 && req.port != 0 {
                 how |= holders::how::OTHER_SPACE;
             }
-            let walked = holders::portwatch_walk_port(sk.sk, protocol, u64::from(port), how);
-            sent = holders::send_found(body.protocol, sk, walked) as u32;
+            let walked = holders::portwatch_walk_port(sk.sk, protocol, u64::from(port), how, net);
+            sent = holders::send_found(body.protocol, netns, walked) as u32;
         }
     }
     let sk_ptr = match &sk {
@@ -283,7 +287,7 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
         req,
         sk_ptr,
         pack::ret_fd(ret, fd),
-        pack::meta(rec, backend as u8, u64::from(sent)),
+        pack::meta(rec, backend as u8, u64::from(sent), netns),
         pack::body(body.protocol, body.sock_type, body.uid),
     );
 }
@@ -294,7 +298,7 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
 /// adds up the frames of a call chain against one 512-byte limit (6.1 counts the holder walk's
 /// frame on top of the caller's), and this keeps both chains under it. `sk` is null when the
 /// socket could not be reached; the numbers are packed because a BPF function takes at most
-/// five arguments: [`pack::ret_fd`], [`pack::meta`] (with the holder walk's result) and
+/// five arguments: [`pack::ret_fd`], [`pack::meta`] (with the holder walk's result and the namespace) and
 /// [`pack::body`].
 #[inline(never)]
 fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64) {
@@ -342,7 +346,7 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
                 (*e).protocol = pack::body_protocol(body);
                 (*e).sock_type = pack::body_sock_type(body);
                 (*e).sk_uid = pack::body_uid(body);
-                (*e).netns = sk.netns();
+                (*e).netns = pack::meta_netns(meta);
                 (*e).bound_dev_if = sk.bound_dev_if();
                 (*e).reuse = sk.reuse();
                 (*e).options = sk.options();
