@@ -99,8 +99,9 @@ fn unpack(v: u64, f: Field) -> u64 {
 /// `(WORDS - 1) * 8` bytes of a struct, fetched with one helper call, for fields that sit
 /// close together.
 ///
-/// Why: a bpf_probe_read_kernel costs about 80 ns on these machines, and an event reads a dozen
-/// fields of `sock_common` alone. Offsets come from LAYOUT, which the verifier sees as
+/// Why: each bpf_probe_read_kernel is a helper call through the kernel's fault-tolerant copy
+/// (about 5 ns on this host with the memory hot, measured with bpftrace; far more under TCG),
+/// and an event reads a dozen fields of `sock_common` alone. Offsets come from LAYOUT, which the verifier sees as
 /// constants (frozen .rodata), so the word a field sits in is a fixed stack slot, and the
 /// fallback for a field outside the window is dead code that the verifier skips. The last word
 /// stays zero, so a field that ends inside the window can always be read as two words.
@@ -211,8 +212,8 @@ impl<const WORDS: usize> Window<WORDS> {
 
 /// A syscall tracepoint field at `offset` (offsets come from tracefs' format files).
 ///
-/// Why the match: a load straight from the context is nearly free and a probe read costs ~80
-/// ns here, but the verifier allows context loads only at offsets fixed in the instruction.
+/// Why the match: a load straight from the context is one instruction and a probe read is a
+/// helper call, but the verifier allows context loads only at offsets fixed in the instruction.
 /// `offset` is a load-time constant to the verifier, which walks only the arm it selects. The
 /// arms are inline asm so that LLVM cannot merge them into one load from a computed address,
 /// which the verifier would refuse. Kernels so far put the arguments at 16, 24 and 32 and the
