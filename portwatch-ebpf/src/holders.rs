@@ -268,7 +268,8 @@ pub fn send_found(protocol: u16, netns: u32, walked: u64) -> u64 {
 /// Its frame must stay within 32 bytes: 6.1 rounds each frame of the chain program → here →
 /// [`portwatch_send_holder`] up to 32 and refuses more than 512 in all. So the loop keeps
 /// only four numbers live across the send (the callee-saved registers): the walk's slot, the
-/// index, the end and the result so far; the rest is read from the slot.
+/// index, the end and the result so far; the rest is read from the slot. A host unit test
+/// (`loader/stack_limit.rs` in the CLI crate) fails when a chain passes the limit.
 // SAFETY: a unique name of portwatch's own, as for portwatch_walk_port.
 #[unsafe(no_mangle)]
 #[inline(never)]

@@ -661,6 +661,9 @@ fn attach_tracepoints(ebpf: &mut Ebpf, connect: bool) -> Result<(), String> {
 }
 
 #[cfg(test)]
+mod stack_limit;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
