@@ -298,8 +298,8 @@ fn emit(rec: u8, backend: Backend, req: &Request, fd: i32, sock: u64, ret: i32) 
 /// adds up the frames of a call chain against one 512-byte limit (6.1 counts the holder walk's
 /// frame on top of the caller's), and this keeps both chains under it. `sk` is null when the
 /// socket could not be reached; the numbers are packed because a BPF function takes at most
-/// five arguments: [`pack::ret_fd`], [`pack::meta`] (with the holder walk's result and the namespace) and
-/// [`pack::body`].
+/// five arguments: [`pack::ret_fd`], [`pack::meta`] (with the holder walk's result and the
+/// namespace) and [`pack::body`].
 #[inline(never)]
 fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64) {
     let Some(mut entry) = EVENTS.reserve::<BindEvent>(0) else {

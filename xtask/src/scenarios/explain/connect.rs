@@ -45,6 +45,11 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         Scenario::shared("explain_connect_tuple_in_use", tuple_in_use),
         Scenario::shared("explain_connect_udp_ports_exhausted", udp_exhausted),
+        Scenario::shared(
+            "explain_connect_udp_ports_exhausted_io_uring",
+            uring_udp_exhausted,
+        )
+        .only_backends(&[Backend::Fexit]),
         Scenario::shared("ports_toward_each_destination", ports_snapshot),
         Scenario::shared("connect_other_results_are_not_events", other_results),
         Scenario::alone("connect_port_is_the_destination_and_no_connect", filters),
@@ -351,19 +356,62 @@ fn tuple_in_use(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
 /// Two connected UDP sockets hold both range ports: a third UDP connect() fails with EAGAIN,
 /// and the holder of the UDP ports is named.
 fn udp_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    udp_exhausted_by(pw, ns, false)
+}
+
+/// The same, the failing connect() submitted through io_uring (IORING_OP_CONNECT on a UDP
+/// socket, which reaches inet_dgram_connect): the fexit hook sees it under the submitting
+/// process, and it is explained as the system call's is.
+///
+/// io_uring takes EAGAIN for "not ready yet": it polls the socket, finds it writable and tries
+/// again, many times, before it completes the request with EAGAIN (32 and 52 attempts on 6.1
+/// and 6.12 when this was written). Each attempt is a real failed call of the kernel's connect
+/// and is reported as one (README, Limits): every one of them must be this socket's same
+/// failure, explained the same way.
+fn uring_udp_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
+    udp_exhausted_by(pw, ns, true)
+}
+
+fn udp_exhausted_by(pw: &Portwatch, ns: &Netns, uring: bool) -> Result<()> {
     netns::set_sysctl("net/ipv4/ip_local_port_range", "40000 40001")?;
     let mut h = Holder::spawn(ns, "pw-holder")?;
     for _ in 0..2 {
         h.connect_ok(&SockSpec::udp("0.0.0.0:0"), false, "127.0.0.1:53")?;
     }
     let mut a = Holder::spawn(ns, "pw-asker")?;
-    let c = a.connect(&SockSpec::udp("0.0.0.0:0"), false, "127.0.0.1:54")?;
+    let udp = SockSpec::udp("0.0.0.0:0");
+    let c = if uring {
+        a.uring_connect(&udp, false, "127.0.0.1:54")?
+    } else {
+        a.connect(&udp, false, "127.0.0.1:54")?
+    };
     ensure!(
         c.errno == libc::EAGAIN,
         "set-up: a third UDP connect() should fail with EAGAIN, got errno {}",
         c.errno
     );
-    let ev = pw.wait_call(ns, "connect", a.pid, c.ino)?;
+    let ev = if uring {
+        let what = format!("a connect event of pid {} on socket inode {}", a.pid, c.ino);
+        let attempts: Vec<Event> = pw
+            .wait_for(ns, &what, |e| {
+                e.iter().any(|e| e.is("connect", a.pid, c.ino))
+            })?
+            .into_iter()
+            .filter(|e| e.sock_ino() == Some(c.ino))
+            .collect();
+        let first = attempts[0].clone();
+        for e in &attempts {
+            ensure!(
+                e.is("connect", a.pid, c.ino)
+                    && e.get("backend") == &json!("fexit")
+                    && e.get("explain") == first.get("explain"),
+                "io_uring's attempts at one connect() should all be the same failure,                  explained the same way; this one differs from the first:\n  {e}\n  {first}"
+            );
+        }
+        first
+    } else {
+        pw.wait_call(ns, "connect", a.pid, c.ino)?
+    };
     fields(
         &ev,
         &[
