@@ -110,7 +110,8 @@ const BPF_LOOP_STOP: i64 = 1;
 const BPF_LOOP_GO_ON: i64 = 0;
 
 /// Finds the sockets other than `sk` (a `struct sock *`) that hold `port` for `protocol` in
-/// `sk`'s namespace (`net`, its `struct net *`, which the caller has read already), into this CPU's [`WALK`] state; [`portwatch_send_found`] sends them.
+/// `sk`'s namespace (`net`, its `struct net *`, which the caller has read already), into
+/// this CPU's [`WALK`] state; [`portwatch_send_found`] sends them.
 /// `how` holds [`how`] bits. With [`how::OTHER_SPACE`], the other protocol's owners of the
 /// port follow the call's own in the found list, and [`walk::OTHER_SPACE`] says they are
 /// complete; a cut or failed walk of the other space is dropped whole, so that user space
@@ -283,8 +284,9 @@ pub extern "C" fn portwatch_send_found(protocol: u64, netns: u64, tid: u64, walk
     w.send_tid = tid;
     let found = u64::from(pack::walk_count(walked));
     let end = if w.n < found { w.n } else { found };
-    // The result so far, packed: records sent in the low byte, walk bits above.
-    let mut result = u64::from(pack::walk_bits(walked)) << 8;
+    // The result so far, as a [`pack::walk_result`]: its count starts at 0 and goes up by one
+    // per record sent.
+    let mut result = pack::walk_result(0, pack::walk_bits(walked));
     let mut i = 0;
     while i < MAX_HOLDERS as usize {
         if (i as u64) >= end {
@@ -299,11 +301,11 @@ pub extern "C" fn portwatch_send_found(protocol: u64, netns: u64, tid: u64, walk
         if send(w.found[i], proto, w.send_netns as u32, w.send_tid as u32, 0) {
             result += 1;
         } else {
-            result |= u64::from(walk::LOST) << 8;
+            result |= pack::walk_result(0, walk::LOST);
         }
         i += 1;
     }
-    pack::walk_result(result as u8, (result >> 8) as u8)
+    result
 }
 
 /// The value of an `hlist` field read as a pointer: the first node of a head, or a node's
@@ -347,7 +349,18 @@ fn tcp_start(w: &mut Walk, me: u64, net: u64, port: u16, own_bucket: bool) -> Op
             kernel::Window::<3>::around(me, &[&LAYOUT.icsk_bind_hash, &LAYOUT.icsk_bind2_hash]);
         let own = buckets.field(&LAYOUT.icsk_bind_hash);
         if own != 0 {
-            return own_start(w, me, own, buckets.field(&LAYOUT.icsk_bind2_hash));
+            if alone_in_bucket(
+                me,
+                own,
+                buckets.field(&LAYOUT.icsk_bind2_hash),
+                w.bhash2 != 0,
+            ) {
+                return Some(0);
+            }
+            // Only our own bucket: the chain may hold other ports' buckets, which we skip
+            // anyway.
+            w.single = 1;
+            return Some(own + offset(&LAYOUT.tb_node));
         }
     }
     let hashinfo = read_field(net, &LAYOUT.net_tcp_hashinfo);
@@ -362,21 +375,11 @@ fn tcp_start(w: &mut Walk, me: u64, net: u64, port: u16, own_bucket: bool) -> Op
     Some(node(read_u64(bucket + offset(&LAYOUT.bhash_bucket_chain))))
 }
 
-/// [`tcp_start`] from the socket's own bind bucket `own` (and bind2 bucket `own2`, 6.8+).
-#[inline(always)]
-fn own_start(w: &mut Walk, me: u64, own: u64, own2: u64) -> Option<u64> {
-    if alone_in_bucket(me, own, own2, w.bhash2 != 0) {
-        return Some(0);
-    }
-    // Only our own bucket: the chain may hold other ports' buckets, which we skip anyway.
-    w.single = 1;
-    Some(own + offset(&LAYOUT.tb_node))
-}
-
 /// Whether a bound socket is the only one on its port, told from the list links around it
 /// without walking: it is the first and last owner of its bucket (before 6.8), or of its bind2
 /// bucket, which is itself the first and last of its bind bucket (6.8+). This is the common
-/// case of a successful bind, and costs two or three reads instead of a walk's eight.
+/// case of a successful bind, and costs two or three reads instead of a walk's eight. `tb` and
+/// `tb2` are the socket's bind and bind2 buckets.
 #[inline(always)]
 fn alone_in_bucket(me: u64, tb: u64, tb2: u64, bhash2: bool) -> bool {
     // `hlist_node { next, pprev }`: last when `next` is null, first when `pprev` points at the

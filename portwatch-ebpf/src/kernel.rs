@@ -101,10 +101,11 @@ fn unpack(v: u64, f: Field) -> u64 {
 ///
 /// Why: each bpf_probe_read_kernel is a helper call through the kernel's fault-tolerant copy
 /// (about 5 ns on this host with the memory hot, measured with bpftrace; far more under TCG),
-/// and an event reads a dozen fields of `sock_common` alone. Offsets come from LAYOUT, which the verifier sees as
-/// constants (frozen .rodata), so the word a field sits in is a fixed stack slot, and the
-/// fallback for a field outside the window is dead code that the verifier skips. The last word
-/// stays zero, so a field that ends inside the window can always be read as two words.
+/// and an event reads a dozen fields of `sock_common` alone. Offsets come from LAYOUT, which
+/// the verifier sees as constants (frozen .rodata), so the word a field sits in is a fixed
+/// stack slot, and the fallback for a field outside the window is dead code that the verifier
+/// skips. The last word stays zero, so a field that ends inside the window can always be read
+/// as two words.
 pub struct Window<const WORDS: usize> {
     base: u64,
     start: u32,
