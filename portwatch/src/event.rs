@@ -86,7 +86,15 @@ pub struct Event {
     /// and `comm` are the task that made it do so (fexit only; see
     /// [`portwatch_common::flags::KERNEL_SOCKET`]).
     pub kernel_socket: bool,
+    /// How many times the call was made, this one included: more than 1 when the same failed
+    /// connect() came again and again and the trace folded the repeats into this event (see
+    /// [`Event::repeats`]).
+    pub attempts: u32,
 }
+
+/// How long after a failed connect() the same failure still counts as its repeat
+/// ([`Event::repeats`]). io_uring's retries of one request come within milliseconds.
+pub const REPEAT_SPAN_NS: u64 = 1_000_000_000;
 
 impl Event {
     /// A call by `pid` (`comm`) that did not come from the kernel side: the bind `who --addr`
@@ -111,6 +119,7 @@ impl Event {
             walk: None,
             holders_sent: 0,
             kernel_socket: false,
+            attempts: 1,
         }
     }
 
@@ -135,6 +144,38 @@ impl Event {
     pub fn netns(&self) -> Option<u32> {
         self.socket.as_ref().map(|s| s.netns).filter(|&n| n != 0)
     }
+
+    /// Whether this call is `first` made again: a failed connect() of the same thread on the
+    /// same socket (a real one, with an inode) to the same destination, failing the same way
+    /// with the same holders at the call, within [`REPEAT_SPAN_NS`] of `first`.
+    ///
+    /// Why: io_uring takes a UDP connect()'s EAGAIN for "not ready yet", polls the socket,
+    /// finds it writable and calls the kernel's connect again, dozens of times, before it
+    /// completes the one request with EAGAIN. Each attempt is a real call that the fexit
+    /// backend sees, and shown one by one they bury the explanation under identical lines.
+    /// Only connect() is folded: it is the call the kernel repeats by itself.
+    pub fn repeats(&self, first: &Event) -> bool {
+        let same_socket = match (&self.socket, &first.socket) {
+            (Some(a), Some(b)) => a.ino != 0 && a == b,
+            _ => false,
+        };
+        self.call == Call::Connect
+            && first.call == Call::Connect
+            && !self.ok()
+            && self.ret == first.ret
+            && (self.pid, self.tid, self.backend) == (first.pid, first.tid, first.backend)
+            && self.boot_ns >= first.boot_ns
+            && self.boot_ns - first.boot_ns <= REPEAT_SPAN_NS
+            && self.requested == first.requested
+            && same_socket
+            && (self.walk, self.holders_sent) == (first.walk, first.holders_sent)
+            && self.kernel_holders.len() == first.kernel_holders.len()
+            && self
+                .kernel_holders
+                .iter()
+                .zip(&first.kernel_holders)
+                .all(|(a, b)| a.same_socket(b))
+    }
 }
 
 /// A socket the kernel side reported on a port.
@@ -146,6 +187,16 @@ pub struct KernelHolder {
 }
 
 impl KernelHolder {
+    /// The same socket, as the kernel described it, in the same state: only a TIME_WAIT
+    /// socket's time left may differ (it is worked out when each record is read).
+    pub fn same_socket(&self, other: &KernelHolder) -> bool {
+        self.flags == other.flags
+            && SocketView {
+                tw_left_ms: other.socket.tw_left_ms,
+                ..self.socket.clone()
+            } == other.socket
+    }
+
     /// Named by the kernel's own conflict check (fexit), not by the walk of the port's owners.
     pub fn is_conflict_check(&self) -> bool {
         self.flags & holder::CONFLICT_CHECK != 0
@@ -248,6 +299,7 @@ fn decode_call(raw: &BindEvent) -> Event {
         walk: Some(raw.walk),
         holders_sent: raw.holders,
         kernel_socket: raw.flags & flags::KERNEL_SOCKET != 0,
+        attempts: 1,
     }
 }
 
@@ -329,5 +381,76 @@ mod tests {
         }
         // Too close to the wrap point to tell.
         assert_eq!(hz(boot(250, 301.0), 301_000_000_000), None);
+    }
+
+    /// A UDP connect() of thread 42 on socket inode 7 to 127.0.0.1:54 that failed with EAGAIN
+    /// at `boot_ns`, with one holder the kernel reported.
+    fn eagain(boot_ns: u64) -> Event {
+        let mut s = crate::explain::tests::sock(Proto::Udp, "0.0.0.0", 0);
+        s.ino = 7;
+        let mut holder = crate::explain::tests::sock(Proto::Udp, "127.0.0.1", 40000);
+        holder.ino = 9;
+        Event {
+            boot_ns,
+            requested: Some(Requested {
+                sa_family: AF_INET,
+                addr: "127.0.0.1".parse().unwrap(),
+                port: 54,
+                scope_id: 0,
+                scope_name: None,
+            }),
+            ret: -libc::EAGAIN,
+            socket: Some(s),
+            kernel_holders: vec![KernelHolder {
+                socket: holder,
+                flags: holder::FULL,
+            }],
+            ..Event::imagined(Call::Connect, 42, "client")
+        }
+    }
+
+    #[test]
+    fn a_failed_connect_made_again_is_a_repeat() {
+        let first = eagain(1_000);
+        assert!(eagain(2_000).repeats(&first));
+        assert!(eagain(1_000 + REPEAT_SPAN_NS).repeats(&first));
+        // A TIME_WAIT holder's time left is worked out per record: it may differ.
+        let mut tw = first.clone();
+        tw.kernel_holders[0].socket.tw_left_ms = Some(100);
+        let mut later = eagain(2_000);
+        later.kernel_holders[0].socket.tw_left_ms = Some(90);
+        assert!(later.repeats(&tw));
+    }
+
+    #[test]
+    fn anything_else_is_not_a_repeat() {
+        let first = eagain(1_000);
+        let differs: [(&str, fn(&mut Event)); 10] = [
+            ("too late", |e| e.boot_ns += REPEAT_SPAN_NS + 1),
+            ("earlier", |e| e.boot_ns = 0),
+            ("another errno", |e| e.ret = -libc::EADDRNOTAVAIL),
+            ("a success", |e| e.ret = 0),
+            ("another thread", |e| e.tid = 43),
+            ("another socket", |e| e.socket.as_mut().unwrap().ino = 8),
+            ("another destination", |e| {
+                e.requested.as_mut().unwrap().port = 55
+            }),
+            ("another holder", |e| {
+                e.kernel_holders[0].socket.port = 40001
+            }),
+            ("a holder fewer", |e| e.kernel_holders.clear()),
+            ("a bind", |e| e.call = Call::Bind),
+        ];
+        for (what, change) in differs {
+            let mut e = eagain(2_000);
+            change(&mut e);
+            assert!(!e.repeats(&first), "{what}");
+        }
+        // Without a socket inode, two calls cannot be told to be on the same socket.
+        let mut no_ino = first.clone();
+        no_ino.socket.as_mut().unwrap().ino = 0;
+        let mut again = eagain(2_000);
+        again.socket.as_mut().unwrap().ino = 0;
+        assert!(!again.repeats(&no_ino));
     }
 }

@@ -88,7 +88,7 @@ impl Metrics {
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "portwatch_calls",
-            "bind() and listen() calls seen, by call, protocol, family and result (ok or the errno name)",
+            "bind(), listen() and failed connect() calls seen (each attempt of a repeated connect()), by call, protocol, family and result (ok or the errno name)",
             calls.clone(),
         );
         let explanations = Family::<RuleLabels, Counter>::default();
@@ -143,8 +143,10 @@ impl Metrics {
         }
     }
 
-    /// Counts one call, as it was explained.
+    /// Counts one event's calls (each attempt of a folded repeat: [`Event::attempts`]), as it
+    /// was explained.
     pub fn record(&self, ev: &Event, verdict: Option<&Verdict>) {
+        let calls = u64::from(ev.attempts);
         let sock = ev.socket.as_ref();
         let protocol = sock.map_or("unknown", |s| protocol_name(s.proto));
         let result = ev.errno().map_or("ok", errno_label);
@@ -155,9 +157,11 @@ impl Metrics {
                 family: sock.map_or("unknown", |s| s.family.name()),
                 result,
             })
-            .inc();
+            .inc_by(calls);
         let rule = verdict.map_or(NO_RULE, |v| v.rule.id());
-        self.explanations.get_or_create(&RuleLabels { rule }).inc();
+        self.explanations
+            .get_or_create(&RuleLabels { rule })
+            .inc_by(calls);
         if ev.ok() {
             return;
         }
@@ -173,7 +177,7 @@ impl Metrics {
                     errno: result,
                     rule,
                 })
-                .inc();
+                .inc_by(calls);
         }
     }
 

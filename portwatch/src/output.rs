@@ -284,6 +284,9 @@ impl Printer {
             if ev.kernel_socket {
                 details.push("in-kernel socket".to_string());
             }
+            if ev.attempts > 1 {
+                details.push(format!("{} attempts", ev.attempts));
+            }
             // A connect()'s ADDRESS is the destination; the local end, when it had one.
             if ev.call == Call::Connect && sock.port != 0 {
                 details.push(format!("from {}", sock.endpoint()));
@@ -354,10 +357,17 @@ impl Printer {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // Repeats folded into one event ([`Event::attempts`]) make more calls than events.
+        let calls = sum.binds + sum.listens + sum.connects;
         status(format_args!(
-            "portwatch: {} event{} ({} bind, {} listen{}) in {:.1}s; failures: {failures}; lost: {}{}",
+            "portwatch: {} event{}{} ({} bind, {} listen{}) in {:.1}s; failures: {failures}; lost: {}{}",
             sum.events,
             if sum.events == 1 { "" } else { "s" },
+            if calls != sum.events {
+                format!(" for {calls} calls")
+            } else {
+                String::new()
+            },
             sum.binds,
             sum.listens,
             if sum.connects > 0 {
@@ -428,15 +438,17 @@ impl Summary {
         }
     }
 
+    /// One event, standing for `ev.attempts` calls: the call counts count each attempt.
     pub fn count(&mut self, ev: &Event) {
+        let calls = u64::from(ev.attempts);
         self.events += 1;
         match ev.call {
-            Call::Bind => self.binds += 1,
-            Call::Listen => self.listens += 1,
-            Call::Connect => self.connects += 1,
+            Call::Bind => self.binds += calls,
+            Call::Listen => self.listens += calls,
+            Call::Connect => self.connects += calls,
         }
         if let Some(e) = ev.errno() {
-            *self.by_errno.entry(errno::name(e)).or_default() += 1;
+            *self.by_errno.entry(errno::name(e)).or_default() += calls;
         }
     }
 }

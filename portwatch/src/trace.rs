@@ -202,6 +202,10 @@ impl<P: EventSink> Session<P> {
     /// than the call being explained. Two guards keep such sockets out of explanations: a
     /// socket bound later in the same pass, and a socket bound by a record that arrived while
     /// the tables were being read (the look-ahead, which starts the next pass).
+    ///
+    /// A failed connect() that repeats its thread's last call in the pass ([`Event::repeats`])
+    /// is folded into that call's event, which counts the attempts: io_uring makes dozens of
+    /// them for one request. Repeats that straddle two passes show as two events.
     fn handle_batch(&mut self, batch: Vec<Record>, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         self.passes += 1;
         let pass = self.passes;
@@ -212,8 +216,11 @@ impl<P: EventSink> Session<P> {
         // from them (cached) when it is explained, so a pass holds its records and no more.
         let mut keep = vec![false; batch.len()];
         let mut batch = batch;
-        for (i, r) in batch.iter_mut().enumerate() {
-            match r {
+        // Each thread's last kept call in this pass: a repeat of it is folded into it.
+        let mut last_call: HashMap<u32, usize> = HashMap::new();
+        for (i, kept) in keep.iter_mut().enumerate() {
+            let (before, rest) = batch.split_at_mut(i);
+            match &mut rest[0] {
                 Record::Holder { tid, holder } => {
                     let (at, list) = self.conflicts.entry(*tid).or_default();
                     *at = pass;
@@ -229,12 +236,22 @@ impl<P: EventSink> Session<P> {
                         .map(|(_, list)| list)
                         .unwrap_or_default();
                     if !self.filter.keeps(ev) {
+                        // Another call of the thread came in between: no longer a repeat.
+                        last_call.remove(&ev.tid);
                         continue;
                     }
                     self.enrich(ev);
+                    if let Some(&j) = last_call.get(&ev.tid)
+                        && let Record::Call(first) = &mut before[j]
+                        && ev.repeats(first)
+                    {
+                        first.attempts += 1;
+                        continue;
+                    }
+                    last_call.insert(ev.tid, i);
                     self.facts
                         .prefetch(&mut self.ebpf, &mut self.namespaces, ev);
-                    keep[i] = true;
+                    *kept = true;
                 }
             }
         }

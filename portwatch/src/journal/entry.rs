@@ -9,7 +9,8 @@
 //!   the first.
 //! - `PRIORITY=3` (err), `SYSLOG_IDENTIFIER=portwatch`, `MESSAGE_ID` ([`FAILED`], or
 //!   [`REPEATED`] for a line that stands for repeats).
-//! - `PORTWATCH_*`: the call, as data to filter on.
+//! - `PORTWATCH_*`: the call, as data to filter on; `PORTWATCH_ATTEMPTS` only for a
+//!   connect() repeated on its socket ([`Event::attempts`]).
 //! - `OBJECT_SYSTEMD_UNIT` (and `OBJECT_SYSTEMD_USER_UNIT`, `OBJECT_SYSTEMD_OWNER_UID` for a
 //!   user unit), `OBJECT_SYSTEMD_CGROUP`: the unit of the cgroup the kernel reported for the
 //!   call, by systemd's own rule ([`crate::workload::OwningUnit`]); `OBJECT_PID` when allowed.
@@ -76,8 +77,13 @@ pub fn message(ev: &Event, verdict: Option<&Verdict>, repeats: Option<Repeats>) 
         }
         None => "portwatch has no explanation for this call".to_string(),
     };
+    let attempts = if ev.attempts > 1 {
+        format!(" ({} attempts)", ev.attempts)
+    } else {
+        String::new()
+    };
     let mut line = format!(
-        "{}: {err} on {}{proto}{addr}: {said}",
+        "{}: {err} on {}{proto}{addr}{attempts}: {said}",
         who(ev),
         ev.call.as_str()
     );
@@ -168,6 +174,9 @@ pub fn fields(
     }
     if let Some(r) = repeats {
         f.add("PORTWATCH_REPEATS", r.count.to_string());
+    }
+    if ev.attempts > 1 {
+        f.add("PORTWATCH_ATTEMPTS", ev.attempts.to_string());
     }
     f.add("PORTWATCH_PID", ev.pid.to_string());
     f.add("PORTWATCH_COMM", ev.comm.clone());

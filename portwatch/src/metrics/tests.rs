@@ -74,7 +74,7 @@ fn fed() -> Metrics {
     m
 }
 
-const GOLDEN: &str = r#"# HELP portwatch_calls bind() and listen() calls seen, by call, protocol, family and result (ok or the errno name).
+const GOLDEN: &str = r#"# HELP portwatch_calls bind(), listen() and failed connect() calls seen (each attempt of a repeated connect()), by call, protocol, family and result (ok or the errno name).
 # TYPE portwatch_calls counter
 portwatch_calls_total{call="bind",protocol="tcp",family="ipv4",result="EADDRINUSE"} 3
 portwatch_calls_total{call="bind",protocol="tcp",family="ipv4",result="ok"} 1

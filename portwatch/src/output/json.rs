@@ -75,6 +75,9 @@ pub struct JsonEvent<'a> {
     /// The kernel's own socket (no file): the kernel bound it for itself, at the request of
     /// `pid`/`comm` (e.g. `ip link set vxlan0 up`).
     kernel_socket: bool,
+    /// How many times the call was made: more than 1 for a failed connect() repeated on the
+    /// same socket with nothing else in between (io_uring retries), folded into one event.
+    attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     explain: Option<JsonVerdict<'a>>,
 }
@@ -113,6 +116,7 @@ impl<'a> JsonEvent<'a> {
             sk_uid: sock.and_then(|s| s.uid),
             options: sock.map(JsonOptions::of),
             kernel_socket: ev.kernel_socket,
+            attempts: ev.attempts,
             explain: verdict.map(JsonVerdict::of),
         }
     }

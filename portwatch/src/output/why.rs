@@ -53,6 +53,9 @@ pub fn event(ev: &Value, unix_ns: i128, own_netns: u32) -> String {
     if ev["kernel_socket"] == true {
         details.push("in-kernel socket".to_string());
     }
+    if let Some(n) = ev["attempts"].as_u64().filter(|&n| n > 1) {
+        details.push(format!("{n} attempts"));
+    }
     if ev["type"] == "connect"
         && let Some(from) = &bound
     {
@@ -158,7 +161,7 @@ mod tests {
             r#"{"type":"connect","pid":13822,"comm":"python3","netns":7,
             "family":"ipv4","protocol":"tcp","requested":{"addr":"127.0.0.1","port":5432,"scope_id":0},
             "bound":{"addr":"127.0.0.1","port":40001},"ok":false,"errno":"EADDRNOTAVAIL",
-            "kernel_socket":false,"explain":{"message":"m"}}"#,
+            "kernel_socket":false,"attempts":3,"explain":{"message":"m"}}"#,
         )
         .unwrap();
         let text = event(&ev, 0, 1);
@@ -169,7 +172,7 @@ mod tests {
             ("PROTO", "tcp4"),
             ("ADDRESS", "127.0.0.1:5432"),
             ("RESULT", "EADDRNOTAVAIL"),
-            ("DETAILS", "from 127.0.0.1:40001 netns 7"),
+            ("DETAILS", "3 attempts from 127.0.0.1:40001 netns 7"),
         ] {
             assert_eq!(head.find(name), line.find(cell), "{name}\n{head}\n{line}");
         }

@@ -446,10 +446,11 @@ impl Running {
     }
 }
 
-/// "portwatch: N events (B bind, L listen) in S s; failures: ...; lost: K" → (N, K).
+/// "portwatch: N events (B bind, L listen) in S s; failures: ...; lost: K" → (N, K). N may be
+/// followed by " for C calls" (repeated connect()s folded into one event).
 pub fn parse_summary(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("portwatch: ")?;
-    let (events, rest) = rest.split_once(" events (")?;
+    let (events, rest) = rest.split_once(" events ")?;
     // "lost: N", possibly followed by "; M more were waiting and were dropped unexplained".
     let lost = rest.rsplit_once("; lost: ")?.1;
     let lost = lost.split(';').next()?;
@@ -609,6 +610,9 @@ mod tests {
         let l = "portwatch: 1234 events (1200 bind, 34 listen) in 2.5s; failures: none; lost: 7";
         assert_eq!(parse_summary(l), Some((1234, 7)));
         assert_eq!(parse_summary("portwatch: warning: 3 events lost"), None);
+        let l = "portwatch: 2 events for 9 calls (1 bind, 0 listen, 8 connect) in 1.0s; \
+                 failures: EAGAIN 8; lost: 0";
+        assert_eq!(parse_summary(l), Some((2, 0)));
     }
 
     #[test]

@@ -85,12 +85,14 @@ enum Request {
     },
     /// A socket from `spec` (its options; bound to its address first when `bind`, and
     /// listening when the spec says so), then connect() to `to`: the system call, or
-    /// IORING_OP_CONNECT when `uring`. The socket is kept, connected or not.
+    /// IORING_OP_CONNECT when `uring`; made again on the same socket while it fails, `tries`
+    /// times in all. The socket is kept, connected or not.
     Connect {
         spec: SockSpec,
         bind: bool,
         to: SocketAddr,
         uring: bool,
+        tries: u32,
     },
     /// `n` times: a new socket from `spec`, bind, hold it `hold_us`, close, wait `gap_us`.
     BindLoop {
@@ -290,21 +292,35 @@ impl Holder {
     /// A socket from `spec`, bound to its address first when `bind`, connected to `to`. A
     /// failed connect (or bind) is not an error: see [`Bound::errno`].
     pub fn connect(&mut self, spec: &SockSpec, bind: bool, to: &str) -> Result<Bound> {
-        self.connect_by(spec, bind, to, false)
+        self.connect_by(spec, bind, to, false, 1)
     }
 
     /// Like [`Holder::connect`], the connect() through io_uring ([`super::uring`]): no
     /// connect system call.
     pub fn uring_connect(&mut self, spec: &SockSpec, bind: bool, to: &str) -> Result<Bound> {
-        self.connect_by(spec, bind, to, true)
+        self.connect_by(spec, bind, to, true, 1)
     }
 
-    fn connect_by(&mut self, spec: &SockSpec, bind: bool, to: &str, uring: bool) -> Result<Bound> {
+    /// Like [`Holder::connect`] (not bound first), the connect() system call made again on the
+    /// same socket while it fails, `tries` times in all, back to back: a client that retries.
+    pub fn connect_tries(&mut self, spec: &SockSpec, to: &str, tries: u32) -> Result<Bound> {
+        self.connect_by(spec, false, to, false, tries)
+    }
+
+    fn connect_by(
+        &mut self,
+        spec: &SockSpec,
+        bind: bool,
+        to: &str,
+        uring: bool,
+        tries: u32,
+    ) -> Result<Bound> {
         let req = Request::Connect {
             spec: spec.clone(),
             bind,
             to: to.parse().with_context(|| format!("bad address {to:?}"))?,
             uring,
+            tries,
         };
         match self.request(&req)? {
             Reply::Bound(b) => Ok(b),

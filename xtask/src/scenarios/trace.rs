@@ -413,7 +413,9 @@ fn json_lines(_cx: &Ctx, run: &SharedRun) -> Result<()> {
     );
     let last_err = st.stderr.last().map(String::as_str).unwrap_or("");
     ensure!(
-        last_err.starts_with("portwatch: ") && last_err.contains(" events ("),
+        last_err.starts_with("portwatch: ")
+            && (last_err.contains(" events (") || last_err.contains(" events for "))
+            && last_err.contains("; lost: "),
         "the last stderr line is not the summary: {last_err:?}"
     );
     Ok(())

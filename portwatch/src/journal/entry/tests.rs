@@ -197,3 +197,20 @@ fn a_repeat_line_says_how_many_and_over_what_time() {
     assert_eq!(text(&f, "PORTWATCH_REPEATS").as_deref(), Some("57"));
     assert_eq!(text(&f, "MESSAGE_ID").as_deref(), Some(REPEATED));
 }
+
+#[test]
+fn a_call_made_again_and_again_says_how_many_times() {
+    let (mut ev, v) = failure("nginx", "/system.slice/nginx.service");
+    let f = fields(&ev, Some(&v), None, true);
+    assert_eq!(text(&f, "PORTWATCH_ATTEMPTS"), None);
+    ev.attempts = 52;
+    let f = fields(&ev, Some(&v), None, true);
+    let msg = text(&f, "MESSAGE").unwrap();
+    assert!(
+        msg.starts_with(
+            "nginx.service (pid 812, nginx): EADDRINUSE on bind tcp4 0.0.0.0:80 (52 attempts): "
+        ),
+        "{msg}"
+    );
+    assert_eq!(text(&f, "PORTWATCH_ATTEMPTS").as_deref(), Some("52"));
+}

@@ -140,6 +140,7 @@ impl State {
                 bind,
                 to,
                 uring,
+                tries,
             } => {
                 let s = Sock::open(&spec).map_err(|e| format!("creating the socket: {e}"))?;
                 let mut r = if bind { s.bind() } else { Ok(()) };
@@ -147,11 +148,16 @@ impl State {
                     r = s.listen(128);
                 }
                 if r.is_ok() {
-                    r = if uring {
-                        uring::connect(s.fd(), to)
-                    } else {
-                        s.connect(to)
-                    };
+                    for _ in 0..tries.max(1) {
+                        r = if uring {
+                            uring::connect(s.fd(), to)
+                        } else {
+                            s.connect(to)
+                        };
+                        if r.is_ok() {
+                            break;
+                        }
+                    }
                 }
                 Reply::Bound(self.keep(s, &r, None))
             }
