@@ -425,7 +425,8 @@ mod tests {
     #[test]
     fn anything_else_is_not_a_repeat() {
         let first = eagain(1_000);
-        let differs: [(&str, fn(&mut Event)); 10] = [
+        type Change = fn(&mut Event);
+        let differs: [(&str, Change); 10] = [
             ("too late", |e| e.boot_ns += REPEAT_SPAN_NS + 1),
             ("earlier", |e| e.boot_ns = 0),
             ("another errno", |e| e.ret = -libc::EADDRNOTAVAIL),
