@@ -23,13 +23,7 @@ mod iter;
 mod kernel;
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_comm as bpf_get_current_comm_raw,
-            bpf_ktime_get_boot_ns,
-        },
-    },
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_boot_ns},
     macros::{fexit, map, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
     programs::{FExitContext, TracePointContext},
@@ -309,7 +303,7 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
     let rec = pack::meta_record(meta);
     let walked = pack::meta_walked(meta);
     let e = entry.as_mut_ptr();
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let caller = kernel::caller();
     let sk = unsafe { sk.as_ref() };
     unsafe {
         (*e).record = rec;
@@ -325,14 +319,16 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
         (*e).req_scope_id = req.scope_id;
         (*e).ret = pack::ret(ret_fd);
         (*e).ts_ns = bpf_ktime_get_boot_ns();
-        (*e).cgroup_id = bpf_get_current_cgroup_id();
-        (*e).pid = (pid_tgid >> 32) as u32;
-        (*e).tid = pid_tgid as u32;
-        (*e).uid = bpf_get_current_uid_gid() as u32;
+        (*e).cgroup_id = caller.cgroup_id;
+        (*e).pid = caller.pid;
+        (*e).tid = caller.tid;
+        (*e).uid = caller.uid;
         (*e).fd = pack::fd(ret_fd);
-        // Straight into the ring: the helper zeroes the buffer itself when it fails, and a
-        // copy through the stack would go byte by byte (the array's alignment is 1).
-        bpf_get_current_comm_raw((*e).comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        // As two words: the field is 8-aligned in the event (checked below) and in the ring,
+        // and a copy typed as bytes would go byte by byte (the array's alignment is 1).
+        let comm = (*e).comm.as_mut_ptr().cast::<u64>();
+        comm.write(caller.comm[0]);
+        comm.add(1).write(caller.comm[1]);
         (*e).walk = pack::walk_bits(walked);
         (*e).holders = pack::walk_count(walked);
         (*e)._pad = [0; 7];
@@ -380,6 +376,8 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
     }
     entry.submit(wakeup_flag());
 }
+
+const _: () = assert!(core::mem::offset_of!(BindEvent, comm) % 8 == 0 && COMM_LEN == 16);
 
 #[inline(always)]
 fn wakeup_flag() -> u64 {

@@ -413,12 +413,19 @@ fn json_lines(_cx: &Ctx, run: &SharedRun) -> Result<()> {
     );
     let last_err = st.stderr.last().map(String::as_str).unwrap_or("");
     ensure!(
-        last_err.starts_with("portwatch: ")
-            && (last_err.contains(" events (") || last_err.contains(" events for "))
-            && last_err.contains("; lost: "),
+        is_summary(last_err),
         "the last stderr line is not the summary: {last_err:?}"
     );
     Ok(())
+}
+
+/// "portwatch: N event(s) [for C calls] (...) in S s; failures: ...; lost: K".
+fn is_summary(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix("portwatch: ") else {
+        return false;
+    };
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    rest.starts_with(" event") && rest.contains("; lost: ")
 }
 
 /// The program names portwatch loads per backend (besides connect's), as bpftool shows them
