@@ -145,15 +145,25 @@ impl Event {
         self.socket.as_ref().map(|s| s.netns).filter(|&n| n != 0)
     }
 
-    /// Whether this call is `first` made again: a failed connect() of the same thread on the
+    /// What a repeat of this call shares with it ([`Event::repeats`]): the process and the
+    /// socket inode. None for a call that cannot have repeats: anything but a failed connect()
+    /// on a socket with an inode.
+    pub fn repeat_key(&self) -> Option<(u32, u64)> {
+        let ino = self.socket.as_ref().map_or(0, |s| s.ino);
+        (self.call == Call::Connect && !self.ok() && ino != 0).then_some((self.pid, ino))
+    }
+
+    /// Whether this call is `first` made again: a failed connect() of the same process on the
     /// same socket (a real one, with an inode) to the same destination, failing the same way
     /// with the same holders at the call, within [`REPEAT_SPAN_NS`] of `first`.
     ///
     /// Why: io_uring takes a UDP connect()'s EAGAIN for "not ready yet", polls the socket,
-    /// finds it writable and calls the kernel's connect again, dozens of times, before it
-    /// completes the one request with EAGAIN. Each attempt is a real call that the fexit
-    /// backend sees, and shown one by one they bury the explanation under identical lines.
-    /// Only connect() is folded: it is the call the kernel repeats by itself.
+    /// finds it writable and calls the kernel's connect again, dozens or hundreds of times,
+    /// before it completes the one request with EAGAIN. Each attempt is a real call that the
+    /// fexit backend sees, and shown one by one they bury the explanation under identical
+    /// lines. Some attempts run on one of io_uring's worker threads (`iou-wrk-PID`) rather
+    /// than the submitting thread, hence the same process, not the same thread. Only connect()
+    /// is folded: it is the call the kernel repeats by itself.
     pub fn repeats(&self, first: &Event) -> bool {
         let same_socket = match (&self.socket, &first.socket) {
             (Some(a), Some(b)) => a.ino != 0 && a == b,
@@ -163,7 +173,7 @@ impl Event {
             && first.call == Call::Connect
             && !self.ok()
             && self.ret == first.ret
-            && (self.pid, self.tid, self.backend) == (first.pid, first.tid, first.backend)
+            && (self.pid, self.backend) == (first.pid, first.backend)
             && self.boot_ns >= first.boot_ns
             && self.boot_ns - first.boot_ns <= REPEAT_SPAN_NS
             && self.requested == first.requested
@@ -414,12 +424,30 @@ mod tests {
         let first = eagain(1_000);
         assert!(eagain(2_000).repeats(&first));
         assert!(eagain(1_000 + REPEAT_SPAN_NS).repeats(&first));
+        // io_uring makes some attempts from a worker thread of the same process.
+        let mut worker = eagain(2_000);
+        (worker.tid, worker.comm) = (99, "iou-wrk-42".into());
+        assert!(worker.repeats(&first));
         // A TIME_WAIT holder's time left is worked out per record: it may differ.
         let mut tw = first.clone();
         tw.kernel_holders[0].socket.tw_left_ms = Some(100);
         let mut later = eagain(2_000);
         later.kernel_holders[0].socket.tw_left_ms = Some(90);
         assert!(later.repeats(&tw));
+    }
+
+    #[test]
+    fn only_a_failed_connect_on_a_socket_with_an_inode_can_have_repeats() {
+        assert_eq!(eagain(1_000).repeat_key(), Some((42, 7)));
+        let mut ok = eagain(1_000);
+        ok.ret = 0;
+        let mut bind = eagain(1_000);
+        bind.call = Call::Bind;
+        let mut no_ino = eagain(1_000);
+        no_ino.socket.as_mut().unwrap().ino = 0;
+        for e in [ok, bind, no_ino] {
+            assert_eq!(e.repeat_key(), None);
+        }
     }
 
     #[test]
@@ -431,7 +459,7 @@ mod tests {
             ("earlier", |e| e.boot_ns = 0),
             ("another errno", |e| e.ret = -libc::EADDRNOTAVAIL),
             ("a success", |e| e.ret = 0),
-            ("another thread", |e| e.tid = 43),
+            ("another process", |e| e.pid = 43),
             ("another socket", |e| e.socket.as_mut().unwrap().ino = 8),
             ("another destination", |e| {
                 e.requested.as_mut().unwrap().port = 55

@@ -103,6 +103,26 @@ pub struct Session<P: EventSink = Printer> {
     recent: Option<Arc<std::sync::Mutex<Recent>>>,
     /// `--metrics`: when the ephemeral-range gauge is to be measured next.
     ports_due: Option<Instant>,
+    /// A failed connect() whose repeats may still come ([`Event::repeats`]), explained and
+    /// waiting to be written: see [`Held`].
+    held: Option<Held>,
+}
+
+/// A failed connect() held back, so that repeats arriving in the next reads of the ring fold
+/// into it instead of making events of their own: io_uring's retries of one request can run
+/// longer than one read of the ring takes to come round.
+///
+/// Only the last call of a pass is held, and only until another call is to be written, which
+/// it then precedes: so events still come out in the order of their first attempts. It is
+/// written as soon as a read brings another call, or a drain finds nothing new, or the trace
+/// ends: about two poll intervals after its last attempt at most.
+struct Held {
+    ev: Event,
+    verdict: Option<explain::Verdict>,
+    /// This pass brought repeats of it and nothing else: hold on.
+    extended: bool,
+    /// This pass brought another call: write it first.
+    closed: bool,
 }
 
 /// Records taken from the ring buffer per pass. A pass is explained as a unit: one socket
@@ -175,6 +195,7 @@ impl<P: EventSink> Session<P> {
             journal: None,
             recent: None,
             ports_due: None,
+            held: None,
         }
     }
 
@@ -216,8 +237,10 @@ impl<P: EventSink> Session<P> {
         // from them (cached) when it is explained, so a pass holds its records and no more.
         let mut keep = vec![false; batch.len()];
         let mut batch = batch;
-        // Each thread's last kept call in this pass: a repeat of it is folded into it.
-        let mut last_call: HashMap<u32, usize> = HashMap::new();
+        // Per process and socket, the last failed connect() kept in this pass: a repeat of it is
+        // folded into it.
+        let mut last_call: HashMap<(u32, u64), usize> = HashMap::new();
+        let mut last_kept = None;
         for (i, kept) in keep.iter_mut().enumerate() {
             let (before, rest) = batch.split_at_mut(i);
             match &mut rest[0] {
@@ -236,19 +259,32 @@ impl<P: EventSink> Session<P> {
                         .map(|(_, list)| list)
                         .unwrap_or_default();
                     if !self.filter.keeps(ev) {
-                        // Another call of the thread came in between: no longer a repeat.
-                        last_call.remove(&ev.tid);
                         continue;
                     }
                     self.enrich(ev);
-                    if let Some(&j) = last_call.get(&ev.tid)
-                        && let Record::Call(first) = &mut before[j]
-                        && ev.repeats(first)
-                    {
-                        first.attempts += 1;
-                        continue;
+                    if let Some(key) = ev.repeat_key() {
+                        if let Some(&j) = last_call.get(&key)
+                            && let Record::Call(first) = &mut before[j]
+                            && ev.repeats(first)
+                        {
+                            first.attempts += 1;
+                            continue;
+                        }
+                        if let Some(h) = self.held.as_mut()
+                            && !h.closed
+                            && ev.repeats(&h.ev)
+                        {
+                            h.ev.attempts += 1;
+                            h.extended = true;
+                            continue;
+                        }
+                        last_call.insert(key, i);
                     }
-                    last_call.insert(ev.tid, i);
+                    // Any other call ends the held one: it goes out before this.
+                    if let Some(h) = self.held.as_mut() {
+                        h.closed = true;
+                    }
+                    last_kept = Some(i);
                     self.facts
                         .prefetch(&mut self.ebpf, &mut self.namespaces, ev);
                     *kept = true;
@@ -260,7 +296,16 @@ impl<P: EventSink> Session<P> {
             .read_wanted_ranges(&mut self.ebpf, &mut self.namespaces);
         take(ring, &mut self.lookahead, BATCH);
         let future = bound_in(&self.lookahead);
+        // The held call goes out first (it came before this pass's calls), unless this pass
+        // brought only repeats of it.
+        self.write_held(|h| h.closed || !h.extended)?;
+        if let Some(h) = self.held.as_mut() {
+            h.extended = false;
+        }
         for (i, r) in batch.into_iter().enumerate() {
+            if self.done() {
+                break;
+            }
             let Record::Call(ev) = r else { continue };
             if !keep[i] {
                 continue;
@@ -272,27 +317,18 @@ impl<P: EventSink> Session<P> {
                 h.retain(|h| !younger(h.socket.ino));
             }
             facts.other_netns.retain(|h| !younger(h.socket.ino));
-            self.summary.count(&ev);
             let verdict = explain::explain(&ev, &facts);
-            if let Some(m) = &self.metrics {
-                m.record(&ev, verdict.as_ref());
+            // The pass's last call, a failed connect(): its repeats may be in the next pass.
+            if last_kept == Some(i) && ev.repeat_key().is_some() {
+                self.held = Some(Held {
+                    ev,
+                    verdict,
+                    extended: false,
+                    closed: false,
+                });
+                continue;
             }
-            if let Some(j) = &mut self.journal {
-                j.call(&ev, verdict.as_ref());
-            }
-            if let Some(r) = &self.recent
-                && !ev.ok()
-                && let Ok(mut r) = r.lock()
-            {
-                r.note(&ev, verdict.as_ref());
-            }
-            if !self.quiet {
-                self.printer.event(&ev, verdict.as_ref())?;
-            }
-            self.printed += 1;
-            if self.done() {
-                break;
-            }
+            self.write(&ev, verdict.as_ref())?;
         }
         let explained = keep.iter().filter(|&&k| k).count();
         if explained > 0 {
@@ -302,6 +338,36 @@ impl<P: EventSink> Session<P> {
             );
         }
         Ok(())
+    }
+
+    /// Counts an explained call and writes it everywhere it goes.
+    fn write(&mut self, ev: &Event, verdict: Option<&explain::Verdict>) -> io::Result<()> {
+        self.summary.count(ev);
+        if let Some(m) = &self.metrics {
+            m.record(ev, verdict);
+        }
+        if let Some(j) = &mut self.journal {
+            j.call(ev, verdict);
+        }
+        if let Some(r) = &self.recent
+            && !ev.ok()
+            && let Ok(mut r) = r.lock()
+        {
+            r.note(ev, verdict);
+        }
+        if !self.quiet {
+            self.printer.event(ev, verdict)?;
+        }
+        self.printed += 1;
+        Ok(())
+    }
+
+    /// Writes the held call (see [`Held`]) if `due` says it is time.
+    fn write_held(&mut self, due: impl Fn(&Held) -> bool) -> io::Result<()> {
+        match self.held.take_if(|h| due(h)) {
+            Some(h) if !self.done() => self.write(&h.ev, h.verdict.as_ref()),
+            _ => Ok(()),
+        }
     }
 
     /// Adds what the kernel side cannot know: interface names in the socket's namespace, what
@@ -377,17 +443,28 @@ impl<P: EventSink> Session<P> {
         while !self.done() && (!self.lookahead.is_empty() || ring_has_data(ring)) {
             self.drain(ring, Instant::now() + DRAIN_SLICE)?;
         }
-        Ok(())
+        self.write_held(|_| true)
     }
 
     /// Handles what the ring holds, pass by pass, until it is empty or `until`: signals, the
     /// timer and the lost-event check are served between drains even under a flood. Losses
     /// are checked after every pass, so a warning follows a loss within a pass.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>, until: Instant) -> io::Result<()> {
+        let mut passes = 0;
         loop {
             let mut batch = std::mem::take(&mut self.lookahead);
             take(ring, &mut batch, BATCH);
-            if batch.is_empty() || self.done() {
+            if batch.is_empty() {
+                // Nothing came since the last drain (a poll interval, when the timer drains): no
+                // repeat of a held call is on its way. An empty ring right after a pass proves
+                // nothing: a run of repeats may still be going on.
+                if passes == 0 {
+                    self.write_held(|_| true)?;
+                }
+                break;
+            }
+            passes += 1;
+            if self.done() {
                 break;
             }
             self.facts.new_batch();
@@ -588,6 +665,9 @@ pub async fn run(settings: TraceSettings) -> Result<()> {
         && (!session.lookahead.is_empty() || ring_has_data(&mut ring))
     {
         outcome = session.drain(&mut ring, grace);
+    }
+    if outcome.is_ok() {
+        outcome = session.write_held(|_| true);
     }
     if !session.done() {
         session.summary.unexplained_at_exit = session.drop_rest(&mut ring);

@@ -365,17 +365,16 @@ fn udp_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
 /// process, and it is explained as the system call's is.
 ///
 /// io_uring takes EAGAIN for "not ready yet": it polls the socket, finds it writable and tries
-/// again, many times, before it completes the request with EAGAIN (32 and 52 attempts on 6.1
-/// and 6.12 when this was written). Each attempt is a real failed call of the kernel's connect;
-/// portwatch folds them into one event that counts them (README, Limits), or two when they
-/// straddle two of its reads of the ring.
+/// again, many times, before it completes the request with EAGAIN (from 32 to over 100
+/// attempts on 6.1 and 6.12 when this was written, some on an io_uring worker thread). Each
+/// attempt is a real failed call of the kernel's connect; portwatch folds them into one event
+/// that counts them (README, Limits).
 fn uring_udp_exhausted(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     udp_exhausted_by(pw, ns, Try::Uring)
 }
 
 /// A client that retries: the same UDP connect() system call made 5 times on one socket, all
-/// failing with EAGAIN, is one event with `"attempts": 5` (or two whose attempts add up to 5,
-/// when the run straddles two of portwatch's reads of the ring), explained as one.
+/// failing with EAGAIN, is one event with `"attempts": 5`, explained as one.
 fn retries_folded(_: &Ctx, pw: &Portwatch, ns: &Netns) -> Result<()> {
     udp_exhausted_by(pw, ns, Try::Again(5))
 }
@@ -432,10 +431,10 @@ fn udp_exhausted_by(pw: &Portwatch, ns: &Netns, how: Try) -> Result<()> {
     )
 }
 
-/// The events of the repeated connect() on socket `ino` of `asker`: at most two (one, unless
-/// the attempts straddle two reads of the ring), the same failure explained the same way,
-/// their `attempts` adding up to the calls made (`Try::Again`; io_uring's count is its own).
-/// Returns the first.
+/// The events of the repeated connect() on socket `ino` of `asker`: one (two at most, when a
+/// call of some other process on the machine came between two attempts), the same failure
+/// explained the same way, their `attempts` adding up to the calls made (`Try::Again`;
+/// io_uring's count is its own). Returns the first.
 fn folded_attempts(
     pw: &Portwatch,
     ns: &Netns,
@@ -443,8 +442,8 @@ fn folded_attempts(
     ino: u64,
     how: Try,
 ) -> Result<Event> {
-    // A later call of the same process: once its event is out, so are all the attempts'
-    // (the ring keeps order).
+    // A later call of the same process: once its event is out, so are all the attempts' (the
+    // ring keeps order, and a held connect() goes out before any later call).
     let mark = asker.bind_ok(&SockSpec::tcp("127.0.0.1:0"))?;
     let what = format!(
         "the bind event of pid {} on socket inode {}",
@@ -467,7 +466,7 @@ fn folded_attempts(
     ensure!(
         !attempts.is_empty() && attempts.len() <= 2,
         "the repeated connect() on socket inode {ino} should be one event (two at most, when \
-         the attempts straddle two reads of the ring), got {}:\n{}",
+         another process's call came between two attempts), got {}:\n{}",
         attempts.len(),
         shown()
     );
