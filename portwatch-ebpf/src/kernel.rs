@@ -8,8 +8,7 @@ use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_current_task, bpf_get_current_task_btf,
-            bpf_probe_read_kernel as probe_read_raw, bpf_task_pt_regs,
+            bpf_get_current_task_btf, bpf_probe_read_kernel as probe_read_raw, bpf_task_pt_regs,
         },
     },
     maps::Array,
@@ -320,59 +319,37 @@ pub struct SyscallArgs {
 }
 
 /// The arguments of syscall `nr`, read at its exit from the registers user space left at its
-/// entry (`task_pt_regs`, which the kernel keeps at the top of the task's stack). None when
-/// `orig_ax` is not `nr`: then the registers are not what we think, and nothing is guessed.
-///
-/// Not inlined, like [`socket_of_fd`]: their windows then take no room in the calling
-/// program's frame, which the holder walk's frames are added to (one 512-byte limit).
+/// entry (`task_pt_regs`, which the kernel keeps at the top of the task's stack), with loads
+/// typed by BTF ([`btf_load`]). None when `orig_ax` is not `nr`: then the registers are not
+/// what we think, and nothing is guessed.
 #[inline(always)]
 pub fn syscall_args(nr: u32) -> Option<SyscallArgs> {
-    let mut args = SyscallArgs {
-        di: 0,
-        si: 0,
-        dx: 0,
-    };
-    (read_syscall_args(&mut args, nr) != 0).then_some(args)
-}
-
-/// [`syscall_args`]' body: fills `out` and returns 1, or 0 when `orig_ax` is not `nr`. A BPF
-/// function cannot hand a struct back (that would return a pointer into the caller's stack,
-/// which the verifier refuses), so the result goes through `out`.
-#[inline(never)]
-fn read_syscall_args(out: &mut SyscallArgs, nr: u32) -> u64 {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let w = Window::<5>::around(
-        regs,
-        &[
-            &LAYOUT.regs_dx,
-            &LAYOUT.regs_si,
-            &LAYOUT.regs_di,
-            &LAYOUT.regs_orig_ax,
-        ],
-    );
-    if w.field(&LAYOUT.regs_orig_ax) != u64::from(nr) {
-        return 0;
+    if btf_load(regs, global(&LAYOUT.regs_orig_ax)) != u64::from(nr) {
+        return None;
     }
-    out.di = w.field(&LAYOUT.regs_di);
-    out.si = w.field(&LAYOUT.regs_si);
-    out.dx = w.field(&LAYOUT.regs_dx);
-    1
+    Some(SyscallArgs {
+        di: btf_load(regs, global(&LAYOUT.regs_di)),
+        si: btf_load(regs, global(&LAYOUT.regs_si)),
+        dx: btf_load(regs, global(&LAYOUT.regs_dx)),
+    })
 }
 
-/// `current->files->fdt->fd[fd]->private_data`: the `struct socket *` behind an fd, or 0.
+/// `current->files->fdt->fd[fd]->private_data`: the `struct socket *` behind an fd, or 0. The
+/// task, its fd table and the table's size and array are typed by BTF ([`btf_load`]); the
+/// array is indexed by a number, which only a probe read can follow.
 #[inline(never)]
 pub fn socket_of_fd(fd: i64) -> u64 {
     if fd < 0 {
         return 0;
     }
-    let task = unsafe { bpf_get_current_task() };
-    let files = read_field(task, &LAYOUT.task_files);
-    let fdt = read_field(files, &LAYOUT.files_fdt);
-    let table = Window::<3>::around(fdt, &[&LAYOUT.fdt_max_fds, &LAYOUT.fdt_fd]);
-    if fd as u64 >= table.field(&LAYOUT.fdt_max_fds) {
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let files = btf_load(task, global(&LAYOUT.task_files));
+    let fdt = btf_load(files, global(&LAYOUT.files_fdt));
+    if fd as u64 >= btf_load(fdt, global(&LAYOUT.fdt_max_fds)) {
         return 0;
     }
-    let fds = table.field(&LAYOUT.fdt_fd);
+    let fds = btf_load(fdt, global(&LAYOUT.fdt_fd));
     if fds == 0 {
         return 0;
     }
