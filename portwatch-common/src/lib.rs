@@ -519,18 +519,8 @@ pub struct KernelLayout {
     pub task_tgid: Field,
     /// `task_struct.comm`: 16 bytes at this offset.
     pub task_comm: Field,
-    // the calling task's ids, as the helpers give them, read straight from its task_struct
     /// `task_struct.pid`: the thread id.
     pub task_pid: Field,
-    /// `task_struct.cred`, then `cred.uid`: the real uid.
-    pub task_cred: Field,
-    pub cred_uid: Field,
-    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`: the id of the
-    /// task's cgroup v2 cgroup.
-    pub task_cgroups: Field,
-    pub css_set_dfl_cgrp: Field,
-    pub cgroup_kn: Field,
-    pub kernfs_node_id: Field,
     /// `sock_common.skc_bind_node`: links a socket (TIME_WAIT too) into its bind bucket.
     pub sk_bind_node: Field,
     /// `sock_common.skc_node`: links a UDP socket into its hash slot.
@@ -731,7 +721,7 @@ impl Settings {
 // The records' sizes, as both sides lay them out: a field added, removed or resized on one
 // side only fails the build here.
 const _: () = assert!(core::mem::size_of::<Field>() == 8);
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 70 * core::mem::size_of::<Field>());
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 64 * core::mem::size_of::<Field>());
 const _: () = assert!(core::mem::size_of::<BindEvent>() == 136);
 const _: () = assert!(core::mem::size_of::<HolderRecord>() == 88);
 const _: () = assert!(core::mem::size_of::<TaskFileRecord>() == 112);

@@ -23,7 +23,10 @@ mod iter;
 mod kernel;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    },
     macros::{fexit, map, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
     programs::{FExitContext, TracePointContext},
@@ -319,10 +322,10 @@ fn write_event(req: &Request, sk: *const Sock, ret_fd: u64, meta: u64, body: u64
         (*e).req_scope_id = req.scope_id;
         (*e).ret = pack::ret(ret_fd);
         (*e).ts_ns = bpf_ktime_get_boot_ns();
-        (*e).cgroup_id = caller.cgroup_id;
+        (*e).cgroup_id = bpf_get_current_cgroup_id();
         (*e).pid = caller.pid;
         (*e).tid = caller.tid;
-        (*e).uid = caller.uid;
+        (*e).uid = bpf_get_current_uid_gid() as u32;
         (*e).fd = pack::fd(ret_fd);
         // As two words: the field is 8-aligned in the event (checked below) and in the ring,
         // and a copy typed as bytes would go byte by byte (the array's alignment is 1).
