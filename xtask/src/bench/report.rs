@@ -543,7 +543,8 @@ fn targets(r: &Results) -> Vec<Target> {
     out.push(Target {
         name: format!("Row 4's tracer CPU ≤ {CPU_PER_100K_MAX_S} s per 100k events"),
         measured: cpu4.map_or("n/a".into(), |c| {
-            format!("{c:.2} s per 100k events (all rounds together)")
+            // Three decimals: at two, a value just over the target read as the target itself.
+            format!("{c:.3} s per 100k events (all rounds together)")
         }),
         met: cpu4.map(|c| c <= CPU_PER_100K_MAX_S),
     });
