@@ -224,9 +224,10 @@ impl<P: EventSink> Session<P> {
     /// socket bound later in the same pass, and a socket bound by a record that arrived while
     /// the tables were being read (the look-ahead, which starts the next pass).
     ///
-    /// A failed connect() that repeats its thread's last call in the pass ([`Event::repeats`])
-    /// is folded into that call's event, which counts the attempts: io_uring makes dozens of
-    /// them for one request. Repeats that straddle two passes show as two events.
+    /// A failed connect() that repeats an earlier one of the same process on the same socket
+    /// ([`Event::repeats`]), in this pass or held from the last one ([`Held`]), is folded into
+    /// that call's event, which counts the attempts: io_uring makes dozens of them for one
+    /// request.
     fn handle_batch(&mut self, batch: Vec<Record>, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         self.passes += 1;
         let pass = self.passes;
