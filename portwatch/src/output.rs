@@ -77,6 +77,12 @@ fn broken_down(unix_ns: i128, local: bool) -> (libc::tm, u32) {
     (tm, micros)
 }
 
+/// The DETAILS word for a call made `attempts` times (a folded repeat, [`Event::attempts`]):
+/// trace's line and `why`'s say it alike. None for a single call.
+pub fn attempts_detail(attempts: u64) -> Option<String> {
+    (attempts > 1).then(|| format!("{attempts} attempts"))
+}
+
 /// RFC 3339 in UTC with microseconds: 2026-11-24T16:00:01.123456Z.
 pub fn rfc3339(unix_ns: i128) -> String {
     let (tm, us) = broken_down(unix_ns, false);
@@ -284,9 +290,7 @@ impl Printer {
             if ev.kernel_socket {
                 details.push("in-kernel socket".to_string());
             }
-            if ev.attempts > 1 {
-                details.push(format!("{} attempts", ev.attempts));
-            }
+            details.extend(attempts_detail(u64::from(ev.attempts)));
             // A connect()'s ADDRESS is the destination; the local end, when it had one.
             if ev.call == Call::Connect && sock.port != 0 {
                 details.push(format!("from {}", sock.endpoint()));

@@ -7,7 +7,7 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use serde_json::Value;
 
-use super::{Columns, terminal::safe, time_of_day};
+use super::{Columns, attempts_detail, terminal::safe, time_of_day};
 use crate::{
     address::endpoint,
     sockets::{Family, Options},
@@ -53,9 +53,7 @@ pub fn event(ev: &Value, unix_ns: i128, own_netns: u32) -> String {
     if ev["kernel_socket"] == true {
         details.push("in-kernel socket".to_string());
     }
-    if let Some(n) = ev["attempts"].as_u64().filter(|&n| n > 1) {
-        details.push(format!("{n} attempts"));
-    }
+    details.extend(ev["attempts"].as_u64().and_then(attempts_detail));
     if ev["type"] == "connect"
         && let Some(from) = &bound
     {
